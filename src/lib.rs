@@ -1,0 +1,11 @@
+//! chunkgate: an upload gateway sidecar for DocuSign-style chunked-upload APIs.
+#![forbid(unsafe_code)]
+
+pub mod body; // the response body type and bounded body reads
+pub mod config; // settings, defaults, env overrides, validation listing every problem
+pub mod envelope; // response bodies in the upstream's two dialects
+pub mod resource; // the chunked-upload resource as the upstream's JSON carries it
+pub mod route; // recognising chunked-upload routes and the shapes of their ids
+pub mod server; // accepting connections, limits, graceful drain
+pub mod sim; // the upstream simulator
+pub mod telemetry; // logs and signals

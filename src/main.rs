@@ -1,0 +1,87 @@
+//! The `chunkgate` command: thin wiring over the library.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use chunkgate::{
+    config::{Config, EXIT_BAD_CONFIG},
+    envelope::Dialect,
+    sim::{self, config::Storage},
+    telemetry,
+};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "chunkgate", version, about = "Upload gateway sidecar for DocuSign-style chunked uploads")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the upstream simulator until SIGTERM or SIGINT.
+    Sim {
+        /// Config file whose `[sim]` section to use.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on (port 0 picks one; the bound address is printed).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        #[arg(long, value_enum)]
+        dialect: Option<Dialect>,
+        #[arg(long, value_enum)]
+        storage: Option<Storage>,
+        /// Status of throttling answers: 400 or 429.
+        #[arg(long)]
+        throttle_status: Option<u16>,
+    },
+    /// Validate a config file (and environment overrides), listing every problem.
+    CheckConfig { file: PathBuf },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(Some(&file), std::env::vars()) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(problems) => bad_config(&problems),
+        },
+        Command::Sim { config, listen, dialect, storage, throttle_status } => {
+            let mut cfg = match Config::load(config.as_deref(), std::env::vars()) {
+                Ok(cfg) => cfg,
+                Err(problems) => return bad_config(&problems),
+            };
+            telemetry::init(&cfg.log);
+            let s = &mut cfg.sim;
+            s.listen = listen.unwrap_or(s.listen);
+            s.dialect = dialect.unwrap_or(s.dialect);
+            s.storage = storage.unwrap_or(s.storage);
+            s.throttle_status = throttle_status.unwrap_or(s.throttle_status);
+            let problems = s.problems();
+            if !problems.is_empty() {
+                return bad_config(&chunkgate::config::Problems(problems));
+            }
+            let listener = match tokio::net::TcpListener::bind(s.listen).await {
+                Ok(l) => l,
+                Err(err) => {
+                    eprintln!("chunkgate sim: cannot listen on {}: {err}", s.listen);
+                    return ExitCode::from(1);
+                }
+            };
+            let addr = listener.local_addr().expect("bound listener has an address");
+            println!("chunkgate sim listening on http://{addr}");
+            tracing::info!(%addr, dialect = ?s.dialect, storage = ?s.storage, "simulator started");
+            sim::run(listener, sim::Sim::new(cfg.sim), telemetry::shutdown_signal()).await;
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn bad_config(problems: &chunkgate::config::Problems) -> ExitCode {
+    eprintln!("chunkgate: the configuration has problems:\n{problems}");
+    ExitCode::from(EXIT_BAD_CONFIG as u8)
+}

@@ -1,0 +1,91 @@
+//! Recognising the chunked-upload routes of the upstream API under any path prefix, and the
+//! shapes of their identifiers.
+
+/// A path of the chunked-upload resource: `{prefix}/v2.1/accounts/{account}/chunked_uploads[/{id}[/{seq}]]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target<'a> {
+    /// Everything before `/v2.1` or `/v2`, e.g. `/restapi`.
+    pub prefix: &'a str,
+    pub version: &'a str,
+    pub account: &'a str,
+    pub upload: Option<&'a str>,
+    pub part: Option<&'a str>,
+}
+
+/// Finds the chunked-upload resource in `path`, or `None` if the path is not one of its routes.
+pub fn chunked_upload_target(path: &str) -> Option<Target<'_>> {
+    let trimmed = path.strip_suffix('/').unwrap_or(path);
+    let segments: Vec<&str> = trimmed.split('/').collect();
+    let at = segments.windows(4).position(|w| {
+        matches!(w[0], "v2.1" | "v2") && w[1] == "accounts" && w[3] == "chunked_uploads"
+    })?;
+    let rest = &segments[at + 4..];
+    if rest.len() > 2 || rest.iter().any(|s| s.is_empty()) {
+        return None;
+    }
+    let prefix_len = segments[..at].iter().map(|s| s.len() + 1).sum::<usize>().saturating_sub(1);
+    Some(Target {
+        prefix: &trimmed[..prefix_len],
+        version: segments[at],
+        account: segments[at + 2],
+        upload: rest.first().copied(),
+        part: rest.get(1).copied(),
+    })
+}
+
+/// An account id is an integer account number or a GUID.
+pub fn valid_account(id: &str) -> bool {
+    (!id.is_empty() && id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit())) || is_guid(id)
+}
+
+/// `8-4-4-4-12` hex digits.
+pub fn is_guid(id: &str) -> bool {
+    let groups: Vec<&str> = id.split('-').collect();
+    groups.len() == 5
+        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// A part sequence: a small non-negative integer written in plain digits.
+pub fn parse_seq(seq: &str) -> Option<u32> {
+    if seq.is_empty() || seq.len() > 5 || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    seq.parse().ok()
+}
+
+/// Whether `query` carries `name=value` (value compared without regard to case).
+pub fn query_has(query: Option<&str>, name: &str, value: &str) -> bool {
+    query.unwrap_or_default().split('&').any(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        k == name && v.eq_ignore_ascii_case(value)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_resource_under_any_prefix() {
+        let t = chunked_upload_target("/restapi/v2.1/accounts/123/chunked_uploads/ABC/4").unwrap();
+        assert_eq!((t.prefix, t.version, t.account, t.upload, t.part), ("/restapi", "v2.1", "123", Some("ABC"), Some("4")));
+        let t = chunked_upload_target("/v2/accounts/123/chunked_uploads/").unwrap();
+        assert_eq!((t.prefix, t.version, t.upload), ("", "v2", None));
+        assert_eq!(chunked_upload_target("/v2.1/accounts/123/envelopes"), None);
+        assert_eq!(chunked_upload_target("/v2.1/accounts/123/chunked_uploads/a/1/x"), None);
+        assert_eq!(chunked_upload_target("/v2.1/accounts/123/chunked_uploads//1"), None);
+    }
+
+    #[test]
+    fn account_ids_are_integers_or_guids() {
+        assert!(valid_account("12345"));
+        assert!(valid_account("3216e4b2-0a1b-4c2d-8e3f-34cc91813ea2"));
+        assert!(!valid_account("12a45"));
+        assert!(!valid_account(""));
+        assert!(!valid_account("3216e4b2-0a1b-4c2d-8e3f-34cc91813ea"));
+        assert_eq!(parse_seq("12"), Some(12));
+        assert_eq!(parse_seq("-1"), None);
+        assert_eq!(parse_seq("1e3"), None);
+        assert!(query_has(Some("x=1&action=Commit"), "action", "commit"));
+    }
+}

@@ -1,0 +1,102 @@
+//! Accepting connections: HTTP/1.1 and HTTP/2 on one listener, timeouts on reading headers, a cap
+//! on open connections, and a graceful drain. Binding addresses and catching signals is left to the
+//! caller, so tests hand in a `127.0.0.1:0` listener and a future of their own.
+
+use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use hyper::{Request, Response, body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use tokio::{net::TcpListener, sync::Semaphore};
+
+use crate::body::{Body, BoxError};
+
+/// Connection-level limits shared by every listener of the crate.
+#[derive(Clone, Debug)]
+pub struct ConnLimits {
+    /// Time allowed to read a request's headers (slow clients hold a connection otherwise).
+    pub header_read_timeout: Duration,
+    /// Open connections at once; further clients wait in the accept backlog.
+    pub max_connections: usize,
+    /// Largest request head accepted over HTTP/1.1.
+    pub max_header_bytes: usize,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            max_header_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Serves `handler` on every connection accepted from `listener` until `shutdown` resolves, then
+/// waits up to `drain` for open connections to finish their requests.
+///
+/// A handler that returns `Err` makes the connection close without an answer; the simulator uses
+/// that to reproduce a peer that stored a request and then went away.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    limits: ConnLimits,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Body>, BoxError>> + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
+    let builder = Arc::new(builder);
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let service = service_fn(move |req| handler(req, peer));
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                tracing::debug!(%peer, error = %err, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!(?drain, "connections still open after the drain period");
+    }
+}
+
+/// Wraps an infallible handler result for [`serve`].
+pub fn ok(response: Response<Body>) -> Result<Response<Body>, BoxError> {
+    Ok::<_, Infallible>(response).map_err(|never| match never {})
+}

@@ -1,0 +1,105 @@
+//! `chunkgate sim`: a standalone simulator of the upstream chunked-upload API (UPSTREAM.md), with
+//! fault injection and introspection under `/__sim/`, for tests, the demo, benchmarks and users who
+//! want to test their own integration offline.
+
+pub mod config;
+pub mod faults;
+mod ratelimit;
+mod routes;
+pub mod store;
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::{net::TcpListener, sync::oneshot};
+
+pub use self::config::SimConfig;
+use self::{faults::Injector, ratelimit::RateCounters, store::Store};
+use crate::server::{self, ConnLimits};
+
+/// The simulator's state, shared by every connection.
+pub struct Sim {
+    config: SimConfig,
+    store: Store,
+    rates: RateCounters,
+    faults: Injector,
+    /// Seconds added to the wall clock (`/__sim/clock`), so tests can reach expiry and the next hour.
+    clock_offset: AtomicI64,
+    stats: Stats,
+}
+
+#[derive(Default)]
+struct Stats {
+    requests: AtomicU64,
+    throttled: AtomicU64,
+    injected_errors: AtomicU64,
+    dropped: AtomicU64,
+}
+
+// === impl Sim ===
+
+impl Sim {
+    pub fn new(config: SimConfig) -> Arc<Self> {
+        Arc::new(Self {
+            store: Store::new(config.storage, config.bool_style),
+            rates: RateCounters::default(),
+            faults: Injector::new(config.faults.clone()),
+            clock_offset: AtomicI64::new(0),
+            stats: Stats::default(),
+            config,
+        })
+    }
+
+    /// Unix seconds on the simulator's clock.
+    fn now(&self) -> i64 {
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+        wall + self.clock_offset.load(Ordering::Relaxed)
+    }
+}
+
+/// Serves the simulator on `listener` until `shutdown` resolves.
+pub async fn run(listener: TcpListener, sim: Arc<Sim>, shutdown: impl Future<Output = ()>) {
+    let handler = move |req, _peer| routes::handle(sim.clone(), req);
+    server::serve(listener, ConnLimits::default(), handler, shutdown, Duration::from_secs(5)).await;
+}
+
+/// A simulator running in this process, for tests, the demo and benchmarks. Stops when dropped.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub sim: Arc<Sim>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Running {
+    /// `http://ADDR`, the base URL to point a client at.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Binds `config.listen` and serves the simulator in a background task.
+pub async fn spawn(config: SimConfig) -> std::io::Result<Running> {
+    let listener = TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let sim = Sim::new(config);
+    let (stop, stopped) = oneshot::channel();
+    tokio::spawn(run(listener, sim.clone(), async {
+        let _ = stopped.await;
+    }));
+    Ok(Running { addr, sim, stop: Some(stop) })
+}
