@@ -30,7 +30,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Text, filter: "info".to_owned() }
+        Self {
+            format: LogFormat::Text,
+            filter: "info".to_owned(),
+        }
     }
 }
 
@@ -64,7 +67,10 @@ pub const ENV_PREFIX: &str = "CHUNKGATE_";
 
 impl Config {
     /// Reads `path` (or the defaults when `None`), applies overrides from `env`, and validates.
-    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, Problems> {
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, Problems> {
         let text = match path {
             Some(path) => std::fs::read_to_string(path)
                 .map_err(|err| Problems(vec![format!("cannot read {}: {err}", path.display())]))?,
@@ -74,8 +80,13 @@ impl Config {
     }
 
     /// Parses TOML text, applies overrides from `env`, and validates.
-    pub fn parse(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, Problems> {
-        let mut table: toml::Table = text.parse().map_err(|err: toml::de::Error| Problems(vec![err.to_string()]))?;
+    pub fn parse(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, Problems> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|err: toml::de::Error| Problems(vec![err.to_string()]))?;
         let mut problems = Vec::new();
         for (name, value) in env {
             if let Some(path) = name.strip_prefix(ENV_PREFIX).filter(|p| p.contains("__")) {
@@ -87,7 +98,11 @@ impl Config {
         }
         let config: Config = deserialize_strict(toml::Value::Table(table), &mut problems);
         problems.extend(config.problems());
-        if problems.is_empty() { Ok(config) } else { Err(Problems(problems)) }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(Problems(problems))
+        }
     }
 
     /// Every semantic problem (types and unknown keys are caught while parsing).
@@ -101,10 +116,17 @@ impl Config {
 }
 
 /// Deserializes `value`, recording every unknown key and any type error in `problems`.
-pub fn deserialize_strict<T: DeserializeOwned + Default>(value: toml::Value, problems: &mut Vec<String>) -> T {
+pub fn deserialize_strict<T: DeserializeOwned + Default>(
+    value: toml::Value,
+    problems: &mut Vec<String>,
+) -> T {
     let mut unknown = Vec::new();
     let result = serde_ignored::deserialize(value, |path| unknown.push(path.to_string()));
-    problems.extend(unknown.into_iter().map(|key| format!("unknown key `{key}`")));
+    problems.extend(
+        unknown
+            .into_iter()
+            .map(|key| format!("unknown key `{key}`")),
+    );
     match result {
         Ok(value) => value,
         Err(err) => {
@@ -124,11 +146,17 @@ fn env_value(raw: &str) -> toml::Value {
 }
 
 fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<(), String> {
-    let (last, parents) = keys.split_last().expect("split on `__` yields at least one key");
+    let (last, parents) = keys
+        .split_last()
+        .expect("split on `__` yields at least one key");
     let mut at = table;
     for key in parents {
-        let entry = at.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        at = entry.as_table_mut().ok_or_else(|| format!("`{key}` is not a table"))?;
+        let entry = at
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        at = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{key}` is not a table"))?;
     }
     at.insert(last.clone(), value);
     Ok(())
@@ -139,7 +167,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -173,7 +204,13 @@ mod tests {
         )
         .unwrap_err();
         let all = err.0.join("\n");
-        for needle in ["sim.bogus", "sim.limits.nope", "extra", "throttle_status", "max_parts"] {
+        for needle in [
+            "sim.bogus",
+            "sim.limits.nope",
+            "extra",
+            "throttle_status",
+            "max_parts",
+        ] {
             assert!(all.contains(needle), "{needle} missing from:\n{all}");
         }
     }

@@ -23,7 +23,11 @@ pub fn chunked_upload_target(path: &str) -> Option<Target<'_>> {
     if rest.len() > 2 || rest.iter().any(|s| s.is_empty()) {
         return None;
     }
-    let prefix_len = segments[..at].iter().map(|s| s.len() + 1).sum::<usize>().saturating_sub(1);
+    let prefix_len = segments[..at]
+        .iter()
+        .map(|s| s.len() + 1)
+        .sum::<usize>()
+        .saturating_sub(1);
     Some(Target {
         prefix: &trimmed[..prefix_len],
         version: segments[at],
@@ -42,7 +46,10 @@ pub fn valid_account(id: &str) -> bool {
 pub fn is_guid(id: &str) -> bool {
     let groups: Vec<&str> = id.split('-').collect();
     groups.len() == 5
-        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// A part sequence: a small non-negative integer written in plain digits.
@@ -68,12 +75,21 @@ mod tests {
     #[test]
     fn finds_the_resource_under_any_prefix() {
         let t = chunked_upload_target("/restapi/v2.1/accounts/123/chunked_uploads/ABC/4").unwrap();
-        assert_eq!((t.prefix, t.version, t.account, t.upload, t.part), ("/restapi", "v2.1", "123", Some("ABC"), Some("4")));
+        assert_eq!(
+            (t.prefix, t.version, t.account, t.upload, t.part),
+            ("/restapi", "v2.1", "123", Some("ABC"), Some("4"))
+        );
         let t = chunked_upload_target("/v2/accounts/123/chunked_uploads/").unwrap();
         assert_eq!((t.prefix, t.version, t.upload), ("", "v2", None));
         assert_eq!(chunked_upload_target("/v2.1/accounts/123/envelopes"), None);
-        assert_eq!(chunked_upload_target("/v2.1/accounts/123/chunked_uploads/a/1/x"), None);
-        assert_eq!(chunked_upload_target("/v2.1/accounts/123/chunked_uploads//1"), None);
+        assert_eq!(
+            chunked_upload_target("/v2.1/accounts/123/chunked_uploads/a/1/x"),
+            None
+        );
+        assert_eq!(
+            chunked_upload_target("/v2.1/accounts/123/chunked_uploads//1"),
+            None
+        );
     }
 
     #[test]

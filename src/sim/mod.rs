@@ -59,7 +59,10 @@ impl Sim {
 
     /// Unix seconds on the simulator's clock.
     fn now(&self) -> i64 {
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as i64;
         wall + self.clock_offset.load(Ordering::Relaxed)
     }
 }
@@ -67,7 +70,14 @@ impl Sim {
 /// Serves the simulator on `listener` until `shutdown` resolves.
 pub async fn run(listener: TcpListener, sim: Arc<Sim>, shutdown: impl Future<Output = ()>) {
     let handler = move |req, _peer| routes::handle(sim.clone(), req);
-    server::serve(listener, ConnLimits::default(), handler, shutdown, Duration::from_secs(5)).await;
+    server::serve(
+        listener,
+        ConnLimits::default(),
+        handler,
+        shutdown,
+        Duration::from_secs(5),
+    )
+    .await;
 }
 
 /// A simulator running in this process, for tests, the demo and benchmarks. Stops when dropped.
@@ -101,5 +111,9 @@ pub async fn spawn(config: SimConfig) -> std::io::Result<Running> {
     tokio::spawn(run(listener, sim.clone(), async {
         let _ = stopped.await;
     }));
-    Ok(Running { addr, sim, stop: Some(stop) })
+    Ok(Running {
+        addr,
+        sim,
+        stop: Some(stop),
+    })
 }

@@ -10,7 +10,12 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Sim, faults::{Action, Faults, Op}, ratelimit::Announce, store::Refusal};
+use super::{
+    Sim,
+    faults::{Action, Faults, Op},
+    ratelimit::Announce,
+    store::Refusal,
+};
 use crate::{
     body::{self, Body, BoxError, ReadError},
     route::{self, Target},
@@ -24,7 +29,10 @@ struct Answer {
 
 impl Answer {
     fn error(sim: &Sim, status: StatusCode, code: &str, message: &str) -> Self {
-        Self { status, body: sim.config.dialect.error(code, message) }
+        Self {
+            status,
+            body: sim.config.dialect.error(code, message),
+        }
     }
 }
 
@@ -41,7 +49,15 @@ pub async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Response<Bo
     sim.stats.requests.fetch_add(1, Ordering::Relaxed);
     let path = req.uri().path().to_owned();
     let Some(target) = route::chunked_upload_target(&path) else {
-        return Ok(reply(Answer::error(&sim, StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND", "The simulator serves only the chunked-upload routes."), None));
+        return Ok(reply(
+            Answer::error(
+                &sim,
+                StatusCode::NOT_FOUND,
+                "RESOURCE_NOT_FOUND",
+                "The simulator serves only the chunked-upload routes.",
+            ),
+            None,
+        ));
     };
     let commit = route::query_has(req.uri().query(), "action", "commit");
     let op = match (req.method(), target.upload, target.part) {
@@ -51,15 +67,36 @@ pub async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Response<Bo
         (&Method::PUT, Some(_), Some(_)) => Op::AddPart,
         (&Method::DELETE, Some(_), None) => Op::Delete,
         _ => {
-            return Ok(reply(Answer::error(&sim, StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "This method is not allowed on this resource."), None));
+            return Ok(reply(
+                Answer::error(
+                    &sim,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "METHOD_NOT_ALLOWED",
+                    "This method is not allowed on this resource.",
+                ),
+                None,
+            ));
         }
     };
     if !route::valid_account(target.account) {
-        return Ok(reply(Answer::error(&sim, StatusCode::BAD_REQUEST, "INVALID_ACCOUNT_ID", "The account id must be an integer or a GUID."), None));
+        return Ok(reply(
+            Answer::error(
+                &sim,
+                StatusCode::BAD_REQUEST,
+                "INVALID_ACCOUNT_ID",
+                "The account id must be an integer or a GUID.",
+            ),
+            None,
+        ));
     }
     let Some(owner) = bearer(req.headers(), &sim.config.tokens) else {
         return Ok(reply(
-            Answer::error(&sim, StatusCode::UNAUTHORIZED, "USER_AUTHENTICATION_FAILED", "One or both of Username and Password are invalid. Invalid access token."),
+            Answer::error(
+                &sim,
+                StatusCode::UNAUTHORIZED,
+                "USER_AUTHENTICATION_FAILED",
+                "One or both of Username and Password are invalid. Invalid access token.",
+            ),
             None,
         ));
     };
@@ -73,7 +110,10 @@ pub async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Response<Bo
     let (exceeded, announce) = sim.rates.admit(target.account, &limits, now);
     if let Some(ex) = exceeded {
         sim.stats.throttled.fetch_add(1, Ordering::Relaxed);
-        return Ok(reply(Answer::error(&sim, throttle_status(&sim), ex.code(), &ex.message(&limits)), Some(announce)));
+        return Ok(reply(
+            Answer::error(&sim, throttle_status(&sim), ex.code(), &ex.message(&limits)),
+            Some(announce),
+        ));
     }
     let (delay, action) = sim.faults.decide(op);
     if !delay.is_zero() {
@@ -83,12 +123,23 @@ pub async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Response<Bo
         Action::Throttle => {
             sim.stats.throttled.fetch_add(1, Ordering::Relaxed);
             let ex = super::ratelimit::Exceeded::Burst;
-            return Ok(reply(Answer::error(&sim, throttle_status(&sim), ex.code(), &ex.message(&limits)), Some(announce)));
+            return Ok(reply(
+                Answer::error(&sim, throttle_status(&sim), ex.code(), &ex.message(&limits)),
+                Some(announce),
+            ));
         }
         Action::Error(status) => {
             sim.stats.injected_errors.fetch_add(1, Ordering::Relaxed);
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            return Ok(reply(Answer::error(&sim, status, "UNSPECIFIED_ERROR", "An injected server error (simulator fault)."), Some(announce)));
+            return Ok(reply(
+                Answer::error(
+                    &sim,
+                    status,
+                    "UNSPECIFIED_ERROR",
+                    "An injected server error (simulator fault).",
+                ),
+                Some(announce),
+            ));
         }
         Action::None | Action::DropAfterStore => {}
     }
@@ -102,14 +153,26 @@ pub async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Response<Bo
 }
 
 /// The five operations, after routing, auth and rate limits.
-async fn api(sim: &Sim, op: Op, t: Target<'_>, owner: &str, req: Request<Incoming>, now: i64) -> Answer {
+async fn api(
+    sim: &Sim,
+    op: Op,
+    t: Target<'_>,
+    owner: &str,
+    req: Request<Incoming>,
+    now: i64,
+) -> Answer {
     let limits = sim.config.limits_for(t.account);
     let id = t.upload.unwrap_or_default();
     let result = match op {
         Op::Create | Op::AddPart => {
             let seq = match t.part.map(route::parse_seq) {
                 Some(None) => {
-                    return Answer::error(sim, StatusCode::BAD_REQUEST, "INVALID_PART_SEQUENCE", "The part sequence must be a non-negative integer.");
+                    return Answer::error(
+                        sim,
+                        StatusCode::BAD_REQUEST,
+                        "INVALID_PART_SEQUENCE",
+                        "The part sequence must be a non-negative integer.",
+                    );
                 }
                 Some(Some(seq)) => Some(seq),
                 None => None,
@@ -119,7 +182,10 @@ async fn api(sim: &Sim, op: Op, t: Target<'_>, owner: &str, req: Request<Incomin
                 Err(answer) => return answer,
             };
             match seq {
-                None => sim.store.create(t.account, owner, data, &limits, now).map(|r| (StatusCode::CREATED, r)),
+                None => sim
+                    .store
+                    .create(t.account, owner, data, &limits, now)
+                    .map(|r| (StatusCode::CREATED, r)),
                 Some(seq) => sim
                     .store
                     .add_part(t.account, owner, id, seq, data, limits.quota_bytes, now)
@@ -128,13 +194,24 @@ async fn api(sim: &Sim, op: Op, t: Target<'_>, owner: &str, req: Request<Incomin
         }
         Op::Get => {
             let checksum = route::query_has(req.uri().query(), "include", "checksum");
-            sim.store.resource(t.account, owner, id, now, checksum).map(|r| (StatusCode::OK, r))
+            sim.store
+                .resource(t.account, owner, id, now, checksum)
+                .map(|r| (StatusCode::OK, r))
         }
-        Op::Commit => sim.store.commit(t.account, owner, id, now).map(|r| (StatusCode::OK, r)),
-        Op::Delete => sim.store.delete(t.account, owner, id, now).map(|r| (StatusCode::OK, r)),
+        Op::Commit => sim
+            .store
+            .commit(t.account, owner, id, now)
+            .map(|r| (StatusCode::OK, r)),
+        Op::Delete => sim
+            .store
+            .delete(t.account, owner, id, now)
+            .map(|r| (StatusCode::OK, r)),
     };
     match result {
-        Ok((status, resource)) => Answer { status, body: sim.config.dialect.success(&resource) },
+        Ok((status, resource)) => Answer {
+            status,
+            body: sim.config.dialect.success(&resource),
+        },
         Err(refusal) => (sim, refusal).into(),
     }
 }
@@ -151,23 +228,49 @@ async fn part_data(sim: &Sim, req: Request<Incoming>, max_data: u64) -> Result<B
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
     if !is_json {
-        return Err(Answer::error(sim, StatusCode::UNSUPPORTED_MEDIA_TYPE, "INVALID_CONTENT_TYPE", "Parts must be sent as application/json."));
+        return Err(Answer::error(
+            sim,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "INVALID_CONTENT_TYPE",
+            "Parts must be sent as application/json.",
+        ));
     }
     // Base64 inflates by 4/3; leave room for the JSON around it.
     let limit = (max_data as usize / 3 + 1) * 4 + 64 * 1024;
     let raw = match body::read_limited(req.into_body(), limit).await {
         Ok(raw) => raw,
-        Err(ReadError::TooLarge { .. }) => return Err((sim, Refusal::PartTooLarge(max_data)).into()),
+        Err(ReadError::TooLarge { .. }) => {
+            return Err((sim, Refusal::PartTooLarge(max_data)).into());
+        }
         Err(ReadError::Io(_)) => {
-            return Err(Answer::error(sim, StatusCode::BAD_REQUEST, "INVALID_REQUEST_BODY", "The request body could not be read."));
+            return Err(Answer::error(
+                sim,
+                StatusCode::BAD_REQUEST,
+                "INVALID_REQUEST_BODY",
+                "The request body could not be read.",
+            ));
         }
     };
-    let bad = |what: &str| Answer::error(sim, StatusCode::BAD_REQUEST, "INVALID_REQUEST_BODY", &format!("The request body is missing or improperly formatted: {what}."));
-    let parsed: PartRequest = serde_json::from_slice(&raw).map_err(|_| bad("not a JSON object with a data string"))?;
+    let bad = |what: &str| {
+        Answer::error(
+            sim,
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST_BODY",
+            &format!("The request body is missing or improperly formatted: {what}."),
+        )
+    };
+    let parsed: PartRequest =
+        serde_json::from_slice(&raw).map_err(|_| bad("not a JSON object with a data string"))?;
     let encoded = parsed.data.ok_or_else(|| bad("no data"))?;
-    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.as_bytes()).map_err(|_| bad("data is not standard padded base64"))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.as_bytes())
+        .map_err(|_| bad("data is not standard padded base64"))?;
     Ok(Bytes::from(decoded))
 }
 
@@ -176,7 +279,9 @@ fn bearer(headers: &HeaderMap, tokens: &[String]) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
-    let accepted = scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && (tokens.is_empty() || tokens.iter().any(|t| t == token));
+    let accepted = scheme.eq_ignore_ascii_case("bearer")
+        && !token.is_empty()
+        && (tokens.is_empty() || tokens.iter().any(|t| t == token));
     accepted.then(|| token.to_owned())
 }
 
@@ -222,28 +327,47 @@ fn json_reply(status: StatusCode, value: serde_json::Value) -> Response<Body> {
 
 /// `/__sim/`: change faults, move the clock, look inside uploads.
 async fn control(sim: &Sim, req: Request<Incoming>) -> Response<Body> {
-    let path = req.uri().path().trim_start_matches("/__sim/").trim_end_matches('/').to_owned();
+    let path = req
+        .uri()
+        .path()
+        .trim_start_matches("/__sim/")
+        .trim_end_matches('/')
+        .to_owned();
     let segments: Vec<&str> = path.split('/').collect();
-    let not_found = || json_reply(StatusCode::NOT_FOUND, json!({"error": "no such simulator route or upload"}));
+    let not_found = || {
+        json_reply(
+            StatusCode::NOT_FOUND,
+            json!({"error": "no such simulator route or upload"}),
+        )
+    };
     match (req.method().clone(), segments.as_slice()) {
         (Method::GET, ["faults"]) => json_reply(StatusCode::OK, json!(sim.faults.get())),
         (Method::PUT, ["faults"]) => {
             let raw = match body::read_limited(req.into_body(), 64 * 1024).await {
                 Ok(raw) => raw,
-                Err(err) => return json_reply(StatusCode::BAD_REQUEST, json!({"error": err.to_string()})),
+                Err(err) => {
+                    return json_reply(StatusCode::BAD_REQUEST, json!({"error": err.to_string()}));
+                }
             };
             let mut unknown = Vec::new();
-            let parsed: Result<Faults, _> =
-                serde_ignored::deserialize(&mut serde_json::Deserializer::from_slice(&raw), |path| unknown.push(path.to_string()));
+            let parsed: Result<Faults, _> = serde_ignored::deserialize(
+                &mut serde_json::Deserializer::from_slice(&raw),
+                |path| unknown.push(path.to_string()),
+            );
             if !unknown.is_empty() {
-                return json_reply(StatusCode::BAD_REQUEST, json!({"error": format!("unknown fault settings: {}", unknown.join(", "))}));
+                return json_reply(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": format!("unknown fault settings: {}", unknown.join(", "))}),
+                );
             }
             match parsed {
                 Ok(faults) if faults.problems().is_empty() => {
                     sim.faults.set(faults.clone());
                     json_reply(StatusCode::OK, json!(faults))
                 }
-                Ok(faults) => json_reply(StatusCode::BAD_REQUEST, json!({"error": faults.problems()})),
+                Ok(faults) => {
+                    json_reply(StatusCode::BAD_REQUEST, json!({"error": faults.problems()}))
+                }
                 Err(err) => json_reply(StatusCode::BAD_REQUEST, json!({"error": err.to_string()})),
             }
         }
@@ -267,7 +391,10 @@ async fn control(sim: &Sim, req: Request<Incoming>) -> Response<Body> {
                     sim.clock_offset.fetch_add(secs, Ordering::Relaxed);
                     json_reply(StatusCode::OK, json!({"now": sim.now()}))
                 }
-                None => json_reply(StatusCode::BAD_REQUEST, json!({"error": "expected ?advance_secs=N"})),
+                None => json_reply(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": "expected ?advance_secs=N"}),
+                ),
             }
         }
         (Method::GET, ["uploads", id]) => match sim.store.inspect(id, sim.now()) {
@@ -279,11 +406,17 @@ async fn control(sim: &Sim, req: Request<Incoming>) -> Response<Body> {
                 .header(header::CONTENT_TYPE, "application/octet-stream")
                 .body(body::full(bytes))
                 .expect("valid response"),
-            None => json_reply(StatusCode::CONFLICT, json!({"error": "no contiguous content kept for this upload (unknown id, digest storage, or parts missing)"})),
+            None => json_reply(
+                StatusCode::CONFLICT,
+                json!({"error": "no contiguous content kept for this upload (unknown id, digest storage, or parts missing)"}),
+            ),
         },
         (Method::POST, ["uploads", id, "consume"]) => match sim.store.consume(id) {
             Ok(()) => json_reply(StatusCode::OK, json!({"consumed": id})),
-            Err(_) => json_reply(StatusCode::CONFLICT, json!({"error": "only a committed upload can be consumed"})),
+            Err(_) => json_reply(
+                StatusCode::CONFLICT,
+                json!({"error": "only a committed upload can be consumed"}),
+            ),
         },
         _ => not_found(),
     }

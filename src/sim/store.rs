@@ -23,7 +23,9 @@ pub enum Refusal {
     NotFound,
     #[error("The chunked upload expired and can no longer be used.")]
     Expired,
-    #[error("The chunked upload is already committed; no part can be added and it cannot be committed again.")]
+    #[error(
+        "The chunked upload is already committed; no part can be added and it cannot be committed again."
+    )]
     Committed,
     #[error("Part {0} was already received and cannot be replaced.")]
     PartExists(u32),
@@ -170,7 +172,14 @@ impl Store {
     }
 
     /// Create: a new upload carrying part 0.
-    pub fn create(&self, account: &str, owner: &str, data: Bytes, limits: &Limits, now: i64) -> Result<ChunkedUpload, Refusal> {
+    pub fn create(
+        &self,
+        account: &str,
+        owner: &str,
+        data: Bytes,
+        limits: &Limits,
+        now: i64,
+    ) -> Result<ChunkedUpload, Refusal> {
         let len = data.len() as u64;
         if len == 0 {
             return Err(Refusal::Empty);
@@ -183,7 +192,10 @@ impl Store {
         }
         let id = {
             let v = self.rng.lock().unwrap().u128(..);
-            uuid::Uuid::from_u128(v).hyphenated().encode_upper(&mut uuid::Uuid::encode_buffer()).to_owned()
+            uuid::Uuid::from_u128(v)
+                .hyphenated()
+                .encode_upper(&mut uuid::Uuid::encode_buffer())
+                .to_owned()
         };
         let content = Arc::new(Mutex::new(Content::default()));
         {
@@ -264,14 +276,24 @@ impl Store {
     }
 
     /// Commit: refused unless parts 0..n are all there.
-    pub fn commit(&self, account: &str, owner: &str, id: &str, now: i64) -> Result<ChunkedUpload, Refusal> {
+    pub fn commit(
+        &self,
+        account: &str,
+        owner: &str,
+        id: &str,
+        now: i64,
+    ) -> Result<ChunkedUpload, Refusal> {
         {
             let mut meta = self.meta.lock().unwrap();
             let m = live(&mut meta, account, owner, id, now)?;
             if m.state == State::Committed {
                 return Err(Refusal::Committed);
             }
-            if let Some(missing) = (0..).zip(m.sizes.keys()).find(|(want, have)| want != *have).map(|(want, _)| want) {
+            if let Some(missing) = (0..)
+                .zip(m.sizes.keys())
+                .find(|(want, have)| want != *have)
+                .map(|(want, _)| want)
+            {
                 return Err(Refusal::NotContiguous(missing));
             }
             m.state = State::Committed;
@@ -281,7 +303,13 @@ impl Store {
     }
 
     /// Delete: the upload stops counting against the member's quota.
-    pub fn delete(&self, account: &str, owner: &str, id: &str, now: i64) -> Result<ChunkedUpload, Refusal> {
+    pub fn delete(
+        &self,
+        account: &str,
+        owner: &str,
+        id: &str,
+        now: i64,
+    ) -> Result<ChunkedUpload, Refusal> {
         let resource = self.resource(account, owner, id, now, false)?;
         let mut meta = self.meta.lock().unwrap();
         let m = live(&mut meta, account, owner, id, now)?;
@@ -294,7 +322,14 @@ impl Store {
     }
 
     /// The upload resource as the five routes answer it.
-    pub fn resource(&self, account: &str, owner: &str, id: &str, now: i64, checksum: bool) -> Result<ChunkedUpload, Refusal> {
+    pub fn resource(
+        &self,
+        account: &str,
+        owner: &str,
+        id: &str,
+        now: i64,
+        checksum: bool,
+    ) -> Result<ChunkedUpload, Refusal> {
         let mut meta = self.meta.lock().unwrap();
         let m = live(&mut meta, account, owner, id, now)?;
         let flag = |b: bool| match (self.bool_style, b) {
@@ -303,7 +338,8 @@ impl Store {
             (BoolStyle::Title, true) => "True",
             (BoolStyle::Title, false) => "False",
         };
-        let expires = std::time::UNIX_EPOCH + std::time::Duration::from_secs(m.expires.max(0) as u64);
+        let expires =
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(m.expires.max(0) as u64);
         Ok(ChunkedUpload {
             chunked_upload_id: id.to_owned(),
             chunked_upload_uri: format!("docusignchunkedupload://{id}"),
@@ -312,7 +348,10 @@ impl Store {
             chunked_upload_parts: m
                 .sizes
                 .iter()
-                .map(|(seq, size)| Part { sequence: seq.to_string(), size: size.to_string() })
+                .map(|(seq, size)| Part {
+                    sequence: seq.to_string(),
+                    size: size.to_string(),
+                })
                 .collect(),
             total_size: m.total.to_string(),
             max_chunked_upload_parts: m.max_parts.to_string(),
@@ -360,7 +399,13 @@ impl Store {
 
     pub fn counts(&self) -> Counts {
         let mut counts = self.counts.lock().unwrap().clone();
-        counts.open = self.meta.lock().unwrap().values().filter(|m| m.state == State::Open).count() as u64;
+        counts.open = self
+            .meta
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|m| m.state == State::Open)
+            .count() as u64;
         counts
     }
 }
@@ -368,14 +413,25 @@ impl Store {
 /// Uploads and bytes a member holds against the quota: unexpired and unused.
 fn usage(meta: &HashMap<String, Meta>, owner: &str, now: i64) -> (u64, u64) {
     meta.values()
-        .filter(|m| m.owner == owner && now < m.expires && matches!(m.state, State::Open | State::Committed))
+        .filter(|m| {
+            m.owner == owner && now < m.expires && matches!(m.state, State::Open | State::Committed)
+        })
         .fold((0, 0), |(n, b), m| (n + 1, b + m.total))
 }
 
 /// The upload if this member may touch it: not someone else's, not deleted or used, not expired.
-fn live<'a>(meta: &'a mut HashMap<String, Meta>, account: &str, owner: &str, id: &str, now: i64) -> Result<&'a mut Meta, Refusal> {
+fn live<'a>(
+    meta: &'a mut HashMap<String, Meta>,
+    account: &str,
+    owner: &str,
+    id: &str,
+    now: i64,
+) -> Result<&'a mut Meta, Refusal> {
     let m = meta.get_mut(id).ok_or(Refusal::NotFound)?;
-    if m.owner != owner || m.account != account || matches!(m.state, State::Deleted | State::Consumed) {
+    if m.owner != owner
+        || m.account != account
+        || matches!(m.state, State::Deleted | State::Consumed)
+    {
         return Err(Refusal::NotFound);
     }
     if now >= m.expires {
@@ -387,8 +443,10 @@ fn live<'a>(meta: &'a mut HashMap<String, Meta>, account: &str, owner: &str, id:
 /// Lower-case hex, as the upstream's `checksum` carries it.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }

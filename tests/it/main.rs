@@ -1,0 +1,5 @@
+//! Integration tests: real servers on 127.0.0.1:0, in process.
+
+mod common;
+mod sdk;
+mod sim;
