@@ -2,11 +2,11 @@
 //! the box, `CHUNKGATE_SECTION__KEY=value` environment overrides for pod specs, and validation that
 //! lists every problem at once. Unknown keys are errors.
 
-use std::{fmt, path::Path};
+use std::{fmt, net::SocketAddr, path::{Path, PathBuf}, time::Duration};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::sim::SimConfig;
+use crate::{envelope::Dialect, server::ConnLimits, sim::SimConfig};
 
 /// Exit status for a configuration that cannot be used (EX_USAGE, as linkerd2-proxy does).
 pub const EXIT_BAD_CONFIG: i32 = 64;
@@ -15,8 +15,122 @@ pub const EXIT_BAD_CONFIG: i32 = 64;
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub upload: UploadConfig,
     pub log: LogConfig,
     pub sim: SimConfig,
+}
+
+/// The listener internal services talk to.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Loopback by default: a sidecar serves its own pod.
+    pub listen: SocketAddr,
+    pub header_read_timeout_ms: u64,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    /// On SIGTERM, time given to in-flight requests before they are cancelled.
+    pub drain_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        let conn = ConnLimits::default();
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            header_read_timeout_ms: conn.header_read_timeout.as_millis() as u64,
+            max_connections: conn.max_connections,
+            max_header_bytes: conn.max_header_bytes,
+            drain_secs: 30,
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn conn_limits(&self) -> ConnLimits {
+        ConnLimits {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            max_connections: self.max_connections,
+            max_header_bytes: self.max_header_bytes,
+        }
+    }
+}
+
+/// The API the gateway drives.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct UpstreamConfig {
+    /// Requests go to this URL + the request's path and query.
+    pub base_url: String,
+    /// Permit an `http://` base URL (the simulator on loopback); refused otherwise.
+    pub allow_plain_http: bool,
+    pub dialect: Dialect,
+    /// Extra PEM files of CAs to trust besides the public roots.
+    pub ca_files: Vec<PathBuf>,
+    pub connect_timeout_ms: u64,
+    /// Whole-call limit on create, add-part and commit calls (request sent, answer read).
+    pub call_timeout_ms: u64,
+    /// Largest upstream answer the gateway reads to parse (bigger ones are a bad response).
+    pub max_response_bytes: usize,
+    /// Idle pooled connections kept per host.
+    pub pool_max_idle: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://demo.docusign.net/restapi".to_owned(),
+            allow_plain_http: false,
+            dialect: Dialect::Docusign,
+            ca_files: Vec::new(),
+            connect_timeout_ms: 5_000,
+            call_timeout_ms: 120_000,
+            max_response_bytes: 1024 * 1024,
+            pool_max_idle: 32,
+        }
+    }
+}
+
+/// The streamed upload.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct UploadConfig {
+    /// Smallest part; raised per document when it would not fit in the allowed part count.
+    pub part_size: usize,
+    /// Largest part the upstream accepts in one request (DocuSign: 50 MB of data).
+    pub max_part_bytes: usize,
+    /// Part limit assumed when sizing part 0, before the upstream has announced its own.
+    pub assumed_max_parts: u32,
+    /// Part PUTs in flight per upload.
+    pub max_in_flight: usize,
+    /// Documents with a larger declared length are refused with 413 before any upstream call.
+    pub max_document_bytes: u64,
+    /// Streamed uploads at once; more get 503 GATEWAY_BUSY.
+    pub max_uploads: usize,
+    /// Part bytes (raw and base64) held by all uploads together; uploads wait for room.
+    pub memory_budget_bytes: usize,
+    /// A client body that sends nothing for this long is cut off (408 CLIENT_BODY_TIMEOUT).
+    pub client_idle_timeout_ms: u64,
+    /// Compare the gateway's SHA-256 with the upstream's `?include=checksum` before committing.
+    pub verify_upstream_checksum: bool,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        Self {
+            part_size: 8 * 1024 * 1024,
+            max_part_bytes: 50 * 1024 * 1024,
+            assumed_max_parts: 128,
+            max_in_flight: 4,
+            max_document_bytes: 50 * 1024 * 1024,
+            max_uploads: 32,
+            memory_budget_bytes: 1024 * 1024 * 1024,
+            client_idle_timeout_ms: 30_000,
+            verify_upstream_checksum: true,
+        }
+    }
 }
 
 /// Log output.
@@ -108,6 +222,52 @@ impl Config {
     /// Every semantic problem (types and unknown keys are caught while parsing).
     pub fn problems(&self) -> Vec<String> {
         let mut out = self.sim.problems();
+        match self.upstream.base_url.parse::<http::Uri>() {
+            Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {}
+            Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {
+                if !self.upstream.allow_plain_http {
+                    out.push(format!(
+                        "upstream.base_url {} is plain http: set upstream.allow_plain_http = true to permit it",
+                        self.upstream.base_url
+                    ));
+                }
+            }
+            _ => out.push(format!("upstream.base_url must be an absolute http(s) URL, not {:?}", self.upstream.base_url)),
+        }
+        for ca in &self.upstream.ca_files {
+            if !ca.is_file() {
+                out.push(format!("upstream.ca_files: {} is not a readable file", ca.display()));
+            }
+        }
+        let u = &self.upload;
+        if u.part_size == 0 || u.part_size > u.max_part_bytes {
+            out.push(format!("upload.part_size must be within 1..=upload.max_part_bytes ({}), not {}", u.max_part_bytes, u.part_size));
+        }
+        if !(1..=256).contains(&u.assumed_max_parts) {
+            out.push(format!("upload.assumed_max_parts must be within 1..=256, not {}", u.assumed_max_parts));
+        }
+        for (name, v) in [
+            ("upload.max_in_flight", u.max_in_flight as u64),
+            ("upload.max_uploads", u.max_uploads as u64),
+            ("upload.max_document_bytes", u.max_document_bytes),
+            ("upload.client_idle_timeout_ms", u.client_idle_timeout_ms),
+            ("upstream.connect_timeout_ms", self.upstream.connect_timeout_ms),
+            ("upstream.call_timeout_ms", self.upstream.call_timeout_ms),
+            ("upstream.max_response_bytes", self.upstream.max_response_bytes as u64),
+            ("server.max_connections", self.server.max_connections as u64),
+            ("server.header_read_timeout_ms", self.server.header_read_timeout_ms),
+        ] {
+            if v == 0 {
+                out.push(format!("{name} must be above 0"));
+            }
+        }
+        if u.memory_budget_bytes < u.part_size * 3 {
+            out.push(format!(
+                "upload.memory_budget_bytes ({}) must hold at least one part with its base64 (3 x upload.part_size = {})",
+                u.memory_budget_bytes,
+                u.part_size * 3
+            ));
+        }
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
             out.push(format!("log.filter is not a valid filter: {err}"));
         }
@@ -199,7 +359,7 @@ mod tests {
     #[test]
     fn every_problem_is_listed_at_once() {
         let err = Config::parse(
-            "[sim]\nbogus = 1\nthrottle_status = 418\n[sim.limits]\nmax_parts = 999\nnope = 2\n[extra]\n",
+            "[sim]\nbogus = 1\nthrottle_status = 418\n[sim.limits]\nmax_parts = 999\nnope = 2\n[extra]\n[upstream]\nbase_url = \"http://127.0.0.1:1\"\n[upload]\nmax_in_flight = 0\n",
             env(&[]),
         )
         .unwrap_err();

@@ -4,8 +4,14 @@
 pub mod body; // the response body type and bounded body reads
 pub mod config; // settings, defaults, env overrides, validation listing every problem
 pub mod envelope; // response bodies in the upstream's two dialects
+pub mod error; // errors the gateway originates: status, code, advice
+pub mod gateway; // routing each request to the upload or the passthrough
+pub mod proxy; // passthrough of every other request
 pub mod resource; // the chunked-upload resource as the upstream's JSON carries it
 pub mod route; // recognising chunked-upload routes and the shapes of their ids
 pub mod server; // accepting connections, limits, graceful drain
 pub mod sim; // the upstream simulator
 pub mod telemetry; // logs and signals
+pub mod tls; // rustls client configuration
+pub mod upload; // the streamed upload: chunker, parts, integrity, commit, cleanup
+pub mod upstream; // the upstream client and its typed calls

@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 use chunkgate::{
     config::{Config, EXIT_BAD_CONFIG},
     envelope::Dialect,
+    gateway,
     sim::{self, config::Storage},
     telemetry,
 };
@@ -23,6 +24,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the gateway until SIGTERM or SIGINT.
+    Serve {
+        /// Config file; without one, the defaults (and CHUNKGATE_* overrides) apply.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Run the upstream simulator until SIGTERM or SIGINT.
     Sim {
         /// Config file whose `[sim]` section to use.
@@ -47,6 +54,31 @@ enum Command {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve { config } => {
+            let cfg = match Config::load(config.as_deref(), std::env::vars()) {
+                Ok(cfg) => cfg,
+                Err(problems) => return bad_config(&problems),
+            };
+            telemetry::init(&cfg.log);
+            let listen = cfg.server.listen;
+            let gw = match gateway::Gateway::new(cfg) {
+                Ok(gw) => gw,
+                Err(problem) => return bad_config(&chunkgate::config::Problems(vec![problem])),
+            };
+            let listener = match tokio::net::TcpListener::bind(listen).await {
+                Ok(l) => l,
+                Err(err) => {
+                    eprintln!("chunkgate serve: cannot listen on {listen}: {err}");
+                    return ExitCode::from(1);
+                }
+            };
+            let addr = listener.local_addr().expect("bound listener has an address");
+            println!("chunkgate listening on http://{addr}");
+            tracing::info!(%addr, upstream = %gw.config.upstream.base_url, "gateway started");
+            gateway::run(listener, gw, telemetry::shutdown_signal()).await;
+            tracing::info!("gateway stopped");
+            ExitCode::SUCCESS
+        }
         Command::CheckConfig { file } => match Config::load(Some(&file), std::env::vars()) {
             Ok(_) => {
                 println!("{}: ok", file.display());

@@ -60,6 +60,15 @@ impl ChunkedUpload {
     }
 }
 
+/// Lower-case hex, as the upstream's `checksum` carries a SHA-256.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -106,3 +106,28 @@ pub async fn serve<H, F>(
 pub fn ok(response: Response<Body>) -> Result<Response<Body>, BoxError> {
     Ok::<_, Infallible>(response).map_err(|never| match never {})
 }
+
+/// Stops an in-process server when dropped (or when [`Stopper::stop`] is called).
+pub struct Stopper(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Stopper {
+    /// A stopper and the future it resolves.
+    pub fn new() -> (Self, impl Future<Output = ()> + Send + 'static) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Self(Some(tx)), async {
+            let _ = rx.await;
+        })
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for Stopper {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

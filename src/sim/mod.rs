@@ -18,11 +18,11 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use tokio::{net::TcpListener, sync::oneshot};
+use tokio::net::TcpListener;
 
 pub use self::config::SimConfig;
 use self::{faults::Injector, ratelimit::RateCounters, store::Store};
-use crate::server::{self, ConnLimits};
+use crate::server::{self, ConnLimits, Stopper};
 
 /// The simulator's state, shared by every connection.
 pub struct Sim {
@@ -84,7 +84,7 @@ pub async fn run(listener: TcpListener, sim: Arc<Sim>, shutdown: impl Future<Out
 pub struct Running {
     pub addr: SocketAddr,
     pub sim: Arc<Sim>,
-    stop: Option<oneshot::Sender<()>>,
+    pub stopper: Stopper,
 }
 
 impl Running {
@@ -94,26 +94,12 @@ impl Running {
     }
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
 /// Binds `config.listen` and serves the simulator in a background task.
 pub async fn spawn(config: SimConfig) -> std::io::Result<Running> {
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let sim = Sim::new(config);
-    let (stop, stopped) = oneshot::channel();
-    tokio::spawn(run(listener, sim.clone(), async {
-        let _ = stopped.await;
-    }));
-    Ok(Running {
-        addr,
-        sim,
-        stop: Some(stop),
-    })
+    let (stopper, stopped) = Stopper::new();
+    tokio::spawn(run(listener, sim.clone(), stopped));
+    Ok(Running { addr, sim, stopper })
 }

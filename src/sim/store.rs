@@ -13,7 +13,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::config::{BoolStyle, Limits, Storage};
-use crate::resource::{ChunkedUpload, Part};
+use crate::resource::{ChunkedUpload, Part, hex};
 
 /// A refusal, with the code the simulator answers it with. DocuSign publishes no codes for the chunk
 /// rules; every `CHUNKED_UPLOAD_*` code here is the simulator's own invention.
@@ -438,15 +438,4 @@ fn live<'a>(
         return Err(Refusal::Expired);
     }
     Ok(m)
-}
-
-/// Lower-case hex, as the upstream's `checksum` carries it.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }

@@ -80,7 +80,7 @@ impl Http {
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
-    chunkgate::sim::store::hex(&Sha256::digest(data))
+    chunkgate::resource::hex(&Sha256::digest(data))
 }
 
 /// Deterministic, non-repeating-looking test bytes.

@@ -1,0 +1,114 @@
+//! The gateway: routes each request to the streamed upload or to the passthrough.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use http::{HeaderMap, Method, Request, Response, header};
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+
+use crate::{
+    body::{Body, BoxError},
+    config::Config,
+    proxy, route,
+    server::{self, Stopper},
+    upload::Uploads,
+    upstream::Upstream,
+};
+
+/// Everything a request needs, shared by all connections.
+pub struct Gateway {
+    pub config: Config,
+    pub upstream: Arc<Upstream>,
+    pub uploads: Uploads,
+}
+
+// === impl Gateway ===
+
+impl Gateway {
+    /// Builds the gateway from a validated config; fails only on TLS material that cannot be used.
+    pub fn new(config: Config) -> Result<Arc<Self>, String> {
+        let upstream = Arc::new(Upstream::new(&config.upstream)?);
+        let uploads = Uploads::new(config.upload.clone());
+        Ok(Arc::new(Self { config, upstream, uploads }))
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().to_owned();
+        if req.method() == Method::POST && is_document(req.headers()) {
+            if let Some(target) = route::chunked_upload_target(&path).filter(|t| t.upload.is_none()) {
+                return self.uploads.handle(self.upstream.clone(), req, target).await;
+            }
+        }
+        match proxy::forward(&self.upstream, req).await {
+            Ok(response) => response,
+            Err(err) => {
+                tracing::warn!(code = err.code(), error = %err, "passthrough failed");
+                err.response(self.upstream.dialect, None)
+            }
+        }
+    }
+}
+
+/// A body that is neither JSON nor XML is a document to stream; JSON and XML are API calls.
+fn is_document(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let mime = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    !["/json", "+json", "/xml", "+xml"].iter().any(|s| mime.ends_with(s))
+}
+
+/// Serves the gateway on `listener` until `shutdown` resolves.
+pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) {
+    let limits = gateway.config.server.conn_limits();
+    let drain = Duration::from_secs(gateway.config.server.drain_secs);
+    let handler = move |req, _peer: SocketAddr| {
+        let gw = gateway.clone();
+        async move { Ok::<_, BoxError>(gw.handle(req).await) }
+    };
+    server::serve(listener, limits, handler, shutdown, drain).await;
+}
+
+/// A gateway running in this process (tests, the demo, benchmarks). Stops when dropped.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    pub stopper: Stopper,
+}
+
+impl Running {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Binds `config.server.listen` and serves the gateway in a background task.
+pub async fn spawn(config: Config) -> Result<Running, String> {
+    let listener = TcpListener::bind(config.server.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let gateway = Gateway::new(config)?;
+    let (stopper, stopped) = Stopper::new();
+    tokio::spawn(run(listener, gateway.clone(), stopped));
+    Ok(Running { addr, gateway, stopper })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_and_xml_are_api_calls_everything_else_is_a_document() {
+        let with = |ct: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+            is_document(&h)
+        };
+        assert!(is_document(&HeaderMap::new()));
+        assert!(with("application/octet-stream"));
+        assert!(with("application/pdf"));
+        assert!(!with("application/json; charset=utf-8"));
+        assert!(!with("Application/JSON"));
+        assert!(!with("application/problem+json"));
+        assert!(!with("text/xml"));
+    }
+}

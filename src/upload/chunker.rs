@@ -1,0 +1,139 @@
+//! Cuts the client's body into parts of a requested size, hashing every byte as it passes.
+//! Reading is cancel-safe: all state lives in the chunker, so it can sit in a `select!`.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body::Body as HttpBody;
+use http_body_util::BodyExt;
+use sha2::{Digest, Sha256};
+
+/// Why the body could not be read to its end.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ChunkError {
+    /// No bytes for this long.
+    Idle(Duration),
+    /// The body broke off (client gone, framing error).
+    Broken,
+}
+
+pub struct Chunker<B> {
+    body: B,
+    buf: BytesMut,
+    hasher: Sha256,
+    total: u64,
+    idle: Duration,
+    done: bool,
+}
+
+// === impl Chunker ===
+
+impl<B> Chunker<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+{
+    pub fn new(body: B, idle: Duration) -> Self {
+        Self { body, buf: BytesMut::new(), hasher: Sha256::new(), total: 0, idle, done: false }
+    }
+
+    /// The next part of exactly `size` bytes (the last one may be shorter), or `None` at the end.
+    pub async fn next_part(&mut self, size: usize) -> Result<Option<Bytes>, ChunkError> {
+        loop {
+            if self.buf.len() >= size {
+                return Ok(Some(self.buf.split_to(size).freeze()));
+            }
+            if self.done {
+                return Ok((!self.buf.is_empty()).then(|| self.buf.split().freeze()));
+            }
+            if self.buf.capacity() < size {
+                self.buf.reserve(size - self.buf.len());
+            }
+            match tokio::time::timeout(self.idle, self.body.frame()).await {
+                Err(_) => return Err(ChunkError::Idle(self.idle)),
+                Ok(None) => self.done = true,
+                Ok(Some(Err(_))) => return Err(ChunkError::Broken),
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.hasher.update(&data);
+                        self.total += data.len() as u64;
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Bytes read so far.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// The SHA-256 of every byte read.
+    pub fn sha256(&self) -> [u8; 32] {
+        self.hasher.clone().finalize().into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::VecDeque,
+        convert::Infallible,
+        pin::Pin,
+        task::{Context, Poll},
+    };
+
+    use http_body::Frame;
+
+    use super::*;
+
+    /// A body that yields the given frames.
+    struct Frames(VecDeque<Bytes>);
+
+    impl HttpBody for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    async fn cut(frames: Vec<Bytes>, sizes: &[usize]) -> (Vec<Bytes>, [u8; 32], u64) {
+        let mut c = Chunker::new(Frames(frames.into()), Duration::from_secs(5));
+        let mut parts = Vec::new();
+        let mut i = 0;
+        while let Some(p) = c.next_part(sizes[i.min(sizes.len() - 1)]).await.unwrap() {
+            parts.push(p);
+            i += 1;
+        }
+        (parts, c.sha256(), c.total())
+    }
+
+    #[tokio::test]
+    async fn any_split_into_frames_yields_the_same_parts_and_digest() {
+        let data = Bytes::from((0..10_007u32).map(|i| (i * 31 % 251) as u8).collect::<Vec<_>>());
+        let sizes = [1000, 3000, 3000];
+        let (want, want_sha, _) = cut(vec![data.clone()], &sizes).await;
+        assert_eq!(want.iter().map(Bytes::len).collect::<Vec<_>>(), [1000, 3000, 3000, 3000, 7]);
+        assert_eq!(want_sha, <[u8; 32]>::from(Sha256::digest(&data)));
+        let mut rng = fastrand::Rng::with_seed(99);
+        for _ in 0..200 {
+            let mut frames = Vec::new();
+            let mut at = 0;
+            while at < data.len() {
+                let n = rng.usize(0..=4000).min(data.len() - at);
+                frames.push(data.slice(at..at + n)); // empty frames included
+                at += n;
+            }
+            let (parts, sha, total) = cut(frames, &sizes).await;
+            assert_eq!((parts, sha, total), (want.clone(), want_sha, data.len() as u64));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_empty_body_has_no_parts() {
+        let (parts, sha, total) = cut(vec![], &[10]).await;
+        assert!(parts.is_empty());
+        assert_eq!((sha, total), (<[u8; 32]>::from(Sha256::digest(b"")), 0));
+    }
+}

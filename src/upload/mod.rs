@@ -1,0 +1,362 @@
+//! The streamed upload: a whole document in, a committed chunked upload out.
+//!
+//! The body is cut into parts as it arrives; part 0 creates the upload and the answer tells the
+//! part and size limits; parts 1..n go out with up to `max_in_flight` PUTs at once; the SHA-256 of
+//! the stream is checked against the client's `Content-Digest` and the upstream's checksum; then
+//! the upload is committed. Any failure after create deletes the upstream upload.
+
+mod chunker;
+mod digest;
+mod part;
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, header};
+use hyper::body::Incoming;
+use tokio::{sync::{OwnedSemaphorePermit, Semaphore}, task::JoinSet};
+use tracing::Instrument;
+
+use self::chunker::{ChunkError, Chunker};
+use crate::{
+    body::Body,
+    config::UploadConfig,
+    error::GatewayError,
+    resource::hex,
+    route::{self, Target},
+    upstream::{Account, Answer, CallError, Upstream},
+};
+
+/// Header a client sets to `false` to have its upload left uncommitted (it commits later itself).
+pub const NO_COMMIT_HEADER: &str = "x-chunkgate-commit";
+
+/// Shared limits on uploads: how many at once, and the bytes their parts hold.
+pub struct Uploads {
+    config: UploadConfig,
+    slots: Arc<Semaphore>,
+    /// Budget in KiB (a semaphore counts in u32).
+    budget: Arc<Semaphore>,
+}
+
+/// Why an upload ended after create; either way the upstream upload is deleted.
+enum Abort {
+    Gateway(GatewayError),
+    /// An upstream refusal, passed to the client verbatim.
+    Upstream(Answer),
+}
+
+impl From<GatewayError> for Abort {
+    fn from(e: GatewayError) -> Self {
+        Abort::Gateway(e)
+    }
+}
+
+/// One upload's fixed facts.
+struct Job {
+    upstream: Arc<Upstream>,
+    config: UploadConfig,
+    budget: Arc<Semaphore>,
+    acct: Account,
+    declared: Option<u64>,
+    client_digest: Option<[u8; 32]>,
+    commit: bool,
+}
+
+// === impl Uploads ===
+
+impl Uploads {
+    pub fn new(config: UploadConfig) -> Self {
+        let kib = (config.memory_budget_bytes / 1024).clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+        Self { slots: Arc::new(Semaphore::new(config.max_uploads)), budget: Arc::new(Semaphore::new(kib)), config }
+    }
+
+    /// Uploads running now.
+    pub fn active(&self) -> usize {
+        self.config.max_uploads - self.slots.available_permits()
+    }
+
+    /// Checks what can be checked before any upstream call, then runs the upload in its own task,
+    /// so that a client going away cannot stop the cleanup.
+    pub async fn handle(&self, upstream: Arc<Upstream>, req: Request<Incoming>, t: Target<'_>) -> Response<Body> {
+        let dialect = upstream.dialect;
+        let job = match self.admit(upstream, &req, t) {
+            Ok(job) => job,
+            Err(err) => return err.response(dialect, None),
+        };
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            return GatewayError::GatewayBusy { retry_after: Duration::from_secs(1) }.response(dialect, None);
+        };
+        let span = tracing::info_span!("upload", account = %job.acct.id, upload_id = tracing::field::Empty, bytes = tracing::field::Empty);
+        let task = tokio::spawn(
+            async move {
+                let response = job.run(req.into_body()).await;
+                drop(slot);
+                response
+            }
+            .instrument(span),
+        );
+        task.await.unwrap_or_else(|_| GatewayError::BadRequest("the upload task failed".into()).response(dialect, None))
+    }
+
+    fn admit(&self, upstream: Arc<Upstream>, req: &Request<Incoming>, t: Target<'_>) -> Result<Job, GatewayError> {
+        if !route::valid_account(t.account) {
+            return Err(GatewayError::InvalidAccountId);
+        }
+        let auth = req.headers().get(header::AUTHORIZATION).filter(|v| v.as_bytes().len() > 7).cloned().ok_or(GatewayError::MissingToken)?;
+        let declared = match req.headers().get(header::CONTENT_LENGTH) {
+            None => None,
+            Some(v) => Some(v.to_str().ok().and_then(|s| s.parse::<u64>().ok()).ok_or_else(|| GatewayError::BadRequest("Content-Length is not a number".into()))?),
+        };
+        let c = &self.config;
+        // The most a document can hold: the part count assumed before create times the largest part.
+        let ceiling = c.max_document_bytes.min(c.assumed_max_parts as u64 * c.max_part_bytes as u64);
+        match declared {
+            Some(0) => return Err(GatewayError::EmptyDocument),
+            Some(len) if len > ceiling => return Err(GatewayError::PayloadTooLarge { limit: ceiling }),
+            _ => {}
+        }
+        let client_digest = digest::sha256_of(req.headers()).map_err(|()| GatewayError::BadContentDigest)?;
+        let commit = !req.headers().get(NO_COMMIT_HEADER).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"false"));
+        Ok(Job {
+            upstream,
+            config: self.config.clone(),
+            budget: self.budget.clone(),
+            acct: Account { prefix: t.prefix.to_owned(), version: t.version.to_owned(), id: t.account.to_owned(), auth },
+            declared,
+            client_digest,
+            commit,
+        })
+    }
+}
+
+// === impl Job ===
+
+impl Job {
+    async fn run(self, body: Incoming) -> Response<Body> {
+        let dialect = self.upstream.dialect;
+        let idle = Duration::from_millis(self.config.client_idle_timeout_ms);
+        let mut chunker = Chunker::new(body, idle);
+        let first_size = match self.declared {
+            Some(len) => fit(len, self.config.assumed_max_parts, &self.config),
+            None => self.config.part_size,
+        };
+        let part0 = match chunker.next_part(first_size).await {
+            Ok(Some(part)) => part,
+            Ok(None) => return GatewayError::EmptyDocument.response(dialect, None),
+            Err(err) => return client_error(err).response(dialect, None),
+        };
+        let created = match self.upstream.create(&self.acct, part::encode(&part0)).await {
+            Ok(answer) if answer.status.is_success() => answer,
+            // A refusal (quota, auth, throttling) goes back as the upstream sent it.
+            Ok(answer) => return answer.into_response(),
+            Err(err) => {
+                tracing::warn!(error = %err, "create failed");
+                return call_error(err).response(dialect, None);
+            }
+        };
+        let resource = match created.resource(dialect) {
+            Ok(r) if !r.chunked_upload_id.is_empty() => r,
+            Ok(_) => return GatewayError::UpstreamBadResponse("create answered without an upload id".into()).response(dialect, None),
+            Err(e) => return GatewayError::UpstreamBadResponse(e).response(dialect, None),
+        };
+        let id = resource.chunked_upload_id.clone();
+        tracing::Span::current().record("upload_id", id.as_str());
+        let limits = Limits {
+            max_parts: resource.max_parts().unwrap_or(self.config.assumed_max_parts),
+            max_total: resource.max_total().unwrap_or(u64::MAX),
+        };
+        let mut accepted = vec![0u32];
+        match self.send_rest(&id, &mut chunker, limits, &mut accepted).await {
+            Ok(answer) => {
+                let parts = accepted.len();
+                let bytes = chunker.total();
+                tracing::Span::current().record("bytes", bytes);
+                tracing::info!(parts, bytes, committed = self.commit, "upload finished");
+                let mut response = answer.into_response();
+                let h = response.headers_mut();
+                h.insert("x-chunkgate-upload-id", HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("invalid")));
+                h.insert("x-chunkgate-parts", HeaderValue::from(parts));
+                h.insert("x-chunkgate-bytes", HeaderValue::from(bytes));
+                h.insert("x-chunkgate-sha256", HeaderValue::from_str(&hex(&chunker.sha256())).expect("hex is a valid header"));
+                response
+            }
+            Err(abort) => {
+                accepted.sort_unstable();
+                self.discard(&id).await;
+                match abort {
+                    Abort::Gateway(err) => {
+                        tracing::warn!(code = err.code(), error = %err, "upload failed");
+                        err.response(dialect, Some(&accepted))
+                    }
+                    Abort::Upstream(answer) => {
+                        tracing::warn!(status = answer.status.as_u16(), "upstream refused the upload");
+                        let mut response = answer.into_response();
+                        let list = accepted.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+                        if let Ok(v) = HeaderValue::from_str(&list) {
+                            response.headers_mut().insert("x-chunkgate-parts-accepted", v);
+                        }
+                        response
+                    }
+                }
+            }
+        }
+    }
+
+    /// Parts 1..n, the integrity checks and the commit. Returns the upstream's final answer.
+    async fn send_rest(&self, id: &str, chunker: &mut Chunker<Incoming>, limits: Limits, accepted: &mut Vec<u32>) -> Result<Answer, Abort> {
+        if let Some(len) = self.declared {
+            if len > limits.max_total {
+                return Err(GatewayError::PayloadTooLarge { limit: limits.max_total }.into());
+            }
+        }
+        let size = match self.declared {
+            Some(len) => {
+                let left = len.saturating_sub(chunker.total());
+                let slots = limits.max_parts.saturating_sub(1).max(1);
+                let size = fit(left, slots, &self.config);
+                if left.div_ceil(size as u64) > slots as u64 {
+                    return Err(GatewayError::PayloadTooLarge { limit: limits.max_parts as u64 * self.config.max_part_bytes as u64 }.into());
+                }
+                size
+            }
+            None => self.config.part_size,
+        };
+        let cost = budget_cost(size, &self.config);
+        let mut inflight: JoinSet<Result<u32, Abort>> = JoinSet::new();
+        let mut seq = 1u32;
+        loop {
+            while inflight.len() >= self.config.max_in_flight {
+                accepted.push(joined(inflight.join_next().await)?);
+            }
+            let permit = self.budget.clone().acquire_many_owned(cost).await.expect("budget semaphore is never closed");
+            let next = tokio::select! {
+                biased;
+                Some(done) = inflight.join_next(), if !inflight.is_empty() => {
+                    accepted.push(joined(Some(done))?);
+                    continue;
+                }
+                next = chunker.next_part(size) => next.map_err(client_error)?,
+            };
+            let Some(data) = next else { break };
+            if seq >= limits.max_parts || chunker.total() > limits.max_total {
+                let limit = limits.max_total.min(limits.max_parts as u64 * size as u64);
+                return Err(GatewayError::PayloadTooLarge { limit }.into());
+            }
+            let (upstream, acct, id) = (self.upstream.clone(), self.acct.clone(), id.to_owned());
+            let span = tracing::debug_span!("part", seq, bytes = data.len());
+            inflight.spawn(send_part(upstream, acct, id, seq, data, permit).instrument(span));
+            seq += 1;
+        }
+        while let Some(done) = inflight.join_next().await {
+            accepted.push(joined(Some(done))?);
+        }
+        self.verify_and_commit(id, chunker).await
+    }
+
+    async fn verify_and_commit(&self, id: &str, chunker: &Chunker<Incoming>) -> Result<Answer, Abort> {
+        let dialect = self.upstream.dialect;
+        let ours = hex(&chunker.sha256());
+        if let Some(expected) = self.client_digest {
+            if hex(&expected) != ours {
+                return Err(GatewayError::DigestMismatch { expected: hex(&expected), actual: ours }.into());
+            }
+        }
+        let mut last = None;
+        if self.config.verify_upstream_checksum || !self.commit {
+            let answer = self.upstream.get(&self.acct, id, true).await.map_err(call_error)?;
+            if !answer.status.is_success() {
+                return Err(Abort::Upstream(answer));
+            }
+            let resource = answer.resource(dialect).map_err(GatewayError::UpstreamBadResponse)?;
+            if let Some(theirs) = resource.checksum.as_deref().filter(|c| !c.is_empty()) {
+                if self.config.verify_upstream_checksum && !theirs.eq_ignore_ascii_case(&ours) {
+                    return Err(GatewayError::UpstreamChecksumMismatch { upstream: theirs.to_owned(), actual: ours }.into());
+                }
+            }
+            last = Some(answer);
+        }
+        if !self.commit {
+            return Ok(last.expect("fetched above when not committing"));
+        }
+        let answer = self.upstream.commit(&self.acct, id).await.map_err(call_error)?;
+        if !answer.status.is_success() {
+            return Err(Abort::Upstream(answer));
+        }
+        Ok(answer)
+    }
+
+    /// Deletes the upstream upload after a failure, so it does not count against the quota.
+    async fn discard(&self, id: &str) {
+        match self.upstream.delete(&self.acct, id).await {
+            Ok(a) if a.status.is_success() => tracing::info!("upstream upload deleted"),
+            Ok(a) => tracing::warn!(status = a.status.as_u16(), "deleting the upstream upload was refused"),
+            Err(err) => tracing::warn!(error = %err, "deleting the upstream upload failed"),
+        }
+    }
+}
+
+/// Sends one part; the permit holds its share of the memory budget until the part is done.
+async fn send_part(upstream: Arc<Upstream>, acct: Account, id: String, seq: u32, data: Bytes, permit: OwnedSemaphorePermit) -> Result<u32, Abort> {
+    let len = data.len() as u64;
+    let json = part::encode(&data);
+    drop(data);
+    let answer = upstream.add_part(&acct, &id, seq, json).await.map_err(call_error)?;
+    drop(permit);
+    if !answer.status.is_success() {
+        return Err(Abort::Upstream(answer));
+    }
+    let resource = answer.resource(upstream.dialect).map_err(GatewayError::UpstreamBadResponse)?;
+    // The answer lists the parts received so far; ours must be there with our size.
+    if !resource.chunked_upload_parts.is_empty() {
+        match resource.part_size(seq) {
+            Some(held) if held == len => {}
+            Some(held) => return Err(GatewayError::UpstreamPartConflict { seq, held, sent: len }.into()),
+            None => return Err(GatewayError::UpstreamBadResponse(format!("the answer to part {seq} does not list it")).into()),
+        }
+    }
+    tracing::debug!(status = answer.status.as_u16(), "part accepted");
+    Ok(seq)
+}
+
+#[derive(Clone, Copy)]
+struct Limits {
+    max_parts: u32,
+    max_total: u64,
+}
+
+/// The part size that fits `len` bytes into `parts` parts: at least `part_size`, at most
+/// `max_part_bytes` (the caller checks that the result does fit).
+fn fit(len: u64, parts: u32, c: &UploadConfig) -> usize {
+    let need = len.div_ceil(parts.max(1) as u64) as usize;
+    need.max(c.part_size).min(c.max_part_bytes).max(1)
+}
+
+/// KiB of the memory budget one part holds: its raw bytes and its base64 body.
+fn budget_cost(size: usize, c: &UploadConfig) -> u32 {
+    let bytes = size + part::encoded_len(size);
+    let cap = (c.memory_budget_bytes / 1024).clamp(1, u32::MAX as usize);
+    (bytes.div_ceil(1024)).min(cap) as u32
+}
+
+fn joined(done: Option<Result<Result<u32, Abort>, tokio::task::JoinError>>) -> Result<u32, Abort> {
+    match done {
+        Some(Ok(result)) => result,
+        Some(Err(err)) => Err(GatewayError::BadRequest(format!("a part task failed: {err}")).into()),
+        None => Err(GatewayError::BadRequest("no part in flight".into()).into()),
+    }
+}
+
+fn client_error(err: ChunkError) -> GatewayError {
+    match err {
+        ChunkError::Idle(d) => GatewayError::ClientBodyTimeout(d),
+        ChunkError::Broken => GatewayError::ClientBodyError,
+    }
+}
+
+fn call_error(err: CallError) -> GatewayError {
+    match err {
+        CallError::NotSent(e) | CallError::Broken(e) => GatewayError::UpstreamUnavailable(e),
+        CallError::Timeout(d) => GatewayError::UpstreamTimeout(format!("{d:?}")),
+        CallError::BadAnswer(e) => GatewayError::UpstreamBadResponse(e),
+    }
+}

@@ -1,0 +1,234 @@
+//! The upstream client: one pooled hyper client (rustls, HTTP/1.1 and HTTP/2), typed calls for the
+//! five chunked-upload routes, and the classification of what can go wrong with a call.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioTimer},
+};
+
+use crate::{
+    body::{self, Body, ReadError},
+    config::UpstreamConfig,
+    envelope::{Dialect, ErrorBody},
+    resource::ChunkedUpload,
+    tls,
+};
+
+/// Where chunked-upload calls for one client request go, and the token they carry.
+#[derive(Clone, Debug)]
+pub struct Account {
+    /// The client's path before `/v2.1`, kept so the upstream sees the same API path.
+    pub prefix: String,
+    pub version: String,
+    pub id: String,
+    /// The client's `Authorization`, forwarded as is and never logged.
+    pub auth: HeaderValue,
+}
+
+/// An upstream answer, read whole.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// How a call failed before an answer could be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// Nothing reached the upstream (connect refused, DNS, TLS handshake): safe to send again.
+    #[error("not sent: {0}")]
+    NotSent(String),
+    /// The request may have been received and applied: the connection broke after sending.
+    #[error("no answer: {0}")]
+    Broken(String),
+    /// No answer within the call timeout; the request may have been applied.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// An answer came but could not be read (too large, body cut off).
+    #[error("bad answer: {0}")]
+    BadAnswer(String),
+}
+
+impl CallError {
+    /// Whether the upstream may have applied the request.
+    pub fn maybe_applied(&self) -> bool {
+        !matches!(self, CallError::NotSent(_))
+    }
+}
+
+/// What a chunked-upload call's answer says.
+pub enum Parsed {
+    Resource(ChunkedUpload),
+    Error(ErrorBody),
+}
+
+// === impl Answer ===
+
+impl Answer {
+    /// The body parsed in `dialect`: the upload resource or the upstream's error.
+    pub fn parse(&self, dialect: Dialect) -> Result<Parsed, String> {
+        let value: serde_json::Value = serde_json::from_slice(&self.body).map_err(|e| format!("body is not JSON ({e})"))?;
+        match dialect.unwrap(value) {
+            Some(Ok(data)) if self.status.is_success() => {
+                serde_json::from_value(data).map(Parsed::Resource).map_err(|e| format!("not an upload resource ({e})"))
+            }
+            Some(Err(err)) => Ok(Parsed::Error(err)),
+            _ => Err(format!("a {} answer in neither shape of the {dialect:?} dialect", self.status)),
+        }
+    }
+
+    /// The upload resource of a successful answer.
+    pub fn resource(&self, dialect: Dialect) -> Result<ChunkedUpload, String> {
+        match self.parse(dialect)? {
+            Parsed::Resource(r) => Ok(r),
+            Parsed::Error(e) => Err(format!("an error answer ({})", e.code)),
+        }
+    }
+
+    /// The upstream's error code, if the body carries one.
+    pub fn error_code(&self, dialect: Dialect) -> Option<String> {
+        match self.parse(dialect) {
+            Ok(Parsed::Error(e)) => Some(e.code),
+            _ => None,
+        }
+    }
+
+    /// The answer as the client gets it: status, headers and body as the upstream sent them.
+    pub fn into_response(self) -> Response<Body> {
+        let mut response = Response::new(body::full(self.body));
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.headers;
+        crate::proxy::strip_hop_by_hop(response.headers_mut());
+        // The body was read whole; its length is known again.
+        response.headers_mut().remove(header::TRANSFER_ENCODING);
+        response
+    }
+}
+
+/// The pooled client and where it points.
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    base: Uri,
+    pub dialect: Dialect,
+    call_timeout: Duration,
+    max_response_bytes: usize,
+}
+
+// === impl Upstream ===
+
+impl Upstream {
+    pub fn new(config: &UpstreamConfig) -> Result<Self, String> {
+        let base: Uri = config.base_url.parse().map_err(|e| format!("upstream.base_url: {e}"))?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
+        let tls = tls::client_config(&config.ca_files)?;
+        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+        let connector = if config.allow_plain_http { builder.https_or_http() } else { builder.https_only() }
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(config.pool_max_idle)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        Ok(Self {
+            client,
+            base,
+            dialect: config.dialect,
+            call_timeout: Duration::from_millis(config.call_timeout_ms),
+            max_response_bytes: config.max_response_bytes,
+        })
+    }
+
+    /// `base_url` + `path_and_query`.
+    pub fn uri(&self, path_and_query: &str) -> Uri {
+        let base_path = self.base.path().trim_end_matches('/');
+        let mut parts = self.base.clone().into_parts();
+        parts.path_and_query = Some(format!("{base_path}{path_and_query}").parse().unwrap_or_else(|_| "/".parse().unwrap()));
+        Uri::from_parts(parts).expect("scheme and authority come from a valid base URL")
+    }
+
+    /// Sends a request as is; the passthrough uses this.
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, CallError> {
+        match tokio::time::timeout(self.call_timeout, self.client.request(req)).await {
+            Err(_) => Err(CallError::Timeout(self.call_timeout)),
+            Ok(Err(err)) if err.is_connect() => Err(CallError::NotSent(describe(&err))),
+            Ok(Err(err)) => Err(CallError::Broken(describe(&err))),
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+
+    /// One chunked-upload call: the request sent and the answer read whole, within the call timeout.
+    async fn call(&self, method: Method, acct: &Account, tail: &str, json: Option<Bytes>) -> Result<Answer, CallError> {
+        let path = format!("{}/{}/accounts/{}/chunked_uploads{tail}", acct.prefix, acct.version, acct.id);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(self.uri(&path))
+            .header(header::AUTHORIZATION, acct.auth.clone())
+            .header(header::ACCEPT, "application/json");
+        req = match &json {
+            Some(bytes) => req.header(header::CONTENT_TYPE, "application/json").header(header::CONTENT_LENGTH, bytes.len()),
+            // DocuSign's front end answers a PUT without a length with 411.
+            None => req.header(header::CONTENT_LENGTH, 0),
+        };
+        let req = req.body(json.map_or_else(body::empty, body::full)).expect("valid request");
+        let exchange = async {
+            let response = match self.client.request(req).await {
+                Ok(r) => r,
+                Err(err) if err.is_connect() => return Err(CallError::NotSent(describe(&err))),
+                Err(err) => return Err(CallError::Broken(describe(&err))),
+            };
+            let (parts, incoming) = response.into_parts();
+            let body = body::read_limited(incoming, self.max_response_bytes).await.map_err(|err| match err {
+                ReadError::TooLarge { limit } => CallError::BadAnswer(format!("answer over {limit} bytes")),
+                ReadError::Io(e) => CallError::Broken(format!("answer cut off: {e}")),
+            })?;
+            Ok(Answer { status: parts.status, headers: parts.headers, body })
+        };
+        tokio::time::timeout(self.call_timeout, exchange).await.map_err(|_| CallError::Timeout(self.call_timeout))?
+    }
+
+    pub async fn create(&self, acct: &Account, json: Bytes) -> Result<Answer, CallError> {
+        self.call(Method::POST, acct, "", Some(json)).await
+    }
+
+    pub async fn add_part(&self, acct: &Account, id: &str, seq: u32, json: Bytes) -> Result<Answer, CallError> {
+        self.call(Method::PUT, acct, &format!("/{id}/{seq}"), Some(json)).await
+    }
+
+    pub async fn get(&self, acct: &Account, id: &str, checksum: bool) -> Result<Answer, CallError> {
+        let query = if checksum { "?include=checksum" } else { "" };
+        self.call(Method::GET, acct, &format!("/{id}{query}"), None).await
+    }
+
+    pub async fn commit(&self, acct: &Account, id: &str) -> Result<Answer, CallError> {
+        self.call(Method::PUT, acct, &format!("/{id}?action=commit"), None).await
+    }
+
+    pub async fn delete(&self, acct: &Account, id: &str) -> Result<Answer, CallError> {
+        self.call(Method::DELETE, acct, &format!("/{id}"), None).await
+    }
+}
+
+/// The error and its causes on one line (hyper's own message alone is often just "client error").
+fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
