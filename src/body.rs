@@ -11,9 +11,7 @@ pub type Body = BoxBody<Bytes, BoxError>;
 
 /// A body holding these bytes.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
 }
 
 /// A body with nothing in it.
@@ -38,9 +36,7 @@ where
 {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
-            Err(ReadError::TooLarge { limit })
-        }
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ReadError::TooLarge { limit }),
         Err(err) => Err(ReadError::Io(err)),
     }
 }

@@ -2,7 +2,12 @@
 //! the box, `CHUNKGATE_SECTION__KEY=value` environment overrides for pod specs, and validation that
 //! lists every problem at once. Unknown keys are errors.
 
-use std::{fmt, net::SocketAddr, path::{Path, PathBuf}, time::Duration};
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -144,10 +149,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self {
-            format: LogFormat::Text,
-            filter: "info".to_owned(),
-        }
+        Self { format: LogFormat::Text, filter: "info".to_owned() }
     }
 }
 
@@ -181,10 +183,7 @@ pub const ENV_PREFIX: &str = "CHUNKGATE_";
 
 impl Config {
     /// Reads `path` (or the defaults when `None`), applies overrides from `env`, and validates.
-    pub fn load(
-        path: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, Problems> {
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, Problems> {
         let text = match path {
             Some(path) => std::fs::read_to_string(path)
                 .map_err(|err| Problems(vec![format!("cannot read {}: {err}", path.display())]))?,
@@ -194,13 +193,8 @@ impl Config {
     }
 
     /// Parses TOML text, applies overrides from `env`, and validates.
-    pub fn parse(
-        text: &str,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, Problems> {
-        let mut table: toml::Table = text
-            .parse()
-            .map_err(|err: toml::de::Error| Problems(vec![err.to_string()]))?;
+    pub fn parse(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, Problems> {
+        let mut table: toml::Table = text.parse().map_err(|err: toml::de::Error| Problems(vec![err.to_string()]))?;
         let mut problems = Vec::new();
         for (name, value) in env {
             if let Some(path) = name.strip_prefix(ENV_PREFIX).filter(|p| p.contains("__")) {
@@ -212,11 +206,7 @@ impl Config {
         }
         let config: Config = deserialize_strict(toml::Value::Table(table), &mut problems);
         problems.extend(config.problems());
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(Problems(problems))
-        }
+        if problems.is_empty() { Ok(config) } else { Err(Problems(problems)) }
     }
 
     /// Every semantic problem (types and unknown keys are caught while parsing).
@@ -232,7 +222,9 @@ impl Config {
                     ));
                 }
             }
-            _ => out.push(format!("upstream.base_url must be an absolute http(s) URL, not {:?}", self.upstream.base_url)),
+            _ => {
+                out.push(format!("upstream.base_url must be an absolute http(s) URL, not {:?}", self.upstream.base_url))
+            }
         }
         for ca in &self.upstream.ca_files {
             if !ca.is_file() {
@@ -241,7 +233,10 @@ impl Config {
         }
         let u = &self.upload;
         if u.part_size == 0 || u.part_size > u.max_part_bytes {
-            out.push(format!("upload.part_size must be within 1..=upload.max_part_bytes ({}), not {}", u.max_part_bytes, u.part_size));
+            out.push(format!(
+                "upload.part_size must be within 1..=upload.max_part_bytes ({}), not {}",
+                u.max_part_bytes, u.part_size
+            ));
         }
         if !(1..=256).contains(&u.assumed_max_parts) {
             out.push(format!("upload.assumed_max_parts must be within 1..=256, not {}", u.assumed_max_parts));
@@ -276,17 +271,10 @@ impl Config {
 }
 
 /// Deserializes `value`, recording every unknown key and any type error in `problems`.
-pub fn deserialize_strict<T: DeserializeOwned + Default>(
-    value: toml::Value,
-    problems: &mut Vec<String>,
-) -> T {
+pub fn deserialize_strict<T: DeserializeOwned + Default>(value: toml::Value, problems: &mut Vec<String>) -> T {
     let mut unknown = Vec::new();
     let result = serde_ignored::deserialize(value, |path| unknown.push(path.to_string()));
-    problems.extend(
-        unknown
-            .into_iter()
-            .map(|key| format!("unknown key `{key}`")),
-    );
+    problems.extend(unknown.into_iter().map(|key| format!("unknown key `{key}`")));
     match result {
         Ok(value) => value,
         Err(err) => {
@@ -306,17 +294,11 @@ fn env_value(raw: &str) -> toml::Value {
 }
 
 fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<(), String> {
-    let (last, parents) = keys
-        .split_last()
-        .expect("split on `__` yields at least one key");
+    let (last, parents) = keys.split_last().expect("split on `__` yields at least one key");
     let mut at = table;
     for key in parents {
-        let entry = at
-            .entry(key.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        at = entry
-            .as_table_mut()
-            .ok_or_else(|| format!("`{key}` is not a table"))?;
+        let entry = at.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        at = entry.as_table_mut().ok_or_else(|| format!("`{key}` is not a table"))?;
     }
     at.insert(last.clone(), value);
     Ok(())
@@ -327,10 +309,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -364,13 +343,7 @@ mod tests {
         )
         .unwrap_err();
         let all = err.0.join("\n");
-        for needle in [
-            "sim.bogus",
-            "sim.limits.nope",
-            "extra",
-            "throttle_status",
-            "max_parts",
-        ] {
+        for needle in ["sim.bogus", "sim.limits.nope", "extra", "throttle_status", "max_parts"] {
             assert!(all.contains(needle), "{needle} missing from:\n{all}");
         }
     }

@@ -61,10 +61,7 @@ impl Dialect {
                 };
                 match map.get("success")? {
                     Value::Bool(true) => Some(Ok(map.remove("data").unwrap_or(Value::Null))),
-                    Value::Bool(false) => map
-                        .get("error")
-                        .and_then(|e| error_fields(e, "code"))
-                        .map(Err),
+                    Value::Bool(false) => map.get("error").and_then(|e| error_fields(e, "code")).map(Err),
                     _ => None,
                 }
             }
@@ -74,14 +71,8 @@ impl Dialect {
 
 fn error_fields(value: &Value, code_key: &str) -> Option<ErrorBody> {
     let code = value.get(code_key)?.as_str()?;
-    let message = value
-        .get("message")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    Some(ErrorBody {
-        code: code.to_owned(),
-        message: message.to_owned(),
-    })
+    let message = value.get("message").and_then(Value::as_str).unwrap_or_default();
+    Some(ErrorBody { code: code.to_owned(), message: message.to_owned() })
 }
 
 #[cfg(test)]
@@ -92,13 +83,7 @@ mod tests {
     fn both_dialects_round_trip_errors_and_successes() {
         for dialect in [Dialect::Docusign, Dialect::Envelope] {
             let err: Value = serde_json::from_slice(&dialect.error("SOME_CODE", "text")).unwrap();
-            assert_eq!(
-                dialect.unwrap(err),
-                Some(Err(ErrorBody {
-                    code: "SOME_CODE".into(),
-                    message: "text".into()
-                }))
-            );
+            assert_eq!(dialect.unwrap(err), Some(Err(ErrorBody { code: "SOME_CODE".into(), message: "text".into() })));
             let ok: Value = serde_json::from_slice(&dialect.success(&json!({"a": "1"}))).unwrap();
             assert_eq!(dialect.unwrap(ok), Some(Ok(json!({"a": "1"}))));
         }

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::{body::{self, Body}, envelope::Dialect};
+use crate::{
+    body::{self, Body},
+    envelope::Dialect,
+};
 
 /// Who a failure came from; decides retries (upstream only) and what the client is told.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,9 +31,13 @@ pub enum GatewayError {
     MissingToken,
     #[error("The Content-Digest header is not a valid RFC 9530 `sha-256=:<base64>:` value.")]
     BadContentDigest,
-    #[error("The document's SHA-256 ({actual}) differs from the Content-Digest sent ({expected}); nothing was committed.")]
+    #[error(
+        "The document's SHA-256 ({actual}) differs from the Content-Digest sent ({expected}); nothing was committed."
+    )]
     DigestMismatch { expected: String, actual: String },
-    #[error("The upstream's checksum ({upstream}) differs from the bytes sent ({actual}); nothing was committed. Send the document again.")]
+    #[error(
+        "The upstream's checksum ({upstream}) differs from the bytes sent ({actual}); nothing was committed. Send the document again."
+    )]
     UpstreamChecksumMismatch { upstream: String, actual: String },
     #[error("The upstream could not be reached: {0}. Try again later.")]
     UpstreamUnavailable(String),
@@ -38,7 +45,9 @@ pub enum GatewayError {
     UpstreamTimeout(String),
     #[error("The upstream's answer could not be understood: {0}.")]
     UpstreamBadResponse(String),
-    #[error("The upstream holds part {seq} with {held} bytes where {sent} were sent; the upload cannot be completed. Send the document again.")]
+    #[error(
+        "The upstream holds part {seq} with {held} bytes where {sent} were sent; the upload cannot be completed. Send the document again."
+    )]
     UpstreamPartConflict { seq: u32, held: u64, sent: u64 },
     #[error("The account's API rate limit is exhausted; retry after the time given in Retry-After.")]
     RateLimited { retry_after: Duration },
@@ -61,10 +70,15 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            EmptyDocument | InvalidAccountId | BadContentDigest | BadRequest(_) | ClientBodyError => StatusCode::BAD_REQUEST,
+            EmptyDocument | InvalidAccountId | BadContentDigest | BadRequest(_) | ClientBodyError => {
+                StatusCode::BAD_REQUEST
+            }
             MissingToken => StatusCode::UNAUTHORIZED,
             DigestMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            UpstreamChecksumMismatch { .. } | UpstreamBadResponse(_) | UpstreamPartConflict { .. } | UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            UpstreamChecksumMismatch { .. }
+            | UpstreamBadResponse(_)
+            | UpstreamPartConflict { .. }
+            | UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ClientBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -98,10 +112,21 @@ impl GatewayError {
     pub fn origin(&self) -> Origin {
         use GatewayError::*;
         match self {
-            PayloadTooLarge { .. } | EmptyDocument | InvalidAccountId | MissingToken | BadContentDigest | DigestMismatch { .. }
-            | ClientBodyTimeout(_) | ClientBodyError | BadRequest(_) => Origin::Client,
-            UpstreamChecksumMismatch { .. } | UpstreamUnavailable(_) | UpstreamTimeout(_) | UpstreamBadResponse(_)
-            | UpstreamPartConflict { .. } | RateLimited { .. } => Origin::Upstream,
+            PayloadTooLarge { .. }
+            | EmptyDocument
+            | InvalidAccountId
+            | MissingToken
+            | BadContentDigest
+            | DigestMismatch { .. }
+            | ClientBodyTimeout(_)
+            | ClientBodyError
+            | BadRequest(_) => Origin::Client,
+            UpstreamChecksumMismatch { .. }
+            | UpstreamUnavailable(_)
+            | UpstreamTimeout(_)
+            | UpstreamBadResponse(_)
+            | UpstreamPartConflict { .. }
+            | RateLimited { .. } => Origin::Upstream,
             GatewayBusy { .. } | ShuttingDown => Origin::Gateway,
         }
     }

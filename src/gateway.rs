@@ -84,7 +84,9 @@ impl Running {
 
 /// Binds `config.server.listen` and serves the gateway in a background task.
 pub async fn spawn(config: Config) -> Result<Running, String> {
-    let listener = TcpListener::bind(config.server.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let gateway = Gateway::new(config)?;
     let (stopper, stopped) = Stopper::new();

@@ -12,11 +12,7 @@ use chunkgate::{
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "chunkgate",
-    version,
-    about = "Upload gateway sidecar for DocuSign-style chunked uploads"
-)]
+#[command(name = "chunkgate", version, about = "Upload gateway sidecar for DocuSign-style chunked uploads")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -86,13 +82,7 @@ async fn main() -> ExitCode {
             }
             Err(problems) => bad_config(&problems),
         },
-        Command::Sim {
-            config,
-            listen,
-            dialect,
-            storage,
-            throttle_status,
-        } => {
+        Command::Sim { config, listen, dialect, storage, throttle_status } => {
             let mut cfg = match Config::load(config.as_deref(), std::env::vars()) {
                 Ok(cfg) => cfg,
                 Err(problems) => return bad_config(&problems),
@@ -114,17 +104,10 @@ async fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            let addr = listener
-                .local_addr()
-                .expect("bound listener has an address");
+            let addr = listener.local_addr().expect("bound listener has an address");
             println!("chunkgate sim listening on http://{addr}");
             tracing::info!(%addr, dialect = ?s.dialect, storage = ?s.storage, "simulator started");
-            sim::run(
-                listener,
-                sim::Sim::new(cfg.sim),
-                telemetry::shutdown_signal(),
-            )
-            .await;
+            sim::run(listener, sim::Sim::new(cfg.sim), telemetry::shutdown_signal()).await;
             ExitCode::SUCCESS
         }
     }

@@ -81,13 +81,7 @@ mod tests {
         )
         .unwrap();
         assert!(!up.is_committed());
-        assert!(
-            ChunkedUpload {
-                committed: "TRUE".into(),
-                ..up.clone()
-            }
-            .is_committed()
-        );
+        assert!(ChunkedUpload { committed: "TRUE".into(), ..up.clone() }.is_committed());
         assert_eq!(up.max_parts(), Some(128));
         assert_eq!(up.max_total(), Some(52_428_800));
         assert_eq!(up.part_size(3), Some(18));

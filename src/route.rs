@@ -16,18 +16,14 @@ pub struct Target<'a> {
 pub fn chunked_upload_target(path: &str) -> Option<Target<'_>> {
     let trimmed = path.strip_suffix('/').unwrap_or(path);
     let segments: Vec<&str> = trimmed.split('/').collect();
-    let at = segments.windows(4).position(|w| {
-        matches!(w[0], "v2.1" | "v2") && w[1] == "accounts" && w[3] == "chunked_uploads"
-    })?;
+    let at = segments
+        .windows(4)
+        .position(|w| matches!(w[0], "v2.1" | "v2") && w[1] == "accounts" && w[3] == "chunked_uploads")?;
     let rest = &segments[at + 4..];
     if rest.len() > 2 || rest.iter().any(|s| s.is_empty()) {
         return None;
     }
-    let prefix_len = segments[..at]
-        .iter()
-        .map(|s| s.len() + 1)
-        .sum::<usize>()
-        .saturating_sub(1);
+    let prefix_len = segments[..at].iter().map(|s| s.len() + 1).sum::<usize>().saturating_sub(1);
     Some(Target {
         prefix: &trimmed[..prefix_len],
         version: segments[at],
@@ -46,10 +42,7 @@ pub fn valid_account(id: &str) -> bool {
 pub fn is_guid(id: &str) -> bool {
     let groups: Vec<&str> = id.split('-').collect();
     groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// A part sequence: a small non-negative integer written in plain digits.
@@ -82,14 +75,8 @@ mod tests {
         let t = chunked_upload_target("/v2/accounts/123/chunked_uploads/").unwrap();
         assert_eq!((t.prefix, t.version, t.upload), ("", "v2", None));
         assert_eq!(chunked_upload_target("/v2.1/accounts/123/envelopes"), None);
-        assert_eq!(
-            chunked_upload_target("/v2.1/accounts/123/chunked_uploads/a/1/x"),
-            None
-        );
-        assert_eq!(
-            chunked_upload_target("/v2.1/accounts/123/chunked_uploads//1"),
-            None
-        );
+        assert_eq!(chunked_upload_target("/v2.1/accounts/123/chunked_uploads/a/1/x"), None);
+        assert_eq!(chunked_upload_target("/v2.1/accounts/123/chunked_uploads//1"), None);
     }
 
     #[test]

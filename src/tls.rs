@@ -3,16 +3,20 @@
 
 use std::{path::PathBuf, sync::Arc};
 
-use rustls::{ClientConfig, RootCertStore, pki_types::{CertificateDer, pem::PemObject}};
+use rustls::{
+    ClientConfig, RootCertStore,
+    pki_types::{CertificateDer, pem::PemObject},
+};
 
 /// Builds the client configuration, or says which CA file could not be used.
 pub fn client_config(ca_files: &[PathBuf]) -> Result<ClientConfig, String> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for path in ca_files {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .and_then(|iter| iter.collect())
-            .map_err(|err| format!("cannot read CA file {}: {err}", path.display()))?;
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(path)
+                .and_then(|iter| iter.collect())
+                .map_err(|err| format!("cannot read CA file {}: {err}", path.display()))?;
         if certs.is_empty() {
             return Err(format!("CA file {} holds no certificate", path.display()));
         }

@@ -74,7 +74,8 @@ pub enum Parsed {
 impl Answer {
     /// The body parsed in `dialect`: the upload resource or the upstream's error.
     pub fn parse(&self, dialect: Dialect) -> Result<Parsed, String> {
-        let value: serde_json::Value = serde_json::from_slice(&self.body).map_err(|e| format!("body is not JSON ({e})"))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&self.body).map_err(|e| format!("body is not JSON ({e})"))?;
         match dialect.unwrap(value) {
             Some(Ok(data)) if self.status.is_success() => {
                 serde_json::from_value(data).map(Parsed::Resource).map_err(|e| format!("not an upload resource ({e})"))
@@ -155,7 +156,8 @@ impl Upstream {
     pub fn uri(&self, path_and_query: &str) -> Uri {
         let base_path = self.base.path().trim_end_matches('/');
         let mut parts = self.base.clone().into_parts();
-        parts.path_and_query = Some(format!("{base_path}{path_and_query}").parse().unwrap_or_else(|_| "/".parse().unwrap()));
+        parts.path_and_query =
+            Some(format!("{base_path}{path_and_query}").parse().unwrap_or_else(|_| "/".parse().unwrap()));
         Uri::from_parts(parts).expect("scheme and authority come from a valid base URL")
     }
 
@@ -178,7 +180,9 @@ impl Upstream {
             .header(header::AUTHORIZATION, acct.auth.clone())
             .header(header::ACCEPT, "application/json");
         req = match &json {
-            Some(bytes) => req.header(header::CONTENT_TYPE, "application/json").header(header::CONTENT_LENGTH, bytes.len()),
+            Some(bytes) => {
+                req.header(header::CONTENT_TYPE, "application/json").header(header::CONTENT_LENGTH, bytes.len())
+            }
             // DocuSign's front end answers a PUT without a length with 411.
             None => req.header(header::CONTENT_LENGTH, 0),
         };

@@ -143,17 +143,11 @@ impl SimConfig {
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         if !matches!(self.throttle_status, 400 | 429) {
-            out.push(format!(
-                "sim.throttle_status must be 400 or 429, not {}",
-                self.throttle_status
-            ));
+            out.push(format!("sim.throttle_status must be 400 or 429, not {}", self.throttle_status));
         }
         let mut check = |name: &str, l: &Limits| {
             if l.max_parts == 0 || l.max_parts > 256 {
-                out.push(format!(
-                    "{name}max_parts must be 1..=256, not {}",
-                    l.max_parts
-                ));
+                out.push(format!("{name}max_parts must be 1..=256, not {}", l.max_parts));
             }
             for (field, v) in [
                 ("max_total_size", l.max_total_size),
@@ -167,17 +161,12 @@ impl SimConfig {
                 }
             }
             if l.quota_uploads == 0 || l.hourly_limit == 0 || l.burst_limit == 0 {
-                out.push(format!(
-                    "{name}quota_uploads, hourly_limit and burst_limit must be above 0"
-                ));
+                out.push(format!("{name}quota_uploads, hourly_limit and burst_limit must be above 0"));
             }
         };
         check("sim.", &self.limits);
         for account in self.accounts.keys() {
-            check(
-                &format!("sim.accounts.{account}."),
-                &self.limits_for(account),
-            );
+            check(&format!("sim.accounts.{account}."), &self.limits_for(account));
         }
         out.extend(self.faults.problems());
         out

@@ -34,6 +34,9 @@ pub struct Faults {
     /// Apply the request (create, add-part, commit, delete), then close the connection unanswered.
     pub drop_after_store_rate: f64,
     pub drop_after_store_next: u32,
+    /// Store the next N create or add-part payloads with their first byte flipped (sizes stay
+    /// right, the checksum does not): an upstream that corrupted what it received.
+    pub corrupt_next: u32,
     /// Operations the faults apply to; empty means all.
     pub ops: Vec<Op>,
     /// Seed for the fault dice, for repeatable runs.
@@ -52,6 +55,7 @@ impl Default for Faults {
             throttle_next: 0,
             drop_after_store_rate: 0.0,
             drop_after_store_next: 0,
+            corrupt_next: 0,
             ops: Vec::new(),
             seed: None,
         }
@@ -67,16 +71,11 @@ impl Faults {
             ("drop_after_store_rate", self.drop_after_store_rate),
         ] {
             if !(0.0..=1.0).contains(&rate) {
-                out.push(format!(
-                    "sim.faults.{name} must be within 0.0..=1.0, not {rate}"
-                ));
+                out.push(format!("sim.faults.{name} must be within 0.0..=1.0, not {rate}"));
             }
         }
         if !(500..=599).contains(&self.error_status) {
-            out.push(format!(
-                "sim.faults.error_status must be a 5xx status, not {}",
-                self.error_status
-            ));
+            out.push(format!("sim.faults.error_status must be a 5xx status, not {}", self.error_status));
         }
         out
     }
@@ -89,6 +88,7 @@ pub enum Action {
     Error(u16),
     Throttle,
     DropAfterStore,
+    Corrupt,
 }
 
 /// The faults in force and the dice that apply them.
@@ -100,12 +100,8 @@ pub struct Injector {
 
 impl Injector {
     pub fn new(faults: Faults) -> Self {
-        let rng = faults
-            .seed
-            .map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
-        Self {
-            inner: Mutex::new((faults, rng)),
-        }
+        let rng = faults.seed.map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
+        Self { inner: Mutex::new((faults, rng)) }
     }
 
     pub fn get(&self) -> Faults {
@@ -113,26 +109,15 @@ impl Injector {
     }
 
     pub fn set(&self, faults: Faults) {
-        *self.inner.lock().unwrap() = (
-            faults.clone(),
-            faults
-                .seed
-                .map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed),
-        );
+        *self.inner.lock().unwrap() =
+            (faults.clone(), faults.seed.map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed));
     }
 
     /// Decides the delay and the fault for one request of `op`.
     pub fn decide(&self, op: Op) -> (Duration, Action) {
         let mut guard = self.inner.lock().unwrap();
         let (f, rng) = &mut *guard;
-        let delay = Duration::from_millis(
-            f.latency_ms
-                + if f.jitter_ms > 0 {
-                    rng.u64(0..=f.jitter_ms)
-                } else {
-                    0
-                },
-        );
+        let delay = Duration::from_millis(f.latency_ms + if f.jitter_ms > 0 { rng.u64(0..=f.jitter_ms) } else { 0 });
         if !f.ops.is_empty() && !f.ops.contains(&op) {
             return (delay, Action::None);
         }
@@ -141,10 +126,10 @@ impl Injector {
             Action::Throttle
         } else if take(&mut f.error_next) || roll(rng, f.error_rate) {
             Action::Error(f.error_status)
-        } else if stores
-            && (take(&mut f.drop_after_store_next) || roll(rng, f.drop_after_store_rate))
-        {
+        } else if stores && (take(&mut f.drop_after_store_next) || roll(rng, f.drop_after_store_rate)) {
             Action::DropAfterStore
+        } else if matches!(op, Op::Create | Op::AddPart) && take(&mut f.corrupt_next) {
+            Action::Corrupt
         } else {
             Action::None
         };
@@ -168,11 +153,7 @@ mod tests {
 
     #[test]
     fn next_counters_hit_exactly_n_matching_requests() {
-        let inj = Injector::new(Faults {
-            drop_after_store_next: 2,
-            ops: vec![Op::AddPart],
-            ..Faults::default()
-        });
+        let inj = Injector::new(Faults { drop_after_store_next: 2, ops: vec![Op::AddPart], ..Faults::default() });
         assert_eq!(inj.decide(Op::Create).1, Action::None);
         assert_eq!(inj.decide(Op::AddPart).1, Action::DropAfterStore);
         assert_eq!(inj.decide(Op::AddPart).1, Action::DropAfterStore);
@@ -181,11 +162,7 @@ mod tests {
 
     #[test]
     fn rates_are_repeatable_under_a_seed() {
-        let f = Faults {
-            error_rate: 0.5,
-            seed: Some(7),
-            ..Faults::default()
-        };
+        let f = Faults { error_rate: 0.5, seed: Some(7), ..Faults::default() };
         let a: Vec<_> = {
             let i = Injector::new(f.clone());
             (0..64).map(|_| i.decide(Op::Get).1).collect()

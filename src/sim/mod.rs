@@ -57,12 +57,14 @@ impl Sim {
         })
     }
 
+    /// The dialect the simulator speaks.
+    pub fn dialect(&self) -> crate::envelope::Dialect {
+        self.config.dialect
+    }
+
     /// Unix seconds on the simulator's clock.
     fn now(&self) -> i64 {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs() as i64;
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
         wall + self.clock_offset.load(Ordering::Relaxed)
     }
 }
@@ -70,14 +72,7 @@ impl Sim {
 /// Serves the simulator on `listener` until `shutdown` resolves.
 pub async fn run(listener: TcpListener, sim: Arc<Sim>, shutdown: impl Future<Output = ()>) {
     let handler = move |req, _peer| routes::handle(sim.clone(), req);
-    server::serve(
-        listener,
-        ConnLimits::default(),
-        handler,
-        shutdown,
-        Duration::from_secs(5),
-    )
-    .await;
+    server::serve(listener, ConnLimits::default(), handler, shutdown, Duration::from_secs(5)).await;
 }
 
 /// A simulator running in this process, for tests, the demo and benchmarks. Stops when dropped.

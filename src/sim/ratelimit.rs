@@ -115,26 +115,14 @@ mod tests {
 
     #[test]
     fn burst_window_and_hour_reset_their_counts() {
-        let limits = Limits {
-            hourly_limit: 5,
-            burst_limit: 2,
-            burst_window_secs: 30,
-            ..Limits::default()
-        };
+        let limits = Limits { hourly_limit: 5, burst_limit: 2, burst_window_secs: 30, ..Limits::default() };
         let rc = RateCounters::default();
         let t = 7200; // top of an hour, start of a window
         assert_eq!(rc.admit("1", &limits, t).0, None);
         let (ex, a) = rc.admit("1", &limits, t + 1);
-        assert_eq!(
-            (ex, a.burst_remaining, a.hourly_remaining, a.reset),
-            (None, 0, 3, 10800)
-        );
+        assert_eq!((ex, a.burst_remaining, a.hourly_remaining, a.reset), (None, 0, 3, 10800));
         assert_eq!(rc.admit("1", &limits, t + 2).0, Some(Exceeded::Burst));
-        assert_eq!(
-            rc.admit("2", &limits, t + 2).0,
-            None,
-            "accounts are counted apart"
-        );
+        assert_eq!(rc.admit("2", &limits, t + 2).0, None, "accounts are counted apart");
         assert_eq!(rc.admit("1", &limits, t + 30).0, None);
         assert_eq!(rc.admit("1", &limits, t + 31).0, None);
         assert_eq!(rc.admit("1", &limits, t + 60).0, None);

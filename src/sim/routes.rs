@@ -14,6 +14,7 @@ use super::{
     Sim,
     faults::{Action, Faults, Op},
     ratelimit::Announce,
+    store::Caller,
     store::Refusal,
 };
 use crate::{
@@ -29,10 +30,7 @@ struct Answer {
 
 impl Answer {
     fn error(sim: &Sim, status: StatusCode, code: &str, message: &str) -> Self {
-        Self {
-            status,
-            body: sim.config.dialect.error(code, message),
-        }
+        Self { status, body: sim.config.dialect.error(code, message) }
     }
 }
 
@@ -110,10 +108,7 @@ pub async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Response<Bo
     let (exceeded, announce) = sim.rates.admit(target.account, &limits, now);
     if let Some(ex) = exceeded {
         sim.stats.throttled.fetch_add(1, Ordering::Relaxed);
-        return Ok(reply(
-            Answer::error(&sim, throttle_status(&sim), ex.code(), &ex.message(&limits)),
-            Some(announce),
-        ));
+        return Ok(reply(Answer::error(&sim, throttle_status(&sim), ex.code(), &ex.message(&limits)), Some(announce)));
     }
     let (delay, action) = sim.faults.decide(op);
     if !delay.is_zero() {
@@ -132,19 +127,14 @@ pub async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Response<Bo
             sim.stats.injected_errors.fetch_add(1, Ordering::Relaxed);
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             return Ok(reply(
-                Answer::error(
-                    &sim,
-                    status,
-                    "UNSPECIFIED_ERROR",
-                    "An injected server error (simulator fault).",
-                ),
+                Answer::error(&sim, status, "UNSPECIFIED_ERROR", "An injected server error (simulator fault)."),
                 Some(announce),
             ));
         }
-        Action::None | Action::DropAfterStore => {}
+        Action::None | Action::DropAfterStore | Action::Corrupt => {}
     }
 
-    let answer = api(&sim, op, target, &owner, req, now).await;
+    let answer = api(&sim, op, target, &owner, req, now, action == Action::Corrupt).await;
     if action == Action::DropAfterStore {
         sim.stats.dropped.fetch_add(1, Ordering::Relaxed);
         return Err("simulated fault: request applied, connection dropped unanswered".into());
@@ -153,16 +143,10 @@ pub async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Response<Bo
 }
 
 /// The five operations, after routing, auth and rate limits.
-async fn api(
-    sim: &Sim,
-    op: Op,
-    t: Target<'_>,
-    owner: &str,
-    req: Request<Incoming>,
-    now: i64,
-) -> Answer {
+async fn api(sim: &Sim, op: Op, t: Target<'_>, owner: &str, req: Request<Incoming>, now: i64, corrupt: bool) -> Answer {
     let limits = sim.config.limits_for(t.account);
     let id = t.upload.unwrap_or_default();
+    let caller = Caller { account: t.account, owner, now };
     let result = match op {
         Op::Create | Op::AddPart => {
             let seq = match t.part.map(route::parse_seq) {
@@ -178,40 +162,28 @@ async fn api(
                 None => None,
             };
             let data = match part_data(sim, req, limits.max_request_data).await {
+                Ok(data) if corrupt && !data.is_empty() => {
+                    let mut bad = data.to_vec();
+                    bad[0] ^= 0xff;
+                    Bytes::from(bad)
+                }
                 Ok(data) => data,
                 Err(answer) => return answer,
             };
             match seq {
-                None => sim
-                    .store
-                    .create(t.account, owner, data, &limits, now)
-                    .map(|r| (StatusCode::CREATED, r)),
-                Some(seq) => sim
-                    .store
-                    .add_part(t.account, owner, id, seq, data, limits.quota_bytes, now)
-                    .map(|r| (StatusCode::OK, r)),
+                None => sim.store.create(caller, data, &limits).map(|r| (StatusCode::CREATED, r)),
+                Some(seq) => sim.store.add_part(caller, id, seq, data, limits.quota_bytes).map(|r| (StatusCode::OK, r)),
             }
         }
         Op::Get => {
             let checksum = route::query_has(req.uri().query(), "include", "checksum");
-            sim.store
-                .resource(t.account, owner, id, now, checksum)
-                .map(|r| (StatusCode::OK, r))
+            sim.store.resource(caller, id, checksum).map(|r| (StatusCode::OK, r))
         }
-        Op::Commit => sim
-            .store
-            .commit(t.account, owner, id, now)
-            .map(|r| (StatusCode::OK, r)),
-        Op::Delete => sim
-            .store
-            .delete(t.account, owner, id, now)
-            .map(|r| (StatusCode::OK, r)),
+        Op::Commit => sim.store.commit(caller, id).map(|r| (StatusCode::OK, r)),
+        Op::Delete => sim.store.delete(caller, id).map(|r| (StatusCode::OK, r)),
     };
     match result {
-        Ok((status, resource)) => Answer {
-            status,
-            body: sim.config.dialect.success(&resource),
-        },
+        Ok((status, resource)) => Answer { status, body: sim.config.dialect.success(&resource) },
         Err(refusal) => (sim, refusal).into(),
     }
 }
@@ -228,11 +200,7 @@ async fn part_data(sim: &Sim, req: Request<Incoming>, max_data: u64) -> Result<B
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        });
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
     if !is_json {
         return Err(Answer::error(
             sim,
@@ -265,8 +233,7 @@ async fn part_data(sim: &Sim, req: Request<Incoming>, max_data: u64) -> Result<B
             &format!("The request body is missing or improperly formatted: {what}."),
         )
     };
-    let parsed: PartRequest =
-        serde_json::from_slice(&raw).map_err(|_| bad("not a JSON object with a data string"))?;
+    let parsed: PartRequest = serde_json::from_slice(&raw).map_err(|_| bad("not a JSON object with a data string"))?;
     let encoded = parsed.data.ok_or_else(|| bad("no data"))?;
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded.as_bytes())
@@ -327,19 +294,9 @@ fn json_reply(status: StatusCode, value: serde_json::Value) -> Response<Body> {
 
 /// `/__sim/`: change faults, move the clock, look inside uploads.
 async fn control(sim: &Sim, req: Request<Incoming>) -> Response<Body> {
-    let path = req
-        .uri()
-        .path()
-        .trim_start_matches("/__sim/")
-        .trim_end_matches('/')
-        .to_owned();
+    let path = req.uri().path().trim_start_matches("/__sim/").trim_end_matches('/').to_owned();
     let segments: Vec<&str> = path.split('/').collect();
-    let not_found = || {
-        json_reply(
-            StatusCode::NOT_FOUND,
-            json!({"error": "no such simulator route or upload"}),
-        )
-    };
+    let not_found = || json_reply(StatusCode::NOT_FOUND, json!({"error": "no such simulator route or upload"}));
     match (req.method().clone(), segments.as_slice()) {
         (Method::GET, ["faults"]) => json_reply(StatusCode::OK, json!(sim.faults.get())),
         (Method::PUT, ["faults"]) => {
@@ -350,10 +307,10 @@ async fn control(sim: &Sim, req: Request<Incoming>) -> Response<Body> {
                 }
             };
             let mut unknown = Vec::new();
-            let parsed: Result<Faults, _> = serde_ignored::deserialize(
-                &mut serde_json::Deserializer::from_slice(&raw),
-                |path| unknown.push(path.to_string()),
-            );
+            let parsed: Result<Faults, _> =
+                serde_ignored::deserialize(&mut serde_json::Deserializer::from_slice(&raw), |path| {
+                    unknown.push(path.to_string())
+                });
             if !unknown.is_empty() {
                 return json_reply(
                     StatusCode::BAD_REQUEST,
@@ -365,9 +322,7 @@ async fn control(sim: &Sim, req: Request<Incoming>) -> Response<Body> {
                     sim.faults.set(faults.clone());
                     json_reply(StatusCode::OK, json!(faults))
                 }
-                Ok(faults) => {
-                    json_reply(StatusCode::BAD_REQUEST, json!({"error": faults.problems()}))
-                }
+                Ok(faults) => json_reply(StatusCode::BAD_REQUEST, json!({"error": faults.problems()})),
                 Err(err) => json_reply(StatusCode::BAD_REQUEST, json!({"error": err.to_string()})),
             }
         }
@@ -391,10 +346,7 @@ async fn control(sim: &Sim, req: Request<Incoming>) -> Response<Body> {
                     sim.clock_offset.fetch_add(secs, Ordering::Relaxed);
                     json_reply(StatusCode::OK, json!({"now": sim.now()}))
                 }
-                None => json_reply(
-                    StatusCode::BAD_REQUEST,
-                    json!({"error": "expected ?advance_secs=N"}),
-                ),
+                None => json_reply(StatusCode::BAD_REQUEST, json!({"error": "expected ?advance_secs=N"})),
             }
         }
         (Method::GET, ["uploads", id]) => match sim.store.inspect(id, sim.now()) {
@@ -413,10 +365,7 @@ async fn control(sim: &Sim, req: Request<Incoming>) -> Response<Body> {
         },
         (Method::POST, ["uploads", id, "consume"]) => match sim.store.consume(id) {
             Ok(()) => json_reply(StatusCode::OK, json!({"consumed": id})),
-            Err(_) => json_reply(
-                StatusCode::CONFLICT,
-                json!({"error": "only a committed upload can be consumed"}),
-            ),
+            Err(_) => json_reply(StatusCode::CONFLICT, json!({"error": "only a committed upload can be consumed"})),
         },
         _ => not_found(),
     }

@@ -23,9 +23,7 @@ pub enum Refusal {
     NotFound,
     #[error("The chunked upload expired and can no longer be used.")]
     Expired,
-    #[error(
-        "The chunked upload is already committed; no part can be added and it cannot be committed again."
-    )]
+    #[error("The chunked upload is already committed; no part can be added and it cannot be committed again.")]
     Committed,
     #[error("Part {0} was already received and cannot be replaced.")]
     PartExists(u32),
@@ -68,6 +66,14 @@ impl Refusal {
             Refusal::Empty => "CHUNKED_UPLOAD_EMPTY_PART",
         }
     }
+}
+
+/// Who is calling and when: the account in the path, the member behind the token, Unix seconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller<'a> {
+    pub account: &'a str,
+    pub owner: &'a str,
+    pub now: i64,
 }
 
 /// Where an upload stands.
@@ -172,14 +178,8 @@ impl Store {
     }
 
     /// Create: a new upload carrying part 0.
-    pub fn create(
-        &self,
-        account: &str,
-        owner: &str,
-        data: Bytes,
-        limits: &Limits,
-        now: i64,
-    ) -> Result<ChunkedUpload, Refusal> {
+    pub fn create(&self, c: Caller<'_>, data: Bytes, limits: &Limits) -> Result<ChunkedUpload, Refusal> {
+        let Caller { account, owner, now } = c;
         let len = data.len() as u64;
         if len == 0 {
             return Err(Refusal::Empty);
@@ -192,10 +192,7 @@ impl Store {
         }
         let id = {
             let v = self.rng.lock().unwrap().u128(..);
-            uuid::Uuid::from_u128(v)
-                .hyphenated()
-                .encode_upper(&mut uuid::Uuid::encode_buffer())
-                .to_owned()
+            uuid::Uuid::from_u128(v).hyphenated().encode_upper(&mut uuid::Uuid::encode_buffer()).to_owned()
         };
         let content = Arc::new(Mutex::new(Content::default()));
         {
@@ -225,25 +222,24 @@ impl Store {
         }
         content.lock().unwrap().add(0, data, self.storage);
         self.counts.lock().unwrap().created += 1;
-        self.resource(account, owner, &id, now, false)
+        self.resource(c, &id, false)
     }
 
     /// Add part `seq` to upload `id`.
     pub fn add_part(
         &self,
-        account: &str,
-        owner: &str,
+        c: Caller<'_>,
         id: &str,
         seq: u32,
         data: Bytes,
         quota_bytes: u64,
-        now: i64,
     ) -> Result<ChunkedUpload, Refusal> {
+        let Caller { owner, now, .. } = c;
         let len = data.len() as u64;
         let content = {
             let mut meta = self.meta.lock().unwrap();
             let (_, used) = usage(&meta, owner, now);
-            let m = live(&mut meta, account, owner, id, now)?;
+            let m = live(&mut meta, c, id)?;
             if m.state == State::Committed {
                 return Err(Refusal::Committed);
             }
@@ -272,47 +268,31 @@ impl Store {
             m.content.clone()
         };
         content.lock().unwrap().add(seq, data, self.storage);
-        self.resource(account, owner, id, now, false)
+        self.resource(c, id, false)
     }
 
     /// Commit: refused unless parts 0..n are all there.
-    pub fn commit(
-        &self,
-        account: &str,
-        owner: &str,
-        id: &str,
-        now: i64,
-    ) -> Result<ChunkedUpload, Refusal> {
+    pub fn commit(&self, c: Caller<'_>, id: &str) -> Result<ChunkedUpload, Refusal> {
         {
             let mut meta = self.meta.lock().unwrap();
-            let m = live(&mut meta, account, owner, id, now)?;
+            let m = live(&mut meta, c, id)?;
             if m.state == State::Committed {
                 return Err(Refusal::Committed);
             }
-            if let Some(missing) = (0..)
-                .zip(m.sizes.keys())
-                .find(|(want, have)| want != *have)
-                .map(|(want, _)| want)
-            {
+            if let Some(missing) = (0..).zip(m.sizes.keys()).find(|(want, have)| want != *have).map(|(want, _)| want) {
                 return Err(Refusal::NotContiguous(missing));
             }
             m.state = State::Committed;
         }
         self.counts.lock().unwrap().committed += 1;
-        self.resource(account, owner, id, now, false)
+        self.resource(c, id, false)
     }
 
     /// Delete: the upload stops counting against the member's quota.
-    pub fn delete(
-        &self,
-        account: &str,
-        owner: &str,
-        id: &str,
-        now: i64,
-    ) -> Result<ChunkedUpload, Refusal> {
-        let resource = self.resource(account, owner, id, now, false)?;
+    pub fn delete(&self, c: Caller<'_>, id: &str) -> Result<ChunkedUpload, Refusal> {
+        let resource = self.resource(c, id, false)?;
         let mut meta = self.meta.lock().unwrap();
-        let m = live(&mut meta, account, owner, id, now)?;
+        let m = live(&mut meta, c, id)?;
         m.state = State::Deleted;
         // Keep sizes and digest for inspection; free the bytes.
         m.content.lock().unwrap().kept.clear();
@@ -322,24 +302,16 @@ impl Store {
     }
 
     /// The upload resource as the five routes answer it.
-    pub fn resource(
-        &self,
-        account: &str,
-        owner: &str,
-        id: &str,
-        now: i64,
-        checksum: bool,
-    ) -> Result<ChunkedUpload, Refusal> {
+    pub fn resource(&self, c: Caller<'_>, id: &str, checksum: bool) -> Result<ChunkedUpload, Refusal> {
         let mut meta = self.meta.lock().unwrap();
-        let m = live(&mut meta, account, owner, id, now)?;
+        let m = live(&mut meta, c, id)?;
         let flag = |b: bool| match (self.bool_style, b) {
             (BoolStyle::Lower, true) => "true",
             (BoolStyle::Lower, false) => "false",
             (BoolStyle::Title, true) => "True",
             (BoolStyle::Title, false) => "False",
         };
-        let expires =
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(m.expires.max(0) as u64);
+        let expires = std::time::UNIX_EPOCH + std::time::Duration::from_secs(m.expires.max(0) as u64);
         Ok(ChunkedUpload {
             chunked_upload_id: id.to_owned(),
             chunked_upload_uri: format!("docusignchunkedupload://{id}"),
@@ -348,10 +320,7 @@ impl Store {
             chunked_upload_parts: m
                 .sizes
                 .iter()
-                .map(|(seq, size)| Part {
-                    sequence: seq.to_string(),
-                    size: size.to_string(),
-                })
+                .map(|(seq, size)| Part { sequence: seq.to_string(), size: size.to_string() })
                 .collect(),
             total_size: m.total.to_string(),
             max_chunked_upload_parts: m.max_parts.to_string(),
@@ -399,13 +368,7 @@ impl Store {
 
     pub fn counts(&self) -> Counts {
         let mut counts = self.counts.lock().unwrap().clone();
-        counts.open = self
-            .meta
-            .lock()
-            .unwrap()
-            .values()
-            .filter(|m| m.state == State::Open)
-            .count() as u64;
+        counts.open = self.meta.lock().unwrap().values().filter(|m| m.state == State::Open).count() as u64;
         counts
     }
 }
@@ -413,25 +376,15 @@ impl Store {
 /// Uploads and bytes a member holds against the quota: unexpired and unused.
 fn usage(meta: &HashMap<String, Meta>, owner: &str, now: i64) -> (u64, u64) {
     meta.values()
-        .filter(|m| {
-            m.owner == owner && now < m.expires && matches!(m.state, State::Open | State::Committed)
-        })
+        .filter(|m| m.owner == owner && now < m.expires && matches!(m.state, State::Open | State::Committed))
         .fold((0, 0), |(n, b), m| (n + 1, b + m.total))
 }
 
 /// The upload if this member may touch it: not someone else's, not deleted or used, not expired.
-fn live<'a>(
-    meta: &'a mut HashMap<String, Meta>,
-    account: &str,
-    owner: &str,
-    id: &str,
-    now: i64,
-) -> Result<&'a mut Meta, Refusal> {
+fn live<'a>(meta: &'a mut HashMap<String, Meta>, c: Caller<'_>, id: &str) -> Result<&'a mut Meta, Refusal> {
+    let Caller { account, owner, now } = c;
     let m = meta.get_mut(id).ok_or(Refusal::NotFound)?;
-    if m.owner != owner
-        || m.account != account
-        || matches!(m.state, State::Deleted | State::Consumed)
-    {
+    if m.owner != owner || m.account != account || matches!(m.state, State::Deleted | State::Consumed) {
         return Err(Refusal::NotFound);
     }
     if now >= m.expires {

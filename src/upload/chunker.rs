@@ -63,9 +63,14 @@ where
         }
     }
 
-    /// Bytes read so far.
+    /// Bytes read from the body so far.
     pub fn total(&self) -> u64 {
         self.total
+    }
+
+    /// Bytes handed out in parts so far (read bytes not yet cut into a part are not counted).
+    pub fn emitted(&self) -> u64 {
+        self.total - self.buf.len() as u64
     }
 
     /// The SHA-256 of every byte read.

@@ -14,7 +14,10 @@ use std::{sync::Arc, time::Duration};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
-use tokio::{sync::{OwnedSemaphorePermit, Semaphore}, task::JoinSet};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    task::JoinSet,
+};
 use tracing::Instrument;
 
 use self::chunker::{ChunkError, Chunker};
@@ -42,7 +45,7 @@ pub struct Uploads {
 enum Abort {
     Gateway(GatewayError),
     /// An upstream refusal, passed to the client verbatim.
-    Upstream(Answer),
+    Upstream(Box<Answer>),
 }
 
 impl From<GatewayError> for Abort {
@@ -102,10 +105,20 @@ impl Uploads {
         if !route::valid_account(t.account) {
             return Err(GatewayError::InvalidAccountId);
         }
-        let auth = req.headers().get(header::AUTHORIZATION).filter(|v| v.as_bytes().len() > 7).cloned().ok_or(GatewayError::MissingToken)?;
+        let auth = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .filter(|v| v.as_bytes().len() > 7)
+            .cloned()
+            .ok_or(GatewayError::MissingToken)?;
         let declared = match req.headers().get(header::CONTENT_LENGTH) {
             None => None,
-            Some(v) => Some(v.to_str().ok().and_then(|s| s.parse::<u64>().ok()).ok_or_else(|| GatewayError::BadRequest("Content-Length is not a number".into()))?),
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or_else(|| GatewayError::BadRequest("Content-Length is not a number".into()))?,
+            ),
         };
         let c = &self.config;
         // The most a document can hold: the part count assumed before create times the largest part.
@@ -121,7 +134,12 @@ impl Uploads {
             upstream,
             config: self.config.clone(),
             budget: self.budget.clone(),
-            acct: Account { prefix: t.prefix.to_owned(), version: t.version.to_owned(), id: t.account.to_owned(), auth },
+            acct: Account {
+                prefix: t.prefix.to_owned(),
+                version: t.version.to_owned(),
+                id: t.account.to_owned(),
+                auth,
+            },
             declared,
             client_digest,
             commit,
@@ -156,7 +174,10 @@ impl Job {
         };
         let resource = match created.resource(dialect) {
             Ok(r) if !r.chunked_upload_id.is_empty() => r,
-            Ok(_) => return GatewayError::UpstreamBadResponse("create answered without an upload id".into()).response(dialect, None),
+            Ok(_) => {
+                return GatewayError::UpstreamBadResponse("create answered without an upload id".into())
+                    .response(dialect, None);
+            }
             Err(e) => return GatewayError::UpstreamBadResponse(e).response(dialect, None),
         };
         let id = resource.chunked_upload_id.clone();
@@ -174,10 +195,16 @@ impl Job {
                 tracing::info!(parts, bytes, committed = self.commit, "upload finished");
                 let mut response = answer.into_response();
                 let h = response.headers_mut();
-                h.insert("x-chunkgate-upload-id", HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("invalid")));
+                h.insert(
+                    "x-chunkgate-upload-id",
+                    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("invalid")),
+                );
                 h.insert("x-chunkgate-parts", HeaderValue::from(parts));
                 h.insert("x-chunkgate-bytes", HeaderValue::from(bytes));
-                h.insert("x-chunkgate-sha256", HeaderValue::from_str(&hex(&chunker.sha256())).expect("hex is a valid header"));
+                h.insert(
+                    "x-chunkgate-sha256",
+                    HeaderValue::from_str(&hex(&chunker.sha256())).expect("hex is a valid header"),
+                );
                 response
             }
             Err(abort) => {
@@ -190,7 +217,7 @@ impl Job {
                     }
                     Abort::Upstream(answer) => {
                         tracing::warn!(status = answer.status.as_u16(), "upstream refused the upload");
-                        let mut response = answer.into_response();
+                        let mut response = (*answer).into_response();
                         let list = accepted.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
                         if let Ok(v) = HeaderValue::from_str(&list) {
                             response.headers_mut().insert("x-chunkgate-parts-accepted", v);
@@ -203,7 +230,13 @@ impl Job {
     }
 
     /// Parts 1..n, the integrity checks and the commit. Returns the upstream's final answer.
-    async fn send_rest(&self, id: &str, chunker: &mut Chunker<Incoming>, limits: Limits, accepted: &mut Vec<u32>) -> Result<Answer, Abort> {
+    async fn send_rest(
+        &self,
+        id: &str,
+        chunker: &mut Chunker<Incoming>,
+        limits: Limits,
+        accepted: &mut Vec<u32>,
+    ) -> Result<Answer, Abort> {
         if let Some(len) = self.declared {
             if len > limits.max_total {
                 return Err(GatewayError::PayloadTooLarge { limit: limits.max_total }.into());
@@ -211,11 +244,14 @@ impl Job {
         }
         let size = match self.declared {
             Some(len) => {
-                let left = len.saturating_sub(chunker.total());
+                let left = len.saturating_sub(chunker.emitted());
                 let slots = limits.max_parts.saturating_sub(1).max(1);
                 let size = fit(left, slots, &self.config);
                 if left.div_ceil(size as u64) > slots as u64 {
-                    return Err(GatewayError::PayloadTooLarge { limit: limits.max_parts as u64 * self.config.max_part_bytes as u64 }.into());
+                    return Err(GatewayError::PayloadTooLarge {
+                        limit: limits.max_parts as u64 * self.config.max_part_bytes as u64,
+                    }
+                    .into());
                 }
                 size
             }
@@ -238,7 +274,7 @@ impl Job {
                 next = chunker.next_part(size) => next.map_err(client_error)?,
             };
             let Some(data) = next else { break };
-            if seq >= limits.max_parts || chunker.total() > limits.max_total {
+            if seq >= limits.max_parts || chunker.emitted() > limits.max_total {
                 let limit = limits.max_total.min(limits.max_parts as u64 * size as u64);
                 return Err(GatewayError::PayloadTooLarge { limit }.into());
             }
@@ -265,12 +301,14 @@ impl Job {
         if self.config.verify_upstream_checksum || !self.commit {
             let answer = self.upstream.get(&self.acct, id, true).await.map_err(call_error)?;
             if !answer.status.is_success() {
-                return Err(Abort::Upstream(answer));
+                return Err(Abort::Upstream(Box::new(answer)));
             }
             let resource = answer.resource(dialect).map_err(GatewayError::UpstreamBadResponse)?;
             if let Some(theirs) = resource.checksum.as_deref().filter(|c| !c.is_empty()) {
                 if self.config.verify_upstream_checksum && !theirs.eq_ignore_ascii_case(&ours) {
-                    return Err(GatewayError::UpstreamChecksumMismatch { upstream: theirs.to_owned(), actual: ours }.into());
+                    return Err(
+                        GatewayError::UpstreamChecksumMismatch { upstream: theirs.to_owned(), actual: ours }.into()
+                    );
                 }
             }
             last = Some(answer);
@@ -280,7 +318,7 @@ impl Job {
         }
         let answer = self.upstream.commit(&self.acct, id).await.map_err(call_error)?;
         if !answer.status.is_success() {
-            return Err(Abort::Upstream(answer));
+            return Err(Abort::Upstream(Box::new(answer)));
         }
         Ok(answer)
     }
@@ -296,14 +334,21 @@ impl Job {
 }
 
 /// Sends one part; the permit holds its share of the memory budget until the part is done.
-async fn send_part(upstream: Arc<Upstream>, acct: Account, id: String, seq: u32, data: Bytes, permit: OwnedSemaphorePermit) -> Result<u32, Abort> {
+async fn send_part(
+    upstream: Arc<Upstream>,
+    acct: Account,
+    id: String,
+    seq: u32,
+    data: Bytes,
+    permit: OwnedSemaphorePermit,
+) -> Result<u32, Abort> {
     let len = data.len() as u64;
     let json = part::encode(&data);
     drop(data);
     let answer = upstream.add_part(&acct, &id, seq, json).await.map_err(call_error)?;
     drop(permit);
     if !answer.status.is_success() {
-        return Err(Abort::Upstream(answer));
+        return Err(Abort::Upstream(Box::new(answer)));
     }
     let resource = answer.resource(upstream.dialect).map_err(GatewayError::UpstreamBadResponse)?;
     // The answer lists the parts received so far; ours must be there with our size.
@@ -311,7 +356,11 @@ async fn send_part(upstream: Arc<Upstream>, acct: Account, id: String, seq: u32,
         match resource.part_size(seq) {
             Some(held) if held == len => {}
             Some(held) => return Err(GatewayError::UpstreamPartConflict { seq, held, sent: len }.into()),
-            None => return Err(GatewayError::UpstreamBadResponse(format!("the answer to part {seq} does not list it")).into()),
+            None => {
+                return Err(
+                    GatewayError::UpstreamBadResponse(format!("the answer to part {seq} does not list it")).into()
+                );
+            }
         }
     }
     tracing::debug!(status = answer.status.as_u16(), "part accepted");

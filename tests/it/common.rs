@@ -2,9 +2,14 @@
 
 use base64::Engine;
 use bytes::Bytes;
-use chunkgate::sim::{self, SimConfig};
+use chunkgate::{
+    body::Body,
+    config::Config,
+    gateway,
+    sim::{self, SimConfig},
+};
 use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
@@ -25,32 +30,23 @@ pub struct Resp {
 
 impl Resp {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "body is not JSON ({e}): {}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 
     pub fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
     }
 }
 
 #[derive(Clone)]
 pub struct Http {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpConnector, Body>,
 }
 
 impl Http {
     pub fn new() -> Self {
-        Self {
-            client: Client::builder(TokioExecutor::new()).build_http(),
-        }
+        Self { client: Client::builder(TokioExecutor::new()).build_http() }
     }
 
     pub async fn send(
@@ -60,22 +56,25 @@ impl Http {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Result<Resp, String> {
+        self.send_body(method, url, headers, chunkgate::body::full(body)).await
+    }
+
+    /// Sends any body: a [`chunked`] one goes out with `Transfer-Encoding: chunked`.
+    pub async fn send_body(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Body,
+    ) -> Result<Resp, String> {
         let mut req = Request::builder().method(method).uri(url);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let resp = self
-            .client
-            .request(req.body(Full::new(body.into())).unwrap())
-            .await
-            .map_err(|e| format!("{e:?}"))?;
+        let resp = self.client.request(req.body(body).unwrap()).await.map_err(|e| format!("{e:?}"))?;
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok(Resp {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        })
+        Ok(Resp { status: parts.status, headers: parts.headers, body })
     }
 }
 
@@ -106,23 +105,10 @@ pub struct SimApi {
 impl SimApi {
     pub async fn start(config: SimConfig) -> Self {
         let running = std::sync::Arc::new(
-            sim::spawn(SimConfig {
-                listen: "127.0.0.1:0".parse().unwrap(),
-                ..config
-            })
-            .await
-            .unwrap(),
+            sim::spawn(SimConfig { listen: "127.0.0.1:0".parse().unwrap(), ..config }).await.unwrap(),
         );
-        let base = format!(
-            "{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads",
-            running.url()
-        );
-        Self {
-            running,
-            http: Http::new(),
-            token: TOKEN.to_owned(),
-            base,
-        }
+        let base = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads", running.url());
+        Self { running, http: Http::new(), token: TOKEN.to_owned(), base }
     }
 
     pub fn as_member(&self, token: &str) -> Self {
@@ -140,14 +126,8 @@ impl SimApi {
 
     pub async fn call(&self, method: Method, suffix: &str, body: impl Into<Bytes>) -> Resp {
         let auth = self.auth();
-        let headers = [
-            ("authorization", auth.as_str()),
-            ("content-type", "application/json"),
-        ];
-        self.http
-            .send(method, &format!("{}{suffix}", self.base), &headers, body)
-            .await
-            .unwrap()
+        let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+        self.http.send(method, &format!("{}{suffix}", self.base), &headers, body).await.unwrap()
     }
 
     pub async fn create(&self, data: &[u8]) -> Resp {
@@ -157,24 +137,17 @@ impl SimApi {
     /// Creates an upload and returns its id, asserting success.
     pub async fn create_id(&self, data: &[u8]) -> String {
         let r = self.create(data).await;
-        assert_eq!(
-            r.status,
-            StatusCode::CREATED,
-            "{}",
-            String::from_utf8_lossy(&r.body)
-        );
+        assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
         r.json()["chunkedUploadId"].as_str().unwrap().to_owned()
     }
 
     pub async fn put_part(&self, id: &str, seq: u32, data: &[u8]) -> Resp {
-        self.call(Method::PUT, &format!("/{id}/{seq}"), part_body(data))
-            .await
+        self.call(Method::PUT, &format!("/{id}/{seq}"), part_body(data)).await
     }
 
     pub async fn get(&self, id: &str, checksum: bool) -> Resp {
         let q = if checksum { "?include=checksum" } else { "" };
-        self.call(Method::GET, &format!("/{id}{q}"), Bytes::new())
-            .await
+        self.call(Method::GET, &format!("/{id}{q}"), Bytes::new()).await
     }
 
     /// Commit with an explicit `Content-Length: 0`: hyper sends none for an empty PUT, and the
@@ -182,40 +155,18 @@ impl SimApi {
     pub async fn commit(&self, id: &str) -> Resp {
         let auth = self.auth();
         let headers = [("authorization", auth.as_str()), ("content-length", "0")];
-        self.http
-            .send(
-                Method::PUT,
-                &format!("{}/{id}?action=commit", self.base),
-                &headers,
-                Bytes::new(),
-            )
-            .await
-            .unwrap()
+        self.http.send(Method::PUT, &format!("{}/{id}?action=commit", self.base), &headers, Bytes::new()).await.unwrap()
     }
 
     pub async fn delete(&self, id: &str) -> Resp {
-        self.call(Method::DELETE, &format!("/{id}"), Bytes::new())
-            .await
+        self.call(Method::DELETE, &format!("/{id}"), Bytes::new()).await
     }
 
     pub async fn control(&self, method: Method, path: &str, body: Value) -> Value {
         let url = format!("{}/__sim/{path}", self.running.url());
-        let body = if body.is_null() {
-            Bytes::new()
-        } else {
-            Bytes::from(body.to_string())
-        };
-        let r = self
-            .http
-            .send(method, &url, &[("content-type", "application/json")], body)
-            .await
-            .unwrap();
-        assert!(
-            r.status.is_success(),
-            "{path}: {} {}",
-            r.status,
-            String::from_utf8_lossy(&r.body)
-        );
+        let body = if body.is_null() { Bytes::new() } else { Bytes::from(body.to_string()) };
+        let r = self.http.send(method, &url, &[("content-type", "application/json")], body).await.unwrap();
+        assert!(r.status.is_success(), "{path}: {} {}", r.status, String::from_utf8_lossy(&r.body));
         r.json()
     }
 
@@ -228,16 +179,121 @@ impl SimApi {
     }
 
     pub async fn inspect(&self, id: &str) -> Value {
-        self.control(Method::GET, &format!("uploads/{id}"), Value::Null)
-            .await
+        self.control(Method::GET, &format!("uploads/{id}"), Value::Null).await
+    }
+
+    /// The resource in a success body, whatever the dialect.
+    pub fn dialect_data(&self, v: Value) -> Value {
+        match self.running.sim.dialect() {
+            chunkgate::envelope::Dialect::Docusign => v,
+            chunkgate::envelope::Dialect::Envelope => v["data"].clone(),
+        }
+    }
+
+    /// Polls the simulator's counters until `pred` holds (cleanup runs after the client's answer).
+    pub async fn wait_stats(&self, pred: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..200 {
+            let s = self.stats().await;
+            if pred(&s) {
+                return s;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("simulator counters never reached the expected state: {}", self.stats().await);
     }
 
     pub async fn advance_clock(&self, secs: i64) {
-        self.control(
-            Method::POST,
-            &format!("clock?advance_secs={secs}"),
-            Value::Null,
-        )
-        .await;
+        self.control(Method::POST, &format!("clock?advance_secs={secs}"), Value::Null).await;
+    }
+}
+
+/// A body of unknown length (sent chunked) that yields `data` in frames of `frame` bytes.
+pub fn chunked(data: Bytes, frame: usize) -> Body {
+    use http_body::Frame;
+    struct Frames(Bytes, usize);
+    impl http_body::Body for Frames {
+        type Data = Bytes;
+        type Error = chunkgate::body::BoxError;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            let n = self.1.min(self.0.len());
+            std::task::Poll::Ready((n > 0).then(|| Ok(Frame::data(self.0.split_to(n)))))
+        }
+    }
+    Frames(data, frame.max(1)).boxed()
+}
+
+/// Test part size: small, so a few hundred KiB make several parts.
+pub const PART: usize = 64 * 1024;
+
+/// The simulator and a gateway in front of it, both in process on 127.0.0.1:0.
+pub struct Stack {
+    pub sim: SimApi,
+    pub gw: gateway::Running,
+    pub http: Http,
+}
+
+impl Stack {
+    pub async fn start(sim_config: SimConfig, tweak: impl FnOnce(&mut Config)) -> Self {
+        let sim = SimApi::start(sim_config).await;
+        let mut config = Config::default();
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.upstream.base_url = sim.running.url();
+        config.upstream.allow_plain_http = true;
+        config.upstream.dialect = sim.running.sim.dialect();
+        config.upload.part_size = PART;
+        config.upload.max_in_flight = 4;
+        config.upload.memory_budget_bytes = 64 * 1024 * 1024;
+        config.upload.max_document_bytes = 50 * 1024 * 1024;
+        tweak(&mut config);
+        assert_eq!(config.problems(), Vec::<String>::new());
+        let gw = gateway::spawn(config).await.unwrap();
+        Self { http: sim.http.clone(), sim, gw }
+    }
+
+    pub async fn default() -> Self {
+        Self::start(SimConfig::default(), |_| {}).await
+    }
+
+    /// The streamed-upload URL for `account`.
+    pub fn upload_url(&self, account: &str) -> String {
+        format!("{}/restapi/v2.1/accounts/{account}/chunked_uploads", self.gw.url())
+    }
+
+    /// Streams `data` with a Content-Length.
+    pub async fn upload(&self, data: &[u8], extra: &[(&str, &str)]) -> Resp {
+        let auth = format!("Bearer {TOKEN}");
+        let mut headers = vec![("authorization", auth.as_str()), ("content-type", "application/octet-stream")];
+        headers.extend_from_slice(extra);
+        self.http.send(Method::POST, &self.upload_url(ACCOUNT), &headers, Bytes::copy_from_slice(data)).await.unwrap()
+    }
+
+    /// Streams `data` with chunked transfer encoding, in frames of `frame` bytes.
+    pub async fn upload_chunked(&self, data: &[u8], frame: usize) -> Resp {
+        let auth = format!("Bearer {TOKEN}");
+        let headers = [("authorization", auth.as_str()), ("content-type", "application/octet-stream")];
+        self.http
+            .send_body(Method::POST, &self.upload_url(ACCOUNT), &headers, chunked(Bytes::copy_from_slice(data), frame))
+            .await
+            .unwrap()
+    }
+
+    /// Asserts the upload committed and the simulator holds exactly `data`.
+    pub async fn assert_committed(&self, r: &Resp, data: &[u8]) -> String {
+        assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+        let id = r.header("x-chunkgate-upload-id").to_owned();
+        assert_eq!(r.header("x-chunkgate-bytes"), data.len().to_string());
+        assert_eq!(r.header("x-chunkgate-sha256"), sha256_hex(data));
+        let body = self.sim.dialect_data(r.json());
+        assert_eq!(body["committed"], "true");
+        assert_eq!(body["chunkedUploadId"], id.as_str());
+        let seen = self.sim.inspect(&id).await;
+        assert_eq!(seen["state"], "committed");
+        assert_eq!(seen["sha256"], sha256_hex(data), "the simulator holds other bytes");
+        assert_eq!(seen["total_size"], data.len() as u64);
+        assert_eq!(seen["parts"].as_array().unwrap().len().to_string(), r.header("x-chunkgate-parts"));
+        id
     }
 }

@@ -10,10 +10,7 @@ use crate::common::*;
 
 /// Runs the SDK script against `base` and returns the JSON line it prints.
 pub async fn run_sdk_script(base: &str, extra: &[&str]) -> Value {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/sdk/sdk_chunked_upload.py"
-    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/sdk_chunked_upload.py");
     let mut args = vec![script, base, ACCOUNT, TOKEN];
     args.extend_from_slice(extra);
     let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
@@ -36,21 +33,14 @@ async fn the_official_python_sdk_runs_its_chunked_upload_calls_against_the_simul
     let seen = run_sdk_script(&format!("{}/restapi", s.running.url()), &[]).await;
     assert_eq!(seen["parts"], 3);
     assert_eq!(seen["refused_duplicate"]["status"], 400);
-    assert_eq!(
-        seen["refused_duplicate"]["errorCode"],
-        "CHUNKED_UPLOAD_PART_ALREADY_EXISTS"
-    );
+    assert_eq!(seen["refused_duplicate"]["errorCode"], "CHUNKED_UPLOAD_PART_ALREADY_EXISTS");
     let id = seen["upload_id"].as_str().unwrap();
     let inspected = s.inspect(id).await;
     assert_eq!(inspected["state"], "deleted");
     assert_eq!(inspected["sha256"], seen["sha256"]);
     let stats = s.stats().await;
     assert_eq!(
-        (
-            stats["committed"].as_u64(),
-            stats["deleted"].as_u64(),
-            stats["open"].as_u64()
-        ),
+        (stats["committed"].as_u64(), stats["deleted"].as_u64(), stats["open"].as_u64()),
         (Some(1), Some(1), Some(0))
     );
 }

@@ -30,10 +30,7 @@ fn small_limits() -> SimConfig {
 }
 
 fn code(r: &Resp) -> String {
-    r.json()["errorCode"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
+    r.json()["errorCode"].as_str().unwrap_or_default().to_owned()
 }
 
 #[tokio::test]
@@ -44,26 +41,15 @@ async fn create_answers_201_with_the_whole_resource_in_strings() {
     let v = r.json();
     let id = v["chunkedUploadId"].as_str().unwrap();
     assert!(chunkgate::route::is_guid(id), "{id}");
-    assert_eq!(
-        v["chunkedUploadUri"],
-        format!("docusignchunkedupload://{id}")
-    );
+    assert_eq!(v["chunkedUploadUri"], format!("docusignchunkedupload://{id}"));
     assert_eq!(v["committed"], "false");
-    assert_eq!(
-        v["chunkedUploadParts"],
-        json!([{"sequence": "0", "size": "18"}])
-    );
+    assert_eq!(v["chunkedUploadParts"], json!([{"sequence": "0", "size": "18"}]));
     assert_eq!(v["totalSize"], "18");
     assert_eq!(v["maxChunkedUploadParts"], "128");
     assert_eq!(v["maxTotalSize"], "52428800");
-    assert!(
-        v.get("checksum").is_none(),
-        "checksum only with include=checksum"
-    );
+    assert!(v.get("checksum").is_none(), "checksum only with include=checksum");
     let expires = humantime::parse_rfc3339(v["expirationDateTime"].as_str().unwrap()).unwrap();
-    let lifetime = expires
-        .duration_since(std::time::SystemTime::now())
-        .unwrap();
+    let lifetime = expires.duration_since(std::time::SystemTime::now()).unwrap();
     assert!((1190..=1200).contains(&lifetime.as_secs()), "{lifetime:?}");
     for (k, val) in v.as_object().unwrap() {
         assert!(val.is_string() || val.is_array(), "{k} is {val}");
@@ -90,20 +76,9 @@ async fn parts_arrive_out_of_order_and_the_checksum_covers_the_contiguous_bytes(
     assert_eq!(c.json()["committed"], "true");
     assert_eq!(c.json()["totalSize"], all.len().to_string());
     let i = s.inspect(&id).await;
-    assert_eq!(
-        (i["state"].as_str(), i["sha256"].as_str()),
-        (Some("committed"), Some(sha256_hex(&all).as_str()))
-    );
-    let content = s
-        .http
-        .send(
-            Method::GET,
-            &format!("{}/__sim/uploads/{id}/content", s.running.url()),
-            &[],
-            "",
-        )
-        .await
-        .unwrap();
+    assert_eq!((i["state"].as_str(), i["sha256"].as_str()), (Some("committed"), Some(sha256_hex(&all).as_str())));
+    let content =
+        s.http.send(Method::GET, &format!("{}/__sim/uploads/{id}/content", s.running.url()), &[], "").await.unwrap();
     assert_eq!(content.body, all);
 }
 
@@ -113,23 +88,10 @@ async fn a_part_already_received_cannot_be_replaced() {
     let id = s.create_id(b"zero").await;
     assert_eq!(s.put_part(&id, 1, b"one").await.status, StatusCode::OK);
     let again = s.put_part(&id, 1, b"ONE!").await;
-    assert_eq!(
-        (again.status, code(&again)),
-        (
-            StatusCode::BAD_REQUEST,
-            "CHUNKED_UPLOAD_PART_ALREADY_EXISTS".into()
-        )
-    );
+    assert_eq!((again.status, code(&again)), (StatusCode::BAD_REQUEST, "CHUNKED_UPLOAD_PART_ALREADY_EXISTS".into()));
     let zero = s.put_part(&id, 0, b"x").await;
-    assert_eq!(
-        code(&zero),
-        "CHUNKED_UPLOAD_PART_ALREADY_EXISTS",
-        "create holds part 0"
-    );
-    assert_eq!(
-        s.get(&id, true).await.json()["checksum"],
-        sha256_hex(b"zeroone")
-    );
+    assert_eq!(code(&zero), "CHUNKED_UPLOAD_PART_ALREADY_EXISTS", "create holds part 0");
+    assert_eq!(s.get(&id, true).await.json()["checksum"], sha256_hex(b"zeroone"));
     assert_eq!(s.stats().await["duplicate_parts"], 2);
 }
 
@@ -138,14 +100,8 @@ async fn nothing_is_added_after_commit_and_commit_happens_once() {
     let s = SimApi::start(SimConfig::default()).await;
     let id = s.create_id(b"zero").await;
     assert_eq!(s.commit(&id).await.status, StatusCode::OK);
-    assert_eq!(
-        code(&s.put_part(&id, 1, b"late").await),
-        "CHUNKED_UPLOAD_ALREADY_COMMITTED"
-    );
-    assert_eq!(
-        code(&s.commit(&id).await),
-        "CHUNKED_UPLOAD_ALREADY_COMMITTED"
-    );
+    assert_eq!(code(&s.put_part(&id, 1, b"late").await), "CHUNKED_UPLOAD_ALREADY_COMMITTED");
+    assert_eq!(code(&s.commit(&id).await), "CHUNKED_UPLOAD_ALREADY_COMMITTED");
     assert_eq!(s.get(&id, false).await.json()["committed"], "true");
 }
 
@@ -155,13 +111,7 @@ async fn commit_is_refused_until_the_parts_are_contiguous() {
     let id = s.create_id(b"zero").await;
     s.put_part(&id, 2, b"two").await;
     let r = s.commit(&id).await;
-    assert_eq!(
-        (r.status, code(&r)),
-        (
-            StatusCode::BAD_REQUEST,
-            "CHUNKED_UPLOAD_PARTS_NOT_CONTIGUOUS".into()
-        )
-    );
+    assert_eq!((r.status, code(&r)), (StatusCode::BAD_REQUEST, "CHUNKED_UPLOAD_PARTS_NOT_CONTIGUOUS".into()));
     assert!(r.json()["message"].as_str().unwrap().contains("part 1"));
     s.put_part(&id, 1, b"one").await;
     assert_eq!(s.commit(&id).await.status, StatusCode::OK);
@@ -173,23 +123,11 @@ async fn part_count_total_size_and_request_size_limits_are_enforced_per_account(
     let r = s.create(&[1; 41]).await;
     assert_eq!(code(&r), "CHUNKED_UPLOAD_PART_TOO_LARGE");
     let v = s.create(&[1; 40]).await.json();
-    assert_eq!(
-        (
-            v["maxChunkedUploadParts"].as_str(),
-            v["maxTotalSize"].as_str()
-        ),
-        (Some("3"), Some("100"))
-    );
+    assert_eq!((v["maxChunkedUploadParts"].as_str(), v["maxTotalSize"].as_str()), (Some("3"), Some("100")));
     let id = v["chunkedUploadId"].as_str().unwrap();
-    assert_eq!(
-        code(&s.put_part(id, 3, &[1; 5]).await),
-        "CHUNKED_UPLOAD_TOO_MANY_PARTS"
-    );
+    assert_eq!(code(&s.put_part(id, 3, &[1; 5]).await), "CHUNKED_UPLOAD_TOO_MANY_PARTS");
     assert_eq!(s.put_part(id, 1, &[1; 40]).await.status, StatusCode::OK);
-    assert_eq!(
-        code(&s.put_part(id, 2, &[1; 21]).await),
-        "CHUNKED_UPLOAD_TOO_LARGE"
-    );
+    assert_eq!(code(&s.put_part(id, 2, &[1; 21]).await), "CHUNKED_UPLOAD_TOO_LARGE");
     assert_eq!(s.put_part(id, 2, &[1; 20]).await.json()["totalSize"], "100");
     // The defaults hold for other accounts.
     let other = s
@@ -197,10 +135,7 @@ async fn part_count_total_size_and_request_size_limits_are_enforced_per_account(
         .send(
             Method::POST,
             &format!("{}/v2.1/accounts/42/chunked_uploads", s.running.url()),
-            &[
-                ("authorization", "Bearer t"),
-                ("content-type", "application/json"),
-            ],
+            &[("authorization", "Bearer t"), ("content-type", "application/json")],
             part_body(&[1; 41]),
         )
         .await
@@ -214,16 +149,10 @@ async fn an_expired_upload_is_refused_by_every_route_and_frees_the_quota() {
     c.limits.quota_uploads = 1;
     let s = SimApi::start(c).await;
     let id = s.create_id(b"zero").await;
-    assert_eq!(
-        code(&s.create(b"second").await),
-        "CHUNKED_UPLOAD_QUOTA_EXCEEDED"
-    );
+    assert_eq!(code(&s.create(b"second").await), "CHUNKED_UPLOAD_QUOTA_EXCEEDED");
     s.advance_clock(20 * 60).await;
     assert_eq!(code(&s.get(&id, false).await), "CHUNKED_UPLOAD_EXPIRED");
-    assert_eq!(
-        code(&s.put_part(&id, 1, b"one").await),
-        "CHUNKED_UPLOAD_EXPIRED"
-    );
+    assert_eq!(code(&s.put_part(&id, 1, b"one").await), "CHUNKED_UPLOAD_EXPIRED");
     assert_eq!(code(&s.commit(&id).await), "CHUNKED_UPLOAD_EXPIRED");
     assert_eq!(code(&s.delete(&id).await), "CHUNKED_UPLOAD_EXPIRED");
     assert_eq!(s.create(b"second").await.status, StatusCode::CREATED);
@@ -241,65 +170,25 @@ async fn quota_counts_a_members_uploads_and_bytes_until_deleted_or_used() {
     let committed = s.create_id(&[0; 10]).await;
     s.commit(&committed).await;
     let r = s.create(&[0; 10]).await;
-    assert_eq!(
-        (r.status, code(&r)),
-        (
-            StatusCode::BAD_REQUEST,
-            "CHUNKED_UPLOAD_QUOTA_EXCEEDED".into()
-        )
-    );
-    assert_eq!(
-        s.as_member("another-member").create(&[0; 10]).await.status,
-        StatusCode::CREATED,
-        "quota is per member"
-    );
+    assert_eq!((r.status, code(&r)), (StatusCode::BAD_REQUEST, "CHUNKED_UPLOAD_QUOTA_EXCEEDED".into()));
+    assert_eq!(s.as_member("another-member").create(&[0; 10]).await.status, StatusCode::CREATED, "quota is per member");
     assert_eq!(s.delete(&a).await.status, StatusCode::OK);
     let c2 = s.create_id(&[0; 10]).await;
     // Bytes: 3 uploads of 10 bytes held; parts may add up to 100 in all.
     assert_eq!(s.put_part(&b, 1, &[0; 70]).await.status, StatusCode::OK);
-    assert_eq!(
-        code(&s.put_part(&c2, 1, &[0; 1]).await),
-        "CHUNKED_UPLOAD_QUOTA_EXCEEDED"
-    );
-    let used = s
-        .control(
-            Method::POST,
-            &format!("uploads/{committed}/consume"),
-            Value::Null,
-        )
-        .await;
+    assert_eq!(code(&s.put_part(&c2, 1, &[0; 1]).await), "CHUNKED_UPLOAD_QUOTA_EXCEEDED");
+    let used = s.control(Method::POST, &format!("uploads/{committed}/consume"), Value::Null).await;
     assert_eq!(used["consumed"], committed.as_str());
-    assert_eq!(
-        s.put_part(&c2, 1, &[0; 10]).await.status,
-        StatusCode::OK,
-        "a used upload stops counting"
-    );
-    assert_eq!(
-        code(&s.get(&committed, false).await),
-        "CHUNKED_UPLOAD_NOT_FOUND"
-    );
+    assert_eq!(s.put_part(&c2, 1, &[0; 10]).await.status, StatusCode::OK, "a used upload stops counting");
+    assert_eq!(code(&s.get(&committed, false).await), "CHUNKED_UPLOAD_NOT_FOUND");
 }
 
 #[tokio::test]
 async fn a_token_is_required_and_uploads_belong_to_their_member() {
     let s = SimApi::start(SimConfig::default()).await;
-    let none = s
-        .http
-        .send(
-            Method::POST,
-            &s.base,
-            &[("content-type", "application/json")],
-            part_body(b"x"),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        (none.status, code(&none)),
-        (
-            StatusCode::UNAUTHORIZED,
-            "USER_AUTHENTICATION_FAILED".into()
-        )
-    );
+    let none =
+        s.http.send(Method::POST, &s.base, &[("content-type", "application/json")], part_body(b"x")).await.unwrap();
+    assert_eq!((none.status, code(&none)), (StatusCode::UNAUTHORIZED, "USER_AUTHENTICATION_FAILED".into()));
     let id = s.create_id(b"mine").await;
     let thief = s.as_member("someone-else");
     for r in [
@@ -308,28 +197,19 @@ async fn a_token_is_required_and_uploads_belong_to_their_member() {
         thief.commit(&id).await,
         thief.delete(&id).await,
     ] {
-        assert_eq!(
-            (r.status, code(&r)),
-            (StatusCode::NOT_FOUND, "CHUNKED_UPLOAD_NOT_FOUND".into())
-        );
+        assert_eq!((r.status, code(&r)), (StatusCode::NOT_FOUND, "CHUNKED_UPLOAD_NOT_FOUND".into()));
     }
     assert_eq!(s.get(&id, false).await.status, StatusCode::OK);
 
-    let mut c = SimConfig::default();
-    c.tokens = vec!["only-this".into()];
+    let c = SimConfig { tokens: vec!["only-this".into()], ..SimConfig::default() };
     let strict = SimApi::start(c).await;
     assert_eq!(strict.create(b"x").await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        strict.as_member("only-this").create(b"x").await.status,
-        StatusCode::CREATED
-    );
+    assert_eq!(strict.as_member("only-this").create(b"x").await.status, StatusCode::CREATED);
 }
 
 /// Sends a commit with neither Content-Length nor Transfer-Encoding, as some clients do.
 async fn raw_commit_without_length(s: &SimApi, id: &str) -> String {
-    let mut tcp = tokio::net::TcpStream::connect(s.running.addr)
-        .await
-        .unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(s.running.addr).await.unwrap();
     let req = format!(
         "PUT /restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads/{id}?action=commit HTTP/1.1\r\nHost: sim\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
     );
@@ -345,23 +225,12 @@ async fn a_commit_without_a_length_is_answered_411_like_the_real_front_end() {
     let id = s.create_id(b"zero").await;
     let answer = raw_commit_without_length(&s, &id).await;
     assert!(answer.starts_with("HTTP/1.1 411"), "{answer}");
-    assert!(
-        answer.contains("text/html") && answer.contains("Length Required"),
-        "{answer}"
-    );
+    assert!(answer.contains("text/html") && answer.contains("Length Required"), "{answer}");
     assert_eq!(s.get(&id, false).await.json()["committed"], "false");
 
-    let lenient = SimApi::start(SimConfig {
-        require_commit_length: false,
-        ..SimConfig::default()
-    })
-    .await;
+    let lenient = SimApi::start(SimConfig { require_commit_length: false, ..SimConfig::default() }).await;
     let id = lenient.create_id(b"zero").await;
-    assert!(
-        raw_commit_without_length(&lenient, &id)
-            .await
-            .starts_with("HTTP/1.1 200")
-    );
+    assert!(raw_commit_without_length(&lenient, &id).await.starts_with("HTTP/1.1 200"));
 }
 
 #[tokio::test]
@@ -370,24 +239,10 @@ async fn bodies_must_be_json_with_standard_base64_data() {
     let auth = format!("Bearer {TOKEN}");
     let octets = s
         .http
-        .send(
-            Method::POST,
-            &s.base,
-            &[
-                ("authorization", &auth),
-                ("content-type", "application/octet-stream"),
-            ],
-            "raw",
-        )
+        .send(Method::POST, &s.base, &[("authorization", &auth), ("content-type", "application/octet-stream")], "raw")
         .await
         .unwrap();
-    assert_eq!(
-        (octets.status, code(&octets)),
-        (
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "INVALID_CONTENT_TYPE".into()
-        )
-    );
+    assert_eq!((octets.status, code(&octets)), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "INVALID_CONTENT_TYPE".into()));
     for bad in [
         "not json",
         r#"{"data": 5}"#,
@@ -399,10 +254,7 @@ async fn bodies_must_be_json_with_standard_base64_data() {
         let r = s.call(Method::POST, "", bad.to_owned()).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
         assert!(
-            matches!(
-                code(&r).as_str(),
-                "INVALID_REQUEST_BODY" | "CHUNKED_UPLOAD_EMPTY_PART"
-            ),
+            matches!(code(&r).as_str(), "INVALID_REQUEST_BODY" | "CHUNKED_UPLOAD_EMPTY_PART"),
             "{bad}: {}",
             code(&r)
         );
@@ -414,10 +266,7 @@ async fn bodies_must_be_json_with_standard_base64_data() {
         .send(
             Method::POST,
             &format!("{}/v2.1/accounts/12ab/chunked_uploads", s.running.url()),
-            &[
-                ("authorization", &auth),
-                ("content-type", "application/json"),
-            ],
+            &[("authorization", &auth), ("content-type", "application/json")],
             part_body(b"x"),
         )
         .await
@@ -433,50 +282,23 @@ async fn v2_and_any_prefix_serve_the_same_routes() {
     let guid = "3216E4B2-0A1B-4C2D-8E3F-34CC91813EA2";
     for base in [
         format!("{}/v2/accounts/{ACCOUNT}/chunked_uploads", s.running.url()),
-        format!(
-            "{}/a/b/v2.1/accounts/{guid}/chunked_uploads",
-            s.running.url()
-        ),
+        format!("{}/a/b/v2.1/accounts/{guid}/chunked_uploads", s.running.url()),
     ] {
-        let h = [
-            ("authorization", auth.as_str()),
-            ("content-type", "application/json"),
-        ];
-        let r = s
-            .http
-            .send(Method::POST, &base, &h, part_body(b"abc"))
-            .await
-            .unwrap();
+        let h = [("authorization", auth.as_str()), ("content-type", "application/json")];
+        let r = s.http.send(Method::POST, &base, &h, part_body(b"abc")).await.unwrap();
         assert_eq!(r.status, StatusCode::CREATED, "{base}");
         let id = r.json()["chunkedUploadId"].as_str().unwrap().to_owned();
         let c = s
             .http
-            .send(
-                Method::PUT,
-                &format!("{base}/{id}?action=commit"),
-                &[h[0], ("content-length", "0")],
-                "",
-            )
+            .send(Method::PUT, &format!("{base}/{id}?action=commit"), &[h[0], ("content-length", "0")], "")
             .await
             .unwrap();
         assert_eq!(c.status, StatusCode::OK, "{base}");
-        assert_eq!(
-            s.http
-                .send(Method::DELETE, &format!("{base}/{id}"), &h, "")
-                .await
-                .unwrap()
-                .status,
-            StatusCode::OK
-        );
+        assert_eq!(s.http.send(Method::DELETE, &format!("{base}/{id}"), &h, "").await.unwrap().status, StatusCode::OK);
     }
     let other = s
         .http
-        .send(
-            Method::GET,
-            &format!("{}/v2.1/accounts/1/envelopes", s.running.url()),
-            &[("authorization", &auth)],
-            "",
-        )
+        .send(Method::GET, &format!("{}/v2.1/accounts/1/envelopes", s.running.url()), &[("authorization", &auth)], "")
         .await
         .unwrap();
     assert_eq!(other.status, StatusCode::NOT_FOUND);
@@ -485,32 +307,12 @@ async fn v2_and_any_prefix_serve_the_same_routes() {
 #[tokio::test]
 async fn every_answer_announces_rate_limits_and_burst_throttling_uses_the_configured_status() {
     for status in [429u16, 400] {
-        let mut c = SimConfig {
-            throttle_status: status,
-            ..SimConfig::default()
-        };
-        c.limits = Limits {
-            burst_limit: 3,
-            hourly_limit: 100,
-            burst_window_secs: 3600,
-            ..Limits::default()
-        };
+        let mut c = SimConfig { throttle_status: status, ..SimConfig::default() };
+        c.limits = Limits { burst_limit: 3, hourly_limit: 100, burst_window_secs: 3600, ..Limits::default() };
         let s = SimApi::start(c).await;
         let ok = s.create(b"one").await;
-        assert_eq!(
-            (
-                ok.header("x-ratelimit-limit"),
-                ok.header("x-ratelimit-remaining")
-            ),
-            ("100", "99")
-        );
-        assert_eq!(
-            (
-                ok.header("x-burstlimit-limit"),
-                ok.header("x-burstlimit-remaining")
-            ),
-            ("3", "2")
-        );
+        assert_eq!((ok.header("x-ratelimit-limit"), ok.header("x-ratelimit-remaining")), ("100", "99"));
+        assert_eq!((ok.header("x-burstlimit-limit"), ok.header("x-burstlimit-remaining")), ("3", "2"));
         let reset: i64 = ok.header("x-ratelimit-reset").parse().unwrap();
         assert_eq!(reset % 3600, 0, "reset is the top of an hour");
         let refused = s.create(b"").await; // an error answer counts and announces too
@@ -528,36 +330,25 @@ async fn every_answer_announces_rate_limits_and_burst_throttling_uses_the_config
 async fn the_hourly_limit_refuses_every_call_until_the_next_hour() {
     let mut c = SimConfig::default();
     c.limits.hourly_limit = 2;
+    // The next hour can be up to 60 minutes away: outlive it.
+    c.limits.lifetime_secs = 2 * 3600;
     let s = SimApi::start(c).await;
     let id = s.create_id(b"a").await;
     s.get(&id, false).await;
     let r = s.get(&id, false).await;
-    assert_eq!(
-        (r.status, code(&r)),
-        (
-            StatusCode::TOO_MANY_REQUESTS,
-            "HOURLY_APIINVOCATION_LIMIT_EXCEEDED".into()
-        )
-    );
+    assert_eq!((r.status, code(&r)), (StatusCode::TOO_MANY_REQUESTS, "HOURLY_APIINVOCATION_LIMIT_EXCEEDED".into()));
     assert_eq!(r.header("x-ratelimit-remaining"), "0");
     let reset: i64 = r.header("x-ratelimit-reset").parse().unwrap();
-    let now = s
-        .control(Method::POST, "clock?advance_secs=0", Value::Null)
-        .await["now"]
-        .as_i64()
-        .unwrap();
+    let now = s.control(Method::POST, "clock?advance_secs=0", Value::Null).await["now"].as_i64().unwrap();
     s.advance_clock(reset - now).await;
     assert_eq!(s.get(&id, false).await.status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn the_envelope_dialect_wraps_successes_and_errors() {
-    let s = SimApi::start(SimConfig {
-        dialect: Dialect::Envelope,
-        bool_style: BoolStyle::Title,
-        ..SimConfig::default()
-    })
-    .await;
+    let s =
+        SimApi::start(SimConfig { dialect: Dialect::Envelope, bool_style: BoolStyle::Title, ..SimConfig::default() })
+            .await;
     let r = s.create(b"abc").await;
     assert_eq!(r.status, StatusCode::CREATED);
     let v = r.json();
@@ -576,34 +367,16 @@ async fn the_envelope_dialect_wraps_successes_and_errors() {
 async fn injected_latency_errors_and_throttling_apply_to_the_chosen_operations() {
     let s = SimApi::start(SimConfig::default()).await;
     let id = s.create_id(b"zero").await;
-    s.faults(json!({"error_next": 1, "error_status": 502, "ops": ["add_part"]}))
-        .await;
-    assert_eq!(
-        s.get(&id, false).await.status,
-        StatusCode::OK,
-        "get is not a chosen op"
-    );
+    s.faults(json!({"error_next": 1, "error_status": 502, "ops": ["add_part"]})).await;
+    assert_eq!(s.get(&id, false).await.status, StatusCode::OK, "get is not a chosen op");
     let failed = s.put_part(&id, 1, b"one").await;
-    assert_eq!(
-        (failed.status, code(&failed)),
-        (StatusCode::BAD_GATEWAY, "UNSPECIFIED_ERROR".into())
-    );
-    assert_eq!(
-        s.inspect(&id).await["parts"],
-        json!([[0, 4]]),
-        "an injected error stores nothing"
-    );
+    assert_eq!((failed.status, code(&failed)), (StatusCode::BAD_GATEWAY, "UNSPECIFIED_ERROR".into()));
+    assert_eq!(s.inspect(&id).await["parts"], json!([[0, 4]]), "an injected error stores nothing");
     assert_eq!(s.put_part(&id, 1, b"one").await.status, StatusCode::OK);
 
     s.faults(json!({"throttle_rate": 1.0})).await;
     let t = s.get(&id, false).await;
-    assert_eq!(
-        (t.status, code(&t)),
-        (
-            StatusCode::TOO_MANY_REQUESTS,
-            "BURST_APIINVOCATION_LIMIT_EXCEEDED".into()
-        )
-    );
+    assert_eq!((t.status, code(&t)), (StatusCode::TOO_MANY_REQUESTS, "BURST_APIINVOCATION_LIMIT_EXCEEDED".into()));
 
     s.faults(json!({"latency_ms": 150, "jitter_ms": 20})).await;
     let started = Instant::now();
@@ -617,31 +390,20 @@ async fn injected_latency_errors_and_throttling_apply_to_the_chosen_operations()
 async fn store_then_drop_applies_the_part_but_never_answers() {
     let s = SimApi::start(SimConfig::default()).await;
     let id = s.create_id(b"zero").await;
-    s.faults(json!({"drop_after_store_next": 1, "ops": ["add_part"]}))
-        .await;
+    s.faults(json!({"drop_after_store_next": 1, "ops": ["add_part"]})).await;
     let auth = format!("Bearer {TOKEN}");
     let dropped = s
         .http
         .send(
             Method::PUT,
             &format!("{}/{id}/1", s.base),
-            &[
-                ("authorization", &auth),
-                ("content-type", "application/json"),
-            ],
+            &[("authorization", &auth), ("content-type", "application/json")],
             part_body(b"one"),
         )
         .await;
     assert!(dropped.is_err(), "the client saw an answer: {dropped:?}");
-    assert_eq!(
-        s.inspect(&id).await["parts"],
-        json!([[0, 4], [1, 3]]),
-        "the part was stored"
-    );
-    assert_eq!(
-        code(&s.put_part(&id, 1, b"one").await),
-        "CHUNKED_UPLOAD_PART_ALREADY_EXISTS"
-    );
+    assert_eq!(s.inspect(&id).await["parts"], json!([[0, 4], [1, 3]]), "the part was stored");
+    assert_eq!(code(&s.put_part(&id, 1, b"one").await), "CHUNKED_UPLOAD_PART_ALREADY_EXISTS");
     assert_eq!(s.stats().await["dropped"], 1);
 }
 
@@ -649,22 +411,11 @@ async fn store_then_drop_applies_the_part_but_never_answers() {
 async fn the_faults_route_refuses_unknown_or_out_of_range_settings() {
     let s = SimApi::start(SimConfig::default()).await;
     let url = format!("{}/__sim/faults", s.running.url());
-    for bad in [
-        json!({"error_rate": 2.0}),
-        json!({"nonsense": 1}),
-        json!({"error_status": 404}),
-    ] {
-        let r = s
-            .http
-            .send(Method::PUT, &url, &[], bad.to_string())
-            .await
-            .unwrap();
+    for bad in [json!({"error_rate": 2.0}), json!({"nonsense": 1}), json!({"error_status": 404})] {
+        let r = s.http.send(Method::PUT, &url, &[], bad.to_string()).await.unwrap();
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
     }
-    assert_eq!(
-        s.control(Method::GET, "faults", Value::Null).await["error_rate"],
-        0.0
-    );
+    assert_eq!(s.control(Method::GET, "faults", Value::Null).await["error_rate"], 0.0);
 }
 
 #[tokio::test]
@@ -678,12 +429,7 @@ async fn stats_count_uploads_left_open() {
     s.delete(&b).await;
     let st = s.stats().await;
     assert_eq!(
-        (
-            st["open"].as_u64(),
-            st["created"].as_u64(),
-            st["committed"].as_u64(),
-            st["deleted"].as_u64()
-        ),
+        (st["open"].as_u64(), st["created"].as_u64(), st["committed"].as_u64(), st["deleted"].as_u64()),
         (Some(1), Some(3), Some(1), Some(1))
     );
     assert_eq!(s.inspect(&c).await["state"], "open");
@@ -692,28 +438,13 @@ async fn stats_count_uploads_left_open() {
 
 #[tokio::test]
 async fn digest_storage_keeps_the_checksum_but_not_the_bytes() {
-    let s = SimApi::start(SimConfig {
-        storage: Storage::Digest,
-        ..SimConfig::default()
-    })
-    .await;
+    let s = SimApi::start(SimConfig { storage: Storage::Digest, ..SimConfig::default() }).await;
     let (p0, p1) = (bytes_of(5000, 1), bytes_of(3000, 2));
     let id = s.create_id(&p0).await;
     s.put_part(&id, 1, &p1).await;
-    assert_eq!(
-        s.get(&id, true).await.json()["checksum"],
-        sha256_hex(&[p0, p1].concat())
-    );
-    let content = s
-        .http
-        .send(
-            Method::GET,
-            &format!("{}/__sim/uploads/{id}/content", s.running.url()),
-            &[],
-            "",
-        )
-        .await
-        .unwrap();
+    assert_eq!(s.get(&id, true).await.json()["checksum"], sha256_hex(&[p0, p1].concat()));
+    let content =
+        s.http.send(Method::GET, &format!("{}/__sim/uploads/{id}/content", s.running.url()), &[], "").await.unwrap();
     assert_eq!(content.status, StatusCode::CONFLICT);
 }
 
@@ -727,31 +458,20 @@ async fn the_sim_command_prints_its_address_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let url = line.trim().rsplit(' ').next().unwrap().to_owned();
     assert!(url.starts_with("http://127.0.0.1:"), "{line}");
     let r = Http::new()
         .send(
             Method::POST,
             &format!("{url}/v2.1/accounts/1/chunked_uploads"),
-            &[
-                ("authorization", "Bearer t"),
-                ("content-type", "application/json"),
-            ],
+            &[("authorization", "Bearer t"), ("content-type", "application/json")],
             part_body(b"hi"),
         )
         .await
         .unwrap();
     assert_eq!(r.json()["success"], true);
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status:?}");
 }
