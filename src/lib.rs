@@ -3,6 +3,7 @@
 
 pub mod body; // the response body type and bounded body reads
 pub mod config; // settings, defaults, env overrides, validation listing every problem
+pub mod demo; // `chunkgate demo`: simulator and gateway in one process, one document through them
 pub mod envelope; // response bodies in the upstream's two dialects
 pub mod error; // errors the gateway originates: status, code, advice
 pub mod gateway; // routing each request to the upload or the passthrough

@@ -42,6 +42,25 @@ enum Command {
         #[arg(long)]
         throttle_status: Option<u16>,
     },
+    /// Stream a generated document (or --file) through an in-process gateway and simulator.
+    Demo {
+        /// Size of the generated document, e.g. 32MiB, 500KB, 1048576.
+        #[arg(long, default_value = "32MiB", value_parser = parse_size)]
+        size: u64,
+        /// Stream this file instead of a generated document.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+        part_size: u64,
+        #[arg(long, default_value_t = 4)]
+        max_in_flight: usize,
+        /// Latency the simulator adds to each call.
+        #[arg(long, default_value_t = 20)]
+        latency_ms: u64,
+        /// Make the simulator fail some part calls (5xx, stored-then-dropped, throttled).
+        #[arg(long)]
+        faults: bool,
+    },
     /// Validate a config file (and environment overrides), listing every problem.
     CheckConfig { file: PathBuf },
 }
@@ -50,6 +69,33 @@ enum Command {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Demo { size, file, part_size, max_in_flight, latency_ms, faults } => {
+            let opts = chunkgate::demo::Options {
+                size,
+                file,
+                part_size: part_size as usize,
+                max_in_flight,
+                latency_ms,
+                faults,
+            };
+            if faults {
+                println!("simulator faults on part calls: {}", chunkgate::demo::faults_summary());
+            }
+            match chunkgate::demo::run(opts).await {
+                Ok(report) => {
+                    chunkgate::demo::print(&report);
+                    if report.status.is_success() && report.checksum_matched() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(err) => {
+                    eprintln!("chunkgate demo: {err}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Serve { config } => {
             let cfg = match Config::load(config.as_deref(), std::env::vars()) {
                 Ok(cfg) => cfg,
@@ -111,6 +157,25 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// `32MiB`, `500KB`, `1GiB` or plain bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("not a size: {s}"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "kib" | "k" => 1024,
+        "mb" => 1000 * 1000,
+        "mib" | "m" => 1024 * 1024,
+        "gb" => 1000 * 1000 * 1000,
+        "gib" | "g" => 1024 * 1024 * 1024,
+        other => return Err(format!("unknown unit {other:?} in {s}")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("too large: {s}"))
 }
 
 fn bad_config(problems: &chunkgate::config::Problems) -> ExitCode {

@@ -57,6 +57,22 @@ impl Sim {
         })
     }
 
+    /// The uploads, for in-process inspection (the demo).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The counters `/__sim/stats` answers with.
+    pub fn stats_json(&self) -> serde_json::Value {
+        let s = &self.stats;
+        let mut v = serde_json::json!(self.store.counts());
+        v["requests"] = s.requests.load(Ordering::Relaxed).into();
+        v["throttled"] = s.throttled.load(Ordering::Relaxed).into();
+        v["injected_errors"] = s.injected_errors.load(Ordering::Relaxed).into();
+        v["dropped"] = s.dropped.load(Ordering::Relaxed).into();
+        v
+    }
+
     /// The dialect the simulator speaks.
     pub fn dialect(&self) -> crate::envelope::Dialect {
         self.config.dialect

@@ -326,15 +326,7 @@ async fn control(sim: &Sim, req: Request<Incoming>) -> Response<Body> {
                 Err(err) => json_reply(StatusCode::BAD_REQUEST, json!({"error": err.to_string()})),
             }
         }
-        (Method::GET, ["stats"]) => {
-            let s = &sim.stats;
-            let mut v = json!(sim.store.counts());
-            v["requests"] = json!(s.requests.load(Ordering::Relaxed));
-            v["throttled"] = json!(s.throttled.load(Ordering::Relaxed));
-            v["injected_errors"] = json!(s.injected_errors.load(Ordering::Relaxed));
-            v["dropped"] = json!(s.dropped.load(Ordering::Relaxed));
-            json_reply(StatusCode::OK, v)
-        }
+        (Method::GET, ["stats"]) => json_reply(StatusCode::OK, sim.stats_json()),
         (Method::POST, ["clock"]) => {
             let advance = req
                 .uri()

@@ -9,7 +9,13 @@ mod chunker;
 mod digest;
 mod part;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
@@ -39,6 +45,8 @@ pub struct Uploads {
     slots: Arc<Semaphore>,
     /// Budget in KiB (a semaphore counts in u32).
     budget: Arc<Semaphore>,
+    /// Part PUTs on the wire now, over all uploads.
+    parts_in_flight: Arc<AtomicUsize>,
 }
 
 /// Why an upload ended after create; either way the upstream upload is deleted.
@@ -59,6 +67,7 @@ struct Job {
     upstream: Arc<Upstream>,
     config: UploadConfig,
     budget: Arc<Semaphore>,
+    parts_in_flight: Arc<AtomicUsize>,
     acct: Account,
     declared: Option<u64>,
     client_digest: Option<[u8; 32]>,
@@ -70,7 +79,17 @@ struct Job {
 impl Uploads {
     pub fn new(config: UploadConfig) -> Self {
         let kib = (config.memory_budget_bytes / 1024).clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
-        Self { slots: Arc::new(Semaphore::new(config.max_uploads)), budget: Arc::new(Semaphore::new(kib)), config }
+        Self {
+            slots: Arc::new(Semaphore::new(config.max_uploads)),
+            budget: Arc::new(Semaphore::new(kib)),
+            parts_in_flight: Arc::new(AtomicUsize::new(0)),
+            config,
+        }
+    }
+
+    /// Part PUTs on the wire now, over all uploads.
+    pub fn parts_in_flight(&self) -> usize {
+        self.parts_in_flight.load(Ordering::Relaxed)
     }
 
     /// Uploads running now.
@@ -134,6 +153,7 @@ impl Uploads {
             upstream,
             config: self.config.clone(),
             budget: self.budget.clone(),
+            parts_in_flight: self.parts_in_flight.clone(),
             acct: Account {
                 prefix: t.prefix.to_owned(),
                 version: t.version.to_owned(),
@@ -280,7 +300,8 @@ impl Job {
             }
             let (upstream, acct, id) = (self.upstream.clone(), self.acct.clone(), id.to_owned());
             let span = tracing::debug_span!("part", seq, bytes = data.len());
-            inflight.spawn(send_part(upstream, acct, id, seq, data, permit).instrument(span));
+            let gauge = InFlight::enter(&self.parts_in_flight);
+            inflight.spawn(send_part(upstream, acct, id, seq, data, (permit, gauge)).instrument(span));
             seq += 1;
         }
         while let Some(done) = inflight.join_next().await {
@@ -333,14 +354,31 @@ impl Job {
     }
 }
 
-/// Sends one part; the permit holds its share of the memory budget until the part is done.
+/// Counts a part on the wire for as long as it lives.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(gauge: &Arc<AtomicUsize>) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Sends one part; the permit holds its share of the memory budget, and the gauge counts the
+/// part, until the part is done.
 async fn send_part(
     upstream: Arc<Upstream>,
     acct: Account,
     id: String,
     seq: u32,
     data: Bytes,
-    permit: OwnedSemaphorePermit,
+    permit: (OwnedSemaphorePermit, InFlight),
 ) -> Result<u32, Abort> {
     let len = data.len() as u64;
     let json = part::encode(&data);

@@ -1,0 +1,251 @@
+//! `chunkgate demo`: the simulator and the gateway in one process, a document streamed through
+//! them with a progress bar, and a report of what happened. Needs no config file and no network.
+
+use std::{
+    path::PathBuf,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::{io::AsyncReadExt, sync::mpsc};
+
+use crate::{
+    body::{Body, BoxError},
+    config::Config,
+    gateway,
+    resource::hex,
+    sim::{self, SimConfig, config::Storage},
+};
+
+/// What the demo is asked to do.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Bytes of generated document (ignored with `file`).
+    pub size: u64,
+    pub file: Option<PathBuf>,
+    pub part_size: usize,
+    pub max_in_flight: usize,
+    /// Latency the simulator adds to every call, so parts visibly overlap.
+    pub latency_ms: u64,
+    /// Make the simulator misbehave (5xx, stored-then-dropped parts, throttling).
+    pub faults: bool,
+}
+
+/// What the demo saw.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub status: StatusCode,
+    pub upload_id: String,
+    pub parts: String,
+    pub bytes: u64,
+    pub elapsed: Duration,
+    /// SHA-256 of what the client sent, as the client computed it.
+    pub sent_sha256: String,
+    /// SHA-256 of what the simulator holds for the upload.
+    pub upstream_sha256: String,
+    pub committed: bool,
+    pub sim_requests: u64,
+    pub sim_faults: u64,
+    pub body: String,
+}
+
+impl Report {
+    pub fn checksum_matched(&self) -> bool {
+        self.sent_sha256 == self.upstream_sha256
+    }
+}
+
+const ACCOUNT: &str = "1234567";
+
+pub async fn run(opts: Options) -> Result<Report, String> {
+    let size = match &opts.file {
+        Some(path) => tokio::fs::metadata(path).await.map_err(|e| format!("{}: {e}", path.display()))?.len(),
+        None => opts.size,
+    };
+    if size == 0 {
+        return Err("the document is empty".into());
+    }
+    let mut sim_config =
+        SimConfig { listen: "127.0.0.1:0".parse().unwrap(), storage: Storage::Digest, ..SimConfig::default() };
+    sim_config.limits.max_total_size = sim_config.limits.max_total_size.max(size);
+    sim_config.limits.quota_bytes = sim_config.limits.quota_bytes.max(size);
+    sim_config.faults.latency_ms = opts.latency_ms;
+    if opts.faults {
+        sim_config.faults.jitter_ms = opts.latency_ms;
+        sim_config.faults.error_rate = 0.05;
+        sim_config.faults.drop_after_store_rate = 0.05;
+        sim_config.faults.throttle_rate = 0.03;
+        sim_config.faults.ops = vec![sim::faults::Op::AddPart];
+    }
+    let sim = sim::spawn(sim_config).await.map_err(|e| format!("cannot start the simulator: {e}"))?;
+
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.upstream.base_url = format!("{}/restapi", sim.url());
+    config.upstream.allow_plain_http = true;
+    config.upload.part_size = opts.part_size;
+    config.upload.max_in_flight = opts.max_in_flight;
+    config.upload.max_document_bytes = config.upload.max_document_bytes.max(size);
+    let problems = config.problems();
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
+    let gw = gateway::spawn(config).await?;
+
+    let sent = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let producer = tokio::spawn(produce(opts.file.clone(), size, tx));
+    let body = Counted { rx, sent: sent.clone() }.boxed();
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads", gw.url()))
+        .header(header::AUTHORIZATION, "Bearer demo-token")
+        .header(header::CONTENT_TYPE, "application/pdf")
+        .header(header::CONTENT_LENGTH, size)
+        .body(body)
+        .expect("valid request");
+    let client: Client<_, Body> = Client::builder(TokioExecutor::new()).build_http();
+
+    let bar = ProgressBar::new(size);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}")
+            .expect("valid template"),
+    );
+    let started = Instant::now();
+    let call = tokio::spawn(async move { client.request(req).await });
+    let ticker = {
+        let (bar, sent, gw) = (bar.clone(), sent.clone(), gw.gateway.clone());
+        tokio::spawn(async move {
+            loop {
+                bar.set_position(sent.load(Ordering::Relaxed));
+                bar.set_message(format!("parts in flight: {}", gw.uploads.parts_in_flight()));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let response = call.await.map_err(|e| e.to_string())?.map_err(|e| format!("the request failed: {e}"))?;
+    let (parts, incoming) = response.into_parts();
+    let answer = incoming.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let elapsed = started.elapsed();
+    ticker.abort();
+    bar.set_position(sent.load(Ordering::Relaxed));
+    bar.finish_with_message("done");
+    let sent_sha256 = producer.await.map_err(|e| e.to_string())??;
+
+    let head = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let upload_id = head("x-chunkgate-upload-id");
+    let (upstream_sha256, committed) = match sim.sim.store().inspect(&upload_id, 0) {
+        Some(i) => (i.sha256, i.state == sim::store::State::Committed),
+        None => (String::new(), false),
+    };
+    let stats = sim.sim.stats_json();
+    Ok(Report {
+        status: parts.status,
+        parts: head("x-chunkgate-parts"),
+        bytes: sent.load(Ordering::Relaxed),
+        elapsed,
+        sent_sha256,
+        upstream_sha256,
+        committed,
+        sim_requests: stats["requests"].as_u64().unwrap_or(0),
+        sim_faults: ["throttled", "injected_errors", "dropped"].iter().map(|k| stats[k].as_u64().unwrap_or(0)).sum(),
+        upload_id,
+        body: String::from_utf8_lossy(&answer).into_owned(),
+    })
+}
+
+/// Prints the report for a person.
+pub fn print(report: &Report) {
+    let mib = report.bytes as f64 / (1024.0 * 1024.0);
+    let secs = report.elapsed.as_secs_f64().max(1e-9);
+    println!();
+    println!("status            {}", report.status);
+    println!("upload id         {}", report.upload_id);
+    println!("parts             {}", report.parts);
+    println!("bytes             {} ({mib:.1} MiB)", report.bytes);
+    println!("time              {:.2} s ({:.1} MiB/s)", secs, mib / secs);
+    println!("upstream calls    {} ({} answered with an injected fault)", report.sim_requests, report.sim_faults);
+    println!("committed         {}", report.committed);
+    println!("sha-256 sent      {}", report.sent_sha256);
+    println!("sha-256 upstream  {}", report.upstream_sha256);
+    println!("checksum matched  {}", if report.checksum_matched() { "yes" } else { "NO" });
+    if !report.status.is_success() {
+        println!("answer            {}", report.body);
+    }
+}
+
+/// Feeds the document into the channel and returns the SHA-256 of what it fed.
+async fn produce(file: Option<PathBuf>, size: u64, tx: mpsc::Sender<Bytes>) -> Result<String, String> {
+    const FRAME: usize = 256 * 1024;
+    let mut hasher = Sha256::new();
+    match file {
+        Some(path) => {
+            let mut f = tokio::fs::File::open(&path).await.map_err(|e| format!("{}: {e}", path.display()))?;
+            loop {
+                let mut buf = vec![0u8; FRAME];
+                let n = f.read(&mut buf).await.map_err(|e| e.to_string())?;
+                if n == 0 {
+                    break;
+                }
+                buf.truncate(n);
+                hasher.update(&buf);
+                if tx.send(Bytes::from(buf)).await.is_err() {
+                    break;
+                }
+            }
+        }
+        None => {
+            let mut rng = fastrand::Rng::with_seed(size);
+            let mut left = size;
+            while left > 0 {
+                let n = left.min(FRAME as u64) as usize;
+                let mut buf = vec![0u8; n];
+                rng.fill(&mut buf);
+                hasher.update(&buf);
+                if tx.send(Bytes::from(buf)).await.is_err() {
+                    break;
+                }
+                left -= n as u64;
+            }
+        }
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+/// A request body fed by a channel, counting the bytes it hands to the connection.
+struct Counted {
+    rx: mpsc::Receiver<Bytes>,
+    sent: Arc<AtomicU64>,
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.rx.poll_recv(cx).map(|next| {
+            next.map(|bytes| {
+                self.sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                Ok(Frame::data(bytes))
+            })
+        })
+    }
+}
+
+/// The simulator's fault settings used by `--faults`, for the report.
+pub fn faults_summary() -> serde_json::Value {
+    json!({"error_rate": 0.05, "drop_after_store_rate": 0.05, "throttle_rate": 0.03, "ops": ["add_part"]})
+}
