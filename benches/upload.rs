@@ -254,23 +254,30 @@ async fn main() {
     }
     let (small, big) = (rows.first().unwrap(), rows.last().unwrap());
     let growth = big.3 as f64 / small.3 as f64 - 1.0;
-    println!(
-        "peak RSS {} vs {}: {:+.1}% (target: within 10%)",
-        human(big.0),
-        human(small.0),
-        growth * 100.0
-    );
+    println!("peak RSS {} vs {}: {:+.1}% (target: within 10%)", human(big.0), human(small.0), growth * 100.0);
 
     let mut md = String::from("# Upload benchmark\n\n");
     md.push_str(&format!(
         "`cargo bench --bench upload`: part size {}, {in_flight} in flight, {nproc} cores, simulator (digest mode), gateway and client in three processes on loopback. Direct = the same parts encoded and PUT straight to the simulator.\n\n",
         human(part as u64)
     ));
-    md.push_str("| size | gateway MiB/s | direct MiB/s | gateway / direct | gateway peak RSS |\n|---|---|---|---|---|\n");
+    md.push_str(
+        "| size | gateway MiB/s | direct MiB/s | gateway / direct | gateway peak RSS |\n|---|---|---|---|---|\n",
+    );
     for (size, g, d, rss) in &rows {
-        md.push_str(&format!("| {} | {g:.0} | {d:.0} | {:.2} | {:.1} MiB |\n", human(*size), g / d, *rss as f64 / MIB as f64));
+        md.push_str(&format!(
+            "| {} | {g:.0} | {d:.0} | {:.2} | {:.1} MiB |\n",
+            human(*size),
+            g / d,
+            *rss as f64 / MIB as f64
+        ));
     }
-    md.push_str(&format!("\nPeak RSS, {} against {}: {:+.1}% (target within 10%).\n", human(big.0), human(small.0), growth * 100.0));
+    md.push_str(&format!(
+        "\nPeak RSS, {} against {}: {:+.1}% (target within 10%).\n",
+        human(big.0),
+        human(small.0),
+        growth * 100.0
+    ));
     std::fs::create_dir_all(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/results")).unwrap();
     std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/results/upload.md"), md).unwrap();
     let _ = Duration::ZERO;

@@ -1,12 +1,14 @@
 //! Cuts the client's body into parts of a requested size, hashing every byte as it passes.
 //! Reading is cancel-safe: all state lives in the chunker, so it can sit in a `select!`.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use bytes::{Bytes, BytesMut};
 use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
+
+use super::pool::BufferPool;
 
 /// Why the body could not be read to its end.
 #[derive(Debug, PartialEq, Eq)]
@@ -19,7 +21,11 @@ pub enum ChunkError {
 
 pub struct Chunker<B> {
     body: B,
-    buf: BytesMut,
+    pool: Arc<BufferPool>,
+    /// The part being filled; kept here so a cancelled `next_part` loses nothing.
+    current: Option<BytesMut>,
+    /// What is left of the last frame read.
+    pending: Bytes,
     hasher: Sha256,
     total: u64,
     idle: Duration,
@@ -32,21 +38,25 @@ impl<B> Chunker<B>
 where
     B: HttpBody<Data = Bytes> + Unpin,
 {
-    pub fn new(body: B, idle: Duration) -> Self {
-        Self { body, buf: BytesMut::new(), hasher: Sha256::new(), total: 0, idle, done: false }
+    pub fn new(body: B, idle: Duration, pool: Arc<BufferPool>) -> Self {
+        Self { body, pool, current: None, pending: Bytes::new(), hasher: Sha256::new(), total: 0, idle, done: false }
     }
 
     /// The next part of exactly `size` bytes (the last one may be shorter), or `None` at the end.
+    /// Parts are filled into buffers from the pool; give them back when done with them.
     pub async fn next_part(&mut self, size: usize) -> Result<Option<Bytes>, ChunkError> {
         loop {
-            if self.buf.len() >= size {
-                return Ok(Some(self.buf.split_to(size).freeze()));
-            }
-            if self.done {
-                return Ok((!self.buf.is_empty()).then(|| self.buf.split().freeze()));
-            }
-            if self.buf.capacity() < size {
-                self.buf.reserve(size - self.buf.len());
+            let pool = &self.pool;
+            let buf = self.current.get_or_insert_with(|| pool.take(size));
+            let take = (size.saturating_sub(buf.len())).min(self.pending.len());
+            buf.extend_from_slice(&self.pending.split_to(take));
+            if buf.len() >= size || (self.done && self.pending.is_empty()) {
+                let part = self.current.take().expect("filled above").freeze();
+                if part.is_empty() {
+                    self.pool.give(part);
+                    return Ok(None);
+                }
+                return Ok(Some(part));
             }
             match tokio::time::timeout(self.idle, self.body.frame()).await {
                 Err(_) => return Err(ChunkError::Idle(self.idle)),
@@ -56,7 +66,7 @@ where
                     if let Ok(data) = frame.into_data() {
                         self.hasher.update(&data);
                         self.total += data.len() as u64;
-                        self.buf.extend_from_slice(&data);
+                        self.pending = data;
                     }
                 }
             }
@@ -70,7 +80,7 @@ where
 
     /// Bytes handed out in parts so far (read bytes not yet cut into a part are not counted).
     pub fn emitted(&self) -> u64 {
-        self.total - self.buf.len() as u64
+        self.total - self.pending.len() as u64 - self.current.as_ref().map_or(0, |b| b.len() as u64)
     }
 
     /// The SHA-256 of every byte read.
@@ -104,11 +114,14 @@ mod tests {
     }
 
     async fn cut(frames: Vec<Bytes>, sizes: &[usize]) -> (Vec<Bytes>, [u8; 32], u64) {
-        let mut c = Chunker::new(Frames(frames.into()), Duration::from_secs(5));
+        let pool = Arc::new(BufferPool::new(1 << 20));
+        let mut c = Chunker::new(Frames(frames.into()), Duration::from_secs(5), pool.clone());
         let mut parts = Vec::new();
         let mut i = 0;
         while let Some(p) = c.next_part(sizes[i.min(sizes.len() - 1)]).await.unwrap() {
-            parts.push(p);
+            parts.push(Bytes::copy_from_slice(&p));
+            assert_eq!(c.emitted(), parts.iter().map(|p| p.len() as u64).sum::<u64>());
+            pool.give(p); // buffers are reused: later parts must not alias earlier ones
             i += 1;
         }
         (parts, c.sha256(), c.total())

@@ -8,6 +8,7 @@
 mod chunker;
 mod digest;
 mod part;
+mod pool;
 
 use std::{
     sync::{
@@ -26,7 +27,10 @@ use tokio::{
 };
 use tracing::Instrument;
 
-use self::chunker::{ChunkError, Chunker};
+use self::{
+    chunker::{ChunkError, Chunker},
+    pool::BufferPool,
+};
 use crate::{
     body::Body,
     config::UploadConfig,
@@ -47,6 +51,7 @@ pub struct Uploads {
     budget: Arc<Semaphore>,
     /// Part PUTs on the wire now, over all uploads.
     parts_in_flight: Arc<AtomicUsize>,
+    pool: Arc<BufferPool>,
 }
 
 /// Why an upload ended after create; either way the upstream upload is deleted.
@@ -68,6 +73,7 @@ struct Job {
     config: UploadConfig,
     budget: Arc<Semaphore>,
     parts_in_flight: Arc<AtomicUsize>,
+    pool: Arc<BufferPool>,
     acct: Account,
     declared: Option<u64>,
     client_digest: Option<[u8; 32]>,
@@ -83,6 +89,7 @@ impl Uploads {
             slots: Arc::new(Semaphore::new(config.max_uploads)),
             budget: Arc::new(Semaphore::new(kib)),
             parts_in_flight: Arc::new(AtomicUsize::new(0)),
+            pool: Arc::new(BufferPool::new(config.memory_budget_bytes)),
             config,
         }
     }
@@ -154,6 +161,7 @@ impl Uploads {
             config: self.config.clone(),
             budget: self.budget.clone(),
             parts_in_flight: self.parts_in_flight.clone(),
+            pool: self.pool.clone(),
             acct: Account {
                 prefix: t.prefix.to_owned(),
                 version: t.version.to_owned(),
@@ -173,7 +181,7 @@ impl Job {
     async fn run(self, body: Incoming) -> Response<Body> {
         let dialect = self.upstream.dialect;
         let idle = Duration::from_millis(self.config.client_idle_timeout_ms);
-        let mut chunker = Chunker::new(body, idle);
+        let mut chunker = Chunker::new(body, idle, self.pool.clone());
         let first_size = match self.declared {
             Some(len) => fit(len, self.config.assumed_max_parts, &self.config),
             None => self.config.part_size,
@@ -183,7 +191,9 @@ impl Job {
             Ok(None) => return GatewayError::EmptyDocument.response(dialect, None),
             Err(err) => return client_error(err).response(dialect, None),
         };
-        let created = match self.upstream.create(&self.acct, part::encode(&part0)).await {
+        let json0 = part::encode(&part0);
+        self.pool.give(part0);
+        let created = match self.upstream.create(&self.acct, json0).await {
             Ok(answer) if answer.status.is_success() => answer,
             // A refusal (quota, auth, throttling) goes back as the upstream sent it.
             Ok(answer) => return answer.into_response(),
@@ -301,7 +311,8 @@ impl Job {
             let (upstream, acct, id) = (self.upstream.clone(), self.acct.clone(), id.to_owned());
             let span = tracing::debug_span!("part", seq, bytes = data.len());
             let gauge = InFlight::enter(&self.parts_in_flight);
-            inflight.spawn(send_part(upstream, acct, id, seq, data, (permit, gauge)).instrument(span));
+            let pool = self.pool.clone();
+            inflight.spawn(send_part(upstream, acct, id, seq, data, pool, (permit, gauge)).instrument(span));
             seq += 1;
         }
         while let Some(done) = inflight.join_next().await {
@@ -378,13 +389,16 @@ async fn send_part(
     id: String,
     seq: u32,
     data: Bytes,
+    pool: Arc<BufferPool>,
     permit: (OwnedSemaphorePermit, InFlight),
 ) -> Result<u32, Abort> {
     let len = data.len() as u64;
-    let json = part::encode(&data);
-    drop(data);
-    let answer = upstream.add_part(&acct, &id, seq, json).await.map_err(call_error)?;
+    let json = part::encode_into(&data, pool.take(part::encoded_len(data.len())));
+    pool.give(data);
+    let sent = upstream.add_part(&acct, &id, seq, json.clone()).await;
+    pool.give(json);
     drop(permit);
+    let answer = sent.map_err(call_error)?;
     if !answer.status.is_success() {
         return Err(Abort::Upstream(Box::new(answer)));
     }

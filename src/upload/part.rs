@@ -2,7 +2,7 @@
 //! the very same bytes.
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 const HEAD: &[u8] = b"{\"data\":\"";
 const TAIL: &[u8] = b"\"}";
@@ -14,13 +14,19 @@ pub fn encoded_len(len: usize) -> usize {
 
 /// The JSON body carrying `data`.
 pub fn encode(data: &[u8]) -> Bytes {
-    let mut out = vec![0u8; encoded_len(data.len())];
+    encode_into(data, BytesMut::new())
+}
+
+/// The JSON body carrying `data`, written into `out` (cleared first; grown if too small).
+pub fn encode_into(data: &[u8], mut out: BytesMut) -> Bytes {
+    out.clear();
+    out.resize(encoded_len(data.len()), 0);
     let end = out.len() - TAIL.len();
     out[..HEAD.len()].copy_from_slice(HEAD);
     let written = STANDARD.encode_slice(data, &mut out[HEAD.len()..end]).expect("buffer sized for the encoding");
     debug_assert_eq!(HEAD.len() + written, end);
     out[end..].copy_from_slice(TAIL);
-    Bytes::from(out)
+    out.freeze()
 }
 
 #[cfg(test)]
