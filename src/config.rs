@@ -23,6 +23,9 @@ pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
     pub upload: UploadConfig,
+    pub retry: RetryConfig,
+    pub rate_limit: RateLimitConfig,
+    pub quota: QuotaConfig,
     pub log: LogConfig,
     pub sim: SimConfig,
 }
@@ -75,8 +78,12 @@ pub struct UpstreamConfig {
     /// Extra PEM files of CAs to trust besides the public roots.
     pub ca_files: Vec<PathBuf>,
     pub connect_timeout_ms: u64,
-    /// Whole-call limit on create, add-part and commit calls (request sent, answer read).
+    /// Whole-call limit on get and delete calls, and on the answer headers of a passthrough request.
     pub call_timeout_ms: u64,
+    /// Whole-call limit on create and add-part calls, which carry a part.
+    pub part_timeout_ms: u64,
+    /// Whole-call limit on a commit.
+    pub commit_timeout_ms: u64,
     /// Largest upstream answer the gateway reads to parse (bigger ones are a bad response).
     pub max_response_bytes: usize,
     /// Idle pooled connections kept per host.
@@ -91,7 +98,9 @@ impl Default for UpstreamConfig {
             dialect: Dialect::Docusign,
             ca_files: Vec::new(),
             connect_timeout_ms: 5_000,
-            call_timeout_ms: 120_000,
+            call_timeout_ms: 30_000,
+            part_timeout_ms: 120_000,
+            commit_timeout_ms: 60_000,
             max_response_bytes: 1024 * 1024,
             pool_max_idle: 32,
         }
@@ -135,6 +144,75 @@ impl Default for UploadConfig {
             client_idle_timeout_ms: 30_000,
             verify_upstream_checksum: true,
         }
+    }
+}
+
+/// Retries of upstream calls whose failure is worth another try (see `retry.rs`).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RetryConfig {
+    /// Attempts per call, the first included.
+    pub max_attempts: u32,
+    /// Backoff before retry n is random in 0..=min(max_backoff, base * 2^n) (full jitter).
+    pub base_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// Time one call may spend on retries; the upload's lifetime bounds it as well.
+    pub max_elapsed_secs: u64,
+    /// Process-wide budget: retries may be at most this share of recent calls...
+    pub budget_ratio: f64,
+    /// ...plus this many retries per second, so a quiet process can still retry.
+    pub budget_floor_per_sec: f64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 6,
+            base_backoff_ms: 100,
+            max_backoff_ms: 5_000,
+            max_elapsed_secs: 300,
+            budget_ratio: 0.2,
+            budget_floor_per_sec: 2.0,
+        }
+    }
+}
+
+/// The account's API limits, paced per account over every upstream call (uploads and passthrough).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    /// Calls per account per clock hour (DocuSign default 3,000).
+    pub hourly_limit: u32,
+    /// Calls per account per burst window (DocuSign: 500 per 30 s in production, 200 on demo).
+    pub burst_limit: u32,
+    pub burst_window_secs: u64,
+    /// Longest a call waits for a permit or a throttling pause before it fails with RATE_LIMITED.
+    pub max_wait_secs: u64,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self { enabled: true, hourly_limit: 3000, burst_limit: 500, burst_window_secs: 30, max_wait_secs: 120 }
+    }
+}
+
+/// Per-account caps matching the upstream's per-member quota, so uploads queue here instead of
+/// being refused upstream.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct QuotaConfig {
+    /// Uploads of one account running at once.
+    pub uploads_per_account: u32,
+    /// Bytes of those uploads (declared length, or upload.max_document_bytes when unknown).
+    pub bytes_per_account: u64,
+    /// How long an upload waits for its turn before 503 GATEWAY_BUSY.
+    pub wait_secs: u64,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        Self { uploads_per_account: 10, bytes_per_account: 1_000_000_000, wait_secs: 30 }
     }
 }
 
@@ -248,6 +326,14 @@ impl Config {
             ("upload.client_idle_timeout_ms", u.client_idle_timeout_ms),
             ("upstream.connect_timeout_ms", self.upstream.connect_timeout_ms),
             ("upstream.call_timeout_ms", self.upstream.call_timeout_ms),
+            ("upstream.part_timeout_ms", self.upstream.part_timeout_ms),
+            ("upstream.commit_timeout_ms", self.upstream.commit_timeout_ms),
+            ("retry.max_attempts", self.retry.max_attempts as u64),
+            ("rate_limit.hourly_limit", self.rate_limit.hourly_limit as u64),
+            ("rate_limit.burst_limit", self.rate_limit.burst_limit as u64),
+            ("rate_limit.burst_window_secs", self.rate_limit.burst_window_secs),
+            ("quota.uploads_per_account", self.quota.uploads_per_account as u64),
+            ("quota.bytes_per_account", self.quota.bytes_per_account),
             ("upstream.max_response_bytes", self.upstream.max_response_bytes as u64),
             ("server.max_connections", self.server.max_connections as u64),
             ("server.header_read_timeout_ms", self.server.header_read_timeout_ms),
@@ -255,6 +341,13 @@ impl Config {
             if v == 0 {
                 out.push(format!("{name} must be above 0"));
             }
+        }
+        let r = &self.retry;
+        if !(0.0..=10.0).contains(&r.budget_ratio) || !(0.0..=1000.0).contains(&r.budget_floor_per_sec) {
+            out.push("retry.budget_ratio must be within 0..=10 and retry.budget_floor_per_sec within 0..=1000".into());
+        }
+        if r.base_backoff_ms > r.max_backoff_ms {
+            out.push("retry.base_backoff_ms must not exceed retry.max_backoff_ms".into());
         }
         if u.memory_budget_bytes < u.part_size * 3 {
             out.push(format!(

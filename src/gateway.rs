@@ -4,7 +4,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{HeaderMap, Method, Request, Response, header};
 use hyper::body::Incoming;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, time::Instant};
 
 use crate::{
     body::{Body, BoxError},
@@ -27,8 +27,9 @@ pub struct Gateway {
 impl Gateway {
     /// Builds the gateway from a validated config; fails only on TLS material that cannot be used.
     pub fn new(config: Config) -> Result<Arc<Self>, String> {
-        let upstream = Arc::new(Upstream::new(&config.upstream)?);
-        let uploads = Uploads::new(config.upload.clone());
+        let limits = crate::ratelimit::RateLimits::new(config.rate_limit.clone());
+        let upstream = Arc::new(Upstream::new(&config.upstream, limits)?);
+        let uploads = Uploads::new(&config);
         Ok(Arc::new(Self { config, upstream, uploads }))
     }
 
@@ -58,15 +59,36 @@ fn is_document(headers: &HeaderMap) -> bool {
     !["/json", "+json", "/xml", "+xml"].iter().any(|s| mime.ends_with(s))
 }
 
-/// Serves the gateway on `listener` until `shutdown` resolves.
+/// Serves the gateway on `listener` until `shutdown` resolves, then drains: no new uploads
+/// (SHUTTING_DOWN), running ones get `server.drain_secs` to finish, and whatever is still running
+/// after that is cancelled and its upstream upload deleted.
 pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) {
     let limits = gateway.config.server.conn_limits();
     let drain = Duration::from_secs(gateway.config.server.drain_secs);
+    let gw = gateway.clone();
     let handler = move |req, _peer: SocketAddr| {
-        let gw = gateway.clone();
+        let gw = gw.clone();
         async move { Ok::<_, BoxError>(gw.handle(req).await) }
     };
-    server::serve(listener, limits, handler, shutdown, drain).await;
+    let draining = {
+        let gw = gateway.clone();
+        async move {
+            shutdown.await;
+            tracing::info!(active_uploads = gw.uploads.active(), "draining");
+            gw.uploads.start_draining();
+        }
+    };
+    server::serve(listener, limits, handler, draining, drain).await;
+    let left = gateway.uploads.active();
+    if left > 0 {
+        tracing::warn!(uploads = left, "drain period over: cancelling uploads and deleting them upstream");
+        gateway.uploads.cancel_all();
+        // Each cancelled upload deletes its upstream upload (bounded by its own deadline).
+        let cleanup = Instant::now() + Duration::from_secs(45);
+        while gateway.uploads.active() > 0 && Instant::now() < cleanup {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// A gateway running in this process (tests, the demo, benchmarks). Stops when dropped.

@@ -8,7 +8,9 @@ pub mod envelope; // response bodies in the upstream's two dialects
 pub mod error; // errors the gateway originates: status, code, advice
 pub mod gateway; // routing each request to the upload or the passthrough
 pub mod proxy; // passthrough of every other request
+pub mod ratelimit; // per-account pacing: governor limiters and rate-limit header feedback
 pub mod resource; // the chunked-upload resource as the upstream's JSON carries it
+pub mod retry; // classification of failures, backoff, the process-wide retry budget
 pub mod route; // recognising chunked-upload routes and the shapes of their ids
 pub mod server; // accepting connections, limits, graceful drain
 pub mod sim; // the upstream simulator

@@ -50,6 +50,7 @@ pub async fn forward(upstream: &Upstream, req: Request<Incoming>) -> Result<Resp
     let response = upstream.send(req).await.map_err(|err| match err {
         CallError::NotSent(e) | CallError::Broken(e) | CallError::BadAnswer(e) => GatewayError::UpstreamUnavailable(e),
         CallError::Timeout(d) => GatewayError::UpstreamTimeout(format!("{d:?}")),
+        CallError::RateLimited(wait) => GatewayError::RateLimited { retry_after: wait },
     })?;
     let (mut parts, incoming) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);

@@ -33,6 +33,20 @@ pub fn chunked_upload_target(path: &str) -> Option<Target<'_>> {
     })
 }
 
+/// The account a path names (`.../v2.1/accounts/{id}/...`), if any.
+pub fn account_in(path: &str) -> Option<&str> {
+    let mut segments = path.split('/');
+    while let Some(s) = segments.next() {
+        if matches!(s, "v2.1" | "v2") {
+            return match (segments.next(), segments.next()) {
+                (Some("accounts"), Some(id)) if !id.is_empty() => Some(id),
+                _ => None,
+            };
+        }
+    }
+    None
+}
+
 /// An account id is an integer account number or a GUID.
 pub fn valid_account(id: &str) -> bool {
     (!id.is_empty() && id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit())) || is_guid(id)
@@ -90,5 +104,7 @@ mod tests {
         assert_eq!(parse_seq("-1"), None);
         assert_eq!(parse_seq("1e3"), None);
         assert!(query_has(Some("x=1&action=Commit"), "action", "commit"));
+        assert_eq!(account_in("/restapi/v2.1/accounts/42/envelopes"), Some("42"));
+        assert_eq!(account_in("/oauth/userinfo"), None);
     }
 }

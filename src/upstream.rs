@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use hyper::body::Incoming;
@@ -16,8 +18,9 @@ use crate::{
     body::{self, Body, ReadError},
     config::UpstreamConfig,
     envelope::{Dialect, ErrorBody},
+    ratelimit::RateLimits,
     resource::ChunkedUpload,
-    tls,
+    route, tls,
 };
 
 /// Where chunked-upload calls for one client request go, and the token they carry.
@@ -29,6 +32,8 @@ pub struct Account {
     pub id: String,
     /// The client's `Authorization`, forwarded as is and never logged.
     pub auth: HeaderValue,
+    /// Calls wait for rate-limit permits until then at the latest (the upload's lifetime).
+    pub deadline: Instant,
 }
 
 /// An upstream answer, read whole.
@@ -54,12 +59,15 @@ pub enum CallError {
     /// An answer came but could not be read (too large, body cut off).
     #[error("bad answer: {0}")]
     BadAnswer(String),
+    /// Not sent: the account's rate limit would hold the call past its deadline.
+    #[error("rate limited for {0:?}")]
+    RateLimited(Duration),
 }
 
 impl CallError {
     /// Whether the upstream may have applied the request.
     pub fn maybe_applied(&self) -> bool {
-        !matches!(self, CallError::NotSent(_))
+        !matches!(self, CallError::NotSent(_) | CallError::RateLimited(_))
     }
 }
 
@@ -118,14 +126,17 @@ pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, Body>,
     base: Uri,
     pub dialect: Dialect,
+    pub limits: RateLimits,
     call_timeout: Duration,
+    part_timeout: Duration,
+    commit_timeout: Duration,
     max_response_bytes: usize,
 }
 
 // === impl Upstream ===
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig) -> Result<Self, String> {
+    pub fn new(config: &UpstreamConfig, limits: RateLimits) -> Result<Self, String> {
         let base: Uri = config.base_url.parse().map_err(|e| format!("upstream.base_url: {e}"))?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -147,7 +158,10 @@ impl Upstream {
             client,
             base,
             dialect: config.dialect,
+            limits,
             call_timeout: Duration::from_millis(config.call_timeout_ms),
+            part_timeout: Duration::from_millis(config.part_timeout_ms),
+            commit_timeout: Duration::from_millis(config.commit_timeout_ms),
             max_response_bytes: config.max_response_bytes,
         })
     }
@@ -161,18 +175,31 @@ impl Upstream {
         Uri::from_parts(parts).expect("scheme and authority come from a valid base URL")
     }
 
-    /// Sends a request as is; the passthrough uses this.
+    /// Sends a request as is, paced under the account its path names; the passthrough uses this.
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, CallError> {
-        match tokio::time::timeout(self.call_timeout, self.client.request(req)).await {
-            Err(_) => Err(CallError::Timeout(self.call_timeout)),
-            Ok(Err(err)) if err.is_connect() => Err(CallError::NotSent(describe(&err))),
-            Ok(Err(err)) => Err(CallError::Broken(describe(&err))),
-            Ok(Ok(response)) => Ok(response),
-        }
+        let account = route::account_in(req.uri().path()).unwrap_or_default().to_owned();
+        self.limits.acquire(&account, self.limits.default_deadline()).await.map_err(CallError::RateLimited)?;
+        let response = match tokio::time::timeout(self.call_timeout, self.client.request(req)).await {
+            Err(_) => return Err(CallError::Timeout(self.call_timeout)),
+            Ok(Err(err)) if err.is_connect() => return Err(CallError::NotSent(describe(&err))),
+            Ok(Err(err)) => return Err(CallError::Broken(describe(&err))),
+            Ok(Ok(response)) => response,
+        };
+        // The body is streamed, not read: throttling is seen here by its status and headers.
+        self.limits.observe(&account, response.status(), response.headers(), None);
+        Ok(response)
     }
 
     /// One chunked-upload call: the request sent and the answer read whole, within the call timeout.
-    async fn call(&self, method: Method, acct: &Account, tail: &str, json: Option<Bytes>) -> Result<Answer, CallError> {
+    async fn call(
+        &self,
+        method: Method,
+        acct: &Account,
+        tail: &str,
+        json: Option<Bytes>,
+        timeout: Duration,
+    ) -> Result<Answer, CallError> {
+        self.limits.acquire(&acct.id, acct.deadline).await.map_err(CallError::RateLimited)?;
         let path = format!("{}/{}/accounts/{}/chunked_uploads{tail}", acct.prefix, acct.version, acct.id);
         let mut req = Request::builder()
             .method(method)
@@ -200,28 +227,31 @@ impl Upstream {
             })?;
             Ok(Answer { status: parts.status, headers: parts.headers, body })
         };
-        tokio::time::timeout(self.call_timeout, exchange).await.map_err(|_| CallError::Timeout(self.call_timeout))?
+        let answer = tokio::time::timeout(timeout, exchange).await.map_err(|_| CallError::Timeout(timeout))??;
+        let code = if answer.status.is_client_error() { answer.error_code(self.dialect) } else { None };
+        self.limits.observe(&acct.id, answer.status, &answer.headers, code.as_deref());
+        Ok(answer)
     }
 
     pub async fn create(&self, acct: &Account, json: Bytes) -> Result<Answer, CallError> {
-        self.call(Method::POST, acct, "", Some(json)).await
+        self.call(Method::POST, acct, "", Some(json), self.part_timeout).await
     }
 
     pub async fn add_part(&self, acct: &Account, id: &str, seq: u32, json: Bytes) -> Result<Answer, CallError> {
-        self.call(Method::PUT, acct, &format!("/{id}/{seq}"), Some(json)).await
+        self.call(Method::PUT, acct, &format!("/{id}/{seq}"), Some(json), self.part_timeout).await
     }
 
     pub async fn get(&self, acct: &Account, id: &str, checksum: bool) -> Result<Answer, CallError> {
         let query = if checksum { "?include=checksum" } else { "" };
-        self.call(Method::GET, acct, &format!("/{id}{query}"), None).await
+        self.call(Method::GET, acct, &format!("/{id}{query}"), None, self.call_timeout).await
     }
 
     pub async fn commit(&self, acct: &Account, id: &str) -> Result<Answer, CallError> {
-        self.call(Method::PUT, acct, &format!("/{id}?action=commit"), None).await
+        self.call(Method::PUT, acct, &format!("/{id}?action=commit"), None, self.commit_timeout).await
     }
 
     pub async fn delete(&self, acct: &Account, id: &str) -> Result<Answer, CallError> {
-        self.call(Method::DELETE, acct, &format!("/{id}"), None).await
+        self.call(Method::DELETE, acct, &format!("/{id}"), None, self.call_timeout).await
     }
 }
 

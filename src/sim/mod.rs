@@ -73,6 +73,11 @@ impl Sim {
         v
     }
 
+    /// The limits in force for `account`.
+    pub fn limits_for(&self, account: &str) -> config::Limits {
+        self.config.limits_for(account)
+    }
+
     /// The dialect the simulator speaks.
     pub fn dialect(&self) -> crate::envelope::Dialect {
         self.config.dialect

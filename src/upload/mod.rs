@@ -5,76 +5,83 @@
 //! the stream is checked against the client's `Content-Digest` and the upstream's checksum; then
 //! the upload is committed. Any failure after create deletes the upstream upload.
 
+mod calls;
 mod chunker;
 mod digest;
 mod part;
 mod pool;
 
 use std::{
+    collections::HashMap,
     sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore},
+    sync::{OwnedSemaphorePermit, Semaphore, watch},
     task::JoinSet,
+    time::Instant,
 };
 use tracing::Instrument;
 
+pub use self::calls::Abort;
 use self::{
+    calls::Calls,
     chunker::{ChunkError, Chunker},
     pool::BufferPool,
 };
 use crate::{
     body::Body,
-    config::UploadConfig,
+    config::{Config, QuotaConfig, UploadConfig},
     error::GatewayError,
     resource::hex,
+    retry::RetryPolicy,
     route::{self, Target},
-    upstream::{Account, Answer, CallError, Upstream},
+    upstream::{Account, Answer, Upstream},
 };
 
 /// Header a client sets to `false` to have its upload left uncommitted (it commits later itself).
 pub const NO_COMMIT_HEADER: &str = "x-chunkgate-commit";
 
-/// Shared limits on uploads: how many at once, and the bytes their parts hold.
+/// Margin kept before the upload's expiry: past it, nothing more is attempted.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
+
+/// Per account: uploads running and the bytes they may hold, as the upstream's quota allows.
+struct AccountQuota {
+    uploads: Arc<Semaphore>,
+    /// KiB.
+    bytes: Arc<Semaphore>,
+}
+
+/// Shared state of all uploads: limits, buffers, and the switches of a drain.
 pub struct Uploads {
     config: UploadConfig,
+    quota: QuotaConfig,
+    retry: Arc<RetryPolicy>,
     slots: Arc<Semaphore>,
     /// Budget in KiB (a semaphore counts in u32).
     budget: Arc<Semaphore>,
+    accounts: Mutex<HashMap<String, Arc<AccountQuota>>>,
     /// Part PUTs on the wire now, over all uploads.
     parts_in_flight: Arc<AtomicUsize>,
     pool: Arc<BufferPool>,
-}
-
-/// Why an upload ended after create; either way the upstream upload is deleted.
-enum Abort {
-    Gateway(GatewayError),
-    /// An upstream refusal, passed to the client verbatim.
-    Upstream(Box<Answer>),
-}
-
-impl From<GatewayError> for Abort {
-    fn from(e: GatewayError) -> Self {
-        Abort::Gateway(e)
-    }
+    draining: AtomicBool,
+    cancel: watch::Sender<bool>,
 }
 
 /// One upload's fixed facts.
 struct Job {
-    upstream: Arc<Upstream>,
+    calls: Calls,
     config: UploadConfig,
     budget: Arc<Semaphore>,
     parts_in_flight: Arc<AtomicUsize>,
     pool: Arc<BufferPool>,
-    acct: Account,
     declared: Option<u64>,
     client_digest: Option<[u8; 32]>,
     commit: bool,
@@ -83,20 +90,21 @@ struct Job {
 // === impl Uploads ===
 
 impl Uploads {
-    pub fn new(config: UploadConfig) -> Self {
-        let kib = (config.memory_budget_bytes / 1024).clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    pub fn new(config: &Config) -> Self {
+        let c = config.upload.clone();
+        let kib = (c.memory_budget_bytes / 1024).clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         Self {
-            slots: Arc::new(Semaphore::new(config.max_uploads)),
+            slots: Arc::new(Semaphore::new(c.max_uploads)),
             budget: Arc::new(Semaphore::new(kib)),
+            accounts: Mutex::new(HashMap::new()),
             parts_in_flight: Arc::new(AtomicUsize::new(0)),
-            pool: Arc::new(BufferPool::new(config.memory_budget_bytes)),
-            config,
+            pool: Arc::new(BufferPool::new(c.memory_budget_bytes)),
+            retry: Arc::new(RetryPolicy::new(config.retry.clone())),
+            quota: config.quota.clone(),
+            draining: AtomicBool::new(false),
+            cancel: watch::channel(false).0,
+            config: c,
         }
-    }
-
-    /// Part PUTs on the wire now, over all uploads.
-    pub fn parts_in_flight(&self) -> usize {
-        self.parts_in_flight.load(Ordering::Relaxed)
     }
 
     /// Uploads running now.
@@ -104,10 +112,50 @@ impl Uploads {
         self.config.max_uploads - self.slots.available_permits()
     }
 
-    /// Checks what can be checked before any upstream call, then runs the upload in its own task,
-    /// so that a client going away cannot stop the cleanup.
+    /// Part PUTs on the wire now, over all uploads.
+    pub fn parts_in_flight(&self) -> usize {
+        self.parts_in_flight.load(Ordering::Relaxed)
+    }
+
+    /// From now on, new uploads are refused with SHUTTING_DOWN; running ones go on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Ends every running upload: each deletes its upstream upload and answers SHUTTING_DOWN.
+    pub fn cancel_all(&self) {
+        self.start_draining();
+        self.cancel.send_replace(true);
+    }
+
+    fn account_quota(&self, account: &str) -> Arc<AccountQuota> {
+        let mut map = self.accounts.lock().unwrap();
+        map.entry(account.to_owned())
+            .or_insert_with(|| {
+                Arc::new(AccountQuota {
+                    uploads: Arc::new(Semaphore::new(self.quota.uploads_per_account as usize)),
+                    bytes: Arc::new(Semaphore::new(self.quota_kib() as usize)),
+                })
+            })
+            .clone()
+    }
+
+    /// The account byte quota in KiB, the unit of its semaphore.
+    fn quota_kib(&self) -> u64 {
+        (self.quota.bytes_per_account / 1024).clamp(1, u32::MAX as u64)
+    }
+
+    /// Checks what can be checked before any upstream call, waits for the account's turn, then
+    /// runs the upload in its own task, so that a client going away cannot stop the cleanup.
     pub async fn handle(&self, upstream: Arc<Upstream>, req: Request<Incoming>, t: Target<'_>) -> Response<Body> {
         let dialect = upstream.dialect;
+        if self.is_draining() {
+            return GatewayError::ShuttingDown.response(dialect, None);
+        }
         let job = match self.admit(upstream, &req, t) {
             Ok(job) => job,
             Err(err) => return err.response(dialect, None),
@@ -115,11 +163,30 @@ impl Uploads {
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
             return GatewayError::GatewayBusy { retry_after: Duration::from_secs(1) }.response(dialect, None);
         };
-        let span = tracing::info_span!("upload", account = %job.acct.id, upload_id = tracing::field::Empty, bytes = tracing::field::Empty);
+        // The account's share of the upstream quota: wait our turn, for a bounded time.
+        let quota = self.account_quota(&job.calls.acct.id);
+        let wanted = job.declared.unwrap_or(self.config.max_document_bytes).min(self.quota.bytes_per_account);
+        let kib = wanted.div_ceil(1024).clamp(1, self.quota_kib()) as u32;
+        let wait = Duration::from_secs(self.quota.wait_secs);
+        let turn = tokio::time::timeout(wait, async {
+            let upload = quota.uploads.clone().acquire_owned().await.expect("never closed");
+            let bytes = quota.bytes.clone().acquire_many_owned(kib).await.expect("never closed");
+            (upload, bytes)
+        });
+        let Ok(turn) = turn.await else {
+            return GatewayError::GatewayBusy { retry_after: wait.max(Duration::from_secs(1)) }.response(dialect, None);
+        };
+        let cancel = self.cancel.subscribe();
+        let span = tracing::info_span!(
+            "upload",
+            account = %job.calls.acct.id,
+            upload_id = tracing::field::Empty,
+            bytes = tracing::field::Empty,
+        );
         let task = tokio::spawn(
             async move {
-                let response = job.run(req.into_body()).await;
-                drop(slot);
+                let response = job.run(req.into_body(), cancel).await;
+                drop((slot, turn));
                 response
             }
             .instrument(span),
@@ -156,18 +223,23 @@ impl Uploads {
         }
         let client_digest = digest::sha256_of(req.headers()).map_err(|()| GatewayError::BadContentDigest)?;
         let commit = !req.headers().get(NO_COMMIT_HEADER).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"false"));
+        let deadline = upstream.limits.default_deadline();
         Ok(Job {
-            upstream,
+            calls: Calls {
+                upstream,
+                retry: self.retry.clone(),
+                acct: Account {
+                    prefix: t.prefix.to_owned(),
+                    version: t.version.to_owned(),
+                    id: t.account.to_owned(),
+                    auth,
+                    deadline,
+                },
+            },
             config: self.config.clone(),
             budget: self.budget.clone(),
             parts_in_flight: self.parts_in_flight.clone(),
             pool: self.pool.clone(),
-            acct: Account {
-                prefix: t.prefix.to_owned(),
-                version: t.version.to_owned(),
-                id: t.account.to_owned(),
-                auth,
-            },
             declared,
             client_digest,
             commit,
@@ -175,31 +247,43 @@ impl Uploads {
     }
 }
 
+/// Resolves when `cancel` turns true; never when its sender is gone.
+async fn cancelled(cancel: &mut watch::Receiver<bool>) {
+    if cancel.wait_for(|c| *c).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 // === impl Job ===
 
 impl Job {
-    async fn run(self, body: Incoming) -> Response<Body> {
-        let dialect = self.upstream.dialect;
+    async fn run(mut self, body: Incoming, mut cancel: watch::Receiver<bool>) -> Response<Body> {
+        let dialect = self.calls.upstream.dialect;
         let idle = Duration::from_millis(self.config.client_idle_timeout_ms);
         let mut chunker = Chunker::new(body, idle, self.pool.clone());
         let first_size = match self.declared {
             Some(len) => fit(len, self.config.assumed_max_parts, &self.config),
             None => self.config.part_size,
         };
-        let part0 = match chunker.next_part(first_size).await {
+        let part0 = tokio::select! {
+            part = chunker.next_part(first_size) => part,
+            () = cancelled(&mut cancel) => return GatewayError::ShuttingDown.response(dialect, None),
+        };
+        let part0 = match part0 {
             Ok(Some(part)) => part,
             Ok(None) => return GatewayError::EmptyDocument.response(dialect, None),
             Err(err) => return client_error(err).response(dialect, None),
         };
         let json0 = part::encode(&part0);
         self.pool.give(part0);
-        let created = match self.upstream.create(&self.acct, json0).await {
-            Ok(answer) if answer.status.is_success() => answer,
-            // A refusal (quota, auth, throttling) goes back as the upstream sent it.
-            Ok(answer) => return answer.into_response(),
-            Err(err) => {
-                tracing::warn!(error = %err, "create failed");
-                return call_error(err).response(dialect, None);
+        // Not cancelled half-way: a create whose answer is lost leaves an upload nobody can delete.
+        let created = match self.calls.create(&json0).await {
+            Ok(answer) => answer,
+            // A refusal (quota, auth) goes back as the upstream sent it.
+            Err(Abort::Upstream(answer)) => return answer.into_response(),
+            Err(Abort::Gateway(err)) => {
+                tracing::warn!(code = err.code(), error = %err, "create failed");
+                return err.response(dialect, None);
             }
         };
         let resource = match created.resource(dialect) {
@@ -212,12 +296,17 @@ impl Job {
         };
         let id = resource.chunked_upload_id.clone();
         tracing::Span::current().record("upload_id", id.as_str());
+        self.calls.acct.deadline = upload_deadline(&resource.expiration_date_time);
         let limits = Limits {
             max_parts: resource.max_parts().unwrap_or(self.config.assumed_max_parts),
             max_total: resource.max_total().unwrap_or(u64::MAX),
         };
         let mut accepted = vec![0u32];
-        match self.send_rest(&id, &mut chunker, limits, &mut accepted).await {
+        let outcome = tokio::select! {
+            outcome = self.send_rest(&id, &mut chunker, limits, &mut accepted) => outcome,
+            () = cancelled(&mut cancel) => Err(GatewayError::ShuttingDown.into()),
+        };
+        match outcome {
             Ok(answer) => {
                 let parts = accepted.len();
                 let bytes = chunker.total();
@@ -225,21 +314,21 @@ impl Job {
                 tracing::info!(parts, bytes, committed = self.commit, "upload finished");
                 let mut response = answer.into_response();
                 let h = response.headers_mut();
-                h.insert(
-                    "x-chunkgate-upload-id",
-                    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("invalid")),
-                );
+                if let Ok(v) = HeaderValue::from_str(&id) {
+                    h.insert("x-chunkgate-upload-id", v);
+                }
                 h.insert("x-chunkgate-parts", HeaderValue::from(parts));
                 h.insert("x-chunkgate-bytes", HeaderValue::from(bytes));
-                h.insert(
-                    "x-chunkgate-sha256",
-                    HeaderValue::from_str(&hex(&chunker.sha256())).expect("hex is a valid header"),
-                );
+                h.insert("x-chunkgate-sha256", HeaderValue::from_str(&hex(&chunker.sha256())).expect("hex"));
                 response
             }
             Err(abort) => {
                 accepted.sort_unstable();
-                self.discard(&id).await;
+                if self.calls.delete(&id).await {
+                    tracing::info!("upstream upload deleted");
+                } else {
+                    tracing::warn!("the upstream upload could not be deleted; it expires on its own");
+                }
                 match abort {
                     Abort::Gateway(err) => {
                         tracing::warn!(code = err.code(), error = %err, "upload failed");
@@ -278,10 +367,8 @@ impl Job {
                 let slots = limits.max_parts.saturating_sub(1).max(1);
                 let size = fit(left, slots, &self.config);
                 if left.div_ceil(size as u64) > slots as u64 {
-                    return Err(GatewayError::PayloadTooLarge {
-                        limit: limits.max_parts as u64 * self.config.max_part_bytes as u64,
-                    }
-                    .into());
+                    let limit = limits.max_parts as u64 * self.config.max_part_bytes as u64;
+                    return Err(GatewayError::PayloadTooLarge { limit }.into());
                 }
                 size
             }
@@ -308,11 +395,10 @@ impl Job {
                 let limit = limits.max_total.min(limits.max_parts as u64 * size as u64);
                 return Err(GatewayError::PayloadTooLarge { limit }.into());
             }
-            let (upstream, acct, id) = (self.upstream.clone(), self.acct.clone(), id.to_owned());
-            let span = tracing::debug_span!("part", seq, bytes = data.len());
+            let span = tracing::info_span!("part", seq, bytes = data.len());
             let gauge = InFlight::enter(&self.parts_in_flight);
-            let pool = self.pool.clone();
-            inflight.spawn(send_part(upstream, acct, id, seq, data, pool, (permit, gauge)).instrument(span));
+            let (calls, id, pool) = (self.calls.clone(), id.to_owned(), self.pool.clone());
+            inflight.spawn(send_part(calls, id, seq, data, pool, (permit, gauge)).instrument(span));
             seq += 1;
         }
         while let Some(done) = inflight.join_next().await {
@@ -322,7 +408,7 @@ impl Job {
     }
 
     async fn verify_and_commit(&self, id: &str, chunker: &Chunker<Incoming>) -> Result<Answer, Abort> {
-        let dialect = self.upstream.dialect;
+        let dialect = self.calls.upstream.dialect;
         let ours = hex(&chunker.sha256());
         if let Some(expected) = self.client_digest {
             if hex(&expected) != ours {
@@ -331,10 +417,7 @@ impl Job {
         }
         let mut last = None;
         if self.config.verify_upstream_checksum || !self.commit {
-            let answer = self.upstream.get(&self.acct, id, true).await.map_err(call_error)?;
-            if !answer.status.is_success() {
-                return Err(Abort::Upstream(Box::new(answer)));
-            }
+            let answer = self.calls.get(id, true).await?;
             let resource = answer.resource(dialect).map_err(GatewayError::UpstreamBadResponse)?;
             if let Some(theirs) = resource.checksum.as_deref().filter(|c| !c.is_empty()) {
                 if self.config.verify_upstream_checksum && !theirs.eq_ignore_ascii_case(&ours) {
@@ -345,24 +428,21 @@ impl Job {
             }
             last = Some(answer);
         }
-        if !self.commit {
-            return Ok(last.expect("fetched above when not committing"));
+        match last {
+            Some(answer) if !self.commit => Ok(answer),
+            _ => self.calls.commit(id).await,
         }
-        let answer = self.upstream.commit(&self.acct, id).await.map_err(call_error)?;
-        if !answer.status.is_success() {
-            return Err(Abort::Upstream(Box::new(answer)));
-        }
-        Ok(answer)
     }
+}
 
-    /// Deletes the upstream upload after a failure, so it does not count against the quota.
-    async fn discard(&self, id: &str) {
-        match self.upstream.delete(&self.acct, id).await {
-            Ok(a) if a.status.is_success() => tracing::info!("upstream upload deleted"),
-            Ok(a) => tracing::warn!(status = a.status.as_u16(), "deleting the upstream upload was refused"),
-            Err(err) => tracing::warn!(error = %err, "deleting the upstream upload failed"),
-        }
-    }
+/// The latest time to attempt anything for an upload: its expiry less a margin, or its lifetime
+/// from now when the expiry cannot be read.
+fn upload_deadline(expiration: &str) -> Instant {
+    let left = humantime::parse_rfc3339_weak(expiration.trim())
+        .ok()
+        .and_then(|t| t.duration_since(SystemTime::now()).ok())
+        .unwrap_or(Duration::from_secs(20 * 60));
+    Instant::now() + left.saturating_sub(EXPIRY_MARGIN)
 }
 
 /// Counts a part on the wire for as long as it lives.
@@ -381,42 +461,23 @@ impl Drop for InFlight {
     }
 }
 
-/// Sends one part; the permit holds its share of the memory budget, and the gauge counts the
-/// part, until the part is done.
+/// Sends one part, retrying as needed; the permit holds its share of the memory budget, and the
+/// gauge counts the part, until the part is done.
 async fn send_part(
-    upstream: Arc<Upstream>,
-    acct: Account,
+    calls: Calls,
     id: String,
     seq: u32,
     data: Bytes,
     pool: Arc<BufferPool>,
-    permit: (OwnedSemaphorePermit, InFlight),
+    held: (OwnedSemaphorePermit, InFlight),
 ) -> Result<u32, Abort> {
     let len = data.len() as u64;
     let json = part::encode_into(&data, pool.take(part::encoded_len(data.len())));
     pool.give(data);
-    let sent = upstream.add_part(&acct, &id, seq, json.clone()).await;
+    let outcome = calls.put_part(&id, seq, &json, len).await;
     pool.give(json);
-    drop(permit);
-    let answer = sent.map_err(call_error)?;
-    if !answer.status.is_success() {
-        return Err(Abort::Upstream(Box::new(answer)));
-    }
-    let resource = answer.resource(upstream.dialect).map_err(GatewayError::UpstreamBadResponse)?;
-    // The answer lists the parts received so far; ours must be there with our size.
-    if !resource.chunked_upload_parts.is_empty() {
-        match resource.part_size(seq) {
-            Some(held) if held == len => {}
-            Some(held) => return Err(GatewayError::UpstreamPartConflict { seq, held, sent: len }.into()),
-            None => {
-                return Err(
-                    GatewayError::UpstreamBadResponse(format!("the answer to part {seq} does not list it")).into()
-                );
-            }
-        }
-    }
-    tracing::debug!(status = answer.status.as_u16(), "part accepted");
-    Ok(seq)
+    drop(held);
+    outcome.map(|()| seq)
 }
 
 #[derive(Clone, Copy)]
@@ -451,13 +512,5 @@ fn client_error(err: ChunkError) -> GatewayError {
     match err {
         ChunkError::Idle(d) => GatewayError::ClientBodyTimeout(d),
         ChunkError::Broken => GatewayError::ClientBodyError,
-    }
-}
-
-fn call_error(err: CallError) -> GatewayError {
-    match err {
-        CallError::NotSent(e) | CallError::Broken(e) => GatewayError::UpstreamUnavailable(e),
-        CallError::Timeout(d) => GatewayError::UpstreamTimeout(format!("{d:?}")),
-        CallError::BadAnswer(e) => GatewayError::UpstreamBadResponse(e),
     }
 }

@@ -243,6 +243,14 @@ impl Stack {
         config.upstream.base_url = sim.running.url();
         config.upstream.allow_plain_http = true;
         config.upstream.dialect = sim.running.sim.dialect();
+        // Paced to the simulator's limits, as a deployment is to the account's.
+        let limits = sim.running.sim.limits_for(ACCOUNT);
+        config.rate_limit.hourly_limit = limits.hourly_limit;
+        config.rate_limit.burst_limit = limits.burst_limit;
+        config.rate_limit.burst_window_secs = limits.burst_window_secs;
+        // Quick retries: tests should not wait out production backoffs.
+        config.retry.base_backoff_ms = 5;
+        config.retry.max_backoff_ms = 50;
         config.upload.part_size = PART;
         config.upload.max_in_flight = 4;
         config.upload.memory_budget_bytes = 64 * 1024 * 1024;

@@ -50,9 +50,9 @@ async fn every_size_commits_byte_exact_with_content_length_and_chunked() {
 
 #[tokio::test]
 async fn a_40_mib_document_is_fitted_into_the_announced_part_limit() {
-    let s =
-        Stack::start(SimConfig { storage: chunkgate::sim::config::Storage::Digest, ..SimConfig::default() }, |_| {})
-            .await;
+    let mut sim = SimConfig { storage: chunkgate::sim::config::Storage::Digest, ..SimConfig::default() };
+    sim.limits.burst_limit = 5000; // not a pacing test
+    let s = Stack::start(sim, |_| {}).await;
     let data = bytes_of(40 * 1024 * 1024, 40);
     let r = s.upload(&data, &[]).await;
     s.assert_committed(&r, &data).await;

@@ -1,0 +1,190 @@
+//! Per-account pacing of upstream calls. Every call (upload parts and passthrough alike) takes a
+//! permit from two governor limiters, the burst window and the hourly limit, sized so that no
+//! window of either length ever holds more calls than the limit: a tenth of the limit as a burst,
+//! the rest spread evenly. On top, the `X-RateLimit-*` / `X-BurstLimit-*` headers of every answer
+//! pause the account before the upstream says no (other clients share its limits), and a throttling
+//! answer pauses it until the announced reset.
+
+use std::{
+    collections::HashMap,
+    num::NonZeroU32,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use governor::{
+    Quota, RateLimiter,
+    clock::{Clock, DefaultClock},
+    state::{InMemoryState, NotKeyed},
+};
+use http::{HeaderMap, StatusCode};
+use tokio::time::Instant;
+
+use crate::{
+    config::RateLimitConfig,
+    retry::{BURST_LIMIT_CODE, HOURLY_LIMIT_CODE},
+};
+
+type Direct = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
+
+struct AccountPace {
+    burst: Direct,
+    hourly: Direct,
+    paused_until: Mutex<Option<Instant>>,
+}
+
+/// What the upstream last announced for an account, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Remaining {
+    pub hourly: Option<i64>,
+    pub burst: Option<i64>,
+}
+
+pub struct RateLimits {
+    config: RateLimitConfig,
+    clock: DefaultClock,
+    accounts: Mutex<HashMap<String, Arc<AccountPace>>>,
+    remaining: Mutex<HashMap<String, Remaining>>,
+}
+
+/// At most `limit` calls in any window of `window`: a burst of a tenth, the rest spread evenly.
+fn quota(limit: u32, window: Duration) -> Quota {
+    let burst = (limit / 10).max(1);
+    let sustained = (limit - burst).max(1);
+    // Rounded up: a period a nanosecond short would let the window hold one call too many.
+    let nanos = window.as_nanos().div_ceil(sustained as u128).max(1);
+    let period = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
+    Quota::with_period(period).expect("period is above zero").allow_burst(NonZeroU32::new(burst).expect("at least one"))
+}
+
+// === impl RateLimits ===
+
+impl RateLimits {
+    pub fn new(config: RateLimitConfig) -> Self {
+        Self {
+            config,
+            clock: DefaultClock::default(),
+            accounts: Mutex::new(HashMap::new()),
+            remaining: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The latest wait allowed from now.
+    pub fn default_deadline(&self) -> Instant {
+        Instant::now() + Duration::from_secs(self.config.max_wait_secs)
+    }
+
+    fn pace(&self, account: &str) -> Arc<AccountPace> {
+        let mut map = self.accounts.lock().unwrap();
+        map.entry(account.to_owned())
+            .or_insert_with(|| {
+                let c = &self.config;
+                Arc::new(AccountPace {
+                    burst: RateLimiter::direct(quota(c.burst_limit, Duration::from_secs(c.burst_window_secs))),
+                    hourly: RateLimiter::direct(quota(c.hourly_limit, Duration::from_secs(3600))),
+                    paused_until: Mutex::new(None),
+                })
+            })
+            .clone()
+    }
+
+    /// Waits for a permit to call the upstream for `account`. When the wait would end after
+    /// `deadline` (or after `max_wait_secs`), returns how long the caller should come back after.
+    pub async fn acquire(&self, account: &str, deadline: Instant) -> Result<Duration, Duration> {
+        if !self.config.enabled {
+            return Ok(Duration::ZERO);
+        }
+        let deadline = deadline.min(self.default_deadline());
+        let pace = self.pace(account);
+        let started = Instant::now();
+        loop {
+            let now = Instant::now();
+            let paused = *pace.paused_until.lock().unwrap();
+            let wait = match paused.filter(|until| *until > now) {
+                Some(until) => until - now,
+                None => match pace.burst.check().and_then(|()| pace.hourly.check()) {
+                    Ok(()) => return Ok(now - started),
+                    Err(not_until) => not_until.wait_time_from(self.clock.now()),
+                },
+            };
+            if now + wait > deadline {
+                return Err(wait.max(Duration::from_secs(1)));
+            }
+            crate::telemetry::count_throttle_wait(wait);
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Learns from an answer's rate-limit headers and status; returns whether it was throttling.
+    pub fn observe(&self, account: &str, status: StatusCode, headers: &HeaderMap, code: Option<&str>) -> bool {
+        let num =
+            |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<i64>().ok());
+        let remaining = Remaining { hourly: num("x-ratelimit-remaining"), burst: num("x-burstlimit-remaining") };
+        if remaining != Remaining::default() {
+            self.remaining.lock().unwrap().insert(account.to_owned(), remaining);
+        }
+        let throttled = status == StatusCode::TOO_MANY_REQUESTS
+            || code.is_some_and(|c| c == HOURLY_LIMIT_CODE || c == BURST_LIMIT_CODE);
+        if !self.config.enabled {
+            return throttled;
+        }
+        let now_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+        let hourly_out = code == Some(HOURLY_LIMIT_CODE) || remaining.hourly == Some(0);
+        let burst_out = code == Some(BURST_LIMIT_CODE) || remaining.burst == Some(0) || throttled;
+        let pause_secs = if hourly_out {
+            // Until the announced reset (the top of the hour), never more than an hour.
+            let reset = num("x-ratelimit-reset").unwrap_or(now_epoch + 3600 - now_epoch.rem_euclid(3600));
+            Some((reset - now_epoch).clamp(1, 3600))
+        } else if burst_out {
+            // No reset is announced for the burst window: wait for the next window boundary.
+            let w = self.config.burst_window_secs.max(1) as i64;
+            Some((w - now_epoch.rem_euclid(w)).max(1))
+        } else {
+            None
+        };
+        if let Some(secs) = pause_secs {
+            let until = Instant::now() + Duration::from_secs(secs as u64);
+            let pace = self.pace(account);
+            let mut paused = pace.paused_until.lock().unwrap();
+            *paused = Some(paused.map_or(until, |p| p.max(until)));
+            tracing::info!(account, pause_secs = secs, throttled, "pausing upstream calls for the account");
+        }
+        throttled
+    }
+
+    /// The remaining calls each account's last answer announced.
+    pub fn remaining(&self) -> Vec<(String, Remaining)> {
+        self.remaining.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_window_holds_more_than_the_limit() {
+        // Burst of 10% at once, the rest spread evenly: at most `limit` in any window.
+        let lim = RateLimiter::direct(quota(100, Duration::from_secs(10)));
+        let burst = (0..200).take_while(|_| lim.check().is_ok()).count();
+        assert_eq!(burst, 10);
+        let q = quota(100, Duration::from_secs(10));
+        let per_window = q.burst_size().get() as f64 + 10.0 / q.replenish_interval().as_secs_f64();
+        assert!(per_window <= 100.0 + 1e-9, "{per_window}");
+    }
+
+    #[tokio::test]
+    async fn a_throttling_answer_pauses_the_account_and_a_long_wait_gives_up() {
+        let rl = RateLimits::new(RateLimitConfig { max_wait_secs: 120, ..RateLimitConfig::default() });
+        let mut headers = HeaderMap::new();
+        headers.insert("x-ratelimit-remaining", "0".parse().unwrap());
+        let reset = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 600;
+        headers.insert("x-ratelimit-reset", reset.to_string().parse().unwrap());
+        assert!(rl.observe("1", StatusCode::BAD_REQUEST, &headers, Some(HOURLY_LIMIT_CODE)));
+        let soon = Instant::now() + Duration::from_secs(5);
+        let retry_after = rl.acquire("1", soon).await.unwrap_err();
+        assert!(retry_after > Duration::from_secs(590), "{retry_after:?}");
+        assert!(rl.acquire("2", soon).await.is_ok(), "other accounts are not paused");
+        assert_eq!(rl.remaining().iter().find(|(a, _)| a == "1").unwrap().1.hourly, Some(0));
+    }
+}

@@ -1,0 +1,232 @@
+//! The upstream calls of one upload, each retried as `retry.rs` classifies its outcome. Where the
+//! outcome is unknown the upload is looked up before anything is sent again: the upstream refuses to
+//! replace a part, so a part that did arrive must not be sent twice, and is never renumbered.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::StatusCode;
+
+use crate::{
+    error::GatewayError,
+    retry::{Class, RetryPolicy, classify, exhausted},
+    telemetry,
+    upstream::{Account, Answer, CallError, Upstream},
+};
+
+/// Why an upload ended after create; either way the upstream upload is deleted.
+pub enum Abort {
+    Gateway(GatewayError),
+    /// An upstream refusal, passed to the client verbatim.
+    Upstream(Box<Answer>),
+}
+
+impl From<GatewayError> for Abort {
+    fn from(e: GatewayError) -> Self {
+        Abort::Gateway(e)
+    }
+}
+
+/// Whether the upstream holds a part.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Held,
+    Absent,
+}
+
+/// One upload's view of the upstream.
+#[derive(Clone)]
+pub struct Calls {
+    pub upstream: Arc<Upstream>,
+    pub retry: Arc<RetryPolicy>,
+    pub acct: Account,
+}
+
+/// What an attempt's class says to do when no reconciliation applies.
+enum Step {
+    Done(Result<Answer, Abort>),
+    Again,
+}
+
+// === impl Calls ===
+
+impl Calls {
+    fn refused(answer: Answer) -> Result<Answer, Abort> {
+        Err(Abort::Upstream(Box::new(answer)))
+    }
+
+    /// The common handling of a class: success returns, refusals pass on, throttling and
+    /// retryable failures go round again while the attempts allow.
+    async fn step(
+        &self,
+        tries: &mut crate::retry::Attempts<'_>,
+        class: Class,
+        result: Result<Answer, CallError>,
+    ) -> Step {
+        match (class, result) {
+            (Class::Success, Ok(answer)) => Step::Done(Ok(answer)),
+            (Class::Refused, Ok(answer)) => Step::Done(Self::refused(answer)),
+            (Class::GiveUp(err), _) => Step::Done(Err(err.into())),
+            (Class::Throttled, result) => {
+                if tries.throttled() {
+                    Step::Again
+                } else {
+                    Step::Done(Err(match result {
+                        Ok(a) => Abort::Upstream(Box::new(a)),
+                        Err(e) => exhausted(&Err(e)).into(),
+                    }))
+                }
+            }
+            (_, result) => {
+                tracing::info!(attempt = tries.count(), outcome = %describe(&result), "upstream call failed; retrying");
+                if tries.retry().await { Step::Again } else { Step::Done(Err(exhausted(&result).into())) }
+            }
+        }
+    }
+
+    /// Create with part 0. Retried like any call: when an attempt was applied but not answered, the
+    /// upload it made cannot be found again (no id was seen and the API cannot list uploads), and it
+    /// expires upstream after its lifetime.
+    pub async fn create(&self, json: &Bytes) -> Result<Answer, Abort> {
+        let mut tries = self.retry.attempts(self.acct.deadline);
+        loop {
+            let result = self.upstream.create(&self.acct, json.clone()).await;
+            let class = classify(&result, self.upstream.dialect);
+            if let Step::Done(out) = self.step(&mut tries, class, result).await {
+                return out;
+            }
+        }
+    }
+
+    /// GET the upload (with its checksum when asked); idempotent, so simply retried.
+    pub async fn get(&self, id: &str, checksum: bool) -> Result<Answer, Abort> {
+        let mut tries = self.retry.attempts(self.acct.deadline);
+        loop {
+            let result = self.upstream.get(&self.acct, id, checksum).await;
+            let class = classify(&result, self.upstream.dialect);
+            if let Step::Done(out) = self.step(&mut tries, class, result).await {
+                return out;
+            }
+        }
+    }
+
+    /// Part `seq`, `len` raw bytes, already encoded as `json`. The same bytes go out under the same
+    /// sequence on every attempt.
+    pub async fn put_part(&self, id: &str, seq: u32, json: &Bytes, len: u64) -> Result<(), Abort> {
+        let dialect = self.upstream.dialect;
+        let mut tries = self.retry.attempts(self.acct.deadline);
+        let mut maybe_applied = false;
+        loop {
+            let result = self.upstream.add_part(&self.acct, id, seq, json.clone()).await;
+            let class = classify(&result, dialect);
+            match (class, result) {
+                (Class::Success, Ok(answer)) => return check_listed(&answer, dialect, seq, len),
+                (Class::Ambiguous, result) => {
+                    maybe_applied = true;
+                    if self.reconcile(id, seq, len).await? == Seen::Held {
+                        return Ok(());
+                    }
+                    tracing::info!(attempt = tries.count(), outcome = %describe(&result), "part not received; sending it again");
+                    if !tries.retry().await {
+                        return Err(exhausted(&result).into());
+                    }
+                }
+                // A refusal after an attempt that may have landed (typically "part already
+                // exists"): look before calling it a failure.
+                (Class::Refused, Ok(answer)) if maybe_applied => {
+                    return match self.reconcile(id, seq, len).await? {
+                        Seen::Held => Ok(()),
+                        Seen::Absent => Err(Abort::Upstream(Box::new(answer))),
+                    };
+                }
+                (class, result) => match self.step(&mut tries, class, result).await {
+                    Step::Done(out) => return out.map(|_| ()),
+                    Step::Again => {}
+                },
+            }
+        }
+    }
+
+    /// Whether the upstream holds part `seq` with `len` bytes. Another size means the upload
+    /// cannot be completed.
+    async fn reconcile(&self, id: &str, seq: u32, len: u64) -> Result<Seen, Abort> {
+        telemetry::count_reconciliation();
+        let answer = self.get(id, false).await?;
+        let resource = answer.resource(self.upstream.dialect).map_err(GatewayError::UpstreamBadResponse)?;
+        let seen = match resource.part_size(seq) {
+            Some(held) if held == len => Seen::Held,
+            Some(held) => return Err(GatewayError::UpstreamPartConflict { seq, held, sent: len }.into()),
+            None => Seen::Absent,
+        };
+        tracing::info!(seq, seen = ?seen, "reconciled a part after an unknown outcome");
+        Ok(seen)
+    }
+
+    /// Commit; an unknown outcome is settled by looking at `committed`.
+    pub async fn commit(&self, id: &str) -> Result<Answer, Abort> {
+        let dialect = self.upstream.dialect;
+        let mut tries = self.retry.attempts(self.acct.deadline);
+        let mut maybe_applied = false;
+        loop {
+            let result = self.upstream.commit(&self.acct, id).await;
+            let class = classify(&result, dialect);
+            let ambiguous = class == Class::Ambiguous;
+            maybe_applied |= ambiguous;
+            if ambiguous || (class == Class::Refused && maybe_applied) {
+                telemetry::count_reconciliation();
+                let seen = self.get(id, false).await?;
+                if seen.resource(dialect).is_ok_and(|r| r.is_committed()) {
+                    return Ok(seen);
+                }
+            }
+            if let Step::Done(out) = self.step(&mut tries, class, result).await {
+                return out;
+            }
+        }
+    }
+
+    /// Deletes the upload after a failure, so it does not count against the member's quota.
+    /// Has its own deadline: it runs when the upload's may already be spent.
+    pub async fn delete(&self, id: &str) -> bool {
+        let acct = Account { deadline: tokio::time::Instant::now() + Duration::from_secs(30), ..self.acct.clone() };
+        let this = Calls { acct, ..self.clone() };
+        let mut tries = this.retry.attempts(this.acct.deadline);
+        let mut maybe_applied = false;
+        loop {
+            let result = this.upstream.delete(&this.acct, id).await;
+            let class = classify(&result, this.upstream.dialect);
+            maybe_applied |= class == Class::Ambiguous;
+            match (&class, &result) {
+                (Class::Success, _) => return true,
+                // An earlier attempt did it.
+                (Class::Refused, Ok(a)) if maybe_applied && a.status == StatusCode::NOT_FOUND => return true,
+                _ => {}
+            }
+            match this.step(&mut tries, class, result).await {
+                Step::Done(Ok(_)) => return true,
+                Step::Done(Err(_)) => return false,
+                Step::Again => {}
+            }
+        }
+    }
+}
+
+/// A part's answer lists the parts received so far; ours must be there with our size.
+fn check_listed(answer: &Answer, dialect: crate::envelope::Dialect, seq: u32, len: u64) -> Result<(), Abort> {
+    let resource = answer.resource(dialect).map_err(GatewayError::UpstreamBadResponse)?;
+    if resource.chunked_upload_parts.is_empty() {
+        return Ok(());
+    }
+    match resource.part_size(seq) {
+        Some(held) if held == len => Ok(()),
+        Some(held) => Err(GatewayError::UpstreamPartConflict { seq, held, sent: len }.into()),
+        None => Err(GatewayError::UpstreamBadResponse(format!("the answer to part {seq} does not list it")).into()),
+    }
+}
+
+fn describe(result: &Result<Answer, CallError>) -> String {
+    match result {
+        Ok(a) => format!("status {}", a.status),
+        Err(e) => e.to_string(),
+    }
+}
