@@ -172,7 +172,7 @@ impl Default for RetryConfig {
             max_backoff_ms: 5_000,
             max_elapsed_secs: 300,
             budget_ratio: 0.2,
-            budget_floor_per_sec: 2.0,
+            budget_floor_per_sec: 10.0,
         }
     }
 }

@@ -4,7 +4,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{HeaderMap, Method, Request, Response, header};
 use hyper::body::Incoming;
-use tokio::{net::TcpListener, time::Instant};
+use tokio::net::TcpListener;
 
 use crate::{
     body::{Body, BoxError},
@@ -78,17 +78,19 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
             gw.uploads.start_draining();
         }
     };
-    server::serve(listener, limits, handler, draining, drain).await;
-    let left = gateway.uploads.active();
-    if left > 0 {
-        tracing::warn!(uploads = left, "drain period over: cancelling uploads and deleting them upstream");
-        gateway.uploads.cancel_all();
-        // Each cancelled upload deletes its upstream upload (bounded by its own deadline).
-        let cleanup = Instant::now() + Duration::from_secs(45);
-        while gateway.uploads.active() > 0 && Instant::now() < cleanup {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    // Past the drain period, running uploads are cancelled: each deletes its upstream upload and
+    // answers SHUTTING_DOWN on its still-open connection before the server lets go.
+    let overrun = {
+        let gw = gateway.clone();
+        move || {
+            tracing::warn!(
+                uploads = gw.uploads.active(),
+                "drain period over: cancelling uploads and deleting them upstream"
+            );
+            gw.uploads.cancel_all();
         }
-    }
+    };
+    server::serve(listener, limits, handler, draining, drain, overrun).await;
 }
 
 /// A gateway running in this process (tests, the demo, benchmarks). Stops when dropped.

@@ -89,12 +89,11 @@ impl RateLimits {
     }
 
     /// Waits for a permit to call the upstream for `account`. When the wait would end after
-    /// `deadline` (or after `max_wait_secs`), returns how long the caller should come back after.
+    /// `deadline`, returns how long the caller should come back after.
     pub async fn acquire(&self, account: &str, deadline: Instant) -> Result<Duration, Duration> {
         if !self.config.enabled {
             return Ok(Duration::ZERO);
         }
-        let deadline = deadline.min(self.default_deadline());
         let pace = self.pace(account);
         let started = Instant::now();
         loop {
@@ -128,7 +127,11 @@ impl RateLimits {
         if !self.config.enabled {
             return throttled;
         }
-        let now_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+        // The upstream's own clock, from its Date header, so that skew between the clocks cannot
+        // stretch or cut a pause; ours when it sends none.
+        let server_now = headers.get(http::header::DATE).and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok());
+        let now_epoch =
+            server_now.unwrap_or_else(SystemTime::now).duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
         let hourly_out = code == Some(HOURLY_LIMIT_CODE) || remaining.hourly == Some(0);
         let burst_out = code == Some(BURST_LIMIT_CODE) || remaining.burst == Some(0) || throttled;
         let pause_secs = if hourly_out {

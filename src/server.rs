@@ -31,7 +31,8 @@ impl Default for ConnLimits {
 }
 
 /// Serves `handler` on every connection accepted from `listener` until `shutdown` resolves, then
-/// waits up to `drain` for open connections to finish their requests.
+/// waits up to `drain` for open connections to finish their requests. If some are still busy then,
+/// `on_overrun` is called (to cancel what they wait for) and they get [`CLEANUP`] more to answer.
 ///
 /// A handler that returns `Err` makes the connection close without an answer; the simulator uses
 /// that to reproduce a peer that stored a request and then went away.
@@ -41,6 +42,7 @@ pub async fn serve<H, F>(
     handler: H,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
+    on_overrun: impl FnOnce(),
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<Body>, BoxError>> + Send + 'static,
@@ -87,10 +89,19 @@ pub async fn serve<H, F>(
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-        tracing::warn!(?drain, "connections still open after the drain period");
+    let closed = graceful.shutdown();
+    tokio::pin!(closed);
+    if tokio::time::timeout(drain, &mut closed).await.is_err() {
+        tracing::warn!(?drain, "connections still busy after the drain period");
+        on_overrun();
+        if tokio::time::timeout(CLEANUP, closed).await.is_err() {
+            tracing::warn!("connections still open after cleanup; closing them");
+        }
     }
 }
+
+/// Time given to cancelled requests to clean up and answer after the drain period.
+pub const CLEANUP: Duration = Duration::from_secs(45);
 
 /// Wraps an infallible handler result for [`serve`].
 pub fn ok(response: Response<Body>) -> Result<Response<Body>, BoxError> {

@@ -117,10 +117,10 @@ impl Injector {
     pub fn decide(&self, op: Op) -> (Duration, Action) {
         let mut guard = self.inner.lock().unwrap();
         let (f, rng) = &mut *guard;
-        let delay = Duration::from_millis(f.latency_ms + if f.jitter_ms > 0 { rng.u64(0..=f.jitter_ms) } else { 0 });
         if !f.ops.is_empty() && !f.ops.contains(&op) {
-            return (delay, Action::None);
+            return (Duration::ZERO, Action::None);
         }
+        let delay = Duration::from_millis(f.latency_ms + if f.jitter_ms > 0 { rng.u64(0..=f.jitter_ms) } else { 0 });
         let stores = op != Op::Get;
         let action = if take(&mut f.throttle_next) || roll(rng, f.throttle_rate) {
             Action::Throttle

@@ -93,7 +93,7 @@ impl Sim {
 /// Serves the simulator on `listener` until `shutdown` resolves.
 pub async fn run(listener: TcpListener, sim: Arc<Sim>, shutdown: impl Future<Output = ()>) {
     let handler = move |req, _peer| routes::handle(sim.clone(), req);
-    server::serve(listener, ConnLimits::default(), handler, shutdown, Duration::from_secs(5)).await;
+    server::serve(listener, ConnLimits::default(), handler, shutdown, Duration::from_secs(5), || {}).await;
 }
 
 /// A simulator running in this process, for tests, the demo and benchmarks. Stops when dropped.

@@ -41,6 +41,12 @@ impl From<(&Sim, Refusal)> for Answer {
 }
 
 pub async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Response<Body>, BoxError> {
+    let response = api_or_control(&sim, req).await?;
+    Ok(dated(&sim, response))
+}
+
+async fn api_or_control(sim: &Arc<Sim>, req: Request<Incoming>) -> Result<Response<Body>, BoxError> {
+    let sim = sim.clone();
     if req.uri().path().starts_with("/__sim/") {
         return Ok(control(&sim, req).await);
     }
@@ -280,6 +286,15 @@ fn reply(answer: Answer, announce: Option<Announce>) -> Response<Body> {
         .expect("valid response");
     if let Some(a) = announce {
         a.write(response.headers_mut());
+    }
+    response
+}
+
+/// Stamps the simulator's own clock (moved by `/__sim/clock`) in `Date`, as a server does.
+fn dated(sim: &Sim, mut response: Response<Body>) -> Response<Body> {
+    let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(sim.now().max(0) as u64);
+    if let Ok(v) = http::HeaderValue::from_str(&httpdate::fmt_http_date(now)) {
+        response.headers_mut().insert(header::DATE, v);
     }
     response
 }

@@ -2,7 +2,7 @@
 //! outcome is unknown the upload is looked up before anything is sent again: the upstream refuses to
 //! replace a part, so a part that did arrive must not be sent twice, and is never renumbered.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -51,6 +51,13 @@ enum Step {
 // === impl Calls ===
 
 impl Calls {
+    /// The account as one call sees it: it waits for rate-limit permits no longer than
+    /// `rate_limit.max_wait_secs`, nor past the upload's deadline.
+    fn acct(&self) -> Account {
+        let deadline = self.acct.deadline.min(self.upstream.limits.default_deadline());
+        Account { deadline, ..self.acct.clone() }
+    }
+
     fn refused(answer: Answer) -> Result<Answer, Abort> {
         Err(Abort::Upstream(Box::new(answer)))
     }
@@ -90,7 +97,7 @@ impl Calls {
     pub async fn create(&self, json: &Bytes) -> Result<Answer, Abort> {
         let mut tries = self.retry.attempts(self.acct.deadline);
         loop {
-            let result = self.upstream.create(&self.acct, json.clone()).await;
+            let result = self.upstream.create(&self.acct(), json.clone()).await;
             let class = classify(&result, self.upstream.dialect);
             if let Step::Done(out) = self.step(&mut tries, class, result).await {
                 return out;
@@ -102,7 +109,7 @@ impl Calls {
     pub async fn get(&self, id: &str, checksum: bool) -> Result<Answer, Abort> {
         let mut tries = self.retry.attempts(self.acct.deadline);
         loop {
-            let result = self.upstream.get(&self.acct, id, checksum).await;
+            let result = self.upstream.get(&self.acct(), id, checksum).await;
             let class = classify(&result, self.upstream.dialect);
             if let Step::Done(out) = self.step(&mut tries, class, result).await {
                 return out;
@@ -117,7 +124,7 @@ impl Calls {
         let mut tries = self.retry.attempts(self.acct.deadline);
         let mut maybe_applied = false;
         loop {
-            let result = self.upstream.add_part(&self.acct, id, seq, json.clone()).await;
+            let result = self.upstream.add_part(&self.acct(), id, seq, json.clone()).await;
             let class = classify(&result, dialect);
             match (class, result) {
                 (Class::Success, Ok(answer)) => return check_listed(&answer, dialect, seq, len),
@@ -168,7 +175,7 @@ impl Calls {
         let mut tries = self.retry.attempts(self.acct.deadline);
         let mut maybe_applied = false;
         loop {
-            let result = self.upstream.commit(&self.acct, id).await;
+            let result = self.upstream.commit(&self.acct(), id).await;
             let class = classify(&result, dialect);
             let ambiguous = class == Class::Ambiguous;
             maybe_applied |= ambiguous;
@@ -185,10 +192,10 @@ impl Calls {
         }
     }
 
-    /// Deletes the upload after a failure, so it does not count against the member's quota.
-    /// Has its own deadline: it runs when the upload's may already be spent.
-    pub async fn delete(&self, id: &str) -> bool {
-        let acct = Account { deadline: tokio::time::Instant::now() + Duration::from_secs(30), ..self.acct.clone() };
+    /// Deletes the upload after a failure, so it does not count against the member's quota,
+    /// trying until `deadline` (the upload's own may already be spent).
+    pub async fn delete(&self, id: &str, deadline: tokio::time::Instant) -> bool {
+        let acct = Account { deadline, ..self.acct.clone() };
         let this = Calls { acct, ..self.clone() };
         let mut tries = this.retry.attempts(this.acct.deadline);
         let mut maybe_applied = false;

@@ -52,6 +52,9 @@ pub const NO_COMMIT_HEADER: &str = "x-chunkgate-commit";
 /// Margin kept before the upload's expiry: past it, nothing more is attempted.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
 
+/// Time given to deleting an upload after a failure.
+const DELETE_WINDOW: Duration = Duration::from_secs(30);
+
 /// Per account: uploads running and the bytes they may hold, as the upstream's quota allows.
 struct AccountQuota {
     uploads: Arc<Semaphore>,
@@ -324,7 +327,18 @@ impl Job {
             }
             Err(abort) => {
                 accepted.sort_unstable();
-                if self.calls.delete(&id).await {
+                if let Abort::Gateway(GatewayError::RateLimited { .. }) = abort {
+                    // The account is paused: the delete waits for the pause in the background, for
+                    // as long as the upload lives, and the client hears now.
+                    let (calls, id, until) = (self.calls.clone(), id.clone(), self.calls.acct.deadline + EXPIRY_MARGIN);
+                    tokio::spawn(
+                        async move {
+                            let deleted = calls.delete(&id, until).await;
+                            tracing::info!(deleted, "deferred delete after rate limiting");
+                        }
+                        .in_current_span(),
+                    );
+                } else if self.calls.delete(&id, Instant::now() + DELETE_WINDOW).await {
                     tracing::info!("upstream upload deleted");
                 } else {
                     tracing::warn!("the upstream upload could not be deleted; it expires on its own");

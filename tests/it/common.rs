@@ -192,7 +192,7 @@ impl SimApi {
 
     /// Polls the simulator's counters until `pred` holds (cleanup runs after the client's answer).
     pub async fn wait_stats(&self, pred: impl Fn(&Value) -> bool) -> Value {
-        for _ in 0..200 {
+        for _ in 0..600 {
             let s = self.stats().await;
             if pred(&s) {
                 return s;

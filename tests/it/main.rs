@@ -3,5 +3,6 @@
 mod common;
 mod config;
 mod gateway;
+mod resilience;
 mod sdk;
 mod sim;

@@ -1,0 +1,256 @@
+//! The gateway on a bad day: one test per failure class, injected by the simulator.
+
+use std::{sync::Arc, time::Instant};
+
+use chunkgate::sim::SimConfig;
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::*;
+
+fn code(r: &Resp) -> String {
+    r.json()["errorCode"].as_str().unwrap_or_default().to_owned()
+}
+
+/// `n` uploads at once of `len(i)` bytes; returns each answer with the bytes it carried.
+async fn concurrently(s: &Arc<Stack>, n: usize, len: impl Fn(usize) -> usize) -> Vec<(Resp, Vec<u8>)> {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let s = s.clone();
+            let data = bytes_of(len(i), 1000 + i as u64);
+            tokio::spawn(async move { (s.upload(&data, &[]).await, data) })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+fn roomy_sim() -> SimConfig {
+    let mut c = SimConfig::default();
+    c.limits.quota_uploads = 1000;
+    c.limits.burst_limit = 100_000;
+    c
+}
+
+#[tokio::test]
+async fn parts_stored_then_dropped_are_reconciled_and_every_upload_commits_byte_exact() {
+    let s = Arc::new(Stack::start(roomy_sim(), |_| {}).await);
+    s.sim.faults(json!({"drop_after_store_rate": 0.3, "ops": ["add_part"], "seed": 11})).await;
+    for (r, data) in concurrently(&s, 8, |i| PART * 5 + 123 * i).await {
+        s.assert_committed(&r, &data).await;
+    }
+    let st = s.sim.stats().await;
+    assert!(st["dropped"].as_u64().unwrap() >= 3, "{st}");
+    assert_eq!(st["duplicate_parts"], 0, "a part that arrived was never sent again");
+    assert_eq!(st["open"], 0);
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_until_the_upload_commits() {
+    let s = Arc::new(Stack::start(roomy_sim(), |_| {}).await);
+    s.sim.faults(json!({"error_next": 4, "error_rate": 0.2, "error_status": 502, "seed": 5})).await;
+    for (r, data) in concurrently(&s, 6, |_| PART * 3 + 7).await {
+        s.assert_committed(&r, &data).await;
+    }
+    let st = s.sim.stats().await;
+    assert!(st["injected_errors"].as_u64().unwrap() >= 4, "{st}");
+    assert_eq!(st["open"], 0);
+}
+
+#[tokio::test]
+async fn throttling_answered_with_400_or_429_pauses_the_account_then_resumes() {
+    for status in [400u16, 429] {
+        let mut sim = roomy_sim();
+        sim.throttle_status = status;
+        sim.limits.burst_window_secs = 1; // the pause lasts until the next window
+        let s = Stack::start(sim, |_| {}).await;
+        s.sim.faults(json!({"throttle_next": 2, "ops": ["add_part", "commit"]})).await;
+        let data = bytes_of(PART * 3, status as u64);
+        let r = s.upload(&data, &[]).await;
+        s.assert_committed(&r, &data).await;
+        assert_eq!(s.sim.stats().await["throttled"], 2, "status {status}");
+    }
+}
+
+#[tokio::test]
+async fn a_down_upstream_gets_no_more_requests_than_the_retry_budget_allows() {
+    let s = Arc::new(
+        Stack::start(roomy_sim(), |c| {
+            c.retry.max_attempts = 6;
+            c.retry.budget_ratio = 0.2;
+            c.retry.budget_floor_per_sec = 1.0;
+        })
+        .await,
+    );
+    s.sim.faults(json!({"error_rate": 1.0})).await;
+    let started = Instant::now();
+    for (r, _) in concurrently(&s, 10, |_| 1000).await {
+        assert_eq!((r.status, code(&r)), (StatusCode::BAD_GATEWAY, "UPSTREAM_UNAVAILABLE".into()));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let requests = s.sim.stats().await["requests"].as_u64().unwrap();
+    // 10 first attempts; retries: 20% of them, the floor's initial second, and the floor since.
+    let allowed = 10.0 + 10.0 * 0.2 + 1.0 + elapsed.ceil() * 1.0;
+    assert!(requests >= 10 && requests as f64 <= allowed, "{requests} requests, {allowed} allowed; 60 unbudgeted");
+}
+
+#[tokio::test]
+async fn an_upstream_slower_than_the_timeouts_gives_upstream_timeout_and_the_upload_is_deleted() {
+    let s = Stack::start(roomy_sim(), |c| {
+        c.upstream.part_timeout_ms = 100;
+        c.upstream.call_timeout_ms = 100;
+        c.retry.max_attempts = 2;
+    })
+    .await;
+    s.sim.faults(json!({"latency_ms": 600, "ops": ["add_part", "get"]})).await;
+    let r = s.upload(&bytes_of(PART * 2, 3), &[]).await;
+    assert_eq!((r.status, code(&r)), (StatusCode::GATEWAY_TIMEOUT, "UPSTREAM_TIMEOUT".into()));
+    assert_eq!(r.header("x-chunkgate-parts-accepted"), "0");
+    s.sim.wait_stats(|st| st["open"] == 0 && st["deleted"] == 1).await;
+}
+
+/// Opens an upload of `declared` bytes and sends only `sent` of them.
+async fn stalled_upload(s: &Stack, declared: usize, sent: usize) -> tokio::net::TcpStream {
+    let mut tcp = tokio::net::TcpStream::connect(s.gw.addr).await.unwrap();
+    let head = format!(
+        "POST /v2.1/accounts/{ACCOUNT}/chunked_uploads HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/pdf\r\nContent-Length: {declared}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&bytes_of(sent, 9)).await.unwrap();
+    tcp
+}
+
+async fn read_answer(tcp: &mut tokio::net::TcpStream) -> String {
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = tcp.read(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_mid_body_gets_408_and_nothing_is_left_behind() {
+    let s = Stack::start(roomy_sim(), |c| c.upload.client_idle_timeout_ms = 300).await;
+    let mut tcp = stalled_upload(&s, PART * 4, PART * 2 + 10).await;
+    let answer = read_answer(&mut tcp).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("CLIENT_BODY_TIMEOUT"), "{answer}");
+    let st = s.sim.wait_stats(|st| st["deleted"] == 1).await;
+    assert_eq!((st["open"].as_u64(), st["committed"].as_u64()), (Some(0), Some(0)));
+}
+
+#[tokio::test]
+async fn new_uploads_during_a_drain_get_shutting_down() {
+    let s = Stack::default().await;
+    s.gw.gateway.uploads.start_draining();
+    let r = s.upload(b"late", &[]).await;
+    assert_eq!((r.status, code(&r)), (StatusCode::SERVICE_UNAVAILABLE, "SHUTTING_DOWN".into()));
+    assert!(!r.header("retry-after").is_empty());
+    assert_eq!(s.sim.stats().await["requests"], 0);
+}
+
+#[tokio::test]
+async fn thirty_concurrent_uploads_are_paced_under_the_burst_limit_with_zero_throttled_calls() {
+    let mut sim = roomy_sim();
+    sim.limits.burst_limit = 60;
+    sim.limits.burst_window_secs = 1;
+    // The gateway is configured with the same limits (Stack mirrors them).
+    let s = Arc::new(Stack::start(sim, |_| {}).await);
+    let started = Instant::now();
+    // 30 x (create, 2 parts, checksum, commit) = 150 calls: unpaced they would all land in well
+    // under a second, far over 60 per second.
+    for (r, data) in concurrently(&s, 30, |_| PART * 3).await {
+        s.assert_committed(&r, &data).await;
+    }
+    let st = s.sim.stats().await;
+    assert_eq!(st["throttled"], 0, "{st}");
+    assert_eq!(st["committed"], 30);
+    assert!(started.elapsed().as_secs_f64() >= 1.0, "150 calls at 60/s cannot take under a second");
+}
+
+#[tokio::test]
+async fn an_account_past_its_upload_quota_waits_its_turn_then_gets_gateway_busy() {
+    let s = Stack::start(roomy_sim(), |c| {
+        c.quota.uploads_per_account = 1;
+        c.quota.wait_secs = 1;
+    })
+    .await;
+    let mut first = stalled_upload(&s, PART * 2, PART + 5).await;
+    s.sim.wait_stats(|st| st["created"] == 1).await;
+    let busy = s.upload(b"second", &[]).await;
+    assert_eq!((busy.status, code(&busy)), (StatusCode::SERVICE_UNAVAILABLE, "GATEWAY_BUSY".into()));
+    assert_eq!(busy.header("retry-after"), "1");
+    // The first finishes; then the account has room again.
+    first.write_all(&bytes_of(PART - 5, 10)).await.unwrap();
+    assert!(read_answer(&mut first).await.starts_with("HTTP/1.1 200"));
+    let data = bytes_of(100, 2);
+    let r = s.upload(&data, &[]).await;
+    s.assert_committed(&r, &data).await;
+}
+
+#[tokio::test]
+async fn a_rate_limit_longer_than_the_upload_can_wait_gives_rate_limited_and_a_deferred_delete() {
+    let mut sim = roomy_sim();
+    sim.limits.hourly_limit = 4;
+    let s = Stack::start(sim, |c| {
+        // As if other clients had used the account: the gateway learns it from the upstream.
+        c.rate_limit.hourly_limit = 100_000;
+        c.rate_limit.max_wait_secs = 1;
+    })
+    .await;
+    // Three seconds before the simulator's top of the hour, when its hourly count resets.
+    let now = s.sim.control(Method::POST, "clock?advance_secs=0", Value::Null).await["now"].as_i64().unwrap();
+    s.sim.advance_clock(3600 - now.rem_euclid(3600) - 3).await;
+    let r = s.upload(&bytes_of(PART * 6, 4), &[]).await;
+    assert_eq!((r.status, code(&r)), (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED".into()));
+    let after: u64 = r.header("retry-after").parse().unwrap();
+    assert!((1..=4).contains(&after), "retry-after {after}");
+    // Once the hour turns, the deferred delete goes through.
+    let st = s.sim.wait_stats(|st| st["deleted"] == 1).await;
+    assert_eq!((st["open"].as_u64(), st["committed"].as_u64()), (Some(0), Some(0)));
+}
+
+#[tokio::test]
+async fn sigterm_lets_running_uploads_finish_then_cancels_and_deletes_the_rest() {
+    let sim = SimApi::start(roomy_sim()).await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chunkgate"))
+        .arg("serve")
+        .env("CHUNKGATE_SERVER__LISTEN", "127.0.0.1:0")
+        .env("CHUNKGATE_SERVER__DRAIN_SECS", "2")
+        .env("CHUNKGATE_UPSTREAM__BASE_URL", sim.running.url())
+        .env("CHUNKGATE_UPSTREAM__ALLOW_PLAIN_HTTP", "true")
+        .env("CHUNKGATE_UPLOAD__PART_SIZE", PART.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let addr: std::net::SocketAddr = line.trim().rsplit("//").next().unwrap().parse().unwrap();
+
+    // One upload stalls mid-body; another is slow but complete.
+    sim.faults(json!({"latency_ms": 200, "ops": ["create", "add_part", "get", "commit"]})).await;
+    let send = |declared: usize, sent: usize, seed: u64| async move {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /v2.1/accounts/{ACCOUNT}/chunked_uploads HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {declared}\r\n\r\n"
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        tcp.write_all(&bytes_of(sent, seed)).await.unwrap();
+        tcp
+    };
+    let mut stalled = send(PART * 3, PART + 1, 1).await;
+    let mut complete = send(PART * 2, PART * 2, 2).await;
+    sim.wait_stats(|st| st["created"] == 2).await;
+    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+
+    assert!(read_answer(&mut complete).await.starts_with("HTTP/1.1 200"), "finished within the grace period");
+    let cancelled = read_answer(&mut stalled).await;
+    assert!(cancelled.starts_with("HTTP/1.1 503") && cancelled.contains("SHUTTING_DOWN"), "{cancelled}");
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status:?}");
+    let st = sim.stats().await;
+    assert_eq!((st["committed"].as_u64(), st["deleted"].as_u64(), st["open"].as_u64()), (Some(1), Some(1), Some(0)));
+}
