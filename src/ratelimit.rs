@@ -42,7 +42,6 @@ pub struct Remaining {
 
 pub struct RateLimits {
     config: RateLimitConfig,
-    clock: DefaultClock,
     accounts: Mutex<HashMap<String, Arc<AccountPace>>>,
     remaining: Mutex<HashMap<String, Remaining>>,
 }
@@ -61,12 +60,7 @@ fn quota(limit: u32, window: Duration) -> Quota {
 
 impl RateLimits {
     pub fn new(config: RateLimitConfig) -> Self {
-        Self {
-            config,
-            clock: DefaultClock::default(),
-            accounts: Mutex::new(HashMap::new()),
-            remaining: Mutex::new(HashMap::new()),
-        }
+        Self { config, accounts: Mutex::new(HashMap::new()), remaining: Mutex::new(HashMap::new()) }
     }
 
     /// The latest wait allowed from now.
@@ -101,9 +95,14 @@ impl RateLimits {
             let paused = *pace.paused_until.lock().unwrap();
             let wait = match paused.filter(|until| *until > now) {
                 Some(until) => until - now,
-                None => match pace.burst.check().and_then(|()| pace.hourly.check()) {
-                    Ok(()) => return Ok(now - started),
-                    Err(not_until) => not_until.wait_time_from(self.clock.now()),
+                // Each limiter's wait is measured on its own clock: quanta clocks are calibrated per
+                // instance, so an instant of one means nothing to another.
+                None => match pace.burst.check() {
+                    Err(not_until) => not_until.wait_time_from(pace.burst.clock().now()),
+                    Ok(()) => match pace.hourly.check() {
+                        Ok(()) => return Ok(now - started),
+                        Err(not_until) => not_until.wait_time_from(pace.hourly.clock().now()),
+                    },
                 },
             };
             if now + wait > deadline {

@@ -343,7 +343,7 @@ impl Job {
                 } else {
                     tracing::warn!("the upstream upload could not be deleted; it expires on its own");
                 }
-                match abort {
+                let mut response = match abort {
                     Abort::Gateway(err) => {
                         tracing::warn!(code = err.code(), error = %err, "upload failed");
                         err.response(dialect, Some(&accepted))
@@ -357,7 +357,12 @@ impl Job {
                         }
                         response
                     }
+                };
+                // Names the (deleted) upstream upload, for the client's records.
+                if let Ok(v) = HeaderValue::from_str(&id) {
+                    response.headers_mut().insert("x-chunkgate-upload-id", v);
                 }
+                response
             }
         }
     }
