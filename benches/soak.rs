@@ -66,6 +66,7 @@ async fn main() {
     sim_config.limits.quota_bytes = u64::MAX / 2;
     sim_config.limits.burst_limit = 400;
     sim_config.limits.burst_window_secs = 2;
+    sim_config.limits.hourly_limit = 1_000_000;
     // Every fault at once. Stored-then-dropped answers hit parts, commits and deletes, not creates:
     // a create whose answer is lost leaves an upload whose id nobody saw, which no client can
     // delete (see the README's known limits), and this soak counts orphans.
@@ -89,6 +90,7 @@ async fn main() {
     config.upload.max_in_flight = 4;
     config.rate_limit.burst_limit = 400;
     config.rate_limit.burst_window_secs = 2;
+    config.rate_limit.hourly_limit = 1_000_000;
     config.quota.uploads_per_account = concurrency as u32;
     config.retry.base_backoff_ms = 10;
     config.retry.max_backoff_ms = 200;

@@ -1,7 +1,11 @@
 //! Per-account pacing of upstream calls. Every call (upload parts and passthrough alike) takes a
-//! permit from two governor limiters, the burst window and the hourly limit, sized so that no
-//! window of either length ever holds more calls than the limit: a tenth of the limit as a burst,
-//! the rest spread evenly. On top, the `X-RateLimit-*` / `X-BurstLimit-*` headers of every answer
+//! permit for the burst window and one for the hourly limit.
+//!
+//! The burst window is a governor limiter sized so that no window of that length, fixed or
+//! sliding, ever holds more calls than the limit: a tenth of the limit as a burst, the rest spread
+//! evenly. The hourly limit is a count per clock hour, as the upstream keeps it (it resets at the
+//! top of the hour): spreading 3,000 calls evenly over an hour would hold a busy account to one
+//! call every 1.3 s when the upstream allows all of them at once. On top, the `X-RateLimit-*` / `X-BurstLimit-*` headers of every answer
 //! pause the account before the upstream says no (other clients share its limits), and a throttling
 //! answer pauses it until the announced reset.
 
@@ -29,8 +33,27 @@ type Direct = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
 
 struct AccountPace {
     burst: Direct,
-    hourly: Direct,
+    /// (clock hour, calls counted in it).
+    hourly: Mutex<(i64, u32)>,
     paused_until: Mutex<Option<Instant>>,
+}
+
+impl AccountPace {
+    /// Counts one call in the current clock hour, or says how long until the next one.
+    fn take_hourly(&self, limit: u32) -> Result<(), Duration> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let hour = (now.as_secs() / 3600) as i64;
+        let mut h = self.hourly.lock().unwrap();
+        if h.0 != hour {
+            *h = (hour, 0);
+        }
+        if h.1 < limit {
+            h.1 += 1;
+            Ok(())
+        } else {
+            Err(Duration::from_secs((hour as u64 + 1) * 3600) - now)
+        }
+    }
 }
 
 /// What the upstream last announced for an account, for metrics.
@@ -75,7 +98,7 @@ impl RateLimits {
                 let c = &self.config;
                 Arc::new(AccountPace {
                     burst: RateLimiter::direct(quota(c.burst_limit, Duration::from_secs(c.burst_window_secs))),
-                    hourly: RateLimiter::direct(quota(c.hourly_limit, Duration::from_secs(3600))),
+                    hourly: Mutex::new((0, 0)),
                     paused_until: Mutex::new(None),
                 })
             })
@@ -90,6 +113,7 @@ impl RateLimits {
         }
         let pace = self.pace(account);
         let started = Instant::now();
+        let mut counted = false;
         loop {
             let now = Instant::now();
             let paused = *pace.paused_until.lock().unwrap();
@@ -99,16 +123,20 @@ impl RateLimits {
                 // instance, so an instant of one means nothing to another.
                 None => match pace.burst.check() {
                     Err(not_until) => not_until.wait_time_from(pace.burst.clock().now()),
-                    Ok(()) => match pace.hourly.check() {
+                    Ok(()) => match pace.take_hourly(self.config.hourly_limit) {
                         Ok(()) => return Ok(now - started),
-                        Err(not_until) => not_until.wait_time_from(pace.hourly.clock().now()),
+                        Err(until_next_hour) => until_next_hour,
                     },
                 },
             };
             if now + wait > deadline {
                 return Err(wait.max(Duration::from_secs(1)));
             }
-            crate::telemetry::count_throttle_wait(wait);
+            if !counted {
+                // One wait per call, however many times it wakes to find the permit taken.
+                crate::telemetry::count_throttle_wait(wait);
+                counted = true;
+            }
             tokio::time::sleep(wait).await;
         }
     }
@@ -173,6 +201,17 @@ mod tests {
         let q = quota(100, Duration::from_secs(10));
         let per_window = q.burst_size().get() as f64 + 10.0 / q.replenish_interval().as_secs_f64();
         assert!(per_window <= 100.0 + 1e-9, "{per_window}");
+    }
+
+    #[tokio::test]
+    async fn the_hourly_limit_is_counted_per_clock_hour() {
+        let rl = RateLimits::new(RateLimitConfig { hourly_limit: 3, burst_limit: 1000, ..RateLimitConfig::default() });
+        let soon = Instant::now() + Duration::from_secs(5);
+        for _ in 0..3 {
+            assert!(rl.acquire("1", soon).await.is_ok(), "the whole hourly allowance may be used at once");
+        }
+        let wait = rl.acquire("1", soon).await.unwrap_err();
+        assert!(wait <= Duration::from_secs(3600), "{wait:?}");
     }
 
     #[tokio::test]
