@@ -59,6 +59,11 @@ pub struct Report {
     pub committed: bool,
     pub sim_requests: u64,
     pub sim_faults: u64,
+    /// Calls the gateway sent again, uploads it looked up after an unknown outcome, and calls that
+    /// waited for the account's rate limit.
+    pub retries: u64,
+    pub reconciliations: u64,
+    pub throttle_waits: u64,
     pub body: String,
 }
 
@@ -83,10 +88,14 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     sim_config.limits.max_total_size = sim_config.limits.max_total_size.max(size);
     sim_config.limits.quota_bytes = sim_config.limits.quota_bytes.max(size);
     sim_config.faults.latency_ms = opts.latency_ms;
+    // A short burst window, so a throttling pause lasts at most
+    // two seconds instead of thirty.
+    sim_config.limits.burst_limit = 200;
+    sim_config.limits.burst_window_secs = 2;
     if opts.faults {
         sim_config.faults.jitter_ms = opts.latency_ms;
         sim_config.faults.error_rate = 0.05;
-        sim_config.faults.drop_after_store_rate = 0.05;
+        sim_config.faults.drop_after_store_rate = 0.1;
         sim_config.faults.throttle_rate = 0.03;
         sim_config.faults.ops = vec![sim::faults::Op::AddPart];
     }
@@ -99,6 +108,8 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     config.upload.part_size = opts.part_size;
     config.upload.max_in_flight = opts.max_in_flight;
     config.upload.max_document_bytes = config.upload.max_document_bytes.max(size);
+    config.rate_limit.burst_limit = 200;
+    config.rate_limit.burst_window_secs = 2;
     let problems = config.problems();
     if !problems.is_empty() {
         return Err(problems.join("; "));
@@ -152,7 +163,11 @@ pub async fn run(opts: Options) -> Result<Report, String> {
         None => (String::new(), false),
     };
     let stats = sim.sim.stats_json();
+    let (retries, reconciliations, throttle_waits) = crate::telemetry::resilience_counts();
     Ok(Report {
+        retries,
+        reconciliations,
+        throttle_waits,
         status: parts.status,
         parts: head("x-chunkgate-parts"),
         bytes: sent.load(Ordering::Relaxed),
@@ -178,6 +193,10 @@ pub fn print(report: &Report) {
     println!("bytes             {} ({mib:.1} MiB)", report.bytes);
     println!("time              {:.2} s ({:.1} MiB/s)", secs, mib / secs);
     println!("upstream calls    {} ({} answered with an injected fault)", report.sim_requests, report.sim_faults);
+    println!(
+        "resilience        {} retries, {} reconciliations, {} rate-limit waits",
+        report.retries, report.reconciliations, report.throttle_waits
+    );
     println!("committed         {}", report.committed);
     println!("sha-256 sent      {}", report.sent_sha256);
     println!("sha-256 upstream  {}", report.upstream_sha256);
@@ -247,5 +266,5 @@ impl http_body::Body for Counted {
 
 /// The simulator's fault settings used by `--faults`, for the report.
 pub fn faults_summary() -> serde_json::Value {
-    json!({"error_rate": 0.05, "drop_after_store_rate": 0.05, "throttle_rate": 0.03, "ops": ["add_part"]})
+    json!({"error_rate": 0.05, "drop_after_store_rate": 0.1, "throttle_rate": 0.03, "ops": ["add_part"]})
 }
