@@ -84,6 +84,7 @@ async fn main() {
 
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin.listen = "127.0.0.1:0".parse().unwrap();
     config.upstream.base_url = sim.url();
     config.upstream.allow_plain_http = true;
     config.upload.part_size = PART;

@@ -231,6 +231,7 @@ async fn main() {
     for &size in &sizes {
         let gw_env = vec![
             ("CHUNKGATE_SERVER__LISTEN", "127.0.0.1:0".to_owned()),
+            ("CHUNKGATE_ADMIN__LISTEN", "127.0.0.1:0".to_owned()),
             ("CHUNKGATE_UPSTREAM__BASE_URL", sim.url.clone()),
             ("CHUNKGATE_UPSTREAM__ALLOW_PLAIN_HTTP", "true".to_owned()),
             ("CHUNKGATE_UPLOAD__PART_SIZE", part.to_string()),

@@ -21,6 +21,7 @@ pub const EXIT_BAD_CONFIG: i32 = 64;
 #[serde(default)]
 pub struct Config {
     pub server: ServerConfig,
+    pub admin: AdminConfig,
     pub upstream: UpstreamConfig,
     pub upload: UploadConfig,
     pub retry: RetryConfig,
@@ -63,6 +64,19 @@ impl ServerConfig {
             max_connections: self.max_connections,
             max_header_bytes: self.max_header_bytes,
         }
+    }
+}
+
+/// The admin listener: /healthz, /readyz, /metrics.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9090)) }
     }
 }
 

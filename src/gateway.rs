@@ -93,9 +93,25 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
     server::serve(listener, limits, handler, draining, drain, overrun).await;
 }
 
+/// Serves the gateway and its admin listener until `shutdown` resolves and the drain is over;
+/// the admin listener keeps answering (`/readyz`: draining) until then.
+pub async fn run_with_admin(
+    listener: TcpListener,
+    admin: TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (mut admin_stop, admin_stopped) = Stopper::new();
+    let admin = tokio::spawn(crate::admin::run(admin, gateway.clone(), admin_stopped));
+    run(listener, gateway, shutdown).await;
+    admin_stop.stop();
+    let _ = admin.await;
+}
+
 /// A gateway running in this process (tests, the demo, benchmarks). Stops when dropped.
 pub struct Running {
     pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     pub gateway: Arc<Gateway>,
     pub stopper: Stopper,
 }
@@ -106,16 +122,21 @@ impl Running {
     }
 }
 
-/// Binds `config.server.listen` and serves the gateway in a background task.
+/// Binds `server.listen` and `admin.listen` and serves both in a background task.
 pub async fn spawn(config: Config) -> Result<Running, String> {
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (listener, addr) = bind(config.server.listen).await?;
+    let (admin, admin_addr) = bind(config.admin.listen).await?;
     let gateway = Gateway::new(config)?;
     let (stopper, stopped) = Stopper::new();
-    tokio::spawn(run(listener, gateway.clone(), stopped));
-    Ok(Running { addr, gateway, stopper })
+    tokio::spawn(run_with_admin(listener, admin, gateway.clone(), stopped));
+    Ok(Running { addr, admin_addr, gateway, stopper })
+}
+
+/// A listener on `addr` and the address it got (port 0 picks one).
+pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), String> {
+    let listener = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    Ok((listener, local))
 }
 
 #[cfg(test)]

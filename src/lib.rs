@@ -1,6 +1,7 @@
 //! chunkgate: an upload gateway sidecar for DocuSign-style chunked-upload APIs.
 #![forbid(unsafe_code)]
 
+pub mod admin; // the admin listener: /healthz, /readyz, /metrics
 pub mod body; // the response body type and bounded body reads
 pub mod config; // settings, defaults, env overrides, validation listing every problem
 pub mod demo; // `chunkgate demo`: simulator and gateway in one process, one document through them

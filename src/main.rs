@@ -61,6 +61,12 @@ enum Command {
         #[arg(long)]
         faults: bool,
     },
+    /// Exit 0 if the admin listener answers /healthz (for container health checks).
+    Healthcheck {
+        /// The admin address.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: SocketAddr,
+    },
     /// Validate a config file (and environment overrides), listing every problem.
     CheckConfig { file: PathBuf },
 }
@@ -102,24 +108,42 @@ async fn main() -> ExitCode {
                 Err(problems) => return bad_config(&problems),
             };
             telemetry::init(&cfg.log);
-            let listen = cfg.server.listen;
+            let (listen, admin_listen) = (cfg.server.listen, cfg.admin.listen);
             let gw = match gateway::Gateway::new(cfg) {
                 Ok(gw) => gw,
                 Err(problem) => return bad_config(&chunkgate::config::Problems(vec![problem])),
             };
-            let listener = match tokio::net::TcpListener::bind(listen).await {
-                Ok(l) => l,
+            let bound = async { Ok::<_, String>((gateway::bind(listen).await?, gateway::bind(admin_listen).await?)) };
+            let ((listener, addr), (admin, admin_addr)) = match bound.await {
+                Ok(pair) => pair,
                 Err(err) => {
-                    eprintln!("chunkgate serve: cannot listen on {listen}: {err}");
+                    eprintln!("chunkgate serve: {err}");
                     return ExitCode::from(1);
                 }
             };
-            let addr = listener.local_addr().expect("bound listener has an address");
             println!("chunkgate listening on http://{addr}");
-            tracing::info!(%addr, upstream = %gw.config.upstream.base_url, "gateway started");
-            gateway::run(listener, gw, telemetry::shutdown_signal()).await;
+            println!("chunkgate admin on http://{admin_addr} (/healthz /readyz /metrics)");
+            tracing::info!(%addr, %admin_addr, upstream = %gw.config.upstream.base_url, "gateway started");
+            gateway::run_with_admin(listener, admin, gw, telemetry::shutdown_signal()).await;
             tracing::info!("gateway stopped");
             ExitCode::SUCCESS
+        }
+        Command::Healthcheck { admin } => {
+            let probe = async {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut tcp = tokio::net::TcpStream::connect(admin).await?;
+                tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").await?;
+                let mut answer = Vec::new();
+                tcp.read_to_end(&mut answer).await?;
+                Ok::<_, std::io::Error>(answer.starts_with(b"HTTP/1.1 200"))
+            };
+            match tokio::time::timeout(std::time::Duration::from_secs(3), probe).await {
+                Ok(Ok(true)) => ExitCode::SUCCESS,
+                _ => {
+                    eprintln!("chunkgate healthcheck: {admin}/healthz did not answer 200");
+                    ExitCode::from(1)
+                }
+            }
         }
         Command::CheckConfig { file } => match Config::load(Some(&file), std::env::vars()) {
             Ok(_) => {

@@ -53,6 +53,7 @@ pub async fn forward(upstream: &Upstream, req: Request<Incoming>) -> Result<Resp
         CallError::RateLimited(wait) => GatewayError::RateLimited { retry_after: wait },
     })?;
     let (mut parts, incoming) = response.into_parts();
+    metrics::counter!(crate::telemetry::PASSTHROUGH, "status" => parts.status.as_str().to_owned()).increment(1);
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, incoming.map_err(Into::into).boxed()))
 }

@@ -1,5 +1,15 @@
-//! Logs (tracing, text or JSON, filtered) and the process signals that end a run.
+//! Logs (tracing, text or JSON, filtered), metrics (Prometheus text), and the process signals
+//! that end a run.
 
+use std::{
+    sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::{EnvFilter, fmt};
 
 use crate::config::{LogConfig, LogFormat};
@@ -31,29 +41,67 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
-/// Process-wide counts of resilience events, read by the demo's report and the metrics.
-static RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-static RECONCILIATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-static THROTTLE_WAITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Process-wide counts of resilience events, read by the demo's report; the same events feed the
+/// Prometheus metrics below.
+static RETRIES: AtomicU64 = AtomicU64::new(0);
+static RECONCILIATIONS: AtomicU64 = AtomicU64::new(0);
+static THROTTLE_WAITS: AtomicU64 = AtomicU64::new(0);
 
 /// A call is about to be sent again.
 pub fn count_retry() {
-    RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    RETRIES.fetch_add(1, Relaxed);
+    metrics::counter!(RETRIES_TOTAL).increment(1);
 }
 
 /// An upload was looked up to learn the outcome of an ambiguous call.
 pub fn count_reconciliation() {
-    RECONCILIATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    RECONCILIATIONS.fetch_add(1, Relaxed);
+    metrics::counter!(RECONCILIATIONS_TOTAL).increment(1);
 }
 
 /// A call waited for a rate-limit permit or a throttling pause.
-pub fn count_throttle_wait(wait: std::time::Duration) {
-    THROTTLE_WAITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+pub fn count_throttle_wait(wait: Duration) {
+    THROTTLE_WAITS.fetch_add(1, Relaxed);
+    metrics::counter!(THROTTLE_WAITS_TOTAL).increment(1);
     tracing::debug!(wait_ms = wait.as_millis() as u64, "waiting for a rate-limit permit");
 }
 
 /// (retries, reconciliations, throttle waits) so far in this process.
 pub fn resilience_counts() -> (u64, u64, u64) {
-    use std::sync::atomic::Ordering::Relaxed;
     (RETRIES.load(Relaxed), RECONCILIATIONS.load(Relaxed), THROTTLE_WAITS.load(Relaxed))
+}
+
+// Metric names: stable, documented in the README.
+pub const UPLOADS_STARTED: &str = "chunkgate_uploads_started_total";
+pub const UPLOADS_COMMITTED: &str = "chunkgate_uploads_committed_total";
+pub const UPLOADS_FAILED: &str = "chunkgate_uploads_failed_total";
+pub const UPLOAD_BYTES: &str = "chunkgate_upload_bytes_total";
+pub const PARTS: &str = "chunkgate_parts_total";
+pub const RETRIES_TOTAL: &str = "chunkgate_retries_total";
+pub const RECONCILIATIONS_TOTAL: &str = "chunkgate_reconciliations_total";
+pub const THROTTLE_WAITS_TOTAL: &str = "chunkgate_throttle_waits_total";
+pub const UPLOADS_IN_FLIGHT: &str = "chunkgate_uploads_in_flight";
+pub const BYTES_IN_FLIGHT: &str = "chunkgate_upload_bytes_in_flight";
+pub const PARTS_IN_FLIGHT: &str = "chunkgate_parts_in_flight";
+pub const QUEUE_WAIT: &str = "chunkgate_queue_wait_seconds";
+pub const UPSTREAM_CALL: &str = "chunkgate_upstream_call_duration_seconds";
+pub const RATELIMIT_REMAINING: &str = "chunkgate_upstream_ratelimit_remaining";
+pub const PASSTHROUGH: &str = "chunkgate_passthrough_requests_total";
+
+/// The process's Prometheus recorder, installed on first use. Metrics are process-wide, as the
+/// process runs one gateway.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+            let recorder =
+                PrometheusBuilder::new().set_buckets(&buckets).expect("static, non-empty buckets").build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (a host program's): then this handle
+            // renders nothing, which the admin endpoint reports as an empty page.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
 }

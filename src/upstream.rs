@@ -166,6 +166,13 @@ impl Upstream {
         })
     }
 
+    /// The upstream's host and port, for a reachability probe.
+    pub fn host_port(&self) -> Option<String> {
+        let host = self.base.host()?;
+        let port = self.base.port_u16().unwrap_or(if self.base.scheme_str() == Some("http") { 80 } else { 443 });
+        Some(format!("{}:{port}", host.trim_start_matches('[').trim_end_matches(']')))
+    }
+
     /// `base_url` + `path_and_query`.
     pub fn uri(&self, path_and_query: &str) -> Uri {
         let base_path = self.base.path().trim_end_matches('/');
@@ -198,8 +205,10 @@ impl Upstream {
         tail: &str,
         json: Option<Bytes>,
         timeout: Duration,
+        op: &'static str,
     ) -> Result<Answer, CallError> {
         self.limits.acquire(&acct.id, acct.deadline).await.map_err(CallError::RateLimited)?;
+        let started = std::time::Instant::now();
         let path = format!("{}/{}/accounts/{}/chunked_uploads{tail}", acct.prefix, acct.version, acct.id);
         let mut req = Request::builder()
             .method(method)
@@ -227,31 +236,33 @@ impl Upstream {
             })?;
             Ok(Answer { status: parts.status, headers: parts.headers, body })
         };
-        let answer = tokio::time::timeout(timeout, exchange).await.map_err(|_| CallError::Timeout(timeout))??;
+        let answer = tokio::time::timeout(timeout, exchange).await.map_err(|_| CallError::Timeout(timeout));
+        metrics::histogram!(crate::telemetry::UPSTREAM_CALL, "op" => op).record(started.elapsed().as_secs_f64());
+        let answer = answer??;
         let code = if answer.status.is_client_error() { answer.error_code(self.dialect) } else { None };
         self.limits.observe(&acct.id, answer.status, &answer.headers, code.as_deref());
         Ok(answer)
     }
 
     pub async fn create(&self, acct: &Account, json: Bytes) -> Result<Answer, CallError> {
-        self.call(Method::POST, acct, "", Some(json), self.part_timeout).await
+        self.call(Method::POST, acct, "", Some(json), self.part_timeout, "create").await
     }
 
     pub async fn add_part(&self, acct: &Account, id: &str, seq: u32, json: Bytes) -> Result<Answer, CallError> {
-        self.call(Method::PUT, acct, &format!("/{id}/{seq}"), Some(json), self.part_timeout).await
+        self.call(Method::PUT, acct, &format!("/{id}/{seq}"), Some(json), self.part_timeout, "add_part").await
     }
 
     pub async fn get(&self, acct: &Account, id: &str, checksum: bool) -> Result<Answer, CallError> {
         let query = if checksum { "?include=checksum" } else { "" };
-        self.call(Method::GET, acct, &format!("/{id}{query}"), None, self.call_timeout).await
+        self.call(Method::GET, acct, &format!("/{id}{query}"), None, self.call_timeout, "get").await
     }
 
     pub async fn commit(&self, acct: &Account, id: &str) -> Result<Answer, CallError> {
-        self.call(Method::PUT, acct, &format!("/{id}?action=commit"), None, self.commit_timeout).await
+        self.call(Method::PUT, acct, &format!("/{id}?action=commit"), None, self.commit_timeout, "commit").await
     }
 
     pub async fn delete(&self, acct: &Account, id: &str) -> Result<Answer, CallError> {
-        self.call(Method::DELETE, acct, &format!("/{id}"), None, self.call_timeout).await
+        self.call(Method::DELETE, acct, &format!("/{id}"), None, self.call_timeout, "delete").await
     }
 }
 

@@ -43,6 +43,7 @@ use crate::{
     resource::hex,
     retry::RetryPolicy,
     route::{self, Target},
+    telemetry,
     upstream::{Account, Answer, Upstream},
 };
 
@@ -115,6 +116,13 @@ impl Uploads {
         self.config.max_uploads - self.slots.available_permits()
     }
 
+    /// Bytes of part data (raw and base64) that running uploads hold now.
+    pub fn bytes_in_flight(&self) -> u64 {
+        let total_kib =
+            (self.config.memory_budget_bytes / 1024).clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+        (total_kib - self.budget.available_permits()) as u64 * 1024
+    }
+
     /// Part PUTs on the wire now, over all uploads.
     pub fn parts_in_flight(&self) -> usize {
         self.parts_in_flight.load(Ordering::Relaxed)
@@ -156,16 +164,22 @@ impl Uploads {
     /// runs the upload in its own task, so that a client going away cannot stop the cleanup.
     pub async fn handle(&self, upstream: Arc<Upstream>, req: Request<Incoming>, t: Target<'_>) -> Response<Body> {
         let dialect = upstream.dialect;
+        let refuse = |err: GatewayError| {
+            metrics::counter!(telemetry::UPLOADS_FAILED, "reason" => err.code()).increment(1);
+            tracing::info!(code = err.code(), "upload refused before any upstream call");
+            err.response(dialect, None)
+        };
         if self.is_draining() {
-            return GatewayError::ShuttingDown.response(dialect, None);
+            return refuse(GatewayError::ShuttingDown);
         }
         let job = match self.admit(upstream, &req, t) {
             Ok(job) => job,
-            Err(err) => return err.response(dialect, None),
+            Err(err) => return refuse(err),
         };
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-            return GatewayError::GatewayBusy { retry_after: Duration::from_secs(1) }.response(dialect, None);
+            return refuse(GatewayError::GatewayBusy { retry_after: Duration::from_secs(1) });
         };
+        metrics::counter!(telemetry::UPLOADS_STARTED).increment(1);
         // The account's share of the upstream quota: wait our turn, for a bounded time.
         let quota = self.account_quota(&job.calls.acct.id);
         let wanted = job.declared.unwrap_or(self.config.max_document_bytes).min(self.quota.bytes_per_account);
@@ -176,8 +190,11 @@ impl Uploads {
             let bytes = quota.bytes.clone().acquire_many_owned(kib).await.expect("never closed");
             (upload, bytes)
         });
-        let Ok(turn) = turn.await else {
-            return GatewayError::GatewayBusy { retry_after: wait.max(Duration::from_secs(1)) }.response(dialect, None);
+        let queued = std::time::Instant::now();
+        let turn = turn.await;
+        metrics::histogram!(telemetry::QUEUE_WAIT).record(queued.elapsed().as_secs_f64());
+        let Ok(turn) = turn else {
+            return refuse(GatewayError::GatewayBusy { retry_after: wait.max(Duration::from_secs(1)) });
         };
         let cancel = self.cancel.subscribe();
         let span = tracing::info_span!(
@@ -283,8 +300,13 @@ impl Job {
         let created = match self.calls.create(&json0).await {
             Ok(answer) => answer,
             // A refusal (quota, auth) goes back as the upstream sent it.
-            Err(Abort::Upstream(answer)) => return answer.into_response(),
+            Err(Abort::Upstream(answer)) => {
+                metrics::counter!(telemetry::UPLOADS_FAILED, "reason" => "UPSTREAM_REFUSED").increment(1);
+                tracing::warn!(status = answer.status.as_u16(), "upstream refused the create");
+                return answer.into_response();
+            }
             Err(Abort::Gateway(err)) => {
+                metrics::counter!(telemetry::UPLOADS_FAILED, "reason" => err.code()).increment(1);
                 tracing::warn!(code = err.code(), error = %err, "create failed");
                 return err.response(dialect, None);
             }
@@ -315,6 +337,11 @@ impl Job {
                 let bytes = chunker.total();
                 tracing::Span::current().record("bytes", bytes);
                 tracing::info!(parts, bytes, committed = self.commit, "upload finished");
+                if self.commit {
+                    metrics::counter!(telemetry::UPLOADS_COMMITTED).increment(1);
+                }
+                metrics::counter!(telemetry::UPLOAD_BYTES).increment(bytes);
+                metrics::counter!(telemetry::PARTS).increment(parts as u64);
                 let mut response = answer.into_response();
                 let h = response.headers_mut();
                 if let Ok(v) = HeaderValue::from_str(&id) {
@@ -343,6 +370,11 @@ impl Job {
                 } else {
                     tracing::warn!("the upstream upload could not be deleted; it expires on its own");
                 }
+                let reason = match &abort {
+                    Abort::Gateway(err) => err.code(),
+                    Abort::Upstream(_) => "UPSTREAM_REFUSED",
+                };
+                metrics::counter!(telemetry::UPLOADS_FAILED, "reason" => reason).increment(1);
                 let mut response = match abort {
                     Abort::Gateway(err) => {
                         tracing::warn!(code = err.code(), error = %err, "upload failed");

@@ -240,6 +240,7 @@ impl Stack {
         let sim = SimApi::start(sim_config).await;
         let mut config = Config::default();
         config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.admin.listen = "127.0.0.1:0".parse().unwrap();
         config.upstream.base_url = sim.running.url();
         config.upstream.allow_plain_http = true;
         config.upstream.dialect = sim.running.sim.dialect();
