@@ -27,6 +27,8 @@ pub struct Gateway {
 impl Gateway {
     /// Builds the gateway from a validated config; fails only on TLS material that cannot be used.
     pub fn new(config: Config) -> Result<Arc<Self>, String> {
+        // Installed before any traffic: what is recorded before a recorder exists is lost.
+        crate::telemetry::metrics_handle();
         let limits = crate::ratelimit::RateLimits::new(config.rate_limit.clone());
         let upstream = Arc::new(Upstream::new(&config.upstream, limits)?);
         let uploads = Uploads::new(&config);

@@ -121,8 +121,8 @@ async fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            println!("chunkgate listening on http://{addr}");
-            println!("chunkgate admin on http://{admin_addr} (/healthz /readyz /metrics)");
+            announce(&format!("chunkgate listening on http://{addr}"));
+            announce(&format!("chunkgate admin on http://{admin_addr} (/healthz /readyz /metrics)"));
             tracing::info!(%addr, %admin_addr, upstream = %gw.config.upstream.base_url, "gateway started");
             gateway::run_with_admin(listener, admin, gw, telemetry::shutdown_signal()).await;
             tracing::info!("gateway stopped");
@@ -175,12 +175,20 @@ async fn main() -> ExitCode {
                 }
             };
             let addr = listener.local_addr().expect("bound listener has an address");
-            println!("chunkgate sim listening on http://{addr}");
+            announce(&format!("chunkgate sim listening on http://{addr}"));
             tracing::info!(%addr, dialect = ?s.dialect, storage = ?s.storage, "simulator started");
             sim::run(listener, sim::Sim::new(cfg.sim), telemetry::shutdown_signal()).await;
             ExitCode::SUCCESS
         }
     }
+}
+
+/// Prints a line to stdout for whoever started the process. A closed stdout (the reader went
+/// away) must not take a running server down, as `println!` would by panicking.
+fn announce(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 /// `32MiB`, `500KB`, `1GiB` or plain bytes.

@@ -1,0 +1,164 @@
+//! Operations: metrics after real traffic, health and readiness, and logs that never carry a token
+//! or document bytes. A test binary of its own: metrics are process-wide, so no other test's
+//! uploads may count here.
+
+#[allow(dead_code)]
+#[path = "it/common.rs"]
+mod common;
+
+use std::io::Read;
+
+use base64::Engine;
+use chunkgate::sim::SimConfig;
+use common::*;
+use http::{Method, StatusCode};
+use serde_json::json;
+
+async fn get(http: &Http, url: &str) -> Resp {
+    http.send(Method::GET, url, &[], "").await.unwrap()
+}
+
+/// The value of the sample `name{labels}` (labels as rendered, e.g. `op="add_part"`).
+fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    metrics.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (key, value) = line.rsplit_once(' ')?;
+        let matches = key == name
+            || (key.starts_with(&format!("{name}{{")) && labels.iter().all(|l| key.contains(l)) && !labels.is_empty());
+        matches.then(|| value.parse().ok()).flatten()
+    })
+}
+
+#[tokio::test]
+async fn metrics_count_what_an_upload_and_a_passthrough_did() {
+    let s = Stack::default().await;
+    let data = bytes_of(PART * 3, 1);
+    let ok = s.upload(&data, &[]).await;
+    s.assert_committed(&ok, &data).await;
+    let bad = s
+        .upload(&bytes_of(PART, 2), &[("content-digest", "sha-256=:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:")])
+        .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let auth = format!("Bearer {TOKEN}");
+    let id = ok.header("x-chunkgate-upload-id");
+    let pass = s
+        .http
+        .send(Method::GET, &format!("{}/{id}", s.upload_url(ACCOUNT)), &[("authorization", &auth)], "")
+        .await
+        .unwrap();
+    assert_eq!(pass.status, StatusCode::OK);
+
+    let m = get(&s.http, &format!("http://{}/metrics", s.gw.admin_addr)).await;
+    assert_eq!(m.status, StatusCode::OK);
+    assert!(m.header("content-type").starts_with("text/plain"));
+    let text = String::from_utf8(m.body.to_vec()).unwrap();
+    let v = |name: &str, labels: &[&str]| {
+        sample(&text, name, labels).unwrap_or_else(|| panic!("{name} {labels:?} missing:\n{text}"))
+    };
+    assert_eq!(v("chunkgate_uploads_started_total", &[]), 2.0);
+    assert_eq!(v("chunkgate_uploads_committed_total", &[]), 1.0);
+    assert_eq!(v("chunkgate_uploads_failed_total", &["reason=\"DIGEST_MISMATCH\""]), 1.0);
+    assert_eq!(v("chunkgate_upload_bytes_total", &[]), (PART * 3) as f64);
+    assert_eq!(v("chunkgate_parts_total", &[]), 3.0);
+    // Parts 1 and 2 of the committed upload; the failed one was a single part (part 0 rides on create).
+    assert_eq!(v("chunkgate_upstream_call_duration_seconds_count", &["op=\"add_part\""]), 2.0);
+    assert_eq!(v("chunkgate_upstream_call_duration_seconds_count", &["op=\"create\""]), 2.0);
+    assert_eq!(v("chunkgate_upstream_call_duration_seconds_count", &["op=\"commit\""]), 1.0);
+    assert_eq!(v("chunkgate_upstream_call_duration_seconds_count", &["op=\"delete\""]), 1.0);
+    assert_eq!(v("chunkgate_passthrough_requests_total", &["status=\"200\""]), 1.0);
+    assert_eq!(v("chunkgate_uploads_in_flight", &[]), 0.0);
+    assert_eq!(v("chunkgate_upload_bytes_in_flight", &[]), 0.0);
+    assert_eq!(v("chunkgate_queue_wait_seconds_count", &[]), 2.0);
+    // The simulator's last announcement: 500 per window less the calls made so far.
+    let remaining = v("chunkgate_upstream_ratelimit_remaining", &["account=\"1234567\"", "window=\"burst\""]);
+    let calls = s.sim.stats().await["requests"].as_f64().unwrap();
+    assert_eq!(remaining, 500.0 - calls);
+    assert!(!text.contains(TOKEN), "the token is in the metrics");
+}
+
+#[tokio::test]
+async fn healthz_answers_and_readyz_follows_the_upstream_and_the_drain() {
+    let s = Stack::default().await;
+    let admin = format!("http://{}", s.gw.admin_addr);
+    assert_eq!(get(&s.http, &format!("{admin}/healthz")).await.status, StatusCode::OK);
+    assert_eq!(get(&s.http, &format!("{admin}/readyz")).await.status, StatusCode::OK);
+    s.gw.gateway.uploads.start_draining();
+    let draining = get(&s.http, &format!("{admin}/readyz")).await;
+    assert_eq!((draining.status, draining.body.as_ref()), (StatusCode::SERVICE_UNAVAILABLE, &b"draining\n"[..]));
+
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let down = Stack::start(SimConfig::default(), |c| c.upstream.base_url = dead).await;
+    let r = get(&down.http, &format!("http://{}/readyz", down.gw.admin_addr)).await;
+    assert_eq!((r.status, r.body.as_ref()), (StatusCode::SERVICE_UNAVAILABLE, &b"upstream unreachable\n"[..]));
+    assert_eq!(get(&down.http, &format!("http://{}/healthz", down.gw.admin_addr)).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn logs_at_the_most_verbose_level_never_carry_the_token_or_document_bytes() {
+    let sim = SimApi::start(SimConfig::default()).await;
+    sim.faults(json!({"drop_after_store_next": 1, "error_next": 1, "ops": ["add_part"]})).await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chunkgate"))
+        .arg("serve")
+        .env("CHUNKGATE_SERVER__LISTEN", "127.0.0.1:0")
+        .env("CHUNKGATE_ADMIN__LISTEN", "127.0.0.1:0")
+        .env("CHUNKGATE_UPSTREAM__BASE_URL", sim.running.url())
+        .env("CHUNKGATE_UPSTREAM__ALLOW_PLAIN_HTTP", "true")
+        .env("CHUNKGATE_UPLOAD__PART_SIZE", PART.to_string())
+        .env("CHUNKGATE_LOG__FORMAT", "json")
+        .env("RUST_LOG", "trace")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let gw = line.trim().rsplit(' ').next().unwrap().to_owned();
+    let mut stderr = child.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        let mut s = String::new();
+        stderr.read_to_string(&mut s).unwrap();
+        s
+    });
+
+    // A document whose bytes are recognisable, raw and in base64 at every part boundary.
+    let token = "tok-9f8e7d6c5b4a-SECRET";
+    let marker = b"CONFIDENTIAL-CONTRACT-TEXT-0123456789-";
+    let doc: Vec<u8> = marker.iter().copied().cycle().take(PART * 3 + 100).collect();
+    let auth = format!("Bearer {token}");
+    let http = Http::new();
+    let url = format!("{gw}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads");
+    let r = http
+        .send(Method::POST, &url, &[("authorization", &auth), ("content-type", "application/pdf")], doc.clone())
+        .await;
+    let r = r.expect("the gateway answers");
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    let id = r.header("x-chunkgate-upload-id").to_owned();
+    // A failed upload and a passthrough call carry the token too.
+    let bad = http
+        .send(
+            Method::POST,
+            &url,
+            &[("authorization", &auth), ("content-digest", "sha-256=:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:")],
+            doc.clone(),
+        )
+        .await;
+    let bad = bad.expect("the gateway answers");
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(!String::from_utf8_lossy(&bad.body).contains(token), "the token is in an error body");
+    http.send(Method::GET, &format!("{url}/{id}"), &[("authorization", &auth)], "").await.unwrap();
+    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+    let logs = logs.join().unwrap();
+
+    assert!(logs.contains("upload finished") && logs.contains(&id), "the logs say nothing useful:\n{logs}");
+    assert!(logs.contains("\"seq\""), "part spans carry their sequence");
+    assert!(!logs.contains(token), "the token is in the logs");
+    assert!(!logs.contains("CONFIDENTIAL-CONTRACT"), "document bytes are in the logs");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for part_start in [0, PART, PART * 2] {
+        let encoded = b64.encode(&doc[part_start..part_start + 48]);
+        assert!(!logs.contains(&encoded), "base64 of the document is in the logs");
+    }
+    assert!(!logs.contains(&b64.encode(token)), "the token is in the logs, encoded");
+}
