@@ -85,7 +85,7 @@ impl Calls {
                 }
             }
             (_, result) => {
-                tracing::info!(attempt = tries.count(), outcome = %describe(&result), "upstream call failed; retrying");
+                tracing::info!(attempt = tries.count(), status = status_of(&result), outcome = %describe(&result), "upstream call failed; retrying");
                 if tries.retry().await { Step::Again } else { Step::Done(Err(exhausted(&result).into())) }
             }
         }
@@ -127,13 +127,16 @@ impl Calls {
             let result = self.upstream.add_part(&self.acct(), id, seq, json.clone()).await;
             let class = classify(&result, dialect);
             match (class, result) {
-                (Class::Success, Ok(answer)) => return check_listed(&answer, dialect, seq, len),
+                (Class::Success, Ok(answer)) => {
+                    tracing::debug!(attempt = tries.count(), status = answer.status.as_u16(), "part accepted");
+                    return check_listed(&answer, dialect, seq, len);
+                }
                 (Class::Ambiguous, result) => {
                     maybe_applied = true;
                     if self.reconcile(id, seq, len).await? == Seen::Held {
                         return Ok(());
                     }
-                    tracing::info!(attempt = tries.count(), outcome = %describe(&result), "part not received; sending it again");
+                    tracing::info!(attempt = tries.count(), status = status_of(&result), outcome = %describe(&result), "part not received; sending it again");
                     if !tries.retry().await {
                         return Err(exhausted(&result).into());
                     }
@@ -229,6 +232,11 @@ fn check_listed(answer: &Answer, dialect: crate::envelope::Dialect, seq: u32, le
         Some(held) => Err(GatewayError::UpstreamPartConflict { seq, held, sent: len }.into()),
         None => Err(GatewayError::UpstreamBadResponse(format!("the answer to part {seq} does not list it")).into()),
     }
+}
+
+/// The answer's status, 0 when there was none.
+fn status_of(result: &Result<Answer, CallError>) -> u16 {
+    result.as_ref().map_or(0, |a| a.status.as_u16())
 }
 
 fn describe(result: &Result<Answer, CallError>) -> String {
