@@ -42,6 +42,24 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// On SIGTERM, time given to in-flight requests before they are cancelled.
     pub drain_secs: u64,
+    /// Keys internal callers must present in `caller_key_header`; empty lets any caller in.
+    pub caller_keys: Vec<Secret>,
+    pub caller_key_header: String,
+    /// Accounts the gateway may be used for; empty allows any.
+    pub allowed_accounts: Vec<String>,
+    /// Streamed uploads one caller (its key, or its address without keys) may run at once.
+    pub max_uploads_per_caller: usize,
+}
+
+/// A value that must not be printed (a caller key): `Debug` shows `***`.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
 }
 
 impl Default for ServerConfig {
@@ -53,6 +71,10 @@ impl Default for ServerConfig {
             max_connections: conn.max_connections,
             max_header_bytes: conn.max_header_bytes,
             drain_secs: 30,
+            caller_keys: Vec::new(),
+            caller_key_header: "x-chunkgate-key".to_owned(),
+            allowed_accounts: Vec::new(),
+            max_uploads_per_caller: 32,
         }
     }
 }
@@ -351,9 +373,21 @@ impl Config {
             ("upstream.max_response_bytes", self.upstream.max_response_bytes as u64),
             ("server.max_connections", self.server.max_connections as u64),
             ("server.header_read_timeout_ms", self.server.header_read_timeout_ms),
+            ("server.max_uploads_per_caller", self.server.max_uploads_per_caller as u64),
         ] {
             if v == 0 {
                 out.push(format!("{name} must be above 0"));
+            }
+        }
+        if http::HeaderName::from_bytes(self.server.caller_key_header.as_bytes()).is_err() {
+            out.push(format!("server.caller_key_header {:?} is not a header name", self.server.caller_key_header));
+        }
+        if self.server.caller_keys.iter().any(|k| k.0.len() < 16) {
+            out.push("server.caller_keys must be at least 16 characters each".into());
+        }
+        for account in &self.server.allowed_accounts {
+            if !crate::route::valid_account(account) {
+                out.push(format!("server.allowed_accounts: {account:?} is neither an integer nor a GUID"));
             }
         }
         let r = &self.retry;

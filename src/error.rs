@@ -11,14 +11,6 @@ use crate::{
     envelope::Dialect,
 };
 
-/// Who a failure came from; decides retries (upstream only) and what the client is told.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Origin {
-    Client,
-    Gateway,
-    Upstream,
-}
-
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum GatewayError {
     #[error("The document is larger than the {limit} bytes allowed; split it or raise the limit.")]
@@ -61,6 +53,14 @@ pub enum GatewayError {
     ShuttingDown,
     #[error("The gateway could not forward the request: {0}.")]
     BadRequest(String),
+    #[error("The request target was refused: {0}.")]
+    InvalidPath(&'static str),
+    #[error("The caller presented no valid key in the gateway's caller-key header.")]
+    CallerUnauthorized,
+    #[error("This gateway is not configured to serve that account.")]
+    AccountNotAllowed,
+    #[error("The upstream's TLS certificate could not be verified: {0}.")]
+    UpstreamTls(String),
 }
 
 // === impl GatewayError ===
@@ -70,15 +70,17 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            EmptyDocument | InvalidAccountId | BadContentDigest | BadRequest(_) | ClientBodyError => {
+            EmptyDocument | InvalidAccountId | BadContentDigest | BadRequest(_) | ClientBodyError | InvalidPath(_) => {
                 StatusCode::BAD_REQUEST
             }
-            MissingToken => StatusCode::UNAUTHORIZED,
+            MissingToken | CallerUnauthorized => StatusCode::UNAUTHORIZED,
+            AccountNotAllowed => StatusCode::FORBIDDEN,
             DigestMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             UpstreamChecksumMismatch { .. }
             | UpstreamBadResponse(_)
             | UpstreamPartConflict { .. }
-            | UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            | UpstreamUnavailable(_)
+            | UpstreamTls(_) => StatusCode::BAD_GATEWAY,
             UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ClientBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -106,28 +108,10 @@ impl GatewayError {
             GatewayBusy { .. } => "GATEWAY_BUSY",
             ShuttingDown => "SHUTTING_DOWN",
             BadRequest(_) => "BAD_REQUEST",
-        }
-    }
-
-    pub fn origin(&self) -> Origin {
-        use GatewayError::*;
-        match self {
-            PayloadTooLarge { .. }
-            | EmptyDocument
-            | InvalidAccountId
-            | MissingToken
-            | BadContentDigest
-            | DigestMismatch { .. }
-            | ClientBodyTimeout(_)
-            | ClientBodyError
-            | BadRequest(_) => Origin::Client,
-            UpstreamChecksumMismatch { .. }
-            | UpstreamUnavailable(_)
-            | UpstreamTimeout(_)
-            | UpstreamBadResponse(_)
-            | UpstreamPartConflict { .. }
-            | RateLimited { .. } => Origin::Upstream,
-            GatewayBusy { .. } | ShuttingDown => Origin::Gateway,
+            InvalidPath(_) => "INVALID_PATH",
+            CallerUnauthorized => "CALLER_UNAUTHORIZED",
+            AccountNotAllowed => "ACCOUNT_NOT_ALLOWED",
+            UpstreamTls(_) => "UPSTREAM_TLS",
         }
     }
 

@@ -6,9 +6,13 @@ use http::{HeaderMap, Method, Request, Response, header};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
 use crate::{
     body::{Body, BoxError},
     config::Config,
+    error::GatewayError,
     proxy, route,
     server::{self, Stopper},
     upload::Uploads,
@@ -20,6 +24,8 @@ pub struct Gateway {
     pub config: Config,
     pub upstream: Arc<Upstream>,
     pub uploads: Uploads,
+    /// SHA-256 of each accepted caller key.
+    caller_keys: Vec<[u8; 32]>,
 }
 
 // === impl Gateway ===
@@ -32,14 +38,34 @@ impl Gateway {
         let limits = crate::ratelimit::RateLimits::new(config.rate_limit.clone());
         let upstream = Arc::new(Upstream::new(&config.upstream, limits)?);
         let uploads = Uploads::new(&config);
-        Ok(Arc::new(Self { config, upstream, uploads }))
+        let caller_keys = config.server.caller_keys.iter().map(|k| Sha256::digest(k.0.as_bytes()).into()).collect();
+        Ok(Arc::new(Self { config, upstream, uploads, caller_keys }))
     }
 
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+    async fn handle(self: Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let dialect = self.upstream.dialect;
+        if let Err(refused) = route::screen(req.method(), req.uri()) {
+            tracing::info!(reason = refused.message(), "request target refused");
+            let err = match refused {
+                route::Refused::BadAccount => GatewayError::InvalidAccountId,
+                other => GatewayError::InvalidPath(other.message()),
+            };
+            return err.response(dialect, None);
+        }
+        let caller = match self.caller(&req, peer) {
+            Ok(caller) => caller,
+            Err(err) => return err.response(dialect, None),
+        };
+        // The caller's key is for the gateway alone.
+        req.headers_mut().remove(self.config.server.caller_key_header.as_str());
         let path = req.uri().path().to_owned();
+        let allowed = &self.config.server.allowed_accounts;
+        if !allowed.is_empty() && !route::account_in(&path).is_some_and(|a| allowed.iter().any(|x| x == a)) {
+            return GatewayError::AccountNotAllowed.response(dialect, None);
+        }
         if req.method() == Method::POST && is_document(req.headers()) {
             if let Some(target) = route::chunked_upload_target(&path).filter(|t| t.upload.is_none()) {
-                return self.uploads.handle(self.upstream.clone(), req, target).await;
+                return self.uploads.handle(self.upstream.clone(), req, target, caller).await;
             }
         }
         match proxy::forward(&self.upstream, req).await {
@@ -48,6 +74,30 @@ impl Gateway {
                 tracing::warn!(code = err.code(), error = %err, "passthrough failed");
                 err.response(self.upstream.dialect, None)
             }
+        }
+    }
+}
+
+// === impl Gateway (callers) ===
+
+impl Gateway {
+    /// Who is calling: the index of the key it presented when keys are configured (compared in
+    /// constant time, as SHA-256 digests so lengths do not leak either), else its address.
+    fn caller(&self, req: &Request<Incoming>, peer: SocketAddr) -> Result<String, GatewayError> {
+        if self.caller_keys.is_empty() {
+            return Ok(peer.ip().to_string());
+        }
+        let presented = req.headers().get(self.config.server.caller_key_header.as_str()).map(|v| v.as_bytes());
+        let digest: [u8; 32] = Sha256::digest(presented.unwrap_or_default()).into();
+        let mut found = None;
+        for (i, key) in self.caller_keys.iter().enumerate() {
+            if bool::from(key.ct_eq(&digest)) {
+                found = Some(i);
+            }
+        }
+        match (presented, found) {
+            (Some(_), Some(i)) => Ok(format!("key#{i}")),
+            _ => Err(GatewayError::CallerUnauthorized),
         }
     }
 }
@@ -68,9 +118,9 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
     let limits = gateway.config.server.conn_limits();
     let drain = Duration::from_secs(gateway.config.server.drain_secs);
     let gw = gateway.clone();
-    let handler = move |req, _peer: SocketAddr| {
+    let handler = move |req, peer: SocketAddr| {
         let gw = gw.clone();
-        async move { Ok::<_, BoxError>(gw.handle(req).await) }
+        async move { Ok::<_, BoxError>(gw.handle(req, peer).await) }
     };
     let draining = {
         let gw = gateway.clone();

@@ -47,6 +47,73 @@ pub fn account_in(path: &str) -> Option<&str> {
     None
 }
 
+/// Why a request target is refused before anything else looks at it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// CONNECT, absolute-form or authority-form: the gateway is no proxy to anywhere else.
+    NotOrigin,
+    /// `.` or `..` segments, encoded separators or dots, backslashes.
+    Traversal,
+    /// No `/v2/` or `/v2.1/` segment: not a path of the upstream API.
+    NotApi,
+    BadAccount,
+    BadUploadId,
+    BadSequence,
+}
+
+impl Refused {
+    pub fn message(self) -> &'static str {
+        match self {
+            Refused::NotOrigin => {
+                "only origin-form request targets are accepted (no CONNECT, no absolute or authority form)"
+            }
+            Refused::Traversal => "the path holds dot segments, encoded separators or backslashes",
+            Refused::NotApi => "the path is not one of the upstream API (no /v2/ or /v2.1/ segment)",
+            Refused::BadAccount => "the account id must be an integer account number or a GUID",
+            Refused::BadUploadId => "the chunked upload id holds characters outside A-Z, a-z, 0-9 and '-'",
+            Refused::BadSequence => "the part sequence must be a small non-negative integer",
+        }
+    }
+}
+
+/// Screens a request target before routing: only origin-form paths of the upstream API, with
+/// well-formed ids, are forwarded anywhere.
+pub fn screen(method: &http::Method, uri: &http::Uri) -> Result<(), Refused> {
+    if method == http::Method::CONNECT || uri.scheme().is_some() || uri.authority().is_some() {
+        return Err(Refused::NotOrigin);
+    }
+    let path = uri.path();
+    let lower = path.to_ascii_lowercase();
+    if !path.starts_with('/') || path.contains('\\') || ["%2f", "%5c", "%2e", "%00"].iter().any(|e| lower.contains(e)) {
+        return Err(Refused::Traversal);
+    }
+    if path.split('/').any(|s| s == "." || s == "..") {
+        return Err(Refused::Traversal);
+    }
+    if !path.split('/').any(|s| matches!(s, "v2" | "v2.1")) {
+        return Err(Refused::NotApi);
+    }
+    if let Some(account) = account_in(path) {
+        if !valid_account(account) {
+            return Err(Refused::BadAccount);
+        }
+    }
+    if let Some(t) = chunked_upload_target(path) {
+        if t.upload.is_some_and(|id| !valid_upload_id(id)) {
+            return Err(Refused::BadUploadId);
+        }
+        if t.part.is_some_and(|seq| parse_seq(seq).is_none()) {
+            return Err(Refused::BadSequence);
+        }
+    }
+    Ok(())
+}
+
+/// Upload ids are GUIDs upstream; anything outside `[A-Za-z0-9-]{1,64}` is refused.
+pub fn valid_upload_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
 /// An account id is an integer account number or a GUID.
 pub fn valid_account(id: &str) -> bool {
     (!id.is_empty() && id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit())) || is_guid(id)
@@ -91,6 +158,23 @@ mod tests {
         assert_eq!(chunked_upload_target("/v2.1/accounts/123/envelopes"), None);
         assert_eq!(chunked_upload_target("/v2.1/accounts/123/chunked_uploads/a/1/x"), None);
         assert_eq!(chunked_upload_target("/v2.1/accounts/123/chunked_uploads//1"), None);
+    }
+
+    #[test]
+    fn hostile_targets_are_screened_out() {
+        let check = |m: &str, t: &str| screen(&m.parse().unwrap(), &t.parse().unwrap());
+        assert_eq!(check("GET", "/restapi/v2.1/accounts/42/envelopes?x=1"), Ok(()));
+        assert_eq!(check("PUT", "/v2.1/accounts/42/chunked_uploads/AB-12/3"), Ok(()));
+        assert_eq!(check("GET", "http://evil.example/v2.1/accounts/42"), Err(Refused::NotOrigin));
+        assert_eq!(check("CONNECT", "evil.example:443"), Err(Refused::NotOrigin));
+        assert_eq!(check("GET", "/v2.1/accounts/42/../../admin"), Err(Refused::Traversal));
+        assert_eq!(check("GET", "/v2.1/accounts/42/%2e%2e/x"), Err(Refused::Traversal));
+        assert_eq!(check("GET", "/v2.1/accounts/42%2F..%2Fx"), Err(Refused::Traversal));
+        assert_eq!(check("GET", "/v2.1/accounts/42/a%5cb"), Err(Refused::Traversal));
+        assert_eq!(check("GET", "/admin/metrics"), Err(Refused::NotApi));
+        assert_eq!(check("GET", "/v2.1/accounts/4x2/envelopes"), Err(Refused::BadAccount));
+        assert_eq!(check("GET", "/v2.1/accounts/42/chunked_uploads/a_b"), Err(Refused::BadUploadId));
+        assert_eq!(check("PUT", "/v2.1/accounts/42/chunked_uploads/ab/99999999"), Err(Refused::BadSequence));
     }
 
     #[test]

@@ -77,6 +77,39 @@ pub struct Uploads {
     pool: Arc<BufferPool>,
     draining: AtomicBool,
     cancel: watch::Sender<bool>,
+    /// Uploads running per caller.
+    callers: Arc<Mutex<HashMap<String, usize>>>,
+    max_per_caller: usize,
+}
+
+/// One of a caller's upload slots, given back when dropped.
+struct CallerSlot {
+    callers: Arc<Mutex<HashMap<String, usize>>>,
+    caller: String,
+}
+
+impl CallerSlot {
+    fn take(callers: &Arc<Mutex<HashMap<String, usize>>>, caller: String, max: usize) -> Option<Self> {
+        let mut map = callers.lock().unwrap();
+        let running = map.entry(caller.clone()).or_insert(0);
+        if *running >= max {
+            return None;
+        }
+        *running += 1;
+        Some(Self { callers: callers.clone(), caller })
+    }
+}
+
+impl Drop for CallerSlot {
+    fn drop(&mut self) {
+        let mut map = self.callers.lock().unwrap();
+        if let Some(n) = map.get_mut(&self.caller) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.caller);
+            }
+        }
+    }
 }
 
 /// One upload's fixed facts.
@@ -107,6 +140,8 @@ impl Uploads {
             quota: config.quota.clone(),
             draining: AtomicBool::new(false),
             cancel: watch::channel(false).0,
+            callers: Arc::new(Mutex::new(HashMap::new())),
+            max_per_caller: config.server.max_uploads_per_caller,
             config: c,
         }
     }
@@ -162,7 +197,13 @@ impl Uploads {
 
     /// Checks what can be checked before any upstream call, waits for the account's turn, then
     /// runs the upload in its own task, so that a client going away cannot stop the cleanup.
-    pub async fn handle(&self, upstream: Arc<Upstream>, req: Request<Incoming>, t: Target<'_>) -> Response<Body> {
+    pub async fn handle(
+        &self,
+        upstream: Arc<Upstream>,
+        req: Request<Incoming>,
+        t: Target<'_>,
+        caller: String,
+    ) -> Response<Body> {
         let dialect = upstream.dialect;
         let refuse = |err: GatewayError| {
             metrics::counter!(telemetry::UPLOADS_FAILED, "reason" => err.code()).increment(1);
@@ -175,6 +216,9 @@ impl Uploads {
         let job = match self.admit(upstream, &req, t) {
             Ok(job) => job,
             Err(err) => return refuse(err),
+        };
+        let Some(caller_slot) = CallerSlot::take(&self.callers, caller, self.max_per_caller) else {
+            return refuse(GatewayError::GatewayBusy { retry_after: Duration::from_secs(1) });
         };
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
             return refuse(GatewayError::GatewayBusy { retry_after: Duration::from_secs(1) });
@@ -206,7 +250,7 @@ impl Uploads {
         let task = tokio::spawn(
             async move {
                 let response = job.run(req.into_body(), cancel).await;
-                drop((slot, turn));
+                drop((slot, turn, caller_slot));
                 response
             }
             .instrument(span),
