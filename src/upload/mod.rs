@@ -6,10 +6,10 @@
 //! the upload is committed. Any failure after create deletes the upstream upload.
 
 mod calls;
-mod chunker;
+pub mod chunker;
 mod digest;
 mod part;
-mod pool;
+pub mod pool;
 
 use std::{
     collections::HashMap,

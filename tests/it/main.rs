@@ -3,6 +3,7 @@
 mod common;
 mod config;
 mod gateway;
+mod hardening;
 mod resilience;
 mod sdk;
 mod sim;

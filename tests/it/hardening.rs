@@ -1,0 +1,212 @@
+//! One test per defence: hostile request targets, framing tricks, oversized or slow requests,
+//! caller authentication, the account allowlist, and an upstream that answers nonsense.
+
+use std::time::Duration;
+
+use chunkgate::{config::Secret, sim::SimConfig};
+use http::{Method, StatusCode};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+use crate::common::*;
+
+/// Sends raw bytes to `addr` and returns what comes back until the peer closes (or 5 s pass).
+async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn get(target: &str) -> Vec<u8> {
+    format!("GET {target} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n")
+        .into_bytes()
+}
+
+#[tokio::test]
+async fn hostile_request_targets_are_refused_and_never_forwarded() {
+    let s = Stack::default().await;
+    let cases: &[(&str, &str)] = &[
+        ("/restapi/v2.1/accounts/1234567/../../admin", "INVALID_PATH"),
+        ("/restapi/v2.1/accounts/1234567/%2e%2e/x", "INVALID_PATH"),
+        ("/restapi/v2.1/accounts/1234567%2Fchunked_uploads", "INVALID_PATH"),
+        ("/restapi/v2.1/accounts/1234567/a%5cb", "INVALID_PATH"),
+        ("http://169.254.169.254/latest/meta-data/", "INVALID_PATH"),
+        ("/latest/meta-data/", "INVALID_PATH"),
+        ("/restapi/v2.1/accounts/12ab/envelopes", "INVALID_ACCOUNT_ID"),
+        ("/restapi/v2.1/accounts/1234567/chunked_uploads/abc$def", "INVALID_PATH"),
+        ("/restapi/v2.1/accounts/1234567/chunked_uploads/ABC/1e9", "INVALID_PATH"),
+    ];
+    for (target, code) in cases {
+        let answer = raw(s.gw.addr, &get(target)).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{target}: {answer}");
+        assert!(answer.contains(code), "{target}: {answer}");
+    }
+    let connect = raw(s.gw.addr, b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n").await;
+    assert!(connect.starts_with("HTTP/1.1 400"), "{connect}");
+    assert_eq!(s.sim.stats().await["requests"], 0, "nothing reached the upstream");
+}
+
+#[tokio::test]
+async fn conflicting_framing_cannot_smuggle_and_bad_lengths_are_refused() {
+    let s = Stack::default().await;
+    let path = format!("/v2.1/accounts/{ACCOUNT}/chunked_uploads");
+    // Content-Length says 5, the chunked body holds 11 bytes and then a smuggled request. The
+    // chunked framing wins (RFC 9112 §6.1; hyper drops the Content-Length): the upload holds all
+    // 11 bytes and the smuggled request is never forwarded, since chunkgate re-frames every request
+    // it sends upstream.
+    let both = format!(
+        "POST {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nb\r\nhello world\r\n0\r\n\r\nDELETE {path}/X HTTP/1.1\r\nHost: gw\r\n\r\n"
+    );
+    let answer = raw(s.gw.addr, both.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("x-chunkgate-bytes: 11"), "{answer}");
+    assert!(answer.contains(&format!("x-chunkgate-sha256: {}", sha256_hex(b"hello world"))), "{answer}");
+    let st = s.sim.stats().await;
+    assert_eq!((st["created"].as_u64(), st["deleted"].as_u64()), (Some(1), Some(0)), "{st}");
+    let before = st["requests"].as_u64().unwrap();
+    let bad_len = format!(
+        "POST {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 12abc\r\n\r\nhello"
+    );
+    assert!(raw(s.gw.addr, bad_len.as_bytes()).await.starts_with("HTTP/1.1 400"));
+    let two_lens = format!(
+        "POST {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"
+    );
+    assert!(raw(s.gw.addr, two_lens.as_bytes()).await.starts_with("HTTP/1.1 400"));
+    assert_eq!(s.sim.stats().await["requests"].as_u64(), Some(before), "bad lengths reached the upstream");
+}
+
+#[tokio::test]
+async fn a_body_longer_than_declared_commits_only_the_declared_bytes() {
+    let s = Stack::default().await;
+    let doc = bytes_of(PART + 10, 5);
+    let mut request = format!(
+        "POST /v2.1/accounts/{ACCOUNT}/chunked_uploads HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n",
+        doc.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&doc);
+    request.extend_from_slice(b"SMUGGLED EXTRA BYTES THAT ARE NOT A REQUEST\r\n\r\n");
+    let answer = raw(s.gw.addr, &request).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let id = answer.lines().find_map(|l| l.strip_prefix("x-chunkgate-upload-id: ")).unwrap().trim();
+    assert_eq!(s.sim.inspect(id).await["sha256"], sha256_hex(&doc));
+    assert_eq!(s.sim.stats().await["created"], 1, "the extra bytes started nothing");
+}
+
+#[tokio::test]
+async fn oversized_heads_slow_heads_and_connection_floods_are_bounded() {
+    let s = Stack::start(SimConfig::default(), |c| {
+        c.server.max_header_bytes = 8192;
+        c.server.header_read_timeout_ms = 300;
+        c.server.max_connections = 1;
+    })
+    .await;
+    let big = format!("GET /v2.1/accounts/1/x HTTP/1.1\r\nHost: gw\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000));
+    let answer = raw(s.gw.addr, big.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let answer = raw(s.gw.addr, format!("GET /v2.1/accounts/1/x HTTP/1.1\r\nHost: gw\r\n{many}\r\n").as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+    // Slowloris: a head that never ends is cut off after the header timeout.
+    let mut slow = TcpStream::connect(s.gw.addr).await.unwrap();
+    slow.write_all(b"GET /v2.1/accounts/1/x HTTP/1.1\r\nHost: gw\r\n").await.unwrap();
+    let mut buf = [0u8; 256];
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf)).await;
+    assert!(read.is_ok(), "the slow client was not cut off");
+
+    // One connection at a time: a second client waits until the first is done.
+    let mut first = TcpStream::connect(s.gw.addr).await.unwrap();
+    first.write_all(b"GET /v2.1/accounts/1/x HTTP/1.1\r\nHost: gw\r\n").await.unwrap();
+    let addr = s.gw.addr;
+    let second = tokio::spawn(async move { raw(addr, &get("/v2.1/accounts/1234567/chunked_uploads/ABC")).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!second.is_finished(), "a second connection was served while the first held the only slot");
+    drop(first);
+    let answer = tokio::time::timeout(Duration::from_secs(5), second).await.unwrap().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 404"), "served once the slot was free: {answer}");
+}
+
+#[tokio::test]
+async fn callers_need_a_valid_key_and_accounts_must_be_allowed() {
+    let key = "k3y-for-the-billing-service";
+    let s = Stack::start(SimConfig::default(), |c| {
+        c.server.caller_keys = vec![Secret(key.into()), Secret("another-caller-key-0001".into())];
+        c.server.allowed_accounts = vec![ACCOUNT.into()];
+    })
+    .await;
+    let data = bytes_of(1000, 1);
+    let none = s.upload(&data, &[]).await;
+    assert_eq!(
+        (none.status, none.json()["errorCode"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("CALLER_UNAUTHORIZED"))
+    );
+    let wrong = s.upload(&data, &[("x-chunkgate-key", "k3y-for-the-billing-servicE")]).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    let ok = s.upload(&data, &[("x-chunkgate-key", key)]).await;
+    s.assert_committed(&ok, &data).await;
+    let auth = format!("Bearer {TOKEN}");
+    let other = s
+        .http
+        .send(
+            Method::GET,
+            &format!("{}/v2.1/accounts/999/envelopes", s.gw.url()),
+            &[("authorization", &auth), ("x-chunkgate-key", key)],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (other.status, other.json()["errorCode"].as_str()),
+        (StatusCode::FORBIDDEN, Some("ACCOUNT_NOT_ALLOWED"))
+    );
+    assert_eq!(s.sim.stats().await["created"], 1);
+}
+
+/// An upstream that answers every request with `answer`, and counts requests.
+async fn nonsense_upstream(answer: Vec<u8>) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 1 << 20];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp.write_all(&answer).await;
+            });
+        }
+    });
+    (url, count)
+}
+
+#[tokio::test]
+async fn malformed_or_oversized_upstream_answers_give_upstream_bad_response() {
+    let huge = format!("{{\"chunkedUploadId\":\"{}\"}}", "A".repeat(2 << 20));
+    for body in ["this is not json".to_owned(), "{\"chunkedUploadId\": 5, \"committed\": [".to_owned(), huge] {
+        let answer = format!(
+            "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let (url, _) = nonsense_upstream(answer.into_bytes()).await;
+        let s = Stack::start(SimConfig::default(), |c| {
+            c.upstream.base_url = url;
+            c.retry.max_attempts = 2;
+        })
+        .await;
+        let r = s.upload(b"doc", &[]).await;
+        assert_eq!(
+            (r.status, r.json()["errorCode"].as_str()),
+            (StatusCode::BAD_GATEWAY, Some("UPSTREAM_BAD_RESPONSE")),
+            "{}",
+            &body[..body.len().min(40)]
+        );
+    }
+}
