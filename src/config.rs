@@ -49,6 +49,27 @@ pub struct ServerConfig {
     pub allowed_accounts: Vec<String>,
     /// Streamed uploads one caller (its key, or its address without keys) may run at once.
     pub max_uploads_per_caller: usize,
+    /// Serve TLS with this certificate chain and key (PEM); plain HTTP when unset.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mTLS for callers outside the pod.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// A TLS acceptor from PEM files, or `None` when no certificate is configured.
+pub fn tls_acceptor(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    client_ca: Option<&Path>,
+) -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => {
+            let config = crate::tls::server_config(cert, key, client_ca)?;
+            Ok(Some(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))))
+        }
+        (None, None) if client_ca.is_none() => Ok(None),
+        _ => Err("a TLS listener needs both a certificate and a key (and a client CA only with them)".into()),
+    }
 }
 
 /// A value that must not be printed (a caller key): `Debug` shows `***`.
@@ -75,17 +96,27 @@ impl Default for ServerConfig {
             caller_key_header: "x-chunkgate-key".to_owned(),
             allowed_accounts: Vec::new(),
             max_uploads_per_caller: 32,
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
         }
     }
 }
 
 impl ServerConfig {
-    pub fn conn_limits(&self) -> ConnLimits {
+    /// Connection limits, with the listener's TLS when configured.
+    pub fn conn_limits(&self, tls: Option<tokio_rustls::TlsAcceptor>) -> ConnLimits {
         ConnLimits {
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
             max_connections: self.max_connections,
             max_header_bytes: self.max_header_bytes,
+            tls,
         }
+    }
+
+    /// The listener's TLS acceptor, when `tls_cert` and `tls_key` are set.
+    pub fn tls_acceptor(&self) -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
+        tls_acceptor(self.tls_cert.as_deref(), self.tls_key.as_deref(), self.client_ca.as_deref())
     }
 }
 
@@ -378,6 +409,12 @@ impl Config {
             if v == 0 {
                 out.push(format!("{name} must be above 0"));
             }
+        }
+        if let Err(problem) = self.server.tls_acceptor() {
+            out.push(format!("server TLS: {problem}"));
+        }
+        if let Err(problem) = tls_acceptor(self.sim.tls_cert.as_deref(), self.sim.tls_key.as_deref(), None) {
+            out.push(format!("sim TLS: {problem}"));
         }
         if http::HeaderName::from_bytes(self.server.caller_key_header.as_bytes()).is_err() {
             out.push(format!("server.caller_key_header {:?} is not a header name", self.server.caller_key_header));

@@ -26,6 +26,8 @@ pub struct Gateway {
     pub uploads: Uploads,
     /// SHA-256 of each accepted caller key.
     caller_keys: Vec<[u8; 32]>,
+    /// The listener's TLS, when configured.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 // === impl Gateway ===
@@ -39,7 +41,8 @@ impl Gateway {
         let upstream = Arc::new(Upstream::new(&config.upstream, limits)?);
         let uploads = Uploads::new(&config);
         let caller_keys = config.server.caller_keys.iter().map(|k| Sha256::digest(k.0.as_bytes()).into()).collect();
-        Ok(Arc::new(Self { config, upstream, uploads, caller_keys }))
+        let tls = config.server.tls_acceptor()?;
+        Ok(Arc::new(Self { config, upstream, uploads, caller_keys, tls }))
     }
 
     async fn handle(self: Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -115,7 +118,7 @@ fn is_document(headers: &HeaderMap) -> bool {
 /// (SHUTTING_DOWN), running ones get `server.drain_secs` to finish, and whatever is still running
 /// after that is cancelled and its upstream upload deleted.
 pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) {
-    let limits = gateway.config.server.conn_limits();
+    let limits = gateway.config.server.conn_limits(gateway.tls.clone());
     let drain = Duration::from_secs(gateway.config.server.drain_secs);
     let gw = gateway.clone();
     let handler = move |req, peer: SocketAddr| {

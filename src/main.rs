@@ -41,6 +41,11 @@ enum Command {
         /// Status of throttling answers: 400 or 429.
         #[arg(long)]
         throttle_status: Option<u16>,
+        /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+        #[arg(long)]
+        tls_cert: Option<PathBuf>,
+        #[arg(long)]
+        tls_key: Option<PathBuf>,
     },
     /// Stream a generated document (or --file) through an in-process gateway and simulator.
     Demo {
@@ -152,7 +157,7 @@ async fn main() -> ExitCode {
             }
             Err(problems) => bad_config(&problems),
         },
-        Command::Sim { config, listen, dialect, storage, throttle_status } => {
+        Command::Sim { config, listen, dialect, storage, throttle_status, tls_cert, tls_key } => {
             let mut cfg = match Config::load(config.as_deref(), std::env::vars()) {
                 Ok(cfg) => cfg,
                 Err(problems) => return bad_config(&problems),
@@ -163,6 +168,8 @@ async fn main() -> ExitCode {
             s.dialect = dialect.unwrap_or(s.dialect);
             s.storage = storage.unwrap_or(s.storage);
             s.throttle_status = throttle_status.unwrap_or(s.throttle_status);
+            s.tls_cert = tls_cert.or(s.tls_cert.take());
+            s.tls_key = tls_key.or(s.tls_key.take());
             let problems = s.problems();
             if !problems.is_empty() {
                 return bad_config(&chunkgate::config::Problems(problems));
@@ -177,8 +184,13 @@ async fn main() -> ExitCode {
             let addr = listener.local_addr().expect("bound listener has an address");
             announce(&format!("chunkgate sim listening on http://{addr}"));
             tracing::info!(%addr, dialect = ?s.dialect, storage = ?s.storage, "simulator started");
-            sim::run(listener, sim::Sim::new(cfg.sim), telemetry::shutdown_signal()).await;
-            ExitCode::SUCCESS
+            match sim::run(listener, sim::Sim::new(cfg.sim), telemetry::shutdown_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("chunkgate sim: {err}");
+                    ExitCode::from(1)
+                }
+            }
         }
     }
 }

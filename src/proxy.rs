@@ -51,6 +51,7 @@ pub async fn forward(upstream: &Upstream, req: Request<Incoming>) -> Result<Resp
         CallError::NotSent(e) | CallError::Broken(e) | CallError::BadAnswer(e) => GatewayError::UpstreamUnavailable(e),
         CallError::Timeout(d) => GatewayError::UpstreamTimeout(format!("{d:?}")),
         CallError::RateLimited(wait) => GatewayError::RateLimited { retry_after: wait },
+        CallError::Tls(e) => GatewayError::UpstreamTls(e),
     })?;
     let (mut parts, incoming) = response.into_parts();
     metrics::counter!(crate::telemetry::PASSTHROUGH, "status" => parts.status.as_str().to_owned()).increment(1);

@@ -55,6 +55,7 @@ pub fn classify(result: &Result<Answer, CallError>, dialect: Dialect) -> Class {
         Err(CallError::NotSent(_)) => Class::NotSent,
         Err(CallError::Broken(_) | CallError::Timeout(_) | CallError::BadAnswer(_)) => Class::Ambiguous,
         Err(CallError::RateLimited(wait)) => Class::GiveUp(GatewayError::RateLimited { retry_after: *wait }),
+        Err(CallError::Tls(e)) => Class::GiveUp(GatewayError::UpstreamTls(e.clone())),
     }
 }
 
@@ -74,6 +75,7 @@ pub fn exhausted(result: &Result<Answer, CallError>) -> GatewayError {
         Err(CallError::Timeout(d)) => GatewayError::UpstreamTimeout(format!("{d:?}")),
         Err(CallError::BadAnswer(e)) => GatewayError::UpstreamBadResponse(e.clone()),
         Err(CallError::RateLimited(wait)) => GatewayError::RateLimited { retry_after: *wait },
+        Err(CallError::Tls(e)) => GatewayError::UpstreamTls(e.clone()),
     }
 }
 

@@ -14,7 +14,7 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use crate::body::{Body, BoxError};
 
 /// Connection-level limits shared by every listener of the crate.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ConnLimits {
     /// Time allowed to read a request's headers (slow clients hold a connection otherwise).
     pub header_read_timeout: Duration,
@@ -22,11 +22,18 @@ pub struct ConnLimits {
     pub max_connections: usize,
     /// Largest request head accepted over HTTP/1.1.
     pub max_header_bytes: usize,
+    /// Serve TLS (and verify client certificates, if its config asks) instead of plain TCP.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Default for ConnLimits {
     fn default() -> Self {
-        Self { header_read_timeout: Duration::from_secs(10), max_connections: 1024, max_header_bytes: 64 * 1024 }
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            max_header_bytes: 64 * 1024,
+            tls: None,
+        }
     }
 }
 
@@ -79,10 +86,33 @@ pub async fn serve<H, F>(
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let service = service_fn(move |req| handler(req, peer));
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
+        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), limits.tls.clone());
+        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(err) = conn.await {
+            // The handshake happens here, not in the accept loop, so a slow one stalls nobody else.
+            let result = match tls {
+                None => {
+                    watcher
+                        .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned())
+                        .await
+                }
+                Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        watcher
+                            .watch(builder.serve_connection_with_upgrades(TokioIo::new(tls), service).into_owned())
+                            .await
+                    }
+                    Ok(Err(err)) => {
+                        tracing::info!(%peer, error = %err, "TLS handshake failed");
+                        Ok(())
+                    }
+                    Err(_) => {
+                        tracing::info!(%peer, "TLS handshake timed out");
+                        Ok(())
+                    }
+                },
+            };
+            if let Err(err) = result {
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
             }
             drop(permit);

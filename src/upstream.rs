@@ -62,12 +62,15 @@ pub enum CallError {
     /// Not sent: the account's rate limit would hold the call past its deadline.
     #[error("rate limited for {0:?}")]
     RateLimited(Duration),
+    /// Not sent: the upstream's certificate failed verification. Retrying will not fix it.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl CallError {
     /// Whether the upstream may have applied the request.
     pub fn maybe_applied(&self) -> bool {
-        !matches!(self, CallError::NotSent(_) | CallError::RateLimited(_))
+        !matches!(self, CallError::NotSent(_) | CallError::RateLimited(_) | CallError::Tls(_))
     }
 }
 
@@ -188,6 +191,7 @@ impl Upstream {
         self.limits.acquire(&account, self.limits.default_deadline()).await.map_err(CallError::RateLimited)?;
         let response = match tokio::time::timeout(self.call_timeout, self.client.request(req)).await {
             Err(_) => return Err(CallError::Timeout(self.call_timeout)),
+            Ok(Err(err)) if tls::is_certificate_error(&err) => return Err(CallError::Tls(describe(&err))),
             Ok(Err(err)) if err.is_connect() => return Err(CallError::NotSent(describe(&err))),
             Ok(Err(err)) => return Err(CallError::Broken(describe(&err))),
             Ok(Ok(response)) => response,
@@ -226,6 +230,7 @@ impl Upstream {
         let exchange = async {
             let response = match self.client.request(req).await {
                 Ok(r) => r,
+                Err(err) if tls::is_certificate_error(&err) => return Err(CallError::Tls(describe(&err))),
                 Err(err) if err.is_connect() => return Err(CallError::NotSent(describe(&err))),
                 Err(err) => return Err(CallError::Broken(describe(&err))),
             };

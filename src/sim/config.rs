@@ -102,6 +102,9 @@ pub struct SimConfig {
     pub accounts: BTreeMap<String, LimitOverrides>,
     /// Faults in force at start; `/__sim/faults` changes them at run time.
     pub faults: Faults,
+    /// Serve TLS with this certificate chain and key (PEM), to test a client's verification.
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl Default for SimConfig {
@@ -117,6 +120,8 @@ impl Default for SimConfig {
             limits: Limits::default(),
             accounts: BTreeMap::new(),
             faults: Faults::default(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

@@ -90,10 +90,14 @@ impl Sim {
     }
 }
 
-/// Serves the simulator on `listener` until `shutdown` resolves.
-pub async fn run(listener: TcpListener, sim: Arc<Sim>, shutdown: impl Future<Output = ()>) {
+/// Serves the simulator on `listener` (with TLS when its config names a certificate) until
+/// `shutdown` resolves.
+pub async fn run(listener: TcpListener, sim: Arc<Sim>, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    let tls = crate::config::tls_acceptor(sim.config.tls_cert.as_deref(), sim.config.tls_key.as_deref(), None)?;
+    let limits = ConnLimits { tls, ..ConnLimits::default() };
     let handler = move |req, _peer| routes::handle(sim.clone(), req);
-    server::serve(listener, ConnLimits::default(), handler, shutdown, Duration::from_secs(5), || {}).await;
+    server::serve(listener, limits, handler, shutdown, Duration::from_secs(5), || {}).await;
+    Ok(())
 }
 
 /// A simulator running in this process, for tests, the demo and benchmarks. Stops when dropped.
@@ -115,6 +119,9 @@ pub async fn spawn(config: SimConfig) -> std::io::Result<Running> {
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let sim = Sim::new(config);
+    // Fail here, not in the task, when the TLS material is unusable.
+    crate::config::tls_acceptor(sim.config.tls_cert.as_deref(), sim.config.tls_key.as_deref(), None)
+        .map_err(std::io::Error::other)?;
     let (stopper, stopped) = Stopper::new();
     tokio::spawn(run(listener, sim.clone(), stopped));
     Ok(Running { addr, sim, stopper })

@@ -7,3 +7,4 @@ mod hardening;
 mod resilience;
 mod sdk;
 mod sim;
+mod tls;
