@@ -210,3 +210,26 @@ async fn malformed_or_oversized_upstream_answers_give_upstream_bad_response() {
         );
     }
 }
+
+#[tokio::test]
+async fn one_caller_cannot_take_more_than_its_share_of_uploads() {
+    let s = Stack::start(SimConfig::default(), |c| c.server.max_uploads_per_caller = 1).await;
+    let mut first = TcpStream::connect(s.gw.addr).await.unwrap();
+    let head = format!(
+        "POST /v2.1/accounts/{ACCOUNT}/chunked_uploads HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n",
+        PART * 2
+    );
+    first.write_all(head.as_bytes()).await.unwrap();
+    first.write_all(&bytes_of(PART + 1, 1)).await.unwrap();
+    s.sim.wait_stats(|st| st["created"] == 1).await;
+    let second = s.upload(b"second", &[]).await;
+    assert_eq!(
+        (second.status, second.json()["errorCode"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("GATEWAY_BUSY"))
+    );
+    first.write_all(&bytes_of(PART - 1, 2)).await.unwrap();
+    let mut answer = [0u8; 32];
+    first.read_exact(&mut answer).await.unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(s.upload(b"third", &[]).await.status, StatusCode::OK, "the slot came back");
+}
