@@ -1,0 +1,379 @@
+//! chunkgate against the alternatives, side by side in one run on one machine:
+//! 1. streaming 1 GiB: chunkgate vs a direct client vs the direct client through nginx;
+//! 2. the gateway's peak RSS for 256 MiB, 1 GiB and 4 GiB;
+//! 3. a 50 MB document with 80 ms upstream latency: chunkgate at 1, 4 and 8 parts in flight vs the
+//!    official Python SDK doing the chunked upload itself;
+//! 4. 100 concurrent 10 MiB uploads: throughput, p50/p99 upload time, peak RSS;
+//! 5. passthrough of small GETs with wrk: chunkgate, nginx, direct;
+//! 6. pacing: 40 concurrent uploads against 200 calls per 30 s.
+//!
+//! `cargo bench --bench compare` (needs nginx and wrk from Debian, and the SDK from
+//! tests/sdk/requirements.txt). Writes bench/results/compare.json; `python3 bench/report.py` turns
+//! it into BENCHMARKS.md with charts. Every process listens on loopback only.
+
+mod support;
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use support::*;
+
+const PART: u64 = 16 * MIB;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A simulator process in digest mode with limits out of the way unless `extra` sets them.
+fn sim(extra: &[(&str, String)]) -> Proc {
+    let mut env = vec![
+        ("CHUNKGATE_SIM__LIMITS__MAX_PARTS", "256".to_owned()),
+        ("CHUNKGATE_SIM__LIMITS__MAX_TOTAL_SIZE", (5 * 1024 * MIB).to_string()),
+        ("CHUNKGATE_SIM__LIMITS__MAX_REQUEST_DATA", (64 * MIB).to_string()),
+        ("CHUNKGATE_SIM__LIMITS__QUOTA_BYTES", (1024 * 1024 * MIB).to_string()),
+        ("CHUNKGATE_SIM__LIMITS__QUOTA_UPLOADS", "100000".to_owned()),
+        ("CHUNKGATE_SIM__LIMITS__HOURLY_LIMIT", "100000000".to_owned()),
+        ("CHUNKGATE_SIM__LIMITS__BURST_LIMIT", "100000000".to_owned()),
+    ];
+    for (k, v) in extra {
+        env.retain(|(key, _)| key != k);
+        env.push((k, v.clone()));
+    }
+    Proc::start(&["sim", "--listen", "127.0.0.1:0", "--storage", "digest"], &env)
+}
+
+/// A gateway process in front of `upstream`, tuned by `extra`.
+fn gateway(upstream: &str, extra: &[(&str, String)]) -> Proc {
+    let mut env = vec![
+        ("CHUNKGATE_SERVER__LISTEN", "127.0.0.1:0".to_owned()),
+        ("CHUNKGATE_ADMIN__LISTEN", "127.0.0.1:0".to_owned()),
+        ("CHUNKGATE_UPSTREAM__BASE_URL", upstream.to_owned()),
+        ("CHUNKGATE_UPSTREAM__ALLOW_PLAIN_HTTP", "true".to_owned()),
+        ("CHUNKGATE_UPLOAD__PART_SIZE", PART.to_string()),
+        ("CHUNKGATE_UPLOAD__MAX_PART_BYTES", (64 * MIB).to_string()),
+        ("CHUNKGATE_UPLOAD__ASSUMED_MAX_PARTS", "256".to_owned()),
+        ("CHUNKGATE_UPLOAD__MAX_DOCUMENT_BYTES", (5 * 1024 * MIB).to_string()),
+        ("CHUNKGATE_RATE_LIMIT__ENABLED", "false".to_owned()),
+    ];
+    for (k, v) in extra {
+        env.retain(|(key, _)| key != k);
+        env.push((k, v.clone()));
+    }
+    Proc::start(&["serve"], &env)
+}
+
+/// nginx from Debian as a plain reverse proxy to `upstream`, request buffering off.
+struct Nginx {
+    child: Child,
+    url: String,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    fn start(upstream: &str) -> Nginx {
+        let dir = std::env::temp_dir().join(format!("chunkgate-bench-nginx-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        let port = free_port();
+        let target = upstream.trim_start_matches("http://");
+        let d = dir.display();
+        let conf = format!(
+            "worker_processes auto;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n  upstream sim {{ server {target}; keepalive 64; }}\n  server {{\n    listen 127.0.0.1:{port};\n    client_max_body_size 0;\n    proxy_request_buffering off;\n    proxy_buffering off;\n    proxy_http_version 1.1;\n    location / {{ proxy_pass http://sim; proxy_set_header Connection \"\"; }}\n  }}\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let child = Command::new("nginx")
+            .args(["-c", &format!("{d}/nginx.conf"), "-p", &d.to_string(), "-e", &format!("{d}/error.log")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("nginx from Debian (apt-get install nginx-light)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nginx { child, url: format!("http://127.0.0.1:{port}"), dir }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-QUIT", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn mibps(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / MIB as f64 / secs
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn throughput(client: &HttpClient, block: &Bytes) -> Value {
+    let size = 1024 * MIB;
+    let s = sim(&[]);
+    let gw = gateway(&s.url, &[]);
+    let nginx = Nginx::start(&s.url);
+    let g = through_gateway(client, &gw.url, size, block).await.secs;
+    let d = direct(client, &s.url, size, PART as usize, 4).await.secs;
+    let n = direct(client, &nginx.url, size, PART as usize, 4).await.secs;
+    let (g, d, n) = (mibps(size, g), mibps(size, d), mibps(size, n));
+    println!(
+        "1. streaming 1 GiB: chunkgate {g:.0} MiB/s, direct {d:.0}, direct via nginx {n:.0}: {:.2}x direct (target 0.85), {:.2}x nginx (target 1.0)",
+        g / d,
+        g / n
+    );
+    json!({"size_mib": 1024, "chunkgate": g, "direct": d, "nginx": n, "vs_direct": g / d, "vs_nginx": g / n})
+}
+
+async fn memory(client: &HttpClient, block: &Bytes) -> Value {
+    let s = sim(&[]);
+    let mut rows = Vec::new();
+    for size in [256 * MIB, 1024 * MIB, 4096 * MIB] {
+        let gw = gateway(&s.url, &[]);
+        through_gateway(client, &gw.url, size, block).await;
+        rows.push(json!({"size_mib": size / MIB, "peak_rss_mib": gw.peak_rss() as f64 / MIB as f64}));
+    }
+    let first = rows[0]["peak_rss_mib"].as_f64().unwrap();
+    let last = rows[2]["peak_rss_mib"].as_f64().unwrap();
+    println!(
+        "2. peak RSS: {} (4 GiB vs 256 MiB: {:+.1}%, target within 10%)",
+        rows.iter()
+            .map(|r| format!("{} MiB -> {:.0} MiB", r["size_mib"], r["peak_rss_mib"].as_f64().unwrap()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        (last / first - 1.0) * 100.0
+    );
+    json!({"rows": rows, "growth": last / first - 1.0})
+}
+
+async fn latency_bound(client: &HttpClient) -> Value {
+    // DocuSign's default limits; 80 ms on every call.
+    let s = sim(&[
+        ("CHUNKGATE_SIM__LIMITS__MAX_PARTS", "128".to_owned()),
+        ("CHUNKGATE_SIM__LIMITS__MAX_TOTAL_SIZE", "52428800".to_owned()),
+        ("CHUNKGATE_SIM__LIMITS__MAX_REQUEST_DATA", "52428800".to_owned()),
+        ("CHUNKGATE_SIM__FAULTS__LATENCY_MS", "80".to_owned()),
+    ]);
+    let size: u64 = 50_000_000;
+    let part = MIB;
+    let block = Bytes::from(random(MIB as usize));
+    let mut rows = Vec::new();
+    for in_flight in [1usize, 4, 8] {
+        let gw = gateway(
+            &s.url,
+            &[
+                ("CHUNKGATE_UPLOAD__PART_SIZE", part.to_string()),
+                ("CHUNKGATE_UPLOAD__ASSUMED_MAX_PARTS", "128".to_owned()),
+                ("CHUNKGATE_UPLOAD__MAX_IN_FLIGHT", in_flight.to_string()),
+            ],
+        );
+        let secs = through_gateway(client, &gw.url, size, &block).await.secs;
+        rows.push(json!({"client": format!("chunkgate, {in_flight} in flight"), "secs": secs}));
+    }
+    let out = Command::new("python3")
+        .args([
+            concat!(env!("CARGO_MANIFEST_DIR"), "/bench/sdk_upload.py"),
+            &s.url,
+            ACCOUNT,
+            "bench",
+            &size.to_string(),
+            &part.to_string(),
+        ])
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "SDK run failed: {}", String::from_utf8_lossy(&out.stderr));
+    let sdk: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sdk_secs = sdk["secs"].as_f64().unwrap();
+    rows.push(json!({"client": "official Python SDK (sequential parts)", "secs": sdk_secs}));
+    let best = rows[2]["secs"].as_f64().unwrap();
+    println!(
+        "3. 50 MB, 80 ms latency, 1 MiB parts: {} -> chunkgate at 8 is {:.1}x the SDK (target 4x)",
+        rows.iter()
+            .map(|r| format!("{}: {:.2} s", r["client"].as_str().unwrap(), r["secs"].as_f64().unwrap()))
+            .collect::<Vec<_>>()
+            .join("; "),
+        sdk_secs / best
+    );
+    json!({"rows": rows, "speedup_at_8": sdk_secs / best})
+}
+
+async fn concurrency(client: &HttpClient, block: &Bytes) -> Value {
+    let s = sim(&[]);
+    let gw = gateway(
+        &s.url,
+        &[
+            ("CHUNKGATE_UPLOAD__PART_SIZE", (8 * MIB).to_string()),
+            ("CHUNKGATE_UPLOAD__MAX_UPLOADS", "128".to_owned()),
+            ("CHUNKGATE_SERVER__MAX_UPLOADS_PER_CALLER", "128".to_owned()),
+            ("CHUNKGATE_QUOTA__UPLOADS_PER_ACCOUNT", "100".to_owned()),
+            ("CHUNKGATE_QUOTA__BYTES_PER_ACCOUNT", (4096 * MIB).to_string()),
+        ],
+    );
+    let size = 10 * MIB;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let (client, url, block) = (client.clone(), gw.url.clone(), block.clone());
+            tokio::spawn(async move { through_gateway(&client, &url, size, &block).await.secs })
+        })
+        .collect();
+    let mut times = Vec::new();
+    for t in tasks {
+        times.push(t.await.unwrap());
+    }
+    let wall = started.elapsed().as_secs_f64();
+    times.sort_by(f64::total_cmp);
+    let (p50, p99) = (percentile(&times, 0.5), percentile(&times, 0.99));
+    let rss = gw.peak_rss() as f64 / MIB as f64;
+    let total = mibps(100 * size, wall);
+    println!("4. 100 x 10 MiB at once: {total:.0} MiB/s in all, p50 {p50:.2} s, p99 {p99:.2} s, peak RSS {rss:.0} MiB");
+    json!({"throughput_mibps": total, "p50_secs": p50, "p99_secs": p99, "peak_rss_mib": rss})
+}
+
+/// wrk's requests/s and p99 (ms) for GETs of `url`.
+fn wrk(url: &str) -> (f64, f64) {
+    let out = Command::new("wrk")
+        .args(["-t2", "-c32", "-d8s", "--latency", "-H", "Authorization: Bearer bench", url])
+        .output()
+        .expect("wrk from Debian (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps =
+        text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0);
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map(|v| {
+            let v = v.trim();
+            let (num, unit) = v.split_at(v.find(|c: char| c.is_alphabetic()).unwrap_or(v.len()));
+            let n: f64 = num.parse().unwrap_or(0.0);
+            match unit {
+                "us" => n / 1000.0,
+                "s" => n * 1000.0,
+                _ => n,
+            }
+        })
+        .unwrap_or(0.0);
+    (rps, p99)
+}
+
+async fn passthrough(client: &HttpClient) -> Value {
+    let s = sim(&[]);
+    let gw = gateway(&s.url, &[]);
+    let nginx = Nginx::start(&s.url);
+    // One upload to read back.
+    let id = direct(client, &s.url, 1000, 1000, 1).await.upload_id;
+    let path = format!("/v2.1/accounts/{ACCOUNT}/chunked_uploads/{id}");
+    let mut rows = Vec::new();
+    for (name, base) in [("direct", &s.url), ("nginx", &nginx.url), ("chunkgate", &gw.url)] {
+        let (rps, p99) = wrk(&format!("{base}{path}"));
+        rows.push(json!({"path": name, "rps": rps, "p99_ms": p99}));
+    }
+    let get = |n: &str, k: &str| rows.iter().find(|r| r["path"] == n).unwrap()[k].as_f64().unwrap();
+    let (ratio, added) =
+        (get("chunkgate", "rps") / get("nginx", "rps"), get("chunkgate", "p99_ms") - get("direct", "p99_ms"));
+    println!(
+        "5. passthrough GETs: {} -> chunkgate {ratio:.2}x nginx's requests/s (target 0.8), +{added:.2} ms p99 over direct (target 1 ms)",
+        rows.iter()
+            .map(|r| format!(
+                "{} {:.0} req/s p99 {:.2} ms",
+                r["path"].as_str().unwrap(),
+                r["rps"].as_f64().unwrap(),
+                r["p99_ms"].as_f64().unwrap()
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    json!({"rows": rows, "vs_nginx": ratio, "added_p99_ms": added})
+}
+
+async fn pacing(client: &HttpClient) -> Value {
+    let limits = [
+        ("CHUNKGATE_SIM__LIMITS__BURST_LIMIT", "200".to_owned()),
+        ("CHUNKGATE_SIM__LIMITS__BURST_WINDOW_SECS", "30".to_owned()),
+    ];
+    let s = sim(&limits);
+    let gw = gateway(
+        &s.url,
+        &[
+            ("CHUNKGATE_RATE_LIMIT__ENABLED", "true".to_owned()),
+            ("CHUNKGATE_RATE_LIMIT__BURST_LIMIT", "200".to_owned()),
+            ("CHUNKGATE_RATE_LIMIT__BURST_WINDOW_SECS", "30".to_owned()),
+            ("CHUNKGATE_RATE_LIMIT__MAX_WAIT_SECS", "600".to_owned()),
+            ("CHUNKGATE_UPLOAD__PART_SIZE", (64 * 1024).to_string()),
+            ("CHUNKGATE_QUOTA__UPLOADS_PER_ACCOUNT", "40".to_owned()),
+            ("CHUNKGATE_QUOTA__WAIT_SECS", "600".to_owned()),
+        ],
+    );
+    let block = Bytes::from(random(64 * 1024));
+    let started = Instant::now();
+    // Each upload: create, 2 parts, checksum, commit = 5 calls; 40 of them = 200 calls.
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            let (client, url, block) = (client.clone(), gw.url.clone(), block.clone());
+            tokio::spawn(async move { through_gateway(&client, &url, 3 * 64 * 1024, &block).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let stats: Value = {
+        let req = http::Request::get(format!("{}/__sim/stats", s.url)).body(chunkgate::body::empty()).unwrap();
+        let body =
+            http_body_util::BodyExt::collect(client.request(req).await.unwrap().into_body()).await.unwrap().to_bytes();
+        serde_json::from_slice(&body).unwrap()
+    };
+    let calls = stats["requests"].as_f64().unwrap();
+    let throttled = stats["throttled"].as_u64().unwrap();
+    // The allowed rate is 200 per 30 s; the first 200 calls may all go in the first window, so the
+    // share is measured against the windows the run spanned.
+    let windows = (secs / 30.0).ceil().max(1.0);
+    let share = calls / (windows * 200.0);
+    println!(
+        "6. pacing 40 uploads against 200 calls / 30 s: {calls:.0} calls in {secs:.1} s, {throttled} throttled (target 0), {:.0}% of the allowed calls in the windows spanned (target 90%)",
+        share * 100.0
+    );
+    json!({"calls": calls, "secs": secs, "throttled": throttled, "share_of_allowed": share})
+}
+
+#[tokio::main]
+async fn main() {
+    let only = std::env::args().skip_while(|a| a != "--only").nth(1);
+    let want = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == name));
+    let client = client();
+    let block = Bytes::from(random(MIB as usize));
+    let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mut results = json!({"cores": nproc});
+    if want("throughput") {
+        results["throughput"] = throughput(&client, &block).await;
+    }
+    if want("memory") {
+        results["memory"] = memory(&client, &block).await;
+    }
+    if want("latency") {
+        results["latency"] = latency_bound(&client).await;
+    }
+    if want("concurrency") {
+        results["concurrency"] = concurrency(&client, &block).await;
+    }
+    if want("passthrough") {
+        results["passthrough"] = passthrough(&client).await;
+    }
+    if want("pacing") {
+        results["pacing"] = pacing(&client).await;
+    }
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/results");
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(format!("{dir}/compare.json"), serde_json::to_string_pretty(&results).unwrap()).unwrap();
+    let _ = Arc::new(());
+}

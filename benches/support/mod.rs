@@ -1,0 +1,198 @@
+//! Helpers shared by the benchmark harnesses: processes of the release binary, request bodies
+//! without per-frame allocation, and the direct client used as a baseline.
+#![allow(dead_code)] // each harness uses its own subset
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::Instant,
+};
+
+use bytes::Bytes;
+use chunkgate::body::{Body, BoxError};
+use http::{Method, Request, header};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use tokio::task::JoinSet;
+
+pub type HttpClient = Client<HttpConnector, Body>;
+
+pub fn client() -> HttpClient {
+    Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+pub const MIB: u64 = 1024 * 1024;
+pub const ACCOUNT: &str = "1234567";
+
+pub struct Proc {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Proc {
+    /// Starts `chunkgate ARGS` with `env` and reads the URL it prints.
+    pub fn start(args: &[&str], env: &[(&str, String)]) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chunkgate"))
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k.to_string(), v.clone())))
+            .env("CHUNKGATE_LOG__FILTER", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start chunkgate");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url = line.trim().rsplit(' ').next().unwrap().to_owned();
+        assert!(url.starts_with("http://127.0.0.1:"), "unexpected first line: {line}");
+        Proc { child, url }
+    }
+
+    /// Peak resident set (VmHWM) in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kb * 1024
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+/// A body of `len` bytes made of one block handed out again and again (no per-frame allocation).
+pub struct Repeat {
+    pub block: Bytes,
+    pub left: u64,
+}
+
+impl http_body::Body for Repeat {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let n = self.left.min(self.block.len() as u64) as usize;
+        self.left -= n as u64;
+        std::task::Poll::Ready((n > 0).then(|| Ok(Frame::data(self.block.slice(..n)))))
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
+}
+
+pub struct Run {
+    pub secs: f64,
+    pub upload_id: String,
+}
+
+pub async fn through_gateway(client: &HttpClient, gw: &str, size: u64, block: &Bytes) -> Run {
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("{gw}/v2.1/accounts/{ACCOUNT}/chunked_uploads"))
+        .header(header::AUTHORIZATION, "Bearer bench")
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, size)
+        .body(Repeat { block: block.clone(), left: size }.boxed())
+        .unwrap();
+    let started = Instant::now();
+    let resp = client.request(req).await.expect("gateway answers");
+    let status = resp.status();
+    let id = resp.headers().get("x-chunkgate-upload-id").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(status.is_success(), "{status}: {}", String::from_utf8_lossy(&body));
+    Run { secs: started.elapsed().as_secs_f64(), upload_id: id }
+}
+
+/// The baseline: the same parts, encoded and PUT straight to the simulator with the same parallelism.
+pub async fn direct(client: &HttpClient, sim: &str, size: u64, part: usize, in_flight: usize) -> Run {
+    let base = format!("{sim}/v2.1/accounts/{ACCOUNT}/chunked_uploads");
+    let block = Bytes::from(random(part));
+    let send = |client: HttpClient, method: Method, url: String, raw: Bytes| async move {
+        let json = chunkgate_part_json(&raw);
+        let req = Request::builder()
+            .method(method)
+            .uri(url)
+            .header(header::AUTHORIZATION, "Bearer bench")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(chunkgate::body::full(json))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(status.is_success(), "{status}: {}", String::from_utf8_lossy(&body));
+        body
+    };
+    let started = Instant::now();
+    let parts = size.div_ceil(part as u64);
+    let len_of = |i: u64| (size - i * part as u64).min(part as u64) as usize;
+    let created = send(client.clone(), Method::POST, base.clone(), block.slice(..len_of(0))).await;
+    let v: serde_json::Value = serde_json::from_slice(&created).unwrap();
+    let id = v["chunkedUploadId"].as_str().unwrap().to_owned();
+    let mut set = JoinSet::new();
+    for i in 1..parts {
+        while set.len() >= in_flight {
+            set.join_next().await.unwrap().unwrap();
+        }
+        set.spawn(send(client.clone(), Method::PUT, format!("{base}/{id}/{i}"), block.slice(..len_of(i))));
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+    let commit = Request::builder()
+        .method(Method::PUT)
+        .uri(format!("{base}/{id}?action=commit"))
+        .header(header::AUTHORIZATION, "Bearer bench")
+        .header(header::CONTENT_LENGTH, 0)
+        .body(chunkgate::body::empty())
+        .unwrap();
+    assert!(client.request(commit).await.unwrap().status().is_success());
+    Run { secs: started.elapsed().as_secs_f64(), upload_id: id }
+}
+
+pub fn chunkgate_part_json(raw: &[u8]) -> Bytes {
+    use base64::Engine;
+    let mut out = Vec::with_capacity(raw.len() / 3 * 4 + 16);
+    out.extend_from_slice(b"{\"data\":\"");
+    let start = out.len();
+    out.resize(start + raw.len().div_ceil(3) * 4, 0);
+    base64::engine::general_purpose::STANDARD.encode_slice(raw, &mut out[start..]).unwrap();
+    out.extend_from_slice(b"\"}");
+    Bytes::from(out)
+}
+
+pub fn random(len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    fastrand::Rng::with_seed(7).fill(&mut v);
+    v
+}
+
+pub fn parse_size(s: &str) -> u64 {
+    let s = s.trim().to_ascii_lowercase();
+    let (num, mult) = if let Some(n) = s.strip_suffix("gib") {
+        (n, 1024 * MIB)
+    } else if let Some(n) = s.strip_suffix("mib") {
+        (n, MIB)
+    } else {
+        (s.as_str(), 1)
+    };
+    num.parse::<u64>().expect("a size like 256MiB") * mult
+}
+
+pub fn human(bytes: u64) -> String {
+    if bytes >= 1024 * MIB { format!("{} GiB", bytes / (1024 * MIB)) } else { format!("{} MiB", bytes / MIB) }
+}
+
+pub async fn sim_sha(client: &HttpClient, sim: &str, id: &str) -> serde_json::Value {
+    let req = Request::get(format!("{sim}/__sim/uploads/{id}")).body(chunkgate::body::empty()).unwrap();
+    let body = client.request(req).await.unwrap().into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&body).unwrap()
+}
