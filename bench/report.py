@@ -74,7 +74,7 @@ if "passthrough" in r:
 if "pacing" in r:
     pc = r["pacing"]
     md += ["## 6. Pacing: 40 uploads against 200 calls per 30 s", "",
-           f"{pc['calls']:.0f} calls in {pc['secs']:.1f} s; **{pc['throttled']}** throttled (target 0); **{pc['share_of_allowed'] * 100:.0f}%** of the calls the windows it spanned allowed (target ≥ 90%).", ""]
+           f"{pc['calls']:.0f} calls in {pc['secs']:.1f} s; **{pc['throttled']}** throttled (target 0); **{pc['share_of_allowed'] * 100:.0f}%** of the allowed call rate used over the run (target ≥ 90%).", ""]
 
 (root / "BENCHMARKS.md").write_text("\n".join(md))
 print("wrote BENCHMARKS.md")

@@ -135,7 +135,8 @@ impl Uploads {
             budget: Arc::new(Semaphore::new(kib)),
             accounts: Mutex::new(HashMap::new()),
             parts_in_flight: Arc::new(AtomicUsize::new(0)),
-            pool: Arc::new(BufferPool::new(c.memory_budget_bytes)),
+            // Idle buffers are memory too: keep a quarter of the budget's worth at most.
+            pool: Arc::new(BufferPool::new(c.memory_budget_bytes / 4)),
             retry: Arc::new(RetryPolicy::new(config.retry.clone())),
             quota: config.quota.clone(),
             draining: AtomicBool::new(false),
@@ -329,6 +330,14 @@ impl Job {
             Some(len) => fit(len, self.config.assumed_max_parts, &self.config),
             None => self.config.part_size,
         };
+        // Part 0 is held like any part: its bytes and its base64 count against the memory budget
+        // until create has answered.
+        let part0_budget = tokio::select! {
+            permit = self.budget.clone().acquire_many_owned(budget_cost(first_size, &self.config)) => {
+                permit.expect("budget semaphore is never closed")
+            }
+            () = cancelled(&mut cancel) => return GatewayError::ShuttingDown.response(dialect, None),
+        };
         let part0 = tokio::select! {
             part = chunker.next_part(first_size) => part,
             () = cancelled(&mut cancel) => return GatewayError::ShuttingDown.response(dialect, None),
@@ -338,7 +347,7 @@ impl Job {
             Ok(None) => return GatewayError::EmptyDocument.response(dialect, None),
             Err(err) => return client_error(err).response(dialect, None),
         };
-        let json0 = part::encode(&part0);
+        let json0 = part::encode_into(&part0, self.pool.take(part::encoded_len(part0.len())));
         self.pool.give(part0);
         // Not cancelled half-way: a create whose answer is lost leaves an upload nobody can delete.
         let created = match self.calls.create(&json0).await {
@@ -355,6 +364,8 @@ impl Job {
                 return err.response(dialect, None);
             }
         };
+        self.pool.give(json0);
+        drop(part0_budget);
         let resource = match created.resource(dialect) {
             Ok(r) if !r.chunked_upload_id.is_empty() => r,
             Ok(_) => {

@@ -12,11 +12,6 @@ pub fn encoded_len(len: usize) -> usize {
     HEAD.len() + len.div_ceil(3) * 4 + TAIL.len()
 }
 
-/// The JSON body carrying `data`.
-pub fn encode(data: &[u8]) -> Bytes {
-    encode_into(data, BytesMut::new())
-}
-
 /// The JSON body carrying `data`, written into `out` (cleared first; grown if too small).
 pub fn encode_into(data: &[u8], mut out: BytesMut) -> Bytes {
     out.clear();
@@ -37,7 +32,7 @@ mod tests {
     fn bodies_are_json_with_padded_base64() {
         for n in 0..10 {
             let data: Vec<u8> = (0..n as u8).collect();
-            let body = encode(&data);
+            let body = encode_into(&data, BytesMut::new());
             assert_eq!(body.len(), encoded_len(n));
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(v["data"].as_str().unwrap(), STANDARD.encode(&data));
