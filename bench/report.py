@@ -36,6 +36,7 @@ if "throughput" in r:
     t = r["throughput"]
     md += ["## 1. Streaming 1 GiB", "",
            "client → chunkgate → simulator, against a direct client that encodes and PUTs the same 16 MiB parts with the same parallelism (4) straight to the simulator, and the same direct client through nginx (Debian, reverse proxy, request buffering off).", "",
+           "Medians of three interleaved rounds (single runs on this shared 2-core machine vary by about a quarter).", "",
            "| path | MiB/s |", "|---|---|",
            f"| chunkgate | {t['chunkgate']:.0f} |", f"| direct | {t['direct']:.0f} |", f"| direct via nginx | {t['nginx']:.0f} |", "",
            f"chunkgate / direct = **{t['vs_direct']:.2f}** (target ≥ 0.85); chunkgate / nginx = **{t['vs_nginx']:.2f}** (target ≥ 1.0).", "",

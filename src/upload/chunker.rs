@@ -51,9 +51,8 @@ where
             let take = (size.saturating_sub(buf.len())).min(self.pending.len());
             buf.extend_from_slice(&self.pending.split_to(take));
             if buf.len() >= size || (self.done && self.pending.is_empty()) {
-                let part = self.current.take().expect("filled above").freeze();
+                let part = self.pool.seal(self.current.take().expect("filled above"));
                 if part.is_empty() {
-                    self.pool.give(part);
                     return Ok(None);
                 }
                 return Ok(Some(part));
@@ -114,14 +113,14 @@ mod tests {
     }
 
     async fn cut(frames: Vec<Bytes>, sizes: &[usize]) -> (Vec<Bytes>, [u8; 32], u64) {
-        let pool = Arc::new(BufferPool::new(1 << 20));
+        let pool = BufferPool::new(1 << 20);
         let mut c = Chunker::new(Frames(frames.into()), Duration::from_secs(5), pool.clone());
         let mut parts = Vec::new();
         let mut i = 0;
         while let Some(p) = c.next_part(sizes[i.min(sizes.len() - 1)]).await.unwrap() {
             parts.push(Bytes::copy_from_slice(&p));
             assert_eq!(c.emitted(), parts.iter().map(|p| p.len() as u64).sum::<u64>());
-            pool.give(p); // buffers are reused: later parts must not alias earlier ones
+            drop(p); // buffers are reused: later parts must not alias earlier ones
             i += 1;
         }
         (parts, c.sha256(), c.total())

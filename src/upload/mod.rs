@@ -136,7 +136,7 @@ impl Uploads {
             accounts: Mutex::new(HashMap::new()),
             parts_in_flight: Arc::new(AtomicUsize::new(0)),
             // Idle buffers are memory too: keep a quarter of the budget's worth at most.
-            pool: Arc::new(BufferPool::new(c.memory_budget_bytes / 4)),
+            pool: BufferPool::new(c.memory_budget_bytes / 4),
             retry: Arc::new(RetryPolicy::new(config.retry.clone())),
             quota: config.quota.clone(),
             draining: AtomicBool::new(false),
@@ -347,8 +347,8 @@ impl Job {
             Ok(None) => return GatewayError::EmptyDocument.response(dialect, None),
             Err(err) => return client_error(err).response(dialect, None),
         };
-        let json0 = part::encode_into(&part0, self.pool.take(part::encoded_len(part0.len())));
-        self.pool.give(part0);
+        let json0 = self.pool.seal(part::encode_into(&part0, self.pool.take(part::encoded_len(part0.len()))));
+        drop(part0);
         // Not cancelled half-way: a create whose answer is lost leaves an upload nobody can delete.
         let created = match self.calls.create(&json0).await {
             Ok(answer) => answer,
@@ -364,8 +364,7 @@ impl Job {
                 return err.response(dialect, None);
             }
         };
-        self.pool.give(json0);
-        drop(part0_budget);
+        drop((json0, part0_budget));
         let resource = match created.resource(dialect) {
             Ok(r) if !r.chunked_upload_id.is_empty() => r,
             Ok(_) => {
@@ -578,10 +577,10 @@ async fn send_part(
     held: (OwnedSemaphorePermit, InFlight),
 ) -> Result<u32, Abort> {
     let len = data.len() as u64;
-    let json = part::encode_into(&data, pool.take(part::encoded_len(data.len())));
-    pool.give(data);
+    let json = pool.seal(part::encode_into(&data, pool.take(part::encoded_len(data.len()))));
+    drop(data);
     let outcome = calls.put_part(&id, seq, &json, len).await;
-    pool.give(json);
+    drop(json);
     drop(held);
     outcome.map(|()| seq)
 }

@@ -2,7 +2,7 @@
 //! the very same bytes.
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 const HEAD: &[u8] = b"{\"data\":\"";
 const TAIL: &[u8] = b"\"}";
@@ -13,7 +13,7 @@ pub fn encoded_len(len: usize) -> usize {
 }
 
 /// The JSON body carrying `data`, written into `out` (cleared first; grown if too small).
-pub fn encode_into(data: &[u8], mut out: BytesMut) -> Bytes {
+pub fn encode_into(data: &[u8], mut out: BytesMut) -> BytesMut {
     out.clear();
     out.resize(encoded_len(data.len()), 0);
     let end = out.len() - TAIL.len();
@@ -21,7 +21,7 @@ pub fn encode_into(data: &[u8], mut out: BytesMut) -> Bytes {
     let written = STANDARD.encode_slice(data, &mut out[HEAD.len()..end]).expect("buffer sized for the encoding");
     debug_assert_eq!(HEAD.len() + written, end);
     out[end..].copy_from_slice(TAIL);
-    out.freeze()
+    out
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! Reused part buffers. Allocating a fresh multi-megabyte buffer per part costs more than encoding
-//! it (page faults), and the allocator keeps freed arenas around, so memory would creep up with
-//! the number of parts. Buffers come back here once a part is done and are handed out again.
+//! it (page faults), and the allocator keeps freed arenas around, so memory would creep up with the
+//! number of parts. A sealed buffer comes back here by itself when its last holder lets go, whoever
+//! that is (a retry's clone, the connection still writing it), and is handed out again.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::{Bytes, BytesMut};
 
@@ -12,11 +13,31 @@ pub struct BufferPool {
     max_bytes: usize,
 }
 
+/// A buffer on loan: its bytes are shared as `Bytes`, and it goes back to the pool on drop.
+struct Loan {
+    buf: BytesMut,
+    pool: Weak<BufferPool>,
+}
+
+impl AsRef<[u8]> for Loan {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Loan {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.put(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
 // === impl BufferPool ===
 
 impl BufferPool {
-    pub fn new(max_bytes: usize) -> Self {
-        Self { free: Mutex::new(Vec::new()), max_bytes }
+    pub fn new(max_bytes: usize) -> Arc<Self> {
+        Arc::new(Self { free: Mutex::new(Vec::new()), max_bytes })
     }
 
     /// An empty buffer with room for at least `capacity` bytes.
@@ -30,11 +51,7 @@ impl BufferPool {
             .min_by_key(|(_, b)| b.capacity())
             .map(|(i, _)| i);
         match best {
-            Some(i) => {
-                let mut buf = free.swap_remove(i);
-                buf.clear();
-                buf
-            }
+            Some(i) => free.swap_remove(i),
             None => {
                 drop(free);
                 BytesMut::with_capacity(capacity)
@@ -42,16 +59,23 @@ impl BufferPool {
         }
     }
 
-    /// Returns a buffer once nothing else refers to it (a retry's clone or the connection still
-    /// writing it keeps it alive; it is then simply freed when they let go).
-    pub fn give(&self, bytes: Bytes) {
-        let Ok(mut buf) = bytes.try_into_mut() else { return };
+    /// Freezes `buf` into shared bytes that return it to this pool when the last clone drops.
+    pub fn seal(self: &Arc<Self>, buf: BytesMut) -> Bytes {
+        Bytes::from_owner(Loan { buf, pool: Arc::downgrade(self) })
+    }
+
+    fn put(&self, mut buf: BytesMut) {
         buf.clear();
         let mut free = self.free.lock().unwrap();
         let held: usize = free.iter().map(BytesMut::capacity).sum();
-        if held + buf.capacity() <= self.max_bytes {
+        if buf.capacity() > 0 && held + buf.capacity() <= self.max_bytes {
             free.push(buf);
         }
+    }
+
+    #[cfg(test)]
+    fn idle(&self) -> usize {
+        self.free.lock().unwrap().len()
     }
 }
 
@@ -60,22 +84,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_returned_buffer_is_handed_out_again() {
+    fn a_buffer_comes_back_when_its_last_holder_lets_go() {
         let pool = BufferPool::new(1 << 20);
         let mut b = pool.take(1000);
         let ptr = b.as_ptr();
         b.extend_from_slice(&[1; 1000]);
-        pool.give(b.freeze());
+        let sealed = pool.seal(b);
+        let clone = sealed.slice(10..20);
+        drop(sealed);
+        assert_eq!(pool.idle(), 0, "still held by a clone");
+        drop(clone);
+        assert_eq!(pool.idle(), 1);
         let again = pool.take(900);
         assert_eq!((again.as_ptr(), again.len()), (ptr, 0));
-        // Still referenced elsewhere: not reused.
-        let shared = pool.take(1000).freeze();
-        let clone = shared.clone();
-        pool.give(shared);
-        assert!(pool.free.lock().unwrap().is_empty());
-        drop(clone);
         // Too small or wastefully large buffers are not handed out for a request.
-        pool.give(BytesMut::with_capacity(10).freeze());
         assert!(pool.take(5000).capacity() >= 5000);
+    }
+
+    #[test]
+    fn the_pool_keeps_no_more_than_its_cap() {
+        let pool = BufferPool::new(1500);
+        let a = pool.seal(pool.take(1000));
+        let b = pool.seal(pool.take(1000));
+        drop((a, b));
+        assert_eq!(pool.idle(), 1);
     }
 }
