@@ -159,12 +159,12 @@ pub async fn direct(client: &HttpClient, sim: &str, size: u64, part: usize, in_f
 }
 
 pub fn chunkgate_part_json(raw: &[u8]) -> Bytes {
-    use base64::Engine;
     let mut out = Vec::with_capacity(raw.len() / 3 * 4 + 16);
     out.extend_from_slice(b"{\"data\":\"");
     let start = out.len();
     out.resize(start + raw.len().div_ceil(3) * 4, 0);
-    base64::engine::general_purpose::STANDARD.encode_slice(raw, &mut out[start..]).unwrap();
+    let written = base64_simd::STANDARD.encode(raw, base64_simd::Out::from_slice(&mut out[start..])).len();
+    debug_assert_eq!(start + written, out.len());
     out.extend_from_slice(b"\"}");
     Bytes::from(out)
 }

