@@ -18,7 +18,6 @@ use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::{io::AsyncReadExt, sync::mpsc};
 
@@ -87,18 +86,11 @@ pub async fn run(opts: Options) -> Result<Report, String> {
         SimConfig { listen: "127.0.0.1:0".parse().unwrap(), storage: Storage::Digest, ..SimConfig::default() };
     sim_config.limits.max_total_size = sim_config.limits.max_total_size.max(size);
     sim_config.limits.quota_bytes = sim_config.limits.quota_bytes.max(size);
-    sim_config.faults.latency_ms = opts.latency_ms;
+    sim_config.faults = faults(&opts);
     // A short burst window, so a throttling pause lasts at most
     // two seconds instead of thirty.
     sim_config.limits.burst_limit = 200;
     sim_config.limits.burst_window_secs = 2;
-    if opts.faults {
-        sim_config.faults.jitter_ms = opts.latency_ms;
-        sim_config.faults.error_rate = 0.05;
-        sim_config.faults.drop_after_store_rate = 0.1;
-        sim_config.faults.throttle_rate = 0.03;
-        sim_config.faults.ops = vec![sim::faults::Op::AddPart];
-    }
     let sim = sim::spawn(sim_config).await.map_err(|e| format!("cannot start the simulator: {e}"))?;
 
     let mut config = Config::default();
@@ -265,7 +257,15 @@ impl http_body::Body for Counted {
     }
 }
 
-/// The simulator's fault settings used by `--faults`, for the report.
-pub fn faults_summary() -> serde_json::Value {
-    json!({"error_rate": 0.05, "drop_after_store_rate": 0.1, "throttle_rate": 0.03, "ops": ["add_part"]})
+/// The simulator's faults for these options: latency always, failures on part calls with `--faults`.
+pub fn faults(opts: &Options) -> sim::faults::Faults {
+    let mut f = sim::faults::Faults { latency_ms: opts.latency_ms, ..Default::default() };
+    if opts.faults {
+        f.jitter_ms = opts.latency_ms;
+        f.error_rate = 0.05;
+        f.drop_after_store_rate = 0.1;
+        f.throttle_rate = 0.03;
+        f.ops = vec![sim::faults::Op::AddPart];
+    }
+    f
 }

@@ -90,7 +90,13 @@ async fn main() -> ExitCode {
                 faults,
             };
             if faults {
-                println!("simulator faults on part calls: {}", chunkgate::demo::faults_summary());
+                let f = chunkgate::demo::faults(&opts);
+                println!(
+                    "simulator faults on part calls: {:.0}% 5xx, {:.0}% stored then dropped, {:.0}% throttled",
+                    f.error_rate * 100.0,
+                    f.drop_after_store_rate * 100.0,
+                    f.throttle_rate * 100.0
+                );
             }
             match chunkgate::demo::run(opts).await {
                 Ok(report) => {

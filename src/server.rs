@@ -2,7 +2,7 @@
 //! on open connections, and a graceful drain. Binding addresses and catching signals is left to the
 //! caller, so tests hand in a `127.0.0.1:0` listener and a future of their own.
 
-use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::{
@@ -132,11 +132,6 @@ pub async fn serve<H, F>(
 
 /// Time given to cancelled requests to clean up and answer after the drain period.
 pub const CLEANUP: Duration = Duration::from_secs(45);
-
-/// Wraps an infallible handler result for [`serve`].
-pub fn ok(response: Response<Body>) -> Result<Response<Body>, BoxError> {
-    Ok::<_, Infallible>(response).map_err(|never| match never {})
-}
 
 /// Stops an in-process server when dropped (or when [`Stopper::stop`] is called).
 pub struct Stopper(Option<tokio::sync::oneshot::Sender<()>>);

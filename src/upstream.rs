@@ -67,13 +67,6 @@ pub enum CallError {
     Tls(String),
 }
 
-impl CallError {
-    /// Whether the upstream may have applied the request.
-    pub fn maybe_applied(&self) -> bool {
-        !matches!(self, CallError::NotSent(_) | CallError::RateLimited(_) | CallError::Tls(_))
-    }
-}
-
 /// What a chunked-upload call's answer says.
 pub enum Parsed {
     Resource(ChunkedUpload),

@@ -30,9 +30,8 @@ use tokio::{
 };
 use tracing::Instrument;
 
-pub use self::calls::Abort;
 use self::{
-    calls::Calls,
+    calls::{Abort, Calls},
     chunker::{ChunkError, Chunker},
     pool::BufferPool,
 };
