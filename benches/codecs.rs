@@ -1,5 +1,6 @@
 //! Per-byte costs of the hot path, one core, buffers reused: base64 encode and decode with the
-//! `base64` crate (in use) against `base64-simd`, and SHA-256 with `sha2`. Prints GB/s.
+//! `base64` crate against `base64-simd` (in use), and SHA-256 with `sha2` against `ring`, both whole
+//! and fed in 64 KiB pieces as frames arrive. Prints GB/s.
 //!
 //! `cargo bench --bench codecs`
 
@@ -50,8 +51,29 @@ fn main() {
     let sha = rate(data.len(), || {
         black_box(Sha256::digest(black_box(&data)));
     });
+    let sha_frames = rate(data.len(), || {
+        let mut h = Sha256::new();
+        for frame in data.chunks(64 * 1024) {
+            h.update(black_box(frame));
+        }
+        black_box(h.finalize());
+    });
+    let ring_sha = rate(data.len(), || {
+        black_box(ring::digest::digest(&ring::digest::SHA256, black_box(&data)));
+    });
+    let ring_frames = rate(data.len(), || {
+        let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+        for frame in data.chunks(64 * 1024) {
+            h.update(black_box(frame));
+        }
+        black_box(h.finish());
+    });
     println!("16 MiB buffers, one core, GB/s (best of 5 x 8):");
     println!("  base64 encode: base64 {b64_enc:.2}, base64-simd {simd_enc:.2} ({:.1}x)", simd_enc / b64_enc);
     println!("  base64 decode: base64 {b64_dec:.2}, base64-simd {simd_dec:.2} ({:.1}x)", simd_dec / b64_dec);
-    println!("  SHA-256 (sha2): {sha:.2}");
+    println!("  SHA-256 whole: sha2 {sha:.2}, ring {ring_sha:.2} ({:.2}x)", ring_sha / sha);
+    println!(
+        "  SHA-256 in 64 KiB frames: sha2 {sha_frames:.2}, ring {ring_frames:.2} ({:.2}x)",
+        ring_frames / sha_frames
+    );
 }

@@ -125,11 +125,35 @@ async fn throughput(client: &HttpClient, block: &Bytes) -> Value {
     // Three interleaved rounds, medians reported: single runs on a shared 2-core machine vary by a
     // quarter from one to the next.
     let (mut gs, mut ds, mut ns) = (Vec::new(), Vec::new(), Vec::new());
+    // CPU seconds each process spends per path, summed over the rounds: steadier than wall time on a
+    // shared machine, and on 2 cores the sum is what bounds throughput.
+    let (mut gcpu, mut dcpu, mut ncpu) = ([0.0; 3], [0.0; 3], [0.0; 3]);
+    let nginx_cpu = || cpu_secs(nginx.child.id()) + children_cpu_secs(nginx.child.id());
+    let cpu = |third: f64| [own_cpu_secs(), s.cpu_secs(), third];
+    let add = |into: &mut [f64; 3], before: [f64; 3], after: [f64; 3]| {
+        for i in 0..3 {
+            into[i] += after[i] - before[i];
+        }
+    };
     for _ in 0..3 {
+        let before = cpu(gw.cpu_secs());
         gs.push(mibps(size, through_gateway(client, &gw.url, size, block).await.secs));
+        add(&mut gcpu, before, cpu(gw.cpu_secs()));
+        let before = cpu(0.0);
         ds.push(mibps(size, direct(client, &s.url, size, PART as usize, 4).await.secs));
+        add(&mut dcpu, before, cpu(0.0));
+        let before = cpu(nginx_cpu());
         ns.push(mibps(size, direct(client, &nginx.url, size, PART as usize, 4).await.secs));
+        add(&mut ncpu, before, cpu(nginx_cpu()));
     }
+    let per_gib = |c: [f64; 3]| c.map(|x| x / 3.0);
+    let (gcpu, dcpu, ncpu) = (per_gib(gcpu), per_gib(dcpu), per_gib(ncpu));
+    println!(
+        "   CPU s per GiB (client, simulator, proxy): chunkgate {gcpu:.2?} = {:.2}, direct {dcpu:.2?} = {:.2}, nginx {ncpu:.2?} = {:.2}",
+        gcpu.iter().sum::<f64>(),
+        dcpu.iter().sum::<f64>(),
+        ncpu.iter().sum::<f64>()
+    );
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -141,7 +165,11 @@ async fn throughput(client: &HttpClient, block: &Bytes) -> Value {
         g / d,
         g / n
     );
-    json!({"size_mib": 1024, "chunkgate": g, "direct": d, "nginx": n, "vs_direct": g / d, "vs_nginx": g / n})
+    let cpu_json = |c: [f64; 3]| json!({"client": c[0], "simulator": c[1], "proxy": c[2]});
+    json!({
+        "size_mib": 1024, "chunkgate": g, "direct": d, "nginx": n, "vs_direct": g / d, "vs_nginx": g / n,
+        "cpu_secs_per_gib": {"chunkgate": cpu_json(gcpu), "direct": cpu_json(dcpu), "nginx": cpu_json(ncpu)},
+    })
 }
 
 async fn memory(client: &HttpClient, block: &Bytes) -> Value {
@@ -249,10 +277,13 @@ async fn concurrency(client: &HttpClient, block: &Bytes) -> Value {
     json!({"throughput_mibps": total, "p50_secs": p50, "p99_secs": p99, "peak_rss_mib": rss})
 }
 
+/// Seconds each wrk run lasts.
+const WRK_SECS: f64 = 8.0;
+
 /// wrk's requests/s and p99 (ms) for GETs of `url`.
 fn wrk(url: &str) -> (f64, f64) {
     let out = Command::new("wrk")
-        .args(["-t2", "-c32", "-d8s", "--latency", "-H", "Authorization: Bearer bench", url])
+        .args(["-t2", "-c32", &format!("-d{WRK_SECS}s"), "--latency", "-H", "Authorization: Bearer bench", url])
         .output()
         .expect("wrk from Debian (apt-get install wrk)");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -277,15 +308,26 @@ fn wrk(url: &str) -> (f64, f64) {
 
 async fn passthrough(client: &HttpClient) -> Value {
     let s = sim(&[]);
-    let gw = gateway(&s.url, &[]);
+    let gw = gateway(&s.url, &[("TOKIO_WORKER_THREADS", std::env::var("GWT").unwrap_or("2".into()))]);
     let nginx = Nginx::start(&s.url);
     // One upload to read back.
     let id = direct(client, &s.url, 1000, 1000, 1).await.upload_id;
     let path = format!("/v2.1/accounts/{ACCOUNT}/chunked_uploads/{id}");
     let mut rows = Vec::new();
+    let nginx_cpu = || cpu_secs(nginx.child.id()) + children_cpu_secs(nginx.child.id());
     for (name, base) in [("direct", &s.url), ("nginx", &nginx.url), ("chunkgate", &gw.url)] {
+        let proxy_cpu = || match name {
+            "nginx" => nginx_cpu(),
+            "chunkgate" => gw.cpu_secs(),
+            _ => 0.0,
+        };
+        let before = (proxy_cpu(), s.cpu_secs());
         let (rps, p99) = wrk(&format!("{base}{path}"));
-        rows.push(json!({"path": name, "rps": rps, "p99_ms": p99}));
+        // CPU microseconds per request: the proxy's own, and the simulator's.
+        let requests = rps * WRK_SECS;
+        let proxy_us = (proxy_cpu() - before.0) / requests * 1e6;
+        let sim_us = (s.cpu_secs() - before.1) / requests * 1e6;
+        rows.push(json!({"path": name, "rps": rps, "p99_ms": p99, "proxy_cpu_us": proxy_us, "sim_cpu_us": sim_us}));
     }
     let get = |n: &str, k: &str| rows.iter().find(|r| r["path"] == n).unwrap()[k].as_f64().unwrap();
     let (ratio, added) =
@@ -294,10 +336,11 @@ async fn passthrough(client: &HttpClient) -> Value {
         "5. passthrough GETs: {} -> chunkgate {ratio:.2}x nginx's requests/s (target 0.8), +{added:.2} ms p99 over direct (target 1 ms)",
         rows.iter()
             .map(|r| format!(
-                "{} {:.0} req/s p99 {:.2} ms",
+                "{} {:.0} req/s p99 {:.2} ms (proxy CPU {:.1} us/req)",
                 r["path"].as_str().unwrap(),
                 r["rps"].as_f64().unwrap(),
-                r["p99_ms"].as_f64().unwrap()
+                r["p99_ms"].as_f64().unwrap(),
+                r["proxy_cpu_us"].as_f64().unwrap()
             ))
             .collect::<Vec<_>>()
             .join(", ")

@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub header_read_timeout_ms: u64,
     pub max_connections: usize,
     pub max_header_bytes: usize,
+    /// Largest read from a client connection (see `ConnLimits::read_buffer_bytes`).
+    pub read_buffer_bytes: usize,
     /// On SIGTERM, time given to in-flight requests before they are cancelled.
     pub drain_secs: u64,
     /// Keys internal callers must present in `caller_key_header`; empty lets any caller in.
@@ -91,6 +93,7 @@ impl Default for ServerConfig {
             header_read_timeout_ms: conn.header_read_timeout.as_millis() as u64,
             max_connections: conn.max_connections,
             max_header_bytes: conn.max_header_bytes,
+            read_buffer_bytes: conn.read_buffer_bytes,
             drain_secs: 30,
             caller_keys: Vec::new(),
             caller_key_header: "x-chunkgate-key".to_owned(),
@@ -110,6 +113,7 @@ impl ServerConfig {
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
             max_connections: self.max_connections,
             max_header_bytes: self.max_header_bytes,
+            read_buffer_bytes: self.read_buffer_bytes,
             tls,
         }
     }
@@ -410,6 +414,18 @@ impl Config {
                 out.push(format!("{name} must be above 0"));
             }
         }
+        if !(8192..=16 << 20).contains(&self.server.read_buffer_bytes) {
+            out.push(format!(
+                "server.read_buffer_bytes ({}) must be within 8192..=16777216",
+                self.server.read_buffer_bytes
+            ));
+        }
+        if !(1024..=16 << 20).contains(&self.server.max_header_bytes) {
+            out.push(format!(
+                "server.max_header_bytes ({}) must be within 1024..=16777216",
+                self.server.max_header_bytes
+            ));
+        }
         if let Err(problem) = self.server.tls_acceptor() {
             out.push(format!("server TLS: {problem}"));
         }
@@ -436,7 +452,7 @@ impl Config {
         }
         if u.memory_budget_bytes < u.part_size * 3 {
             out.push(format!(
-                "upload.memory_budget_bytes ({}) must hold at least one part with its base64 (3 x upload.part_size = {})",
+                "upload.memory_budget_bytes ({}) must hold at least two part bodies (3 x upload.part_size = {})",
                 u.memory_budget_bytes,
                 u.part_size * 3
             ));

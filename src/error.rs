@@ -61,6 +61,8 @@ pub enum GatewayError {
     AccountNotAllowed,
     #[error("The upstream's TLS certificate could not be verified: {0}.")]
     UpstreamTls(String),
+    #[error("The request's head (request line and headers) is larger than the {limit} bytes allowed.")]
+    HeadersTooLarge { limit: usize },
 }
 
 // === impl GatewayError ===
@@ -85,6 +87,7 @@ impl GatewayError {
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ClientBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayBusy { .. } | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -112,6 +115,7 @@ impl GatewayError {
             CallerUnauthorized => "CALLER_UNAUTHORIZED",
             AccountNotAllowed => "ACCOUNT_NOT_ALLOWED",
             UpstreamTls(_) => "UPSTREAM_TLS",
+            HeadersTooLarge { .. } => "HEADERS_TOO_LARGE",
         }
     }
 

@@ -47,6 +47,12 @@ impl Gateway {
 
     async fn handle(self: Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let dialect = self.upstream.dialect;
+        // The connection reads up to `server.read_buffer_bytes` at once, so it lets heads up to that
+        // size through; the limit on heads is kept here.
+        let limit = self.config.server.max_header_bytes;
+        if head_len(&req) > limit {
+            return GatewayError::HeadersTooLarge { limit }.response(dialect, None);
+        }
         if let Err(refused) = route::screen(req.method(), req.uri()) {
             tracing::info!(reason = refused.message(), "request target refused");
             let err = match refused {
@@ -103,6 +109,15 @@ impl Gateway {
             _ => Err(GatewayError::CallerUnauthorized),
         }
     }
+}
+
+/// Bytes of the request's head as sent over HTTP/1.1: request line and header lines.
+fn head_len<B>(req: &Request<B>) -> usize {
+    let uri = req.uri();
+    let target =
+        uri.path_and_query().map_or(1, |pq| pq.as_str().len()) + uri.authority().map_or(0, |a| a.as_str().len());
+    let line = req.method().as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
+    req.headers().iter().fold(line, |n, (name, value)| n + name.as_str().len() + value.len() + ": \r\n".len())
 }
 
 /// A body that is neither JSON nor XML is a document to stream; JSON and XML are API calls.

@@ -20,8 +20,12 @@ pub struct ConnLimits {
     pub header_read_timeout: Duration,
     /// Open connections at once; further clients wait in the accept backlog.
     pub max_connections: usize,
-    /// Largest request head accepted over HTTP/1.1.
+    /// Largest request head accepted over HTTP/1.1 by the connection itself (the gateway checks its
+    /// own, possibly smaller, limit on each request).
     pub max_header_bytes: usize,
+    /// Largest read from a connection. Bigger reads mean fewer system calls, wake-ups and frames
+    /// per byte of a streamed body; a connection's buffer only grows while reads fill it.
+    pub read_buffer_bytes: usize,
     /// Serve TLS (and verify client certificates, if its config asks) instead of plain TCP.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -32,6 +36,7 @@ impl Default for ConnLimits {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 1024,
             max_header_bytes: 64 * 1024,
+            read_buffer_bytes: 512 * 1024,
             tls: None,
         }
     }
@@ -59,7 +64,8 @@ pub async fn serve<H, F>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192));
+        // hyper bounds the head and the read buffer with one setting.
+        .max_buf_size(limits.max_header_bytes.max(limits.read_buffer_bytes).max(8192));
     builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
     let builder = Arc::new(builder);
     let permits = Arc::new(Semaphore::new(limits.max_connections));

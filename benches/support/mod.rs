@@ -58,6 +58,52 @@ impl Proc {
             .unwrap();
         kb * 1024
     }
+
+    /// CPU time (user + system) the process has used so far, in seconds.
+    pub fn cpu_secs(&self) -> f64 {
+        cpu_secs(self.child.id())
+    }
+}
+
+/// CPU time (user + system) of process `pid` so far, in seconds; 0 once it is gone.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(14) + ticks(15)) as f64 / clock_ticks()
+}
+
+/// CPU time of this process (the benchmark's own client) so far, in seconds.
+pub fn own_cpu_secs() -> f64 {
+    cpu_secs(std::process::id())
+}
+
+/// CPU time of the children of `parent` (nginx's workers), in seconds.
+pub fn children_cpu_secs(parent: u32) -> f64 {
+    let mut total = 0.0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            total += cpu_secs(pid);
+        }
+    }
+    total
+}
+
+/// Clock ticks per second for /proc's CPU times (`getconf CLK_TCK`; 100 on Linux in practice).
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 impl Drop for Proc {
@@ -158,15 +204,9 @@ pub async fn direct(client: &HttpClient, sim: &str, size: u64, part: usize, in_f
     Run { secs: started.elapsed().as_secs_f64(), upload_id: id }
 }
 
+/// A part's JSON body, written by the gateway's own encoder (base64-simd, no zero-fill).
 pub fn chunkgate_part_json(raw: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(raw.len() / 3 * 4 + 16);
-    out.extend_from_slice(b"{\"data\":\"");
-    let start = out.len();
-    out.resize(start + raw.len().div_ceil(3) * 4, 0);
-    let written = base64_simd::STANDARD.encode(raw, base64_simd::Out::from_slice(&mut out[start..])).len();
-    debug_assert_eq!(start + written, out.len());
-    out.extend_from_slice(b"\"}");
-    Bytes::from(out)
+    Bytes::from(chunkgate::upload::part::encode(raw))
 }
 
 pub fn random(len: usize) -> Vec<u8> {

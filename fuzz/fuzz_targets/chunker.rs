@@ -1,5 +1,6 @@
-//! However the body is split into frames and whatever part sizes are asked for, the parts put
-//! back together are the body, none is larger than asked, and the digest is the body's.
+//! However the body is split into frames and whatever part sizes are asked for, the parts' bodies
+//! are JSON whose base64 decodes to their bytes, those put back together are the body, none is
+//! larger than asked, and the digest is the body's.
 #![no_main]
 
 use std::{
@@ -10,6 +11,7 @@ use std::{
     time::Duration,
 };
 
+use base64::Engine;
 use bytes::Bytes;
 use chunkgate::upload::{chunker::Chunker, pool::BufferPool};
 use http_body::Frame;
@@ -50,8 +52,11 @@ fuzz_target!(|input: (Vec<u8>, Vec<u8>, Vec<u8>)| {
         let mut joined = Vec::new();
         let mut i = 0;
         while let Some(part) = chunker.next_part(sizes[i % sizes.len()]).await.unwrap() {
-            assert!(!part.is_empty() && part.len() <= sizes[i % sizes.len()]);
-            joined.extend_from_slice(&part);
+            assert!(part.len > 0 && part.len <= sizes[i % sizes.len()]);
+            let json: serde_json::Value = serde_json::from_slice(&part.body).unwrap();
+            let raw = base64::engine::general_purpose::STANDARD.decode(json["data"].as_str().unwrap()).unwrap();
+            assert_eq!(raw.len(), part.len);
+            joined.extend_from_slice(&raw);
             assert_eq!(chunker.emitted(), joined.len() as u64);
             drop(part);
             i += 1;

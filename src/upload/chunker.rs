@@ -1,14 +1,27 @@
-//! Cuts the client's body into parts of a requested size, hashing every byte as it passes.
+//! Cuts the client's body into parts of a requested size, hashing every byte as it passes and
+//! encoding it straight into the part's JSON body (no raw copy of the part is kept).
 //! Reading is cancel-safe: all state lives in the chunker, so it can sit in a `select!`.
 
 use std::{sync::Arc, time::Duration};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 
-use super::pool::BufferPool;
+use super::{
+    part::{self, PartBody},
+    pool::BufferPool,
+};
+
+/// One part, ready to send.
+#[derive(Debug)]
+pub struct Part {
+    /// The JSON body `{"data":"<base64>"}`, in a pooled buffer that returns when the last clone drops.
+    pub body: Bytes,
+    /// Raw bytes of the document in this part.
+    pub len: usize,
+}
 
 /// Why the body could not be read to its end.
 #[derive(Debug, PartialEq, Eq)]
@@ -23,7 +36,7 @@ pub struct Chunker<B> {
     body: B,
     pool: Arc<BufferPool>,
     /// The part being filled; kept here so a cancelled `next_part` loses nothing.
-    current: Option<BytesMut>,
+    current: Option<PartBody>,
     /// What is left of the last frame read.
     pending: Bytes,
     hasher: Sha256,
@@ -43,19 +56,21 @@ where
     }
 
     /// The next part of exactly `size` bytes (the last one may be shorter), or `None` at the end.
-    /// Parts are filled into buffers from the pool; give them back when done with them.
-    pub async fn next_part(&mut self, size: usize) -> Result<Option<Bytes>, ChunkError> {
+    /// Part bodies are written into buffers from the pool, which get them back when dropped.
+    pub async fn next_part(&mut self, size: usize) -> Result<Option<Part>, ChunkError> {
         loop {
             let pool = &self.pool;
-            let buf = self.current.get_or_insert_with(|| pool.take(size));
-            let take = (size.saturating_sub(buf.len())).min(self.pending.len());
-            buf.extend_from_slice(&self.pending.split_to(take));
-            if buf.len() >= size || (self.done && self.pending.is_empty()) {
-                let part = self.pool.seal(self.current.take().expect("filled above"));
-                if part.is_empty() {
+            let body = self.current.get_or_insert_with(|| PartBody::new(pool.take(part::encoded_len(size))));
+            let take = (size.saturating_sub(body.raw_len())).min(self.pending.len());
+            body.push(&self.pending[..take]);
+            self.pending.advance(take);
+            if body.raw_len() >= size || (self.done && self.pending.is_empty()) {
+                let body = self.current.take().expect("filled above");
+                let len = body.raw_len();
+                if len == 0 {
                     return Ok(None);
                 }
-                return Ok(Some(part));
+                return Ok(Some(Part { body: self.pool.seal(body.finish()), len }));
             }
             match tokio::time::timeout(self.idle, self.body.frame()).await {
                 Err(_) => return Err(ChunkError::Idle(self.idle)),
@@ -79,7 +94,7 @@ where
 
     /// Bytes handed out in parts so far (read bytes not yet cut into a part are not counted).
     pub fn emitted(&self) -> u64 {
-        self.total - self.pending.len() as u64 - self.current.as_ref().map_or(0, |b| b.len() as u64)
+        self.total - self.pending.len() as u64 - self.current.as_ref().map_or(0, |b| b.raw_len() as u64)
     }
 
     /// The SHA-256 of every byte read.
@@ -97,9 +112,18 @@ mod tests {
         task::{Context, Poll},
     };
 
+    use base64::Engine;
     use http_body::Frame;
 
     use super::*;
+
+    /// The raw bytes a part body carries.
+    fn raw(part: &Part) -> Bytes {
+        let v: serde_json::Value = serde_json::from_slice(&part.body).unwrap();
+        let raw = base64::engine::general_purpose::STANDARD.decode(v["data"].as_str().unwrap()).unwrap();
+        assert_eq!(raw.len(), part.len);
+        raw.into()
+    }
 
     /// A body that yields the given frames.
     struct Frames(VecDeque<Bytes>);
@@ -118,7 +142,7 @@ mod tests {
         let mut parts = Vec::new();
         let mut i = 0;
         while let Some(p) = c.next_part(sizes[i.min(sizes.len() - 1)]).await.unwrap() {
-            parts.push(Bytes::copy_from_slice(&p));
+            parts.push(raw(&p));
             assert_eq!(c.emitted(), parts.iter().map(|p| p.len() as u64).sum::<u64>());
             drop(p); // buffers are reused: later parts must not alias earlier ones
             i += 1;

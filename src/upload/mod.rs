@@ -8,7 +8,7 @@
 mod calls;
 pub mod chunker;
 mod digest;
-mod part;
+pub mod part;
 pub mod pool;
 
 use std::{
@@ -20,7 +20,6 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 use tokio::{
@@ -32,7 +31,7 @@ use tracing::Instrument;
 
 use self::{
     calls::{Abort, Calls},
-    chunker::{ChunkError, Chunker},
+    chunker::{ChunkError, Chunker, Part},
     pool::BufferPool,
 };
 use crate::{
@@ -329,8 +328,8 @@ impl Job {
             Some(len) => fit(len, self.config.assumed_max_parts, &self.config),
             None => self.config.part_size,
         };
-        // Part 0 is held like any part: its bytes and its base64 count against the memory budget
-        // until create has answered.
+        // Part 0 is held like any part: its body counts against the memory budget until create has
+        // answered.
         let part0_budget = tokio::select! {
             permit = self.budget.clone().acquire_many_owned(budget_cost(first_size, &self.config)) => {
                 permit.expect("budget semaphore is never closed")
@@ -346,10 +345,8 @@ impl Job {
             Ok(None) => return GatewayError::EmptyDocument.response(dialect, None),
             Err(err) => return client_error(err).response(dialect, None),
         };
-        let json0 = self.pool.seal(part::encode_into(&part0, self.pool.take(part::encoded_len(part0.len()))));
-        drop(part0);
         // Not cancelled half-way: a create whose answer is lost leaves an upload nobody can delete.
-        let created = match self.calls.create(&json0).await {
+        let created = match self.calls.create(&part0.body).await {
             Ok(answer) => answer,
             // A refusal (quota, auth) goes back as the upstream sent it.
             Err(Abort::Upstream(answer)) => {
@@ -363,7 +360,7 @@ impl Job {
                 return err.response(dialect, None);
             }
         };
-        drop((json0, part0_budget));
+        drop((part0, part0_budget));
         let resource = match created.resource(dialect) {
             Ok(r) if !r.chunked_upload_id.is_empty() => r,
             Ok(_) => {
@@ -494,15 +491,15 @@ impl Job {
                 }
                 next = chunker.next_part(size) => next.map_err(client_error)?,
             };
-            let Some(data) = next else { break };
+            let Some(part) = next else { break };
             if seq >= limits.max_parts || chunker.emitted() > limits.max_total {
                 let limit = limits.max_total.min(limits.max_parts as u64 * size as u64);
                 return Err(GatewayError::PayloadTooLarge { limit }.into());
             }
-            let span = tracing::info_span!("part", seq, bytes = data.len());
+            let span = tracing::info_span!("part", seq, bytes = part.len);
             let gauge = InFlight::enter(&self.parts_in_flight);
-            let (calls, id, pool) = (self.calls.clone(), id.to_owned(), self.pool.clone());
-            inflight.spawn(send_part(calls, id, seq, data, pool, (permit, gauge)).instrument(span));
+            let (calls, id) = (self.calls.clone(), id.to_owned());
+            inflight.spawn(send_part(calls, id, seq, part, (permit, gauge)).instrument(span));
             seq += 1;
         }
         while let Some(done) = inflight.join_next().await {
@@ -571,15 +568,11 @@ async fn send_part(
     calls: Calls,
     id: String,
     seq: u32,
-    data: Bytes,
-    pool: Arc<BufferPool>,
+    part: Part,
     held: (OwnedSemaphorePermit, InFlight),
 ) -> Result<u32, Abort> {
-    let len = data.len() as u64;
-    let json = pool.seal(part::encode_into(&data, pool.take(part::encoded_len(data.len()))));
-    drop(data);
-    let outcome = calls.put_part(&id, seq, &json, len).await;
-    drop(json);
+    let outcome = calls.put_part(&id, seq, &part.body, part.len as u64).await;
+    drop(part);
     drop(held);
     outcome.map(|()| seq)
 }
@@ -597,9 +590,9 @@ fn fit(len: u64, parts: u32, c: &UploadConfig) -> usize {
     need.max(c.part_size).min(c.max_part_bytes).max(1)
 }
 
-/// KiB of the memory budget one part holds: its raw bytes and its base64 body.
+/// KiB of the memory budget one part holds: its body (the raw bytes are never held apart from it).
 fn budget_cost(size: usize, c: &UploadConfig) -> u32 {
-    let bytes = size + part::encoded_len(size);
+    let bytes = part::encoded_len(size);
     let cap = (c.memory_budget_bytes / 1024).clamp(1, u32::MAX as usize);
     (bytes.div_ceil(1024)).min(cap) as u32
 }

@@ -5,17 +5,17 @@
 
 use std::sync::{Arc, Mutex, Weak};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 pub struct BufferPool {
-    free: Mutex<Vec<BytesMut>>,
+    free: Mutex<Vec<Vec<u8>>>,
     /// Most bytes of capacity kept while idle; what does not fit is freed.
     max_bytes: usize,
 }
 
 /// A buffer on loan: its bytes are shared as `Bytes`, and it goes back to the pool on drop.
 struct Loan {
-    buf: BytesMut,
+    buf: Vec<u8>,
     pool: Weak<BufferPool>,
 }
 
@@ -41,7 +41,7 @@ impl BufferPool {
     }
 
     /// An empty buffer with room for at least `capacity` bytes.
-    pub fn take(&self, capacity: usize) -> BytesMut {
+    pub fn take(&self, capacity: usize) -> Vec<u8> {
         let mut free = self.free.lock().unwrap();
         // The closest fit that is not wastefully large.
         let best = free
@@ -54,20 +54,20 @@ impl BufferPool {
             Some(i) => free.swap_remove(i),
             None => {
                 drop(free);
-                BytesMut::with_capacity(capacity)
+                Vec::with_capacity(capacity)
             }
         }
     }
 
     /// Freezes `buf` into shared bytes that return it to this pool when the last clone drops.
-    pub fn seal(self: &Arc<Self>, buf: BytesMut) -> Bytes {
+    pub fn seal(self: &Arc<Self>, buf: Vec<u8>) -> Bytes {
         Bytes::from_owner(Loan { buf, pool: Arc::downgrade(self) })
     }
 
-    fn put(&self, mut buf: BytesMut) {
+    fn put(&self, mut buf: Vec<u8>) {
         buf.clear();
         let mut free = self.free.lock().unwrap();
-        let held: usize = free.iter().map(BytesMut::capacity).sum();
+        let held: usize = free.iter().map(Vec::capacity).sum();
         if buf.capacity() > 0 && held + buf.capacity() <= self.max_bytes {
             free.push(buf);
         }

@@ -101,12 +101,23 @@ async fn a_body_longer_than_declared_commits_only_the_declared_bytes() {
 async fn oversized_heads_slow_heads_and_connection_floods_are_bounded() {
     let s = Stack::start(SimConfig::default(), |c| {
         c.server.max_header_bytes = 8192;
+        c.server.read_buffer_bytes = 16384;
         c.server.header_read_timeout_ms = 300;
         c.server.max_connections = 1;
     })
     .await;
-    let big = format!("GET /v2.1/accounts/1/x HTTP/1.1\r\nHost: gw\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000));
+    // Over max_header_bytes: refused by the gateway, in the upstream's error shape, never forwarded.
+    let big = format!(
+        "GET /v2.1/accounts/1/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(12_000)
+    );
     let answer = raw(s.gw.addr, big.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(answer.contains("\"errorCode\":\"HEADERS_TOO_LARGE\""), "{answer}");
+    assert_eq!(s.sim.stats().await["requests"], 0);
+    // Over the read buffer too: the connection cuts it off before it is even parsed.
+    let huge = format!("GET /v2.1/accounts/1/x HTTP/1.1\r\nHost: gw\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000));
+    let answer = raw(s.gw.addr, huge.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
     let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
     let answer = raw(s.gw.addr, format!("GET /v2.1/accounts/1/x HTTP/1.1\r\nHost: gw\r\n{many}\r\n").as_bytes()).await;
