@@ -42,6 +42,8 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Largest read from a client connection (see `ConnLimits::read_buffer_bytes`).
     pub read_buffer_bytes: usize,
+    /// Runtime threads for `serve`: 0 = one per core, 1 = a single thread for everything.
+    pub worker_threads: usize,
     /// On SIGTERM, time given to in-flight requests before they are cancelled.
     pub drain_secs: u64,
     /// Keys internal callers must present in `caller_key_header`; empty lets any caller in.
@@ -94,6 +96,7 @@ impl Default for ServerConfig {
             max_connections: conn.max_connections,
             max_header_bytes: conn.max_header_bytes,
             read_buffer_bytes: conn.read_buffer_bytes,
+            worker_threads: 0,
             drain_secs: 30,
             caller_keys: Vec::new(),
             caller_key_header: "x-chunkgate-key".to_owned(),
@@ -419,6 +422,9 @@ impl Config {
                 "server.read_buffer_bytes ({}) must be within 8192..=16777216",
                 self.server.read_buffer_bytes
             ));
+        }
+        if self.server.worker_threads > 1024 {
+            out.push(format!("server.worker_threads ({}) must be at most 1024", self.server.worker_threads));
         }
         if !(1024..=16 << 20).contains(&self.server.max_header_bytes) {
             out.push(format!(

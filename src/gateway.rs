@@ -2,7 +2,7 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use http::{HeaderMap, Method, Request, Response, header};
+use http::{HeaderMap, HeaderName, Method, Request, Response, header};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
@@ -26,6 +26,8 @@ pub struct Gateway {
     pub uploads: Uploads,
     /// SHA-256 of each accepted caller key.
     caller_keys: Vec<[u8; 32]>,
+    /// `server.caller_key_header`, parsed once.
+    caller_key_header: HeaderName,
     /// The listener's TLS, when configured.
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -42,7 +44,10 @@ impl Gateway {
         let uploads = Uploads::new(&config);
         let caller_keys = config.server.caller_keys.iter().map(|k| Sha256::digest(k.0.as_bytes()).into()).collect();
         let tls = config.server.tls_acceptor()?;
-        Ok(Arc::new(Self { config, upstream, uploads, caller_keys, tls }))
+        let caller_key_header = HeaderName::from_bytes(config.server.caller_key_header.as_bytes()).map_err(|_| {
+            format!("server.caller_key_header {:?} is not a header name", config.server.caller_key_header)
+        })?;
+        Ok(Arc::new(Self { config, upstream, uploads, caller_keys, caller_key_header, tls }))
     }
 
     async fn handle(self: Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -61,19 +66,24 @@ impl Gateway {
             };
             return err.response(dialect, None);
         }
-        let caller = match self.caller(&req, peer) {
-            Ok(caller) => caller,
+        let key = match self.caller_key(&req) {
+            Ok(key) => key,
             Err(err) => return err.response(dialect, None),
         };
         // The caller's key is for the gateway alone.
-        req.headers_mut().remove(self.config.server.caller_key_header.as_str());
-        let path = req.uri().path().to_owned();
+        req.headers_mut().remove(&self.caller_key_header);
         let allowed = &self.config.server.allowed_accounts;
-        if !allowed.is_empty() && !route::account_in(&path).is_some_and(|a| allowed.iter().any(|x| x == a)) {
+        if !allowed.is_empty() && !route::account_in(req.uri().path()).is_some_and(|a| allowed.iter().any(|x| x == a)) {
             return GatewayError::AccountNotAllowed.response(dialect, None);
         }
         if req.method() == Method::POST && is_document(req.headers()) {
-            if let Some(target) = route::chunked_upload_target(&path).filter(|t| t.upload.is_none()) {
+            let uri = req.uri().clone();
+            if let Some(target) = route::chunked_upload_target(uri.path()).filter(|t| t.upload.is_none()) {
+                // Who is calling, for the per-caller cap: the key it presented, else its address.
+                let caller = match key {
+                    Some(i) => format!("key#{i}"),
+                    None => peer.ip().to_string(),
+                };
                 return self.uploads.handle(self.upstream.clone(), req, target, caller).await;
             }
         }
@@ -90,13 +100,13 @@ impl Gateway {
 // === impl Gateway (callers) ===
 
 impl Gateway {
-    /// Who is calling: the index of the key it presented when keys are configured (compared in
-    /// constant time, as SHA-256 digests so lengths do not leak either), else its address.
-    fn caller(&self, req: &Request<Incoming>, peer: SocketAddr) -> Result<String, GatewayError> {
+    /// The index of the key the caller presented when keys are configured (compared in constant
+    /// time, as SHA-256 digests so lengths do not leak either); `None` when no keys are configured.
+    fn caller_key(&self, req: &Request<Incoming>) -> Result<Option<usize>, GatewayError> {
         if self.caller_keys.is_empty() {
-            return Ok(peer.ip().to_string());
+            return Ok(None);
         }
-        let presented = req.headers().get(self.config.server.caller_key_header.as_str()).map(|v| v.as_bytes());
+        let presented = req.headers().get(&self.caller_key_header).map(|v| v.as_bytes());
         let digest: [u8; 32] = Sha256::digest(presented.unwrap_or_default()).into();
         let mut found = None;
         for (i, key) in self.caller_keys.iter().enumerate() {
@@ -105,7 +115,7 @@ impl Gateway {
             }
         }
         match (presented, found) {
-            (Some(_), Some(i)) => Ok(format!("key#{i}")),
+            (Some(_), Some(i)) => Ok(Some(i)),
             _ => Err(GatewayError::CallerUnauthorized),
         }
     }

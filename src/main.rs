@@ -76,9 +76,63 @@ enum Command {
     CheckConfig { file: PathBuf },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// mimalloc: per-thread free lists; glibc's malloc spent several percent of a proxied request in
+/// allocation and consolidation (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `serve` sizes its runtime from its configuration; everything else runs on the default one.
+    if let Command::Serve { config } = &cli.command {
+        let cfg = match Config::load(config.as_deref(), std::env::vars()) {
+            Ok(cfg) => cfg,
+            Err(problems) => return bad_config(&problems),
+        };
+        return runtime(cfg.server.worker_threads).block_on(serve(cfg));
+    }
+    runtime(0).block_on(run(cli))
+}
+
+/// A tokio runtime with `workers` threads: 0 = one per core (work-stealing), 1 = a single thread
+/// that runs everything (no wake-ups across threads: cheaper per proxied request, one core at most).
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    let mut builder = match workers {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    builder.enable_all().build().expect("a tokio runtime")
+}
+
+async fn serve(cfg: Config) -> ExitCode {
+    telemetry::init(&cfg.log);
+    let (listen, admin_listen) = (cfg.server.listen, cfg.admin.listen);
+    let gw = match gateway::Gateway::new(cfg) {
+        Ok(gw) => gw,
+        Err(problem) => return bad_config(&chunkgate::config::Problems(vec![problem])),
+    };
+    let bound = async { Ok::<_, String>((gateway::bind(listen).await?, gateway::bind(admin_listen).await?)) };
+    let ((listener, addr), (admin, admin_addr)) = match bound.await {
+        Ok(pair) => pair,
+        Err(err) => {
+            eprintln!("chunkgate serve: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    announce(&format!("chunkgate listening on http://{addr}"));
+    announce(&format!("chunkgate admin on http://{admin_addr} (/healthz /readyz /metrics)"));
+    tracing::info!(%addr, %admin_addr, upstream = %gw.config.upstream.base_url, "gateway started");
+    gateway::run_with_admin(listener, admin, gw, telemetry::shutdown_signal()).await;
+    tracing::info!("gateway stopped");
+    ExitCode::SUCCESS
+}
+
+async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Demo { size, file, part_size, max_in_flight, latency_ms, faults } => {
             let opts = chunkgate::demo::Options {
@@ -118,26 +172,7 @@ async fn main() -> ExitCode {
                 Ok(cfg) => cfg,
                 Err(problems) => return bad_config(&problems),
             };
-            telemetry::init(&cfg.log);
-            let (listen, admin_listen) = (cfg.server.listen, cfg.admin.listen);
-            let gw = match gateway::Gateway::new(cfg) {
-                Ok(gw) => gw,
-                Err(problem) => return bad_config(&chunkgate::config::Problems(vec![problem])),
-            };
-            let bound = async { Ok::<_, String>((gateway::bind(listen).await?, gateway::bind(admin_listen).await?)) };
-            let ((listener, addr), (admin, admin_addr)) = match bound.await {
-                Ok(pair) => pair,
-                Err(err) => {
-                    eprintln!("chunkgate serve: {err}");
-                    return ExitCode::from(1);
-                }
-            };
-            announce(&format!("chunkgate listening on http://{addr}"));
-            announce(&format!("chunkgate admin on http://{admin_addr} (/healthz /readyz /metrics)"));
-            tracing::info!(%addr, %admin_addr, upstream = %gw.config.upstream.base_url, "gateway started");
-            gateway::run_with_admin(listener, admin, gw, telemetry::shutdown_signal()).await;
-            tracing::info!("gateway stopped");
-            ExitCode::SUCCESS
+            serve(cfg).await
         }
         Command::Healthcheck { admin } => {
             let probe = async {

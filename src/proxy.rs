@@ -25,6 +25,10 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one look at the names present costs less than eight removals.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -40,8 +44,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Forwards `req` and returns the upstream's answer, or the gateway's error when there is none.
 pub async fn forward(upstream: &Upstream, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
     let (mut parts, incoming) = req.into_parts();
-    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
-    parts.uri = upstream.uri(&path_and_query);
+    parts.uri = upstream.forward_uri(&parts.uri);
     parts.version = http::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     // The client sets Host from the URI.
@@ -54,7 +57,7 @@ pub async fn forward(upstream: &Upstream, req: Request<Incoming>) -> Result<Resp
         CallError::Tls(e) => GatewayError::UpstreamTls(e),
     })?;
     let (mut parts, incoming) = response.into_parts();
-    metrics::counter!(crate::telemetry::PASSTHROUGH, "status" => parts.status.as_str().to_owned()).increment(1);
+    crate::telemetry::passthrough(parts.status);
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, incoming.map_err(Into::into).boxed()))
 }

@@ -147,7 +147,13 @@ impl RateLimits {
             |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<i64>().ok());
         let remaining = Remaining { hourly: num("x-ratelimit-remaining"), burst: num("x-burstlimit-remaining") };
         if remaining != Remaining::default() {
-            self.remaining.lock().unwrap().insert(account.to_owned(), remaining);
+            let mut map = self.remaining.lock().unwrap();
+            match map.get_mut(account) {
+                Some(known) => *known = remaining,
+                None => {
+                    map.insert(account.to_owned(), remaining);
+                }
+            }
         }
         let throttled = status == StatusCode::TOO_MANY_REQUESTS
             || code.is_some_and(|c| c == HOURLY_LIMIT_CODE || c == BURST_LIMIT_CODE);

@@ -88,6 +88,20 @@ pub const UPSTREAM_CALL: &str = "chunkgate_upstream_call_duration_seconds";
 pub const RATELIMIT_REMAINING: &str = "chunkgate_upstream_ratelimit_remaining";
 pub const PASSTHROUGH: &str = "chunkgate_passthrough_requests_total";
 
+/// Counts a passed-through answer by status. The counter handle of each status is looked up in the
+/// registry once and kept: a lookup per request cost more than the rest of the metrics together.
+pub fn passthrough(status: http::StatusCode) {
+    static COUNTERS: OnceLock<std::sync::RwLock<std::collections::HashMap<u16, metrics::Counter>>> = OnceLock::new();
+    let counters = COUNTERS.get_or_init(Default::default);
+    if let Some(counter) = counters.read().unwrap().get(&status.as_u16()) {
+        counter.increment(1);
+        return;
+    }
+    let counter = metrics::counter!(PASSTHROUGH, "status" => status.as_str().to_owned());
+    counter.increment(1);
+    counters.write().unwrap().insert(status.as_u16(), counter);
+}
+
 /// The process's Prometheus recorder, installed on first use. Metrics are process-wide, as the
 /// process runs one gateway.
 pub fn metrics_handle() -> PrometheusHandle {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header, uri::PathAndQuery};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
@@ -178,10 +178,24 @@ impl Upstream {
         Uri::from_parts(parts).expect("scheme and authority come from a valid base URL")
     }
 
+    /// `base_url` + the client's path and query. Without a base path (the usual case) the client's
+    /// already parsed path is reused as is.
+    pub fn forward_uri(&self, client: &Uri) -> Uri {
+        let pq = client.path_and_query().map_or("/", |pq| pq.as_str());
+        if !self.base.path().trim_end_matches('/').is_empty() {
+            return self.uri(pq);
+        }
+        let mut parts = self.base.clone().into_parts();
+        parts.path_and_query = client.path_and_query().cloned().or_else(|| Some(PathAndQuery::from_static("/")));
+        Uri::from_parts(parts).expect("scheme and authority come from a valid base URL")
+    }
+
     /// Sends a request as is, paced under the account its path names; the passthrough uses this.
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, CallError> {
-        let account = route::account_in(req.uri().path()).unwrap_or_default().to_owned();
-        self.limits.acquire(&account, self.limits.default_deadline()).await.map_err(CallError::RateLimited)?;
+        // A clone of the URI shares its bytes: the account is read from it after `req` is gone.
+        let uri = req.uri().clone();
+        let account = route::account_in(uri.path()).unwrap_or_default();
+        self.limits.acquire(account, self.limits.default_deadline()).await.map_err(CallError::RateLimited)?;
         let response = match tokio::time::timeout(self.call_timeout, self.client.request(req)).await {
             Err(_) => return Err(CallError::Timeout(self.call_timeout)),
             Ok(Err(err)) if tls::is_certificate_error(&err) => return Err(CallError::Tls(describe(&err))),
@@ -190,7 +204,7 @@ impl Upstream {
             Ok(Ok(response)) => response,
         };
         // The body is streamed, not read: throttling is seen here by its status and headers.
-        self.limits.observe(&account, response.status(), response.headers(), None);
+        self.limits.observe(account, response.status(), response.headers(), None);
         Ok(response)
     }
 

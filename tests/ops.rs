@@ -162,3 +162,59 @@ async fn logs_at_the_most_verbose_level_never_carry_the_token_or_document_bytes(
     }
     assert!(!logs.contains(&b64.encode(token)), "the token is in the logs, encoded");
 }
+
+#[tokio::test]
+async fn a_single_threaded_gateway_streams_uploads_at_once_and_passes_requests_through() {
+    let sim = SimApi::start(SimConfig::default()).await;
+    sim.faults(json!({"drop_after_store_next": 1, "error_next": 1, "ops": ["add_part"]})).await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chunkgate"))
+        .arg("serve")
+        .env("CHUNKGATE_SERVER__LISTEN", "127.0.0.1:0")
+        .env("CHUNKGATE_ADMIN__LISTEN", "127.0.0.1:0")
+        .env("CHUNKGATE_SERVER__WORKER_THREADS", "1")
+        .env("CHUNKGATE_UPSTREAM__BASE_URL", sim.running.url())
+        .env("CHUNKGATE_UPSTREAM__ALLOW_PLAIN_HTTP", "true")
+        .env("CHUNKGATE_UPLOAD__PART_SIZE", PART.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let gw = line.trim().rsplit(' ').next().unwrap().to_owned();
+    let url = format!("{gw}/v2.1/accounts/{ACCOUNT}/chunked_uploads");
+    let auth = format!("Bearer {TOKEN}");
+    let docs: Vec<Vec<u8>> =
+        (0..3u8).map(|i| (0..PART * 4 + 7).map(|j| (j as u8).wrapping_mul(i + 3)).collect()).collect();
+    let uploads = docs.iter().map(|doc| {
+        let (url, auth, doc) = (url.clone(), auth.clone(), doc.clone());
+        tokio::spawn(async move {
+            let headers = [("authorization", auth.as_str()), ("content-type", "application/pdf")];
+            Http::new().send(Method::POST, &url, &headers, doc).await.expect("the gateway answers")
+        })
+    });
+    let answers: Vec<Resp> = futures_join(uploads.collect()).await;
+    for (answer, doc) in answers.iter().zip(&docs) {
+        assert_eq!(answer.status, StatusCode::OK, "{}", String::from_utf8_lossy(&answer.body));
+        let id = answer.header("x-chunkgate-upload-id");
+        assert_eq!(sim.inspect(id).await["sha256"], sha256_hex(doc), "committed byte-exact");
+        let read =
+            Http::new().send(Method::GET, &format!("{url}/{id}"), &[("authorization", &auth)], "").await.unwrap();
+        assert_eq!(read.status, StatusCode::OK, "passthrough");
+    }
+    assert_eq!(sim.stats().await["duplicate_parts"], 0);
+    // All of it on one runtime thread (tokio's blocking pool starts threads only on demand).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let threads = status.lines().find_map(|l| l.strip_prefix("Threads:")).unwrap().trim().to_owned();
+    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(threads, "1", "threads of the gateway process");
+}
+
+/// Awaits every task, in order.
+async fn futures_join<T: Send + 'static>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
