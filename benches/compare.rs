@@ -5,7 +5,8 @@
 //!    official Python SDK doing the chunked upload itself;
 //! 4. 100 concurrent 10 MiB uploads: throughput, p50/p99 upload time, peak RSS;
 //! 5. passthrough of small GETs with wrk: chunkgate, nginx, direct;
-//! 6. pacing: 40 concurrent uploads against 200 calls per 30 s.
+//! 6. pacing: 40 concurrent uploads against 200 calls per 30 s;
+//! 7. the upstream over TLS in HTTP/2 and in HTTP/1.1: streaming and passthrough.
 //!
 //! `cargo bench --bench compare` (needs nginx and wrk from Debian, and the SDK from
 //! tests/sdk/requirements.txt). Writes bench/results/compare.json; `python3 bench/report.py` turns
@@ -165,9 +166,23 @@ async fn throughput(client: &HttpClient, block: &Bytes) -> Value {
         g / d,
         g / n
     );
+    // For the record, not for the targets: the direct client doing the gateway's integrity work
+    // (SHA-256 of every byte), and the gateway on one runtime thread.
+    let gw1 = gateway(&s.url, &[("CHUNKGATE_SERVER__WORKER_THREADS", "1".to_owned())]);
+    let (mut hs, mut g1s) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        hs.push(mibps(size, direct_with(client, &s.url, size, PART as usize, 4, true).await.secs));
+        g1s.push(mibps(size, through_gateway(client, &gw1.url, size, block).await.secs));
+    }
+    let (h, g1) = (median(&mut hs), median(&mut g1s));
+    println!(
+        "   for the record: direct client hashing what it sends {h:.0} MiB/s (chunkgate {:.2}x); chunkgate with worker_threads = 1 {g1:.0} MiB/s",
+        g / h
+    );
     let cpu_json = |c: [f64; 3]| json!({"client": c[0], "simulator": c[1], "proxy": c[2]});
     json!({
         "size_mib": 1024, "chunkgate": g, "direct": d, "nginx": n, "vs_direct": g / d, "vs_nginx": g / n,
+        "direct_hashing": h, "chunkgate_one_thread": g1,
         "cpu_secs_per_gib": {"chunkgate": cpu_json(gcpu), "direct": cpu_json(dcpu), "nginx": cpu_json(ncpu)},
     })
 }
@@ -427,6 +442,77 @@ async fn pacing(client: &HttpClient) -> Value {
     json!({"calls": calls, "secs": secs, "throttled": throttled, "share_of_allowed": share})
 }
 
+/// A CA and a server certificate for 127.0.0.1, as PEM files in a fresh directory.
+fn pki() -> PathBuf {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let dir = std::env::temp_dir().join(format!("chunkgate-bench-pki-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&key, &issuer).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    dir
+}
+
+/// The upstream over TLS, as the real one is: HTTP/2 (offered by default, all calls on one
+/// connection) against HTTP/1.1 (`upstream.http2 = false`, a connection per call in flight), for
+/// streaming 1 GiB and for passthrough GETs.
+async fn upstream_protocol(client: &HttpClient, block: &Bytes) -> Value {
+    let dir = pki();
+    let file = |f: &str| dir.join(f).display().to_string();
+    let s = sim(&[("CHUNKGATE_SIM__TLS_CERT", file("server.pem")), ("CHUNKGATE_SIM__TLS_KEY", file("server.key"))]);
+    assert!(s.url.starts_with("https://"));
+    let tls = |http2: bool| {
+        vec![
+            ("CHUNKGATE_UPSTREAM__ALLOW_PLAIN_HTTP", "false".to_owned()),
+            ("CHUNKGATE_UPSTREAM__CA_FILES", format!("[{:?}]", file("ca.pem"))),
+            ("CHUNKGATE_UPSTREAM__HTTP2", http2.to_string()),
+        ]
+    };
+    let (h2, h1) = (gateway(&s.url, &tls(true)), gateway(&s.url, &tls(false)));
+    let size = 1024 * MIB;
+    let mut rows = Vec::new();
+    for (name, gw) in [("HTTP/2", &h2), ("HTTP/1.1", &h1)] {
+        let (mut rates, cpu0) = (Vec::new(), gw.cpu_secs());
+        for _ in 0..3 {
+            rates.push(mibps(size, through_gateway(client, &gw.url, size, block).await.secs));
+        }
+        let cpu_per_gib = (gw.cpu_secs() - cpu0) / 3.0;
+        rates.sort_by(f64::total_cmp);
+        let id = through_gateway(client, &gw.url, 1000, block).await.upload_id;
+        let cpu0 = gw.cpu_secs();
+        let (rps, p99) = wrk(&format!("{}/v2.1/accounts/{ACCOUNT}/chunked_uploads/{id}", gw.url));
+        let us = (gw.cpu_secs() - cpu0) / (rps * WRK_SECS) * 1e6;
+        rows.push(json!({
+            "protocol": name, "stream_mibps": rates[1], "stream_cpu_secs_per_gib": cpu_per_gib,
+            "passthrough_rps": rps, "passthrough_p99_ms": p99, "passthrough_cpu_us": us,
+        }));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "7. upstream over TLS: {}",
+        rows.iter()
+            .map(|r| format!(
+                "{}: streaming {:.0} MiB/s ({:.2} CPU s/GiB), passthrough {:.0} req/s p99 {:.2} ms ({:.1} us/req)",
+                r["protocol"].as_str().unwrap(),
+                r["stream_mibps"].as_f64().unwrap(),
+                r["stream_cpu_secs_per_gib"].as_f64().unwrap(),
+                r["passthrough_rps"].as_f64().unwrap(),
+                r["passthrough_p99_ms"].as_f64().unwrap(),
+                r["passthrough_cpu_us"].as_f64().unwrap()
+            ))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    json!({"rows": rows})
+}
+
 #[tokio::main]
 async fn main() {
     let only = std::env::args().skip_while(|a| a != "--only").nth(1);
@@ -458,6 +544,9 @@ async fn main() {
     }
     if want("pacing") {
         results["pacing"] = pacing(&client).await;
+    }
+    if want("protocol") {
+        results["protocol"] = upstream_protocol(&client, &block).await;
     }
     std::fs::create_dir_all(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/results")).unwrap();
     std::fs::write(file, serde_json::to_string_pretty(&results).unwrap()).unwrap();

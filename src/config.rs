@@ -162,6 +162,8 @@ pub struct UpstreamConfig {
     pub max_response_bytes: usize,
     /// Idle pooled connections kept per host.
     pub pool_max_idle: usize,
+    /// Offer HTTP/2 in the TLS handshake (used when the upstream accepts it); HTTP/1.1 only when false.
+    pub http2: bool,
 }
 
 impl Default for UpstreamConfig {
@@ -177,6 +179,8 @@ impl Default for UpstreamConfig {
             commit_timeout_ms: 60_000,
             max_response_bytes: 1024 * 1024,
             pool_max_idle: 32,
+            // HTTP/1.1 streamed parts faster and for less CPU than HTTP/2 (BENCHMARKS.md, 7).
+            http2: false,
         }
     }
 }

@@ -124,7 +124,8 @@ async fn serve(cfg: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    announce(&format!("chunkgate listening on http://{addr}"));
+    let scheme = if gw.config.server.tls_cert.is_some() { "https" } else { "http" };
+    announce(&format!("chunkgate listening on {scheme}://{addr}"));
     announce(&format!("chunkgate admin on http://{admin_addr} (/healthz /readyz /metrics)"));
     tracing::info!(%addr, %admin_addr, upstream = %gw.config.upstream.base_url, "gateway started");
     gateway::run_with_admin(listener, admin, gw, telemetry::shutdown_signal()).await;
@@ -223,7 +224,8 @@ async fn run(cli: Cli) -> ExitCode {
                 }
             };
             let addr = listener.local_addr().expect("bound listener has an address");
-            announce(&format!("chunkgate sim listening on http://{addr}"));
+            let scheme = if s.tls_cert.is_some() { "https" } else { "http" };
+            announce(&format!("chunkgate sim listening on {scheme}://{addr}"));
             tracing::info!(%addr, dialect = ?s.dialect, storage = ?s.storage, "simulator started");
             match sim::run(listener, sim::Sim::new(cfg.sim), telemetry::shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,

@@ -1,4 +1,4 @@
-//! The upstream client: one pooled hyper client (rustls, HTTP/1.1 and HTTP/2), typed calls for the
+//! The upstream client: one pooled hyper client (rustls; HTTP/1.1, and HTTP/2 when `upstream.http2`), typed
 //! five chunked-upload routes, and the classification of what can go wrong with a call.
 
 use std::time::Duration;
@@ -140,10 +140,10 @@ impl Upstream {
         http.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
         let tls = tls::client_config(&config.ca_files)?;
         let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
-        let connector = if config.allow_plain_http { builder.https_or_http() } else { builder.https_only() }
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
+        let builder =
+            if config.allow_plain_http { builder.https_or_http() } else { builder.https_only() }.enable_http1();
+        let connector =
+            if config.http2 { builder.enable_http2().wrap_connector(http) } else { builder.wrap_connector(http) };
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(config.pool_max_idle)
             .pool_idle_timeout(Duration::from_secs(60))

@@ -38,6 +38,8 @@ pub struct Sim {
 #[derive(Default)]
 struct Stats {
     requests: AtomicU64,
+    /// API requests that came over HTTP/2.
+    http2_requests: AtomicU64,
     throttled: AtomicU64,
     injected_errors: AtomicU64,
     dropped: AtomicU64,
@@ -67,6 +69,7 @@ impl Sim {
         let s = &self.stats;
         let mut v = serde_json::json!(self.store.counts());
         v["requests"] = s.requests.load(Ordering::Relaxed).into();
+        v["http2_requests"] = s.http2_requests.load(Ordering::Relaxed).into();
         v["throttled"] = s.throttled.load(Ordering::Relaxed).into();
         v["injected_errors"] = s.injected_errors.load(Ordering::Relaxed).into();
         v["dropped"] = s.dropped.load(Ordering::Relaxed).into();

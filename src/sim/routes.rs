@@ -50,6 +50,9 @@ async fn api_or_control(sim: &Arc<Sim>, req: Request<Incoming>) -> Result<Respon
         return Ok(control(&sim, req).await);
     }
     sim.stats.requests.fetch_add(1, Ordering::Relaxed);
+    if req.version() == http::Version::HTTP_2 {
+        sim.stats.http2_requests.fetch_add(1, Ordering::Relaxed);
+    }
     let path = req.uri().path().to_owned();
     let Some(target) = route::chunked_upload_target(&path) else {
         return Ok(reply(

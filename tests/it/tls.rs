@@ -119,6 +119,32 @@ async fn the_upstream_is_verified_against_an_extra_ca_and_refused_without_it() {
 }
 
 #[tokio::test]
+async fn http2_is_used_with_a_tls_upstream_when_turned_on_and_http1_otherwise() {
+    let pki = Pki::new("h2");
+    let data = bytes_of(PART * 5 + 3, 4);
+    for http2 in [true, false] {
+        let s = Stack::start(tls_sim(&pki, "server.pem", "server.key"), |c| {
+            c.upstream.base_url = format!("https://127.0.0.1:{}", c.upstream.base_url.rsplit(':').next().unwrap());
+            c.upstream.allow_plain_http = false;
+            c.upstream.ca_files = vec![pki.path("ca.pem")];
+            c.upstream.http2 = http2;
+        })
+        .await;
+        let r = s.upload(&data, &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+        let id = r.header("x-chunkgate-upload-id").to_owned();
+        assert_eq!(s.sim.running.sim.store().inspect(&id, 0).unwrap().sha256, sha256_hex(&data));
+        // The passthrough takes the same road.
+        let url = format!("{}/{id}", s.upload_url(ACCOUNT));
+        let read = s.http.send(Method::GET, &url, &[("authorization", &format!("Bearer {TOKEN}"))], "").await.unwrap();
+        assert_eq!(read.status, StatusCode::OK);
+        let stats = s.sim.running.sim.stats_json();
+        let expect = if http2 { stats["requests"].clone() } else { 0.into() };
+        assert_eq!(stats["http2_requests"], expect, "http2 = {http2}: {stats}");
+    }
+}
+
+#[tokio::test]
 async fn a_self_signed_upstream_certificate_gives_upstream_tls() {
     let pki = Pki::new("selfsigned");
     let s = Stack::start(tls_sim(&pki, "self-signed.pem", "self-signed.key"), |c| {
