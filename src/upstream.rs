@@ -1,5 +1,6 @@
-//! The upstream client: one pooled hyper client (rustls; HTTP/1.1, and HTTP/2 when `upstream.http2`), typed
-//! five chunked-upload routes, and the classification of what can go wrong with a call.
+//! The upstream client: one pooled hyper client (rustls; HTTP/1.1, and HTTP/2 when `upstream.http2`),
+//! typed calls for the five chunked-upload routes, and the classification of what can go wrong with a
+//! call.
 
 use std::time::Duration;
 
