@@ -128,13 +128,14 @@ impl Uploads {
     pub fn new(config: &Config) -> Self {
         let c = config.upload.clone();
         let kib = (c.memory_budget_bytes / 1024).clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+        let budget = Arc::new(Semaphore::new(kib));
         Self {
             slots: Arc::new(Semaphore::new(c.max_uploads)),
-            budget: Arc::new(Semaphore::new(kib)),
+            budget: budget.clone(),
             accounts: Mutex::new(HashMap::new()),
             parts_in_flight: Arc::new(AtomicUsize::new(0)),
-            // Idle buffers are memory too: keep a quarter of the budget's worth at most.
-            pool: BufferPool::new(c.memory_budget_bytes / 4),
+            // Idle buffers are memory too: at most a quarter of the budget, and only what it has free.
+            pool: BufferPool::within(c.memory_budget_bytes / 4, budget.clone()),
             retry: Arc::new(RetryPolicy::new(config.retry.clone())),
             quota: config.quota.clone(),
             draining: AtomicBool::new(false),

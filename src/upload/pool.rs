@@ -6,11 +6,15 @@
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
+use tokio::sync::Semaphore;
 
 pub struct BufferPool {
     free: Mutex<Vec<Vec<u8>>>,
     /// Most bytes of capacity kept while idle; what does not fit is freed.
     max_bytes: usize,
+    /// The memory budget (permits of 1 KiB) that buffers in use are counted against: idle buffers
+    /// are kept only within what it has free, so in-use and idle together stay within it.
+    budget: Option<Arc<Semaphore>>,
 }
 
 /// A buffer on loan: its bytes are shared as `Bytes`, and it goes back to the pool on drop.
@@ -37,7 +41,18 @@ impl Drop for Loan {
 
 impl BufferPool {
     pub fn new(max_bytes: usize) -> Arc<Self> {
-        Arc::new(Self { free: Mutex::new(Vec::new()), max_bytes })
+        Arc::new(Self { free: Mutex::new(Vec::new()), max_bytes, budget: None })
+    }
+
+    /// A pool whose idle buffers also fit in what `budget` (1 KiB permits) has free.
+    pub fn within(max_bytes: usize, budget: Arc<Semaphore>) -> Arc<Self> {
+        Arc::new(Self { free: Mutex::new(Vec::new()), max_bytes, budget: Some(budget) })
+    }
+
+    /// Bytes idle buffers may hold now.
+    fn room(&self) -> usize {
+        let free = self.budget.as_ref().map_or(usize::MAX, |b| b.available_permits().saturating_mul(1024));
+        self.max_bytes.min(free)
     }
 
     /// An empty buffer with room for at least `capacity` bytes.
@@ -53,6 +68,13 @@ impl BufferPool {
         match best {
             Some(i) => free.swap_remove(i),
             None => {
+                // A fresh buffer is about to be counted in use: idle ones beyond the room left go.
+                let room = self.room();
+                let mut held: usize = free.iter().map(Vec::capacity).sum();
+                while held > room {
+                    let Some(b) = free.pop() else { break };
+                    held -= b.capacity();
+                }
                 drop(free);
                 Vec::with_capacity(capacity)
             }
@@ -68,7 +90,7 @@ impl BufferPool {
         buf.clear();
         let mut free = self.free.lock().unwrap();
         let held: usize = free.iter().map(Vec::capacity).sum();
-        if buf.capacity() > 0 && held + buf.capacity() <= self.max_bytes {
+        if buf.capacity() > 0 && held + buf.capacity() <= self.room() {
             free.push(buf);
         }
     }
@@ -99,6 +121,25 @@ mod tests {
         assert_eq!((again.as_ptr(), again.len()), (ptr, 0));
         // Too small or wastefully large buffers are not handed out for a request.
         assert!(pool.take(5000).capacity() >= 5000);
+    }
+
+    #[test]
+    fn idle_buffers_stay_within_what_the_budget_has_free() {
+        let budget = Arc::new(Semaphore::new(3)); // 3 KiB
+        let pool = BufferPool::within(1 << 20, budget.clone());
+        let held = budget.clone().try_acquire_many_owned(2).unwrap(); // 2 KiB in use elsewhere
+        let (a, b) = (pool.seal(pool.take(1000)), pool.seal(pool.take(1000)));
+        drop((a, b));
+        assert_eq!(pool.idle(), 1, "1 KiB of room: one buffer kept");
+        drop(held);
+        let all = budget.clone().try_acquire_many_owned(3).unwrap(); // the whole budget in use
+        let big = pool.seal(pool.take(5000));
+        assert_eq!(pool.idle(), 0, "no room left: the idle buffer was let go");
+        drop(big);
+        assert_eq!(pool.idle(), 0, "no room left: not kept either");
+        drop(all);
+        drop(pool.seal(pool.take(2000)));
+        assert_eq!(pool.idle(), 1, "room again");
     }
 
     #[test]
