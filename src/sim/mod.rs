@@ -40,6 +40,8 @@ struct Stats {
     requests: AtomicU64,
     /// API requests that came over HTTP/2.
     http2_requests: AtomicU64,
+    /// Client sockets seen: how many connections the requests came over.
+    peers: std::sync::Mutex<std::collections::HashSet<std::net::SocketAddr>>,
     throttled: AtomicU64,
     injected_errors: AtomicU64,
     dropped: AtomicU64,
@@ -70,6 +72,7 @@ impl Sim {
         let mut v = serde_json::json!(self.store.counts());
         v["requests"] = s.requests.load(Ordering::Relaxed).into();
         v["http2_requests"] = s.http2_requests.load(Ordering::Relaxed).into();
+        v["connections"] = s.peers.lock().unwrap().len().into();
         v["throttled"] = s.throttled.load(Ordering::Relaxed).into();
         v["injected_errors"] = s.injected_errors.load(Ordering::Relaxed).into();
         v["dropped"] = s.dropped.load(Ordering::Relaxed).into();
@@ -98,7 +101,12 @@ impl Sim {
 pub async fn run(listener: TcpListener, sim: Arc<Sim>, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     let tls = crate::config::tls_acceptor(sim.config.tls_cert.as_deref(), sim.config.tls_key.as_deref(), None)?;
     let limits = ConnLimits { tls, ..ConnLimits::default() };
-    let handler = move |req, _peer| routes::handle(sim.clone(), req);
+    let handler = move |req: http::Request<hyper::body::Incoming>, peer| {
+        if !req.uri().path().starts_with("/__sim/") {
+            sim.stats.peers.lock().unwrap().insert(peer);
+        }
+        routes::handle(sim.clone(), req)
+    };
     server::serve(listener, limits, handler, shutdown, Duration::from_secs(5), || {}).await;
     Ok(())
 }

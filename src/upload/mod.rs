@@ -361,7 +361,8 @@ impl Job {
                 return err.response(dialect, None);
             }
         };
-        drop((part0, part0_budget));
+        drop(part0_budget);
+        drop(part0);
         let resource = match created.resource(dialect) {
             Ok(r) if !r.chunked_upload_id.is_empty() => r,
             Ok(_) => {
@@ -573,8 +574,9 @@ async fn send_part(
     held: (OwnedSemaphorePermit, InFlight),
 ) -> Result<u32, Abort> {
     let outcome = calls.put_part(&id, seq, &part.body, part.len as u64).await;
-    drop(part);
+    // The budget first, so that the buffer, going back to the pool, finds the room it held.
     drop(held);
+    drop(part);
     outcome.map(|()| seq)
 }
 

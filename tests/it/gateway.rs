@@ -76,6 +76,21 @@ async fn a_smaller_part_limit_announced_by_the_upstream_is_used_from_then_on() {
 }
 
 #[tokio::test]
+async fn the_parts_of_uploads_reuse_pooled_upstream_connections() {
+    let s = Stack::default().await; // 4 parts in flight
+    for i in 0..3 {
+        let data = bytes_of(PART * 20 + 5, 40 + i);
+        let r = s.upload(&data, &[]).await;
+        s.assert_committed(&r, &data).await;
+    }
+    let st = s.sim.stats().await;
+    let (requests, connections) = (st["requests"].as_u64().unwrap(), st["connections"].as_u64().unwrap());
+    // 3 x (create, 20 parts, checksum, commit) over at most one connection per part in flight.
+    assert_eq!(requests, 3 * 23);
+    assert!((1..=5).contains(&connections), "{connections} connections for {requests} requests");
+}
+
+#[tokio::test]
 async fn twenty_concurrent_uploads_all_commit_byte_exact() {
     let mut sim = SimConfig::default();
     sim.limits.quota_uploads = 20;
