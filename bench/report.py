@@ -111,7 +111,7 @@ md += ["## Optimisation log", "",
        "| SHA-256: `ring` measured against `sha2` (both SHA-NI): 1.80 and 1.79 GB/s whole, 1.81 and 1.79 in 64 KiB frames | `sha2` | kept `sha2` (no gain) |",
        "| mimalloc as the global allocator (glibc malloc, free and consolidation were 8% of a proxied request's samples) | 65,800 instructions per proxied GET | 61,900 |",
        "| passthrough per-request work: screen without allocating (one pass), caller identity built only for uploads, caller-key header parsed once, hop-by-hop removal only when present, the client's parsed path reused for the upstream URI, passthrough counters looked up once per status, no allocation per answer for rate-limit headers | 61,900 instructions per proxied GET | 55,100 |",
-       "| `server.worker_threads = 1` (a single-threaded runtime; opt-in, used by the Kubernetes sidecar) against one worker per core | passthrough 0.71× nginx, 28.9 µs CPU per request | 0.84×, 21.9 µs; streaming 568 → 516 MiB/s |",
+       "| `server.worker_threads = 1` (a single-threaded runtime; opt-in, used by the Kubernetes sidecar) against one worker per core | passthrough 25–29 µs CPU per request; 0.71–0.82× nginx over four full runs | 22 µs; 0.76–0.84×; streaming 5–10% slower (one core) |",
        "| `upstream.http2` off by default (section 7) | HTTP/2: 346 MiB/s, 2.23 CPU s/GiB | HTTP/1.1: 463 MiB/s, 1.78 |",
        "", "Where the gateway's CPU goes now, streaming (perf, `PERF=1 bench/profile/stream-cpu.sh`): SHA-256 about 44%, kernel copies to and from sockets about 20%, base64 about 7%, the rest TCP processing and wake-ups. Passthrough: about 55% of the gateway's time is in the kernel (two sockets per request), the rest in hyper, the allocator and the gateway's checks (about 7,000 of the 55,000 instructions).", ""]
 
@@ -140,6 +140,7 @@ md += ["## Where this stands", "",
        "- Met in this run: " + "; ".join(met) + ".",
        "- Missed in this run: " + ("; ".join(missed) if missed else "none") + ".",
        "- On this 2-core machine the client, the gateway and the simulator (and nginx, or wrk) share two cores; single runs vary by up to a quarter, so figures near a target can land on either side of it from one run to the next. The streaming gap to a direct client is the gateway's own work per byte (SHA-256 of every byte, one more loopback hop), about 1.4 CPU seconds per GiB of which 0.55 is the hash; against a direct client that hashes too, chunkgate is " + (f"{t['chunkgate'] / t['direct_hashing']:.2f}×." if "direct_hashing" in t else "close."),
+       "- The full run before this one (the same code but for the pool's budget check) gave: streaming 0.84× direct and 1.18× nginx; passthrough 0.82× nginx, +1.13 ms p99 (one thread: 0.84×, +0.17 ms). Passthrough CPU per request (25 µs, 22 µs with one thread, nginx 17–19 µs) moves much less than requests/s from run to run.",
        "- Memory fixes found by these runs: part buffers are pooled and return themselves when their last holder drops (peak RSS had grown 30% from 256 MiB to 4 GiB), and part 0 counts against the memory budget (100 concurrent 10 MiB uploads had peaked at 1.9 GiB with a 1 GiB budget).",
        ""]
 
