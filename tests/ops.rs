@@ -14,6 +14,27 @@ use common::*;
 use http::{Method, StatusCode};
 use serde_json::json;
 
+/// Starts the real binary's `serve` in front of `sim` with `env` on top, stderr piped when
+/// `logs`; returns the child and the gateway's URL, read from the first line it prints.
+fn serve(sim: &SimApi, env: &[(&str, &str)], logs: bool) -> (std::process::Child, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chunkgate"))
+        .arg("serve")
+        .env("CHUNKGATE_SERVER__LISTEN", "127.0.0.1:0")
+        .env("CHUNKGATE_ADMIN__LISTEN", "127.0.0.1:0")
+        .env("CHUNKGATE_UPSTREAM__BASE_URL", sim.running.url())
+        .env("CHUNKGATE_UPSTREAM__ALLOW_PLAIN_HTTP", "true")
+        .env("CHUNKGATE_UPLOAD__PART_SIZE", PART.to_string())
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(if logs { std::process::Stdio::piped() } else { std::process::Stdio::inherit() })
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let url = line.trim().rsplit(' ').next().unwrap().to_owned();
+    (child, url)
+}
+
 async fn get(http: &Http, url: &str) -> Resp {
     http.send(Method::GET, url, &[], "").await.unwrap()
 }
@@ -98,22 +119,7 @@ async fn healthz_answers_and_readyz_follows_the_upstream_and_the_drain() {
 async fn logs_at_the_most_verbose_level_never_carry_the_token_or_document_bytes() {
     let sim = SimApi::start(SimConfig::default()).await;
     sim.faults(json!({"drop_after_store_next": 1, "error_next": 1, "ops": ["add_part"]})).await;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chunkgate"))
-        .arg("serve")
-        .env("CHUNKGATE_SERVER__LISTEN", "127.0.0.1:0")
-        .env("CHUNKGATE_ADMIN__LISTEN", "127.0.0.1:0")
-        .env("CHUNKGATE_UPSTREAM__BASE_URL", sim.running.url())
-        .env("CHUNKGATE_UPSTREAM__ALLOW_PLAIN_HTTP", "true")
-        .env("CHUNKGATE_UPLOAD__PART_SIZE", PART.to_string())
-        .env("CHUNKGATE_LOG__FORMAT", "json")
-        .env("RUST_LOG", "trace")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-    let gw = line.trim().rsplit(' ').next().unwrap().to_owned();
+    let (mut child, gw) = serve(&sim, &[("CHUNKGATE_LOG__FORMAT", "json"), ("RUST_LOG", "trace")], true);
     let mut stderr = child.stderr.take().unwrap();
     let logs = std::thread::spawn(move || {
         let mut s = String::new();
@@ -167,20 +173,7 @@ async fn logs_at_the_most_verbose_level_never_carry_the_token_or_document_bytes(
 async fn a_single_threaded_gateway_streams_uploads_at_once_and_passes_requests_through() {
     let sim = SimApi::start(SimConfig::default()).await;
     sim.faults(json!({"drop_after_store_next": 1, "error_next": 1, "ops": ["add_part"]})).await;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chunkgate"))
-        .arg("serve")
-        .env("CHUNKGATE_SERVER__LISTEN", "127.0.0.1:0")
-        .env("CHUNKGATE_ADMIN__LISTEN", "127.0.0.1:0")
-        .env("CHUNKGATE_SERVER__WORKER_THREADS", "1")
-        .env("CHUNKGATE_UPSTREAM__BASE_URL", sim.running.url())
-        .env("CHUNKGATE_UPSTREAM__ALLOW_PLAIN_HTTP", "true")
-        .env("CHUNKGATE_UPLOAD__PART_SIZE", PART.to_string())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-    let gw = line.trim().rsplit(' ').next().unwrap().to_owned();
+    let (mut child, gw) = serve(&sim, &[("CHUNKGATE_SERVER__WORKER_THREADS", "1")], false);
     let url = format!("{gw}/v2.1/accounts/{ACCOUNT}/chunked_uploads");
     let auth = format!("Bearer {TOKEN}");
     let docs: Vec<Vec<u8>> =
