@@ -42,8 +42,10 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Largest read from a client connection (see `ConnLimits::read_buffer_bytes`).
     pub read_buffer_bytes: usize,
-    /// Runtime threads for `serve`: 0 = one per core, 1 = a single thread for everything.
+    /// Threads serving connections: 0 = one per core.
     pub worker_threads: usize,
+    /// How those threads share the work (see [`Scheduler`]).
+    pub scheduler: Scheduler,
     /// On SIGTERM, time given to in-flight requests before they are cancelled.
     pub drain_secs: u64,
     /// Keys internal callers must present in `caller_key_header`; empty lets any caller in.
@@ -58,6 +60,20 @@ pub struct ServerConfig {
     pub tls_key: Option<PathBuf>,
     /// Require client certificates signed by this CA (PEM): mTLS for callers outside the pod.
     pub client_ca: Option<PathBuf>,
+}
+
+/// How the gateway's threads share connections and the work they bring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scheduler {
+    /// Each thread runs an event loop of its own and takes connections from the shared listener;
+    /// a connection, the uploads it carries and the upstream connections they use stay on that
+    /// thread. No wake-ups across threads: the least CPU per proxied request. One upload uses one
+    /// core; concurrent uploads spread over the threads.
+    PerThread,
+    /// One work-stealing runtime for all threads: tasks move to idle threads, so a single upload's
+    /// hashing and part sends can spread over cores, at the cost of wake-ups across threads.
+    WorkStealing,
 }
 
 /// A TLS acceptor from PEM files, or `None` when no certificate is configured.
@@ -97,6 +113,7 @@ impl Default for ServerConfig {
             max_header_bytes: conn.max_header_bytes,
             read_buffer_bytes: conn.read_buffer_bytes,
             worker_threads: 0,
+            scheduler: Scheduler::PerThread,
             drain_secs: 30,
             caller_keys: Vec::new(),
             caller_key_header: "x-chunkgate-key".to_owned(),
@@ -118,6 +135,18 @@ impl ServerConfig {
             max_header_bytes: self.max_header_bytes,
             read_buffer_bytes: self.read_buffer_bytes,
             tls,
+            threads: match self.scheduler {
+                Scheduler::PerThread => self.threads(),
+                Scheduler::WorkStealing => 1,
+            },
+        }
+    }
+
+    /// `worker_threads`, with 0 resolved to the number of cores.
+    pub fn threads(&self) -> usize {
+        match self.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
         }
     }
 

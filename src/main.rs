@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use chunkgate::{
-    config::{Config, EXIT_BAD_CONFIG},
+    config::{Config, EXIT_BAD_CONFIG, Scheduler},
     envelope::Dialect,
     gateway,
     sim::{self, config::Storage},
@@ -89,13 +89,18 @@ fn main() -> ExitCode {
             Ok(cfg) => cfg,
             Err(problems) => return bad_config(&problems),
         };
-        return runtime(cfg.server.worker_threads).block_on(serve(cfg));
+        // Per thread: this thread's runtime is the first event loop, and the server starts the
+        // others (`server::serve`). Work-stealing: one runtime with a worker per thread.
+        let workers = match cfg.server.scheduler {
+            Scheduler::PerThread => 1,
+            Scheduler::WorkStealing => cfg.server.threads(),
+        };
+        return runtime(workers).block_on(serve(cfg));
     }
     runtime(0).block_on(run(cli))
 }
 
-/// A tokio runtime with `workers` threads: 0 = one per core (work-stealing), 1 = a single thread
-/// that runs everything (no wake-ups across threads: cheaper per proxied request, one core at most).
+/// A tokio runtime with `workers` threads: 0 = one per core (work-stealing), 1 = a single thread.
 fn runtime(workers: usize) -> tokio::runtime::Runtime {
     let mut builder = match workers {
         1 => tokio::runtime::Builder::new_current_thread(),

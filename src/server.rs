@@ -9,7 +9,10 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
 };
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, oneshot, watch},
+};
 
 use crate::body::{Body, BoxError};
 
@@ -28,6 +31,9 @@ pub struct ConnLimits {
     pub read_buffer_bytes: usize,
     /// Serve TLS (and verify client certificates, if its config asks) instead of plain TCP.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Event loops taking connections from the listener: 1 = the caller's runtime alone; more
+    /// start single-threaded runtimes on threads of their own (see [`serve`]).
+    pub threads: usize,
 }
 
 impl Default for ConnLimits {
@@ -38,6 +44,7 @@ impl Default for ConnLimits {
             max_header_bytes: 64 * 1024,
             read_buffer_bytes: 512 * 1024,
             tls: None,
+            threads: 1,
         }
     }
 }
@@ -45,6 +52,10 @@ impl Default for ConnLimits {
 /// Serves `handler` on every connection accepted from `listener` until `shutdown` resolves, then
 /// waits up to `drain` for open connections to finish their requests. If some are still busy then,
 /// `on_overrun` is called (to cancel what they wait for) and they get [`CLEANUP`] more to answer.
+///
+/// With `limits.threads` above 1, that many event loops take connections from the listener: this
+/// task's, and one more per extra thread, each a single-threaded runtime of its own. A connection
+/// and everything its requests start then run on one thread, with no wake-ups across threads.
 ///
 /// A handler that returns `Err` makes the connection close without an answer; the simulator uses
 /// that to reproduce a peer that stored a request and then went away.
@@ -59,6 +70,88 @@ pub async fn serve<H, F>(
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<Body>, BoxError>> + Send + 'static,
 {
+    let (stop, stopping) = watch::channel(false);
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    // Each extra loop says here when its connections are all closed (or its thread ended).
+    let mut others = Vec::new();
+    for i in 1..limits.threads {
+        match spawn_loop(i, &listener, &limits, &handler, &permits, &stopping) {
+            Ok(closed) => others.push(closed),
+            Err(err) => {
+                tracing::warn!(error = %err, threads = i, "cannot start another event loop; serving with fewer");
+                break;
+            }
+        }
+    }
+    let all_closed = async move {
+        accept_loop(listener, &limits, handler, permits, stopping).await;
+        for closed in others {
+            let _ = closed.await;
+        }
+    };
+    tokio::pin!(all_closed);
+    // This task's own loop runs inside `all_closed`, so that is polled while serving too.
+    tokio::select! {
+        () = shutdown => {}
+        () = &mut all_closed => {}
+    }
+    stop.send_replace(true);
+    if tokio::time::timeout(drain, &mut all_closed).await.is_err() {
+        tracing::warn!(?drain, "connections still busy after the drain period");
+        on_overrun();
+        if tokio::time::timeout(CLEANUP, all_closed).await.is_err() {
+            tracing::warn!("connections still open after cleanup; closing them");
+        }
+    }
+}
+
+/// Starts event loop `i` on a thread of its own, serving a duplicate of `listener`; the receiver
+/// hears when that loop is done.
+fn spawn_loop<H, F>(
+    i: usize,
+    listener: &TcpListener,
+    limits: &ConnLimits,
+    handler: &H,
+    permits: &Arc<Semaphore>,
+    stopping: &watch::Receiver<bool>,
+) -> std::io::Result<oneshot::Receiver<()>>
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Body>, BoxError>> + Send + 'static,
+{
+    // The same listening socket, registered with the new thread's own poller: whichever loop is
+    // free first takes the next connection.
+    let dup = std::net::TcpListener::from(std::os::fd::AsFd::as_fd(listener).try_clone_to_owned()?);
+    dup.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (done, closed) = oneshot::channel();
+    let (limits, handler, permits, stopping) = (limits.clone(), handler.clone(), permits.clone(), stopping.clone());
+    // Named for the port it serves and its number (at most 15 characters show in /proc and top).
+    let port = listener.local_addr().map_or(0, |a| a.port());
+    std::thread::Builder::new().name(format!("loop-{port}-{i}")).spawn(move || {
+        runtime.block_on(async move {
+            match TcpListener::from_std(dup) {
+                Ok(listener) => accept_loop(listener, &limits, handler, permits, stopping).await,
+                Err(err) => tracing::warn!(error = %err, "event loop cannot use the listener"),
+            }
+        });
+        let _ = done.send(());
+    })?;
+    Ok(closed)
+}
+
+/// Accepts and serves connections until `stopping` turns true, then waits for the connections it
+/// accepted to finish their requests and close.
+async fn accept_loop<H, F>(
+    listener: TcpListener,
+    limits: &ConnLimits,
+    handler: H,
+    permits: Arc<Semaphore>,
+    mut stopping: watch::Receiver<bool>,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Body>, BoxError>> + Send + 'static,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -68,14 +161,17 @@ pub async fn serve<H, F>(
         .max_buf_size(limits.max_header_bytes.max(limits.read_buffer_bytes).max(8192));
     builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
     let builder = Arc::new(builder);
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
+    let stop = async move {
+        // A dropped sender means the server is gone: stop too.
+        let _ = stopping.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stop);
 
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
-            () = &mut shutdown => break,
+            () = &mut stop => break,
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -87,7 +183,7 @@ pub async fn serve<H, F>(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            () = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
@@ -125,15 +221,7 @@ pub async fn serve<H, F>(
         });
     }
     drop(listener);
-    let closed = graceful.shutdown();
-    tokio::pin!(closed);
-    if tokio::time::timeout(drain, &mut closed).await.is_err() {
-        tracing::warn!(?drain, "connections still busy after the drain period");
-        on_overrun();
-        if tokio::time::timeout(CLEANUP, closed).await.is_err() {
-            tracing::warn!("connections still open after cleanup; closing them");
-        }
-    }
+    graceful.shutdown().await;
 }
 
 /// Time given to cancelled requests to clean up and answer after the drain period.

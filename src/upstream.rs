@@ -1,8 +1,12 @@
-//! The upstream client: one pooled hyper client (rustls; HTTP/1.1, and HTTP/2 when `upstream.http2`),
-//! typed calls for the five chunked-upload routes, and the classification of what can go wrong with a
+//! The upstream client: pooled hyper clients, one per thread (rustls; HTTP/1.1, and HTTP/2 when
+//! `upstream.http2`), typed calls for the five chunked-upload routes, and the classification of what can go wrong with a
 //! call.
 
-use std::time::Duration;
+use std::{
+    cell::RefCell,
+    sync::{Arc, Weak},
+    time::Duration,
+};
 
 use tokio::time::Instant;
 
@@ -118,9 +122,58 @@ impl Answer {
     }
 }
 
-/// The pooled client and where it points.
+type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// Pooled clients, one per thread that calls the upstream. A connection's task runs on the thread
+/// that opened it; with an event loop per thread (`server.scheduler = "per-thread"`), a client of
+/// its own keeps each request and the connection it rides on together, with no wake-ups across
+/// threads.
+struct Clients {
+    /// Tells this upstream's clients from others' on a thread (tests run many gateways).
+    token: Arc<()>,
+    connector: HttpsConnector<HttpConnector>,
+    pool_max_idle: usize,
+}
+
+thread_local! {
+    /// This thread's clients, by upstream; entries of upstreams that are gone are pruned.
+    static CLIENTS: RefCell<Vec<(Weak<()>, HttpClient)>> = const { RefCell::new(Vec::new()) };
+}
+
+// === impl Clients ===
+
+impl Clients {
+    fn build(&self) -> HttpClient {
+        Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(self.pool_max_idle)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(self.connector.clone())
+    }
+
+    /// Runs `f` with this thread's client, made on first use.
+    fn with<R>(&self, f: impl FnOnce(&HttpClient) -> R) -> R {
+        CLIENTS.with(|cell| {
+            let mut clients = cell.borrow_mut();
+            // A live `Weak` keeps its allocation, so no other token can share its address.
+            let ours = Arc::as_ptr(&self.token);
+            let at = match clients.iter().position(|(token, _)| token.as_ptr() == ours) {
+                Some(at) => at,
+                None => {
+                    clients.retain(|(token, _)| token.strong_count() > 0);
+                    clients.push((Arc::downgrade(&self.token), self.build()));
+                    clients.len() - 1
+                }
+            };
+            f(&clients[at].1)
+        })
+    }
+}
+
+/// The pooled clients and where they point.
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    clients: Clients,
     base: Uri,
     pub dialect: Dialect,
     pub limits: RateLimits,
@@ -145,14 +198,8 @@ impl Upstream {
             if config.allow_plain_http { builder.https_or_http() } else { builder.https_only() }.enable_http1();
         let connector =
             if config.http2 { builder.enable_http2().wrap_connector(http) } else { builder.wrap_connector(http) };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(config.pool_max_idle)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
         Ok(Self {
-            client,
+            clients: Clients { token: Arc::new(()), connector, pool_max_idle: config.pool_max_idle },
             base,
             dialect: config.dialect,
             limits,
@@ -197,7 +244,7 @@ impl Upstream {
         let uri = req.uri().clone();
         let account = route::account_in(uri.path()).unwrap_or_default();
         self.limits.acquire(account, self.limits.default_deadline()).await.map_err(CallError::RateLimited)?;
-        let response = match tokio::time::timeout(self.call_timeout, self.client.request(req)).await {
+        let response = match tokio::time::timeout(self.call_timeout, self.clients.with(|c| c.request(req))).await {
             Err(_) => return Err(CallError::Timeout(self.call_timeout)),
             Ok(Err(err)) if tls::is_certificate_error(&err) => return Err(CallError::Tls(describe(&err))),
             Ok(Err(err)) if err.is_connect() => return Err(CallError::NotSent(describe(&err))),
@@ -236,7 +283,7 @@ impl Upstream {
         };
         let req = req.body(json.map_or_else(body::empty, body::full)).expect("valid request");
         let exchange = async {
-            let response = match self.client.request(req).await {
+            let response = match self.clients.with(|c| c.request(req)).await {
                 Ok(r) => r,
                 Err(err) if tls::is_certificate_error(&err) => return Err(CallError::Tls(describe(&err))),
                 Err(err) if err.is_connect() => return Err(CallError::NotSent(describe(&err))),

@@ -46,5 +46,5 @@ awk -v g="$((g1 - g0))" -v s="$((s1 - s0))" -v hz="$hz" -v n="$rounds" \
   'BEGIN { printf "gateway CPU s per GiB: %.2f\nsimulator CPU s per GiB: %.2f\n", g / hz / n, s / hz / n }'
 if [ -n "${PERF:-}" ]; then
   kill -INT "$perf_pid"; wait "$perf_pid" 2> /dev/null || true
-  perf report -i "$work/perf.data" --stdio --no-children --sort dso,sym -g none 2> /dev/null | grep '%' | head -20
+  perf report -i "$work/perf.data" --stdio --no-children --sort dso,sym ${PERF_REPORT_ARGS:--g none} 2> /dev/null | grep '%' | head -${PERF_LINES:-20}
 fi

@@ -354,3 +354,75 @@ async fn curl_streams_a_file_with_a_length_and_chunked() {
     std::fs::remove_dir_all(dir).unwrap();
     let _ = (Bytes::new(), Value::Null);
 }
+
+/// Threads of this process serving `port` (their names are `loop-{port}-{i}`).
+fn loop_threads(port: u16) -> usize {
+    let prefix = format!("loop-{port}-");
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with(&prefix))
+        .count()
+}
+
+#[tokio::test]
+async fn four_event_loops_serve_concurrent_connections_and_a_stop_drains_every_one() {
+    let mut sim = SimConfig::default();
+    sim.limits.quota_uploads = 100;
+    sim.limits.burst_limit = 100_000;
+    let mut s = Stack::start(sim, |c| {
+        c.server.worker_threads = 4;
+        c.quota.uploads_per_account = 20;
+        c.server.scheduler = chunkgate::config::Scheduler::PerThread;
+    })
+    .await;
+    let port = s.gw.addr.port();
+    // The server starts its loops when its task first runs.
+    for _ in 0..400 {
+        if loop_threads(port) == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(loop_threads(port), 3, "this task's loop and three threads of their own");
+    // Slow parts, so the uploads are still running when the stop comes.
+    s.sim.faults(json!({"latency_ms": 300, "ops": ["add_part"]})).await;
+    let auth = format!("Bearer {TOKEN}");
+    let uploads: Vec<_> = (0..12)
+        .map(|i| {
+            // A client of its own per upload: a connection of its own, for any loop to take.
+            let (http, url, auth) = (Http::new(), s.upload_url(ACCOUNT), auth.clone());
+            let data = bytes_of(PART * 3 + i * 777, 500 + i as u64);
+            tokio::spawn(async move {
+                let headers = [("authorization", auth.as_str()), ("content-type", "application/octet-stream")];
+                let r = http.send(Method::POST, &url, &headers, data.clone()).await.unwrap();
+                (r, data)
+            })
+        })
+        .collect();
+    s.sim.wait_stats(|st| st["created"] == 12).await;
+    // The passthrough, on fresh connections, while the uploads run.
+    let id = s.sim.create_id(b"read me back").await;
+    for _ in 0..8 {
+        let url = format!("{}/{id}", s.upload_url(ACCOUNT));
+        let r = Http::new().send(Method::GET, &url, &[("authorization", &auth)], "").await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(s.sim.dialect_data(r.json())["chunkedUploadId"], id.as_str());
+    }
+    assert_eq!(s.sim.stats().await["committed"], 0, "the stop comes while every upload runs");
+    s.gw.stopper.stop();
+    for t in uploads {
+        let (r, data) = t.await.unwrap();
+        s.assert_committed(&r, &data).await;
+    }
+    let st = s.sim.stats().await;
+    assert_eq!((st["committed"].as_u64(), st["open"].as_u64()), (Some(12), Some(1)), "all but the one read back");
+    // Every loop lets go of the listener and its thread ends.
+    for _ in 0..400 {
+        if loop_threads(port) == 0 && tokio::net::TcpStream::connect(s.gw.addr).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("after the stop: {} loop threads left, listener still accepting", loop_threads(port));
+}
