@@ -167,22 +167,24 @@ async fn throughput(client: &HttpClient, block: &Bytes) -> Value {
         g / n
     );
     // For the record, not for the targets: the direct client doing the gateway's integrity work
-    // (SHA-256 of every byte), and the gateway on one runtime thread.
+    // (SHA-256 of every byte), the gateway with the work-stealing scheduler, and on one thread.
+    let gws = gateway(&s.url, &[("CHUNKGATE_SERVER__SCHEDULER", "work-stealing".to_owned())]);
     let gw1 = gateway(&s.url, &[("CHUNKGATE_SERVER__WORKER_THREADS", "1".to_owned())]);
-    let (mut hs, mut g1s) = (Vec::new(), Vec::new());
+    let (mut hs, mut gss, mut g1s) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..3 {
         hs.push(mibps(size, direct_with(client, &s.url, size, PART as usize, 4, true).await.secs));
+        gss.push(mibps(size, through_gateway(client, &gws.url, size, block).await.secs));
         g1s.push(mibps(size, through_gateway(client, &gw1.url, size, block).await.secs));
     }
-    let (h, g1) = (median(&mut hs), median(&mut g1s));
+    let (h, ws, g1) = (median(&mut hs), median(&mut gss), median(&mut g1s));
     println!(
-        "   for the record: direct client hashing what it sends {h:.0} MiB/s (chunkgate {:.2}x); chunkgate with worker_threads = 1 {g1:.0} MiB/s",
+        "   for the record: direct client hashing what it sends {h:.0} MiB/s (chunkgate {:.2}x); chunkgate work-stealing {ws:.0} MiB/s; one thread {g1:.0} MiB/s",
         g / h
     );
     let cpu_json = |c: [f64; 3]| json!({"client": c[0], "simulator": c[1], "proxy": c[2]});
     json!({
         "size_mib": 1024, "chunkgate": g, "direct": d, "nginx": n, "vs_direct": g / d, "vs_nginx": g / n,
-        "direct_hashing": h, "chunkgate_one_thread": g1,
+        "direct_hashing": h, "chunkgate_work_stealing": ws, "chunkgate_one_thread": g1,
         "cpu_secs_per_gib": {"chunkgate": cpu_json(gcpu), "direct": cpu_json(dcpu), "nginx": cpu_json(ncpu)},
     })
 }
@@ -292,6 +294,10 @@ async fn concurrency(client: &HttpClient, block: &Bytes) -> Value {
     json!({"throughput_mibps": total, "p50_secs": p50, "p99_secs": p99, "peak_rss_mib": rss})
 }
 
+/// The gateway with `server.scheduler = "work-stealing"`, and on one thread (both before/after rows).
+const WORK_STEALING: &str = "chunkgate, work-stealing";
+const ONE_THREAD: &str = "chunkgate, one thread";
+
 /// Seconds each wrk run lasts.
 const WRK_SECS: f64 = 8.0;
 
@@ -324,6 +330,7 @@ fn wrk(url: &str) -> (f64, f64) {
 async fn passthrough(client: &HttpClient) -> Value {
     let s = sim(&[]);
     let gw = gateway(&s.url, &[]);
+    let gws = gateway(&s.url, &[("CHUNKGATE_SERVER__SCHEDULER", "work-stealing".to_owned())]);
     let gw1 = gateway(&s.url, &[("CHUNKGATE_SERVER__WORKER_THREADS", "1".to_owned())]);
     let nginx = Nginx::start(&s.url);
     // One upload to read back.
@@ -335,7 +342,8 @@ async fn passthrough(client: &HttpClient) -> Value {
         ("direct", &s.url),
         ("nginx", &nginx.url),
         ("chunkgate", &gw.url),
-        ("chunkgate, worker_threads = 1", &gw1.url),
+        (WORK_STEALING, &gws.url),
+        (ONE_THREAD, &gw1.url),
     ];
     // Three interleaved rounds; each figure is the median of its three.
     let mut runs: Vec<Vec<[f64; 4]>> = vec![Vec::new(); paths.len()];
@@ -344,7 +352,8 @@ async fn passthrough(client: &HttpClient) -> Value {
             let proxy_cpu = || match *name {
                 "nginx" => nginx_cpu(),
                 "chunkgate" => gw.cpu_secs(),
-                "chunkgate, worker_threads = 1" => gw1.cpu_secs(),
+                WORK_STEALING => gws.cpu_secs(),
+                ONE_THREAD => gw1.cpu_secs(),
                 _ => 0.0,
             };
             let before = (proxy_cpu(), s.cpu_secs());
@@ -370,10 +379,10 @@ async fn passthrough(client: &HttpClient) -> Value {
     let get = |n: &str, k: &str| rows.iter().find(|r| r["path"] == n).unwrap()[k].as_f64().unwrap();
     let (ratio, added) =
         (get("chunkgate", "rps") / get("nginx", "rps"), get("chunkgate", "p99_ms") - get("direct", "p99_ms"));
-    let one = "chunkgate, worker_threads = 1";
-    let (ratio1, added1) = (get(one, "rps") / get("nginx", "rps"), get(one, "p99_ms") - get("direct", "p99_ms"));
+    let vs = |n: &str| (get(n, "rps") / get("nginx", "rps"), get(n, "p99_ms") - get("direct", "p99_ms"));
+    let ((ratio_ws, added_ws), (ratio1, added1)) = (vs(WORK_STEALING), vs(ONE_THREAD));
     println!(
-        "5. passthrough GETs, medians of 3: {} -> chunkgate {ratio:.2}x nginx's requests/s (target 0.8), +{added:.2} ms p99 over direct (target 1 ms); with worker_threads = 1: {ratio1:.2}x, +{added1:.2} ms",
+        "5. passthrough GETs, medians of 3: {} -> chunkgate {ratio:.2}x nginx's requests/s (target 0.8), +{added:.2} ms p99 over direct (target 1 ms); work-stealing: {ratio_ws:.2}x, +{added_ws:.2} ms; one thread: {ratio1:.2}x, +{added1:.2} ms",
         rows.iter()
             .map(|r| format!(
                 "{} {:.0} req/s p99 {:.2} ms (proxy CPU {:.1} us/req)",
@@ -387,6 +396,7 @@ async fn passthrough(client: &HttpClient) -> Value {
     );
     json!({
         "rows": rows, "vs_nginx": ratio, "added_p99_ms": added,
+        "work_stealing": {"vs_nginx": ratio_ws, "added_p99_ms": added_ws},
         "one_thread": {"vs_nginx": ratio1, "added_p99_ms": added1},
     })
 }

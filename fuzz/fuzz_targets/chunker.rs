@@ -62,6 +62,6 @@ fuzz_target!(|input: (Vec<u8>, Vec<u8>, Vec<u8>)| {
             i += 1;
         }
         assert_eq!(joined, data);
-        assert_eq!(chunker.sha256(), <[u8; 32]>::from(Sha256::digest(&data)));
+        assert_eq!(chunker.sha256().await, <[u8; 32]>::from(Sha256::digest(&data)));
     });
 });

@@ -1,18 +1,18 @@
-//! Cuts the client's body into parts of a requested size, hashing every byte as it passes and
-//! encoding it straight into the part's JSON body (no raw copy of the part is kept).
+//! Cuts the client's body into parts of a requested size, hashing every byte as it passes (beside
+//! the I/O, see `hasher`) and encoding it straight into the part's JSON body (no raw copy of the
+//! part is kept).
 //! Reading is cancel-safe: all state lives in the chunker, so it can sit in a `select!`.
 
 use std::{sync::Arc, time::Duration};
 
-use bytes::{Buf, Bytes};
-use http_body::Body as HttpBody;
-use http_body_util::BodyExt;
-use sha2::{Digest, Sha256};
-
 use super::{
+    hasher::StreamHash,
     part::{self, PartBody},
     pool::BufferPool,
 };
+use bytes::{Buf, Bytes};
+use http_body::Body as HttpBody;
+use http_body_util::BodyExt;
 
 /// One part, ready to send.
 #[derive(Debug)]
@@ -39,7 +39,7 @@ pub struct Chunker<B> {
     current: Option<PartBody>,
     /// What is left of the last frame read.
     pending: Bytes,
-    hasher: Sha256,
+    hasher: StreamHash,
     total: u64,
     idle: Duration,
     done: bool,
@@ -52,7 +52,16 @@ where
     B: HttpBody<Data = Bytes> + Unpin,
 {
     pub fn new(body: B, idle: Duration, pool: Arc<BufferPool>) -> Self {
-        Self { body, pool, current: None, pending: Bytes::new(), hasher: Sha256::new(), total: 0, idle, done: false }
+        Self {
+            body,
+            pool,
+            current: None,
+            pending: Bytes::new(),
+            hasher: StreamHash::new(),
+            total: 0,
+            idle,
+            done: false,
+        }
     }
 
     /// The next part of exactly `size` bytes (the last one may be shorter), or `None` at the end.
@@ -78,9 +87,9 @@ where
                 Ok(Some(Err(_))) => return Err(ChunkError::Broken),
                 Ok(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
-                        self.hasher.update(&data);
                         self.total += data.len() as u64;
-                        self.pending = data;
+                        self.pending = data.clone();
+                        self.hasher.update(data).await;
                     }
                 }
             }
@@ -98,8 +107,8 @@ where
     }
 
     /// The SHA-256 of every byte read.
-    pub fn sha256(&self) -> [u8; 32] {
-        self.hasher.clone().finalize().into()
+    pub async fn sha256(&mut self) -> [u8; 32] {
+        self.hasher.digest().await
     }
 }
 
@@ -114,6 +123,7 @@ mod tests {
 
     use base64::Engine;
     use http_body::Frame;
+    use sha2::{Digest, Sha256};
 
     use super::*;
 
@@ -147,7 +157,7 @@ mod tests {
             drop(p); // buffers are reused: later parts must not alias earlier ones
             i += 1;
         }
-        (parts, c.sha256(), c.total())
+        (parts, c.sha256().await, c.total())
     }
 
     #[tokio::test]

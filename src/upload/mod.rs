@@ -8,6 +8,7 @@
 mod calls;
 pub mod chunker;
 mod digest;
+mod hasher;
 pub mod part;
 pub mod pool;
 
@@ -401,7 +402,7 @@ impl Job {
                 }
                 h.insert("x-chunkgate-parts", HeaderValue::from(parts));
                 h.insert("x-chunkgate-bytes", HeaderValue::from(bytes));
-                h.insert("x-chunkgate-sha256", HeaderValue::from_str(&hex(&chunker.sha256())).expect("hex"));
+                h.insert("x-chunkgate-sha256", HeaderValue::from_str(&hex(&chunker.sha256().await)).expect("hex"));
                 response
             }
             Err(abort) => {
@@ -510,9 +511,9 @@ impl Job {
         self.verify_and_commit(id, chunker).await
     }
 
-    async fn verify_and_commit(&self, id: &str, chunker: &Chunker<Incoming>) -> Result<Answer, Abort> {
+    async fn verify_and_commit(&self, id: &str, chunker: &mut Chunker<Incoming>) -> Result<Answer, Abort> {
         let dialect = self.calls.upstream.dialect;
-        let ours = hex(&chunker.sha256());
+        let ours = hex(&chunker.sha256().await);
         if let Some(expected) = self.client_digest {
             if hex(&expected) != ours {
                 return Err(GatewayError::DigestMismatch { expected: hex(&expected), actual: ours }.into());
