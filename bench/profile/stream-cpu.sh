@@ -2,7 +2,9 @@
 # Gateway CPU per GiB streamed, and optionally where it goes.
 #   bench/profile/stream-cpu.sh [BIN] [ROUNDS]      (BIN defaults to target/release/chunkgate)
 #   PERF=1 bench/profile/stream-cpu.sh               also samples the gateway with perf and prints
-#                                                    the top symbols (perf from Debian's linux-perf)
+#                                                    the top symbols (perf from Debian's linux-perf);
+#                                                    PERF=sim samples the simulator instead.
+#   PERF_LINES=N, PERF_REPORT_ARGS="-G --symbol-filter=SYM" widen the report or show callers.
 # Starts the simulator (digest mode) and a gateway on loopback, streams ROUNDS (default 3) uploads of
 # a 1 GiB random file with curl, and prints the gateway's and the simulator's CPU seconds per GiB
 # (from /proc, user + system). Compare two builds by running it on each binary in turn.
@@ -32,7 +34,7 @@ url=$(head -1 "$work/gw.out" | awk '{print $NF}')/v2.1/accounts/1234567/chunked_
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 if [ -n "${PERF:-}" ]; then
-  perf record -g -e cpu-clock -F 1999 -o "$work/perf.data" -p "$gw" 2> /dev/null &
+  perf record -g -e cpu-clock -F 1999 -o "$work/perf.data" -p "$([ "${PERF:-}" = sim ] && echo "$sim" || echo "$gw")" 2> /dev/null &
   perf_pid=$!
   sleep 0.3
 fi
