@@ -1,6 +1,6 @@
 //! The HTTP body type every handler returns, and bounded reads of request bodies.
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http_body_util::{BodyExt, Empty, Full, Limited, combinators::BoxBody};
 
 /// Errors that are only reported, never branched on.
@@ -39,4 +39,29 @@ where
         Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ReadError::TooLarge { limit }),
         Err(err) => Err(ReadError::Io(err)),
     }
+}
+
+/// Reads a whole body into `buf` (cleared first), refusing it once it passes `limit` bytes: one
+/// copy into a buffer the caller may reuse, where `read_limited` may gather frames and copy again.
+pub async fn read_limited_into<B>(mut body: B, limit: usize, mut buf: Vec<u8>) -> Result<Vec<u8>, ReadError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    buf.clear();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ReadError::Io(e.into()))?;
+        if let Ok(mut data) = frame.into_data() {
+            if buf.len() + data.remaining() > limit {
+                return Err(ReadError::TooLarge { limit });
+            }
+            while data.has_remaining() {
+                let chunk = data.chunk();
+                buf.extend_from_slice(chunk);
+                let n = chunk.len();
+                data.advance(n);
+            }
+        }
+    }
+    Ok(buf)
 }

@@ -33,7 +33,13 @@ pub struct Sim {
     /// Seconds added to the wall clock (`/__sim/clock`), so tests can reach expiry and the next hour.
     clock_offset: AtomicI64,
     stats: Stats,
+    /// Request bodies are read into reused buffers and their parts decoded in place (fresh
+    /// multi-megabyte buffers per request cost more in page faults than the decoding itself).
+    buffers: Arc<crate::upload::pool::BufferPool>,
 }
+
+/// Most bytes of idle body buffers the simulator keeps.
+const IDLE_BUFFER_BYTES: usize = 256 << 20;
 
 #[derive(Default)]
 struct Stats {
@@ -57,6 +63,7 @@ impl Sim {
             faults: Injector::new(config.faults.clone()),
             clock_offset: AtomicI64::new(0),
             stats: Stats::default(),
+            buffers: crate::upload::pool::BufferPool::new(IDLE_BUFFER_BYTES),
             config,
         })
     }
