@@ -20,8 +20,10 @@ const MAX_WAITING: usize = 4 << 20;
 pub struct StreamHash {
     /// The running state; `None` while a job holds it.
     state: Option<Sha256>,
-    /// The job hashing frames now; it gives the state back.
-    job: Option<JoinHandle<Sha256>>,
+    /// The job hashing frames now; it gives the state back, and the frames, so that they are
+    /// freed on this thread: the allocator reuses memory freed by its owning thread at once, and
+    /// memory freed by another only later (peak RSS grew with the document when jobs freed them).
+    job: Option<JoinHandle<(Sha256, Vec<Bytes>)>>,
     /// Frames that came after the job's, in order.
     waiting: Vec<Bytes>,
     waiting_bytes: usize,
@@ -51,7 +53,7 @@ impl StreamHash {
         } else {
             self.job = Some(tokio::task::spawn_blocking(move || {
                 frames.iter().for_each(|f| state.update(f));
-                state
+                (state, frames)
             }));
         }
     }
@@ -70,9 +72,10 @@ impl StreamHash {
         if let Some(job) = &mut self.job {
             // The job only hashes bytes: it cannot panic, and a started blocking task is never
             // cancelled; an error here would mean the runtime is gone, and this task with it.
-            let state = job.await.expect("a hash job runs to its end");
+            let (state, frames) = job.await.expect("a hash job runs to its end");
             self.job = None;
             self.state = Some(state);
+            drop(frames);
         }
     }
 }
