@@ -97,7 +97,7 @@ if "pacing" in r:
 if "protocol" in r:
     pr = r["protocol"]
     md += ["## 7. The upstream over TLS: HTTP/2 against HTTP/1.1", "",
-           "The simulator serving TLS (a generated CA); the gateway with `upstream.http2` on (ALPN offers h2; every call shares one connection) and off (a pooled connection per call in flight). 1 GiB streamed three times (median), then wrk as in 5.", "",
+           "The simulator serving TLS (a generated CA); the gateway with `upstream.http2` on (ALPN offers h2; the calls of each thread share one connection) and off (a pooled connection per call in flight). 1 GiB streamed three times (median), then wrk as in 5.", "",
            "| protocol | streaming | gateway CPU per GiB | passthrough requests/s | p99 | CPU per request |", "|---|---|---|---|---|---|"]
     md += [f"| {row['protocol']} | {row['stream_mibps']:.0f} MiB/s | {row['stream_cpu_secs_per_gib']:.2f} s | {row['passthrough_rps']:.0f} | {row['passthrough_p99_ms']:.2f} ms | {row['passthrough_cpu_us']:.1f} µs |" for row in pr["rows"]]
     md += ["", "HTTP/2 carries parts in 16 KiB frames under one connection's flow-control window (set by the upstream); HTTP/1.1 writes each part whole on its own connection. HTTP/1.1 is the default (`upstream.http2 = false`).", ""]
