@@ -1,7 +1,7 @@
 //! The HTTP body type every handler returns, and bounded reads of request bodies.
 
-use bytes::{Buf, Bytes};
-use http_body_util::{BodyExt, Empty, Full, Limited, combinators::BoxBody};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 
 /// Errors that are only reported, never branched on.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -31,18 +31,14 @@ pub enum ReadError {
 /// Reads a whole body, refusing it once it passes `limit` bytes.
 pub async fn read_limited<B>(body: B, limit: usize) -> Result<Bytes, ReadError>
 where
-    B: http_body::Body<Data = Bytes>,
+    B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ReadError::TooLarge { limit }),
-        Err(err) => Err(ReadError::Io(err)),
-    }
+    read_limited_into(body, limit, Vec::new()).await.map(Bytes::from)
 }
 
-/// Reads a whole body into `buf` (cleared first), refusing it once it passes `limit` bytes: one
-/// copy into a buffer the caller may reuse, where `read_limited` may gather frames and copy again.
+/// Reads a whole body into `buf` (cleared first), refusing it once it passes `limit` bytes. Each
+/// byte is copied once, into a buffer the caller may size and reuse.
 pub async fn read_limited_into<B>(mut body: B, limit: usize, mut buf: Vec<u8>) -> Result<Vec<u8>, ReadError>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
@@ -51,16 +47,11 @@ where
     buf.clear();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ReadError::Io(e.into()))?;
-        if let Ok(mut data) = frame.into_data() {
-            if buf.len() + data.remaining() > limit {
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
                 return Err(ReadError::TooLarge { limit });
             }
-            while data.has_remaining() {
-                let chunk = data.chunk();
-                buf.extend_from_slice(chunk);
-                let n = chunk.len();
-                data.advance(n);
-            }
+            buf.extend_from_slice(&data);
         }
     }
     Ok(buf)

@@ -239,7 +239,8 @@ async fn part_data(sim: &Sim, req: Request<Incoming>, max_data: u64) -> Result<B
     };
     if let Some(len) = decode_compact(&mut raw) {
         // The decoded bytes sit at the start of the data string; the buffer returns to the pool
-        // when the store lets go of them.
+        // when the store lets go of them (in memory storage, a kept part holds its whole body
+        // buffer, 4/3 of its size: the simulator's own memory, for tests and demos).
         let at = COMPACT_HEAD.len();
         return Ok(sim.buffers.seal(raw).slice(at..at + len));
     }
