@@ -1,6 +1,6 @@
 //! The upstream client: pooled hyper clients, one per thread (rustls; HTTP/1.1, and HTTP/2 when
-//! `upstream.http2`), typed calls for the five chunked-upload routes, and the classification of what can go wrong with a
-//! call.
+//! `upstream.http2`), typed calls for the five chunked-upload routes, and the classification of
+//! what can go wrong with a call.
 
 use std::{
     cell::RefCell,

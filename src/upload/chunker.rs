@@ -5,14 +5,15 @@
 
 use std::{sync::Arc, time::Duration};
 
+use bytes::{Buf, Bytes};
+use http_body::Body as HttpBody;
+use http_body_util::BodyExt;
+
 use super::{
     hasher::StreamHash,
     part::{self, PartBody},
     pool::BufferPool,
 };
-use bytes::{Buf, Bytes};
-use http_body::Body as HttpBody;
-use http_body_util::BodyExt;
 
 /// One part, ready to send.
 #[derive(Debug)]
