@@ -80,12 +80,6 @@ impl StreamHash {
     }
 }
 
-impl Default for StreamHash {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
