@@ -335,7 +335,7 @@ async fn passthrough(client: &HttpClient) -> Value {
     let nginx = Nginx::start(&s.url);
     // One upload to read back.
     let id = direct(client, &s.url, 1000, 1000, 1).await.upload_id;
-    let path = format!("/v2.1/accounts/{ACCOUNT}/chunked_uploads/{id}");
+    let path = format!("/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads/{id}");
     let mut rows = Vec::new();
     let nginx_cpu = || cpu_secs(nginx.child.id()) + children_cpu_secs(nginx.child.id());
     let paths = [
@@ -497,7 +497,7 @@ async fn upstream_protocol(client: &HttpClient, block: &Bytes) -> Value {
         rates.sort_by(f64::total_cmp);
         let id = through_gateway(client, &gw.url, 1000, block).await.upload_id;
         let cpu0 = gw.cpu_secs();
-        let (rps, p99) = wrk(&format!("{}/v2.1/accounts/{ACCOUNT}/chunked_uploads/{id}", gw.url));
+        let (rps, p99) = wrk(&format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads/{id}", gw.url));
         let us = (gw.cpu_secs() - cpu0) / (rps * WRK_SECS) * 1e6;
         rows.push(json!({
             "protocol": name, "stream_mibps": rates[1], "stream_cpu_secs_per_gib": cpu_per_gib,

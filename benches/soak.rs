@@ -124,7 +124,7 @@ async fn main() {
             let digest = format!("sha-256=:{}:", base64::engine::general_purpose::STANDARD.encode(digest_of));
             let req = Request::builder()
                 .method(Method::POST)
-                .uri(format!("{url}/v2.1/accounts/{ACCOUNT}/chunked_uploads"))
+                .uri(format!("{url}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads"))
                 .header(header::AUTHORIZATION, "Bearer soak")
                 .header(header::CONTENT_TYPE, "application/pdf")
                 .header("content-digest", digest)

@@ -14,13 +14,16 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::{
     body::{self, Body, BoxError},
     gateway::Gateway,
-    server::{self, ConnLimits},
+    server::{self, ConnLimits, Connections},
     telemetry,
 };
 
 /// How long a reachability probe is trusted, so frequent probes do not hammer the upstream.
 const PROBE_TTL: Duration = Duration::from_secs(2);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Connections the admin listener serves at once.
+const ADMIN_CONNECTIONS: usize = 64;
 
 /// The last reachability probe of the upstream.
 #[derive(Default)]
@@ -50,7 +53,14 @@ pub async fn run(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Future<
         let (gw, probe) = (gw.clone(), probe.clone());
         async move { Ok::<_, BoxError>(handle(&gw, &probe, req).await) }
     };
-    let limits = ConnLimits { max_connections: 64, ..ConnLimits::default() };
+    // Probes come every few seconds: a short time to send a request, and idle connections close
+    // to make room when all are taken, so silent sockets cannot starve /healthz.
+    let limits = ConnLimits {
+        connections: Connections::new(ADMIN_CONNECTIONS),
+        header_read_timeout: Duration::from_secs(2),
+        idle_timeout: Duration::from_secs(10),
+        ..ConnLimits::default()
+    };
     server::serve(listener, limits, handler, shutdown, Duration::from_secs(1), || {}).await;
 }
 
@@ -63,6 +73,9 @@ async fn handle(gw: &Gateway, probe: &Probe, req: Request<Incoming>) -> Response
         "/readyz" => {
             if gw.uploads.is_draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if gw.connections.saturated() {
+                // Every connection slot is taken: new clients wait in the backlog.
+                text(StatusCode::SERVICE_UNAVAILABLE, "saturated\n")
             } else if !probe.reachable(gw).await {
                 text(StatusCode::SERVICE_UNAVAILABLE, "upstream unreachable\n")
             } else {
@@ -86,6 +99,7 @@ fn record_gauges(gw: &Gateway) {
     metrics::gauge!(telemetry::UPLOADS_IN_FLIGHT).set(gw.uploads.active() as f64);
     metrics::gauge!(telemetry::PARTS_IN_FLIGHT).set(gw.uploads.parts_in_flight() as f64);
     metrics::gauge!(telemetry::BYTES_IN_FLIGHT).set(gw.uploads.bytes_in_flight() as f64);
+    metrics::gauge!(telemetry::CONNECTIONS_OPEN).set(gw.connections.open() as f64);
     for (account, remaining) in gw.upstream.limits.remaining() {
         if let Some(v) = remaining.hourly {
             metrics::gauge!(telemetry::RATELIMIT_REMAINING, "account" => account.clone(), "window" => "hourly")

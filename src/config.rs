@@ -11,7 +11,11 @@ use std::{
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::{envelope::Dialect, server::ConnLimits, sim::SimConfig};
+use crate::{
+    envelope::Dialect,
+    server::{ConnLimits, Connections},
+    sim::SimConfig,
+};
 
 /// Exit status for a configuration that cannot be used (EX_USAGE, as linkerd2-proxy does).
 pub const EXIT_BAD_CONFIG: i32 = 64;
@@ -37,7 +41,11 @@ pub struct Config {
 pub struct ServerConfig {
     /// Loopback by default: a sidecar serves its own pod.
     pub listen: SocketAddr,
+    /// Time a new connection has to deliver its first request head (from accept), and any later
+    /// head once begun.
     pub header_read_timeout_ms: u64,
+    /// A connection with no request running is closed after this long.
+    pub idle_timeout_ms: u64,
     pub max_connections: usize,
     pub max_header_bytes: usize,
     /// Largest read from a client connection (see `ConnLimits::read_buffer_bytes`).
@@ -55,6 +63,10 @@ pub struct ServerConfig {
     pub allowed_accounts: Vec<String>,
     /// Streamed uploads one caller (its key, or its address without keys) may run at once.
     pub max_uploads_per_caller: usize,
+    /// Passthrough requests one caller may have running (waiting for the rate limiter included).
+    pub max_passthrough_per_caller: usize,
+    /// Passthrough requests of one account running at once, over all callers.
+    pub max_passthrough_per_account: usize,
     /// Serve TLS with this certificate chain and key (PEM); plain HTTP when unset.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -109,7 +121,8 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             header_read_timeout_ms: conn.header_read_timeout.as_millis() as u64,
-            max_connections: conn.max_connections,
+            idle_timeout_ms: conn.idle_timeout.as_millis() as u64,
+            max_connections: conn.connections.max(),
             max_header_bytes: conn.max_header_bytes,
             read_buffer_bytes: conn.read_buffer_bytes,
             worker_threads: 0,
@@ -119,6 +132,8 @@ impl Default for ServerConfig {
             caller_key_header: "x-chunkgate-key".to_owned(),
             allowed_accounts: Vec::new(),
             max_uploads_per_caller: 32,
+            max_passthrough_per_caller: 256,
+            max_passthrough_per_account: 512,
             tls_cert: None,
             tls_key: None,
             client_ca: None,
@@ -127,11 +142,17 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    /// Connection limits, with the listener's TLS when configured.
-    pub fn conn_limits(&self, tls: Option<tokio_rustls::TlsAcceptor>) -> ConnLimits {
+    /// Connection limits, with the listener's TLS when configured; `connections` counts this
+    /// listener's connections (made with `max_connections` slots).
+    pub fn conn_limits(
+        &self,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        connections: std::sync::Arc<Connections>,
+    ) -> ConnLimits {
         ConnLimits {
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
-            max_connections: self.max_connections,
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            connections,
             max_header_bytes: self.max_header_bytes,
             read_buffer_bytes: self.read_buffer_bytes,
             tls,
@@ -139,6 +160,7 @@ impl ServerConfig {
                 Scheduler::PerThread => self.threads(),
                 Scheduler::WorkStealing => 1,
             },
+            render: None,
         }
     }
 
@@ -173,7 +195,8 @@ impl Default for AdminConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct UpstreamConfig {
-    /// Requests go to this URL + the request's path and query.
+    /// The upstream's origin (`https://host[:port]`); requests go to it + the request's path and
+    /// query, so the path the client uses (`/restapi/v2.1/...`) is the path the upstream sees.
     pub base_url: String,
     /// Permit an `http://` base URL (the simulator on loopback); refused otherwise.
     pub allow_plain_http: bool,
@@ -189,6 +212,9 @@ pub struct UpstreamConfig {
     pub commit_timeout_ms: u64,
     /// Largest upstream answer the gateway reads to parse (bigger ones are a bad response).
     pub max_response_bytes: usize,
+    /// Largest request body the upstream accepts (DocuSign documents 25 to 32 MB): part bodies
+    /// stay within it whatever part size is configured.
+    pub max_request_bytes: usize,
     /// Idle pooled connections kept per host.
     pub pool_max_idle: usize,
     /// Offer HTTP/2 in the TLS handshake (used when the upstream accepts it); HTTP/1.1 only when false.
@@ -198,7 +224,7 @@ pub struct UpstreamConfig {
 impl Default for UpstreamConfig {
     fn default() -> Self {
         Self {
-            base_url: "https://demo.docusign.net/restapi".to_owned(),
+            base_url: "https://demo.docusign.net".to_owned(),
             allow_plain_http: false,
             dialect: Dialect::Docusign,
             ca_files: Vec::new(),
@@ -207,6 +233,7 @@ impl Default for UpstreamConfig {
             part_timeout_ms: 120_000,
             commit_timeout_ms: 60_000,
             max_response_bytes: 1024 * 1024,
+            max_request_bytes: 25_000_000,
             pool_max_idle: 32,
             // HTTP/1.1 streamed parts faster and for less CPU than HTTP/2 (BENCHMARKS.md, 7).
             http2: false,
@@ -220,7 +247,8 @@ impl Default for UpstreamConfig {
 pub struct UploadConfig {
     /// Smallest part; raised per document when it would not fit in the allowed part count.
     pub part_size: usize,
-    /// Largest part the upstream accepts in one request (DocuSign: 50 MB of data).
+    /// Largest part; a part's request body (base64 in JSON) also stays within
+    /// `upstream.max_request_bytes`, which caps it further.
     pub max_part_bytes: usize,
     /// Part limit assumed when sizing part 0, before the upstream has announced its own.
     pub assumed_max_parts: u32,
@@ -236,13 +264,16 @@ pub struct UploadConfig {
     pub client_idle_timeout_ms: u64,
     /// Compare the gateway's SHA-256 with the upstream's `?include=checksum` before committing.
     pub verify_upstream_checksum: bool,
+    /// With verification on, refuse to commit when the upstream's answer carries no checksum
+    /// (otherwise sizes are checked, a warning logged and counted, and the answer says so).
+    pub require_upstream_checksum: bool,
 }
 
 impl Default for UploadConfig {
     fn default() -> Self {
         Self {
             part_size: 8 * 1024 * 1024,
-            max_part_bytes: 50 * 1024 * 1024,
+            max_part_bytes: 16 * 1024 * 1024,
             assumed_max_parts: 128,
             max_in_flight: 4,
             max_document_bytes: 50 * 1024 * 1024,
@@ -250,6 +281,7 @@ impl Default for UploadConfig {
             memory_budget_bytes: 1024 * 1024 * 1024,
             client_idle_timeout_ms: 30_000,
             verify_upstream_checksum: true,
+            require_upstream_checksum: false,
         }
     }
 }
@@ -394,6 +426,43 @@ impl Config {
         if problems.is_empty() { Ok(config) } else { Err(Problems(problems)) }
     }
 
+    /// Settings that work but are probably not what was meant; `check-config` prints them and
+    /// `serve` logs them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Ok(uri) = self.upstream.base_url.parse::<http::Uri>() {
+            let path = uri.path().trim_end_matches('/');
+            if !path.is_empty() {
+                out.push(format!(
+                    "upstream.base_url has the path {path:?}: requests are forwarded to base_url + their own path, so a client using {path}/v2.1/... reaches the upstream as {path}{path}/v2.1/...; set base_url to the origin ({}://{}) and change only the scheme, host and port of the client's base path",
+                    uri.scheme_str().unwrap_or("https"),
+                    uri.authority().map_or("", |a| a.as_str()),
+                ));
+            }
+        }
+        let cap = part_cap(self.upstream.max_request_bytes);
+        for (name, size) in
+            [("upload.part_size", self.upload.part_size), ("upload.max_part_bytes", self.upload.max_part_bytes)]
+        {
+            if size > cap {
+                out.push(format!(
+                    "{name} ({size}) encodes to more than upstream.max_request_bytes ({}) allows: parts are held to {cap} bytes",
+                    self.upstream.max_request_bytes
+                ));
+            }
+        }
+        out
+    }
+
+    /// The upload settings in force: part sizes held to what fits in one upstream request.
+    pub fn effective_upload(&self) -> UploadConfig {
+        let cap = part_cap(self.upstream.max_request_bytes);
+        let mut u = self.upload.clone();
+        u.max_part_bytes = u.max_part_bytes.min(cap).max(1);
+        u.part_size = u.part_size.min(u.max_part_bytes);
+        u
+    }
+
     /// Every semantic problem (types and unknown keys are caught while parsing).
     pub fn problems(&self) -> Vec<String> {
         let mut out = self.sim.problems();
@@ -445,6 +514,9 @@ impl Config {
             ("server.max_connections", self.server.max_connections as u64),
             ("server.header_read_timeout_ms", self.server.header_read_timeout_ms),
             ("server.max_uploads_per_caller", self.server.max_uploads_per_caller as u64),
+            ("server.max_passthrough_per_caller", self.server.max_passthrough_per_caller as u64),
+            ("server.max_passthrough_per_account", self.server.max_passthrough_per_account as u64),
+            ("server.idle_timeout_ms", self.server.idle_timeout_ms),
         ] {
             if v == 0 {
                 out.push(format!("{name} must be above 0"));
@@ -455,6 +527,9 @@ impl Config {
                 "server.read_buffer_bytes ({}) must be within 8192..=16777216",
                 self.server.read_buffer_bytes
             ));
+        }
+        if self.upstream.max_request_bytes < 4096 {
+            out.push(format!("upstream.max_request_bytes ({}) must be at least 4096", self.upstream.max_request_bytes));
         }
         if self.server.worker_threads > 1024 {
             out.push(format!("server.worker_threads ({}) must be at most 1024", self.server.worker_threads));
@@ -501,6 +576,11 @@ impl Config {
         }
         out
     }
+}
+
+/// The largest raw part whose request body, `{"data":"<base64>"}`, fits in `max_request_bytes`.
+pub fn part_cap(max_request_bytes: usize) -> usize {
+    max_request_bytes.saturating_sub(crate::upload::part::encoded_len(0)) / 4 * 3
 }
 
 /// Deserializes `value`, recording every unknown key and any type error in `problems`.
@@ -566,6 +646,22 @@ mod tests {
         assert_eq!(c.sim.limits.max_parts, 64);
         assert_eq!(c.sim.listen.port(), 9999);
         assert_eq!(c.sim.dialect, crate::envelope::Dialect::Envelope);
+    }
+
+    #[test]
+    fn a_base_url_path_and_parts_over_the_request_cap_are_warned_about() {
+        assert_eq!(Config::default().warnings(), Vec::<String>::new());
+        let c = Config::parse(
+            "[upstream]\nbase_url = \"https://demo.docusign.net/restapi\"\n[upload]\nmax_part_bytes = 50000000\n",
+            env(&[]),
+        )
+        .unwrap();
+        let all = c.warnings().join("\n");
+        assert!(all.contains("/restapi/restapi/v2.1"), "{all}");
+        assert!(all.contains("upload.max_part_bytes"), "{all}");
+        let u = c.effective_upload();
+        assert!(crate::upload::part::encoded_len(u.max_part_bytes) <= c.upstream.max_request_bytes);
+        assert!(crate::upload::part::encoded_len(u.max_part_bytes + 3) > c.upstream.max_request_bytes);
     }
 
     #[test]

@@ -96,7 +96,7 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.admin.listen = "127.0.0.1:0".parse().unwrap();
-    config.upstream.base_url = format!("{}/restapi", sim.url());
+    config.upstream.base_url = sim.url();
     config.upstream.allow_plain_http = true;
     config.upload.part_size = opts.part_size;
     config.upload.max_in_flight = opts.max_in_flight;

@@ -11,10 +11,12 @@ use subtle::ConstantTimeEq;
 
 use crate::{
     body::{Body, BoxError},
+    caller::{Caller, PerKey},
     config::Config,
     error::GatewayError,
-    proxy, route,
-    server::{self, Stopper},
+    proxy,
+    route::{self, ApiTarget, Chunked},
+    server::{self, Connections, Stopper},
     upload::Uploads,
     upstream::Upstream,
 };
@@ -24,12 +26,17 @@ pub struct Gateway {
     pub config: Config,
     pub upstream: Arc<Upstream>,
     pub uploads: Uploads,
+    /// The main listener's open connections (readiness reports a full listener).
+    pub connections: Arc<Connections>,
     /// SHA-256 of each accepted caller key.
     caller_keys: Vec<[u8; 32]>,
     /// `server.caller_key_header`, parsed once.
     caller_key_header: HeaderName,
     /// The listener's TLS, when configured.
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Passthrough requests running per caller and per account.
+    passthrough_callers: Arc<PerKey<Caller>>,
+    passthrough_accounts: Arc<PerKey<String>>,
 }
 
 // === impl Gateway ===
@@ -47,7 +54,18 @@ impl Gateway {
         let caller_key_header = HeaderName::from_bytes(config.server.caller_key_header.as_bytes()).map_err(|_| {
             format!("server.caller_key_header {:?} is not a header name", config.server.caller_key_header)
         })?;
-        Ok(Arc::new(Self { config, upstream, uploads, caller_keys, caller_key_header, tls }))
+        let connections = Connections::new(config.server.max_connections);
+        Ok(Arc::new(Self {
+            config,
+            upstream,
+            uploads,
+            connections,
+            caller_keys,
+            caller_key_header,
+            tls,
+            passthrough_callers: PerKey::new(),
+            passthrough_accounts: PerKey::new(),
+        }))
     }
 
     async fn handle(self: Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -56,42 +74,70 @@ impl Gateway {
         // size through; the limit on heads is kept here.
         let limit = self.config.server.max_header_bytes;
         if head_len(&req) > limit {
-            return GatewayError::HeadersTooLarge { limit }.response(dialect, None);
+            return GatewayError::HeadersTooLarge { limit }.response(dialect);
         }
-        if let Err(refused) = route::screen(req.method(), req.uri()) {
-            tracing::info!(reason = refused.message(), "request target refused");
-            let err = match refused {
-                route::Refused::BadAccount => GatewayError::InvalidAccountId,
-                other => GatewayError::InvalidPath(other.message()),
-            };
-            return err.response(dialect, None);
+        if let Err(err) = transfer_coding(req.headers()) {
+            tracing::info!(code = err.code(), "request refused before forwarding");
+            // The body's framing cannot be trusted: the connection ends with this answer.
+            let mut response = err.response(dialect);
+            response.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            return response;
         }
-        let key = match self.caller_key(&req) {
-            Ok(key) => key,
-            Err(err) => return err.response(dialect, None),
+        // The target is parsed once, here; everything after reads the account from this parse.
+        // (A clone of the URI shares its bytes.)
+        let uri = req.uri().clone();
+        let target = match route::screen(req.method(), &uri, req.version()) {
+            Ok(target) => target,
+            Err(refused) => {
+                tracing::info!(reason = refused.message(), "request target refused");
+                let err = match refused {
+                    route::Refused::BadAccount => GatewayError::InvalidAccountId,
+                    other => GatewayError::InvalidPath(other.message()),
+                };
+                return err.response(dialect);
+            }
+        };
+        let caller = match self.caller(&req, peer) {
+            Ok(caller) => caller,
+            Err(err) => return err.response(dialect),
         };
         // The caller's key is for the gateway alone.
         req.headers_mut().remove(&self.caller_key_header);
         let allowed = &self.config.server.allowed_accounts;
-        if !allowed.is_empty() && !route::account_in(req.uri().path()).is_some_and(|a| allowed.iter().any(|x| x == a)) {
-            return GatewayError::AccountNotAllowed.response(dialect, None);
+        if !allowed.is_empty() && !target.account.is_some_and(|a| allowed.iter().any(|x| x == a)) {
+            return GatewayError::AccountNotAllowed.response(dialect);
         }
-        if req.method() == Method::POST && is_document(req.headers()) {
-            let uri = req.uri().clone();
-            if let Some(target) = route::chunked_upload_target(uri.path()).filter(|t| t.upload.is_none()) {
-                // Who is calling, for the per-caller cap: the key it presented, else its address.
-                let caller = match key {
-                    Some(i) => format!("key#{i}"),
-                    None => peer.ip().to_string(),
-                };
-                return self.uploads.handle(self.upstream.clone(), req, target, caller).await;
-            }
+        if req.method() == Method::POST
+            && target.chunked == Some(Chunked { upload: None, part: None })
+            && is_document(req.headers())
+        {
+            return self.uploads.handle(self.upstream.clone(), req, target, caller).await;
         }
-        match proxy::forward(&self.upstream, req).await {
+        self.passthrough(req, target, caller).await
+    }
+
+    /// Forwards a request, within the bounds on what one caller and one account may have running.
+    async fn passthrough(&self, req: Request<Incoming>, target: ApiTarget<'_>, caller: Caller) -> Response<Body> {
+        let dialect = self.upstream.dialect;
+        let s = &self.config.server;
+        let busy = || {
+            tracing::info!(%caller, account = target.account, "passthrough refused: too many running");
+            GatewayError::GatewayBusy { retry_after: Duration::from_secs(1) }.response(dialect)
+        };
+        let Some(_caller_slot) = self.passthrough_callers.try_take(caller, s.max_passthrough_per_caller) else {
+            return busy();
+        };
+        let account = target.account.unwrap_or_default();
+        let Some(_account_slot) = self.passthrough_accounts.try_take(account.to_owned(), s.max_passthrough_per_account)
+        else {
+            return busy();
+        };
+        let idle = Duration::from_millis(self.config.upload.client_idle_timeout_ms);
+        match proxy::forward(&self.upstream, req, account, idle).await {
             Ok(response) => response,
             Err(err) => {
-                tracing::warn!(code = err.code(), error = %err, "passthrough failed");
-                err.response(self.upstream.dialect, None)
+                tracing::warn!(code = err.code(), detail = err.detail(), "passthrough failed");
+                err.response(dialect)
             }
         }
     }
@@ -100,11 +146,11 @@ impl Gateway {
 // === impl Gateway (callers) ===
 
 impl Gateway {
-    /// The index of the key the caller presented when keys are configured (compared in constant
-    /// time, as SHA-256 digests so lengths do not leak either); `None` when no keys are configured.
-    fn caller_key(&self, req: &Request<Incoming>) -> Result<Option<usize>, GatewayError> {
+    /// Who is calling: the key it presented when keys are configured (compared in constant time,
+    /// as SHA-256 digests so lengths do not leak either), else its address.
+    fn caller(&self, req: &Request<Incoming>, peer: SocketAddr) -> Result<Caller, GatewayError> {
         if self.caller_keys.is_empty() {
-            return Ok(None);
+            return Ok(Caller::Addr(peer.ip()));
         }
         let presented = req.headers().get(&self.caller_key_header).map(|v| v.as_bytes());
         let digest: [u8; 32] = Sha256::digest(presented.unwrap_or_default()).into();
@@ -115,7 +161,7 @@ impl Gateway {
             }
         }
         match (presented, found) {
-            (Some(_), Some(i)) => Ok(Some(i)),
+            (Some(_), Some(i)) => Ok(Caller::Key(i)),
             _ => Err(GatewayError::CallerUnauthorized),
         }
     }
@@ -128,6 +174,47 @@ fn head_len<B>(req: &Request<B>) -> usize {
         uri.path_and_query().map_or(1, |pq| pq.as_str().len()) + uri.authority().map_or(0, |a| a.as_str().len());
     let line = req.method().as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
     req.headers().iter().fold(line, |n, (name, value)| n + name.as_str().len() + value.len() + ": \r\n".len())
+}
+
+/// Only `chunked` may be applied to a request body: any other transfer coding (`gzip, chunked`)
+/// would reach the upload, or the upstream, still encoded (RFC 9112 §6.1: 501).
+fn transfer_coding(headers: &HeaderMap) -> Result<(), GatewayError> {
+    let mut codings = 0;
+    for value in headers.get_all(header::TRANSFER_ENCODING) {
+        let text = value.to_str().map_err(|_| GatewayError::UnsupportedTransferCoding("(not text)".into()))?;
+        for coding in text.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            codings += 1;
+            if !coding.eq_ignore_ascii_case("chunked") || codings > 1 {
+                return Err(GatewayError::UnsupportedTransferCoding(text.to_owned()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The whole answer to a request hyper refused while reading it (see `canned`), with a body in
+/// the dialect's error shape like every other answer the gateway makes.
+fn framing_answer(dialect: crate::envelope::Dialect, limit: usize) -> crate::canned::Render {
+    Arc::new(move |status: http::StatusCode| {
+        let err = match status.as_u16() {
+            431 => GatewayError::HeadersTooLarge { limit },
+            414 => GatewayError::InvalidPath("the request target is too long"),
+            _ => GatewayError::BadRequest(
+                "the request's head or framing is malformed (the request line, a header line, Content-Length or Transfer-Encoding)".into(),
+            ),
+        };
+        let body = dialect.error(err.code(), &err.to_string());
+        let head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\ndate: {}\r\n\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len(),
+            httpdate::fmt_http_date(std::time::SystemTime::now()),
+        );
+        let mut answer = bytes::BytesMut::from(head.as_bytes());
+        answer.extend_from_slice(&body);
+        answer.freeze()
+    })
 }
 
 /// A body that is neither JSON nor XML is a document to stream; JSON and XML are API calls.
@@ -143,7 +230,8 @@ fn is_document(headers: &HeaderMap) -> bool {
 /// (SHUTTING_DOWN), running ones get `server.drain_secs` to finish, and whatever is still running
 /// after that is cancelled and its upstream upload deleted.
 pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) {
-    let limits = gateway.config.server.conn_limits(gateway.tls.clone());
+    let mut limits = gateway.config.server.conn_limits(gateway.tls.clone(), gateway.connections.clone());
+    limits.render = Some(framing_answer(gateway.upstream.dialect, gateway.config.server.max_header_bytes));
     let drain = Duration::from_secs(gateway.config.server.drain_secs);
     let gw = gateway.clone();
     let handler = move |req, peer: SocketAddr| {
@@ -237,5 +325,20 @@ mod tests {
         assert!(!with("Application/JSON"));
         assert!(!with("application/problem+json"));
         assert!(!with("text/xml"));
+    }
+
+    #[test]
+    fn only_chunked_is_a_transfer_coding_the_gateway_takes() {
+        let with = |te: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::TRANSFER_ENCODING, te.parse().unwrap());
+            transfer_coding(&h).map_err(|e| e.code())
+        };
+        assert_eq!(transfer_coding(&HeaderMap::new()), Ok(()));
+        assert_eq!(with("chunked"), Ok(()));
+        assert_eq!(with("Chunked"), Ok(()));
+        for te in ["gzip, chunked", "chunked, chunked", "identity", "gzip", "deflate,chunked"] {
+            assert_eq!(with(te), Err("UNSUPPORTED_TRANSFER_CODING"), "{te}");
+        }
     }
 }

@@ -3,6 +3,8 @@
 
 pub mod admin; // the admin listener: /healthz, /readyz, /metrics
 pub mod body; // the response body type and bounded body reads
+pub mod caller; // who is calling, and requests running per caller and per account
+pub mod canned; // a body for hyper's own answers to malformed requests
 pub mod config; // settings, defaults, env overrides, validation listing every problem
 pub mod demo; // `chunkgate demo`: simulator and gateway in one process, one document through them
 pub mod envelope; // response bodies in the upstream's two dialects

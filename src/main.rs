@@ -115,7 +115,12 @@ fn runtime(workers: usize) -> tokio::runtime::Runtime {
 }
 
 async fn serve(cfg: Config) -> ExitCode {
+    // First of all: a signal that came before its handler would end the process at once.
+    let stop = telemetry::shutdown_signal();
     telemetry::init(&cfg.log);
+    for warning in cfg.warnings() {
+        tracing::warn!("{warning}");
+    }
     let (listen, admin_listen) = (cfg.server.listen, cfg.admin.listen);
     let gw = match gateway::Gateway::new(cfg) {
         Ok(gw) => gw,
@@ -133,7 +138,7 @@ async fn serve(cfg: Config) -> ExitCode {
     announce(&format!("chunkgate listening on {scheme}://{addr}"));
     announce(&format!("chunkgate admin on http://{admin_addr} (/healthz /readyz /metrics)"));
     tracing::info!(%addr, %admin_addr, upstream = %gw.config.upstream.base_url, "gateway started");
-    gateway::run_with_admin(listener, admin, gw, telemetry::shutdown_signal()).await;
+    gateway::run_with_admin(listener, admin, gw, stop).await;
     tracing::info!("gateway stopped");
     ExitCode::SUCCESS
 }
@@ -198,8 +203,13 @@ async fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::CheckConfig { file } => match Config::load(Some(&file), std::env::vars()) {
-            Ok(_) => {
-                println!("{}: ok", file.display());
+            Ok(cfg) => {
+                let warnings = cfg.warnings();
+                for warning in &warnings {
+                    eprintln!("warning: {warning}");
+                }
+                let note = if warnings.is_empty() { String::new() } else { format!(" ({} warnings)", warnings.len()) };
+                println!("{}: ok{note}", file.display());
                 ExitCode::SUCCESS
             }
             Err(problems) => bad_config(&problems),
@@ -209,6 +219,7 @@ async fn run(cli: Cli) -> ExitCode {
                 Ok(cfg) => cfg,
                 Err(problems) => return bad_config(&problems),
             };
+            let stop = telemetry::shutdown_signal();
             telemetry::init(&cfg.log);
             let s = &mut cfg.sim;
             s.listen = listen.unwrap_or(s.listen);
@@ -232,7 +243,7 @@ async fn run(cli: Cli) -> ExitCode {
             let scheme = if s.tls_cert.is_some() { "https" } else { "http" };
             announce(&format!("chunkgate sim listening on {scheme}://{addr}"));
             tracing::info!(%addr, dialect = ?s.dialect, storage = ?s.storage, "simulator started");
-            match sim::run(listener, sim::Sim::new(cfg.sim), telemetry::shutdown_signal()).await {
+            match sim::run(listener, sim::Sim::new(cfg.sim), stop).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("chunkgate sim: {err}");

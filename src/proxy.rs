@@ -1,14 +1,25 @@
 //! Passthrough: every request that is not a streamed upload goes to `upstream.base_url` + its path
 //! and query, streamed both ways, with hop-by-hop headers removed and the answer returned as is.
+//! A client body that breaks off or stops is the client's error (400, 408), not the upstream's.
 
+use std::{
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Request, Response, header};
+use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tokio::{sync::Notify, time::Sleep};
 
 use crate::{
-    body::Body,
+    body::{Body, BoxError},
     error::GatewayError,
-    upstream::{CallError, Upstream},
+    upstream::Upstream,
 };
 
 /// Headers that belong to one connection (RFC 9110 §7.6.1), never forwarded.
@@ -41,23 +52,134 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Forwards `req` and returns the upstream's answer, or the gateway's error when there is none.
-pub async fn forward(upstream: &Upstream, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+/// Forwards `req` (paced under `account`) and returns the upstream's answer, or the gateway's
+/// error when there is none.
+pub async fn forward(
+    upstream: &Upstream,
+    req: Request<Incoming>,
+    account: &str,
+    idle: Duration,
+) -> Result<Response<Body>, GatewayError> {
     let (mut parts, incoming) = req.into_parts();
     parts.uri = upstream.forward_uri(&parts.uri);
     parts.version = http::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     // The client sets Host from the URI.
     parts.headers.remove(header::HOST);
-    let req = Request::from_parts(parts, incoming.map_err(Into::into).boxed());
-    let response = upstream.send(req).await.map_err(|err| match err {
-        CallError::NotSent(e) | CallError::Broken(e) | CallError::BadAnswer(e) => GatewayError::UpstreamUnavailable(e),
-        CallError::Timeout(d) => GatewayError::UpstreamTimeout(format!("{d:?}")),
-        CallError::RateLimited(wait) => GatewayError::RateLimited { retry_after: wait },
-        CallError::Tls(e) => GatewayError::UpstreamTls(e),
-    })?;
+    // Most passthrough calls (GETs) carry no body: they need no watching.
+    let watch = (!incoming.is_end_stream()).then(|| Arc::new(Watch::default()));
+    let body = match &watch {
+        None => incoming.map_err(Into::into).boxed(),
+        Some(w) => ClientBody::new(incoming, idle, w.clone()).boxed(),
+    };
+    let sent = async {
+        if let Some(w) = &watch {
+            w.ended().await;
+        }
+    };
+    let answer = upstream.send(Request::from_parts(parts, body), account, sent).await;
+    let response = match answer {
+        Ok(response) => response,
+        // The client's body failed first: that is the cause, whatever the upstream call saw.
+        Err(err) => return Err(watch.and_then(|w| w.fault()).unwrap_or_else(|| GatewayError::from(&err))),
+    };
     let (mut parts, incoming) = response.into_parts();
     crate::telemetry::passthrough(parts.status);
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, incoming.map_err(Into::into).boxed()))
+}
+
+/// What became of a forwarded client body.
+#[derive(Default)]
+struct Watch {
+    /// Set once: the body's end, or the client's fault.
+    outcome: Mutex<Option<Option<GatewayError>>>,
+    notify: Notify,
+}
+
+impl Watch {
+    fn end(&self, fault: Option<GatewayError>) {
+        let mut outcome = self.outcome.lock().unwrap();
+        if outcome.is_none() {
+            *outcome = Some(fault);
+            self.notify.notify_waiters();
+        }
+    }
+
+    fn fault(&self) -> Option<GatewayError> {
+        self.outcome.lock().unwrap().clone().flatten()
+    }
+
+    /// Resolves once the body has ended (or failed).
+    async fn ended(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.outcome.lock().unwrap().is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The client's body on its way upstream: a frame must come within `idle`, and how it ends is
+/// recorded, so that a failure is told apart from the upstream's.
+struct ClientBody {
+    inner: Incoming,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+    watch: Arc<Watch>,
+}
+
+impl ClientBody {
+    fn new(inner: Incoming, idle: Duration, watch: Arc<Watch>) -> Self {
+        Self { inner, idle, timer: Box::pin(tokio::time::sleep(idle)), watch }
+    }
+}
+
+impl HttpBody for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let deadline = tokio::time::Instant::now() + this.idle;
+                this.timer.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(err))) => {
+                tracing::info!(error = %err, "the client's passthrough body broke off");
+                this.watch.end(Some(GatewayError::ClientBodyError));
+                Poll::Ready(Some(Err(err.into())))
+            }
+            Poll::Ready(None) => {
+                this.watch.end(None);
+                Poll::Ready(None)
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    this.watch.end(Some(GatewayError::ClientBodyTimeout(this.idle)));
+                    Poll::Ready(Some(Err("the client's body stalled".into())))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        // Dropped unfinished (the upstream answered early, or the call ended): nobody waits.
+        self.watch.end(None);
+    }
 }

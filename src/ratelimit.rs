@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::{
     config::RateLimitConfig,
-    retry::{BURST_LIMIT_CODE, HOURLY_LIMIT_CODE},
+    retry::{BURST_LIMIT_CODE, HOURLY_LIMIT_CODE, is_throttle_code, is_throttle_status},
 };
 
 type Direct = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
@@ -141,8 +141,9 @@ impl RateLimits {
         }
     }
 
-    /// Learns from an answer's rate-limit headers and status; returns whether it was throttling.
-    pub fn observe(&self, account: &str, status: StatusCode, headers: &HeaderMap, code: Option<&str>) -> bool {
+    /// Learns from an answer's rate-limit headers and status (throttling by the rule of
+    /// `retry::is_throttle`).
+    pub fn observe(&self, account: &str, status: StatusCode, headers: &HeaderMap, code: Option<&str>) {
         let num =
             |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<i64>().ok());
         let remaining = Remaining { hourly: num("x-ratelimit-remaining"), burst: num("x-burstlimit-remaining") };
@@ -155,10 +156,9 @@ impl RateLimits {
                 }
             }
         }
-        let throttled = status == StatusCode::TOO_MANY_REQUESTS
-            || code.is_some_and(|c| c == HOURLY_LIMIT_CODE || c == BURST_LIMIT_CODE);
+        let throttled = is_throttle_status(status) || code.is_some_and(is_throttle_code);
         if !self.config.enabled {
-            return throttled;
+            return;
         }
         // The upstream's own clock, from its Date header, so that skew between the clocks cannot
         // stretch or cut a pause; ours when it sends none.
@@ -185,7 +185,6 @@ impl RateLimits {
             *paused = Some(paused.map_or(until, |p| p.max(until)));
             tracing::info!(account, pause_secs = secs, throttled, "pausing upstream calls for the account");
         }
-        throttled
     }
 
     /// The remaining calls each account's last answer announced.
@@ -227,7 +226,7 @@ mod tests {
         headers.insert("x-ratelimit-remaining", "0".parse().unwrap());
         let reset = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 600;
         headers.insert("x-ratelimit-reset", reset.to_string().parse().unwrap());
-        assert!(rl.observe("1", StatusCode::BAD_REQUEST, &headers, Some(HOURLY_LIMIT_CODE)));
+        rl.observe("1", StatusCode::BAD_REQUEST, &headers, Some(HOURLY_LIMIT_CODE));
         let soon = Instant::now() + Duration::from_secs(5);
         let retry_after = rl.acquire("1", soon).await.unwrap_err();
         assert!(retry_after > Duration::from_secs(590), "{retry_after:?}");

@@ -60,22 +60,41 @@ pub fn classify(result: &Result<Answer, CallError>, dialect: Dialect) -> Class {
 }
 
 /// Throttling is told by the error code, not the status alone: DocuSign answered it with 400 for
-/// years and with 429 since 2026. Any 429 counts too.
+/// years and with 429 since 2026. Any 429 counts too, and 444 ("blocked due to excess usage"),
+/// which its front end answers with an HTML page. The rate limiter reads answers by the same rule.
 pub fn is_throttle(a: &Answer, dialect: Dialect) -> bool {
-    a.status == StatusCode::TOO_MANY_REQUESTS
-        || (a.status == StatusCode::BAD_REQUEST
-            && a.error_code(dialect).is_some_and(|c| c == HOURLY_LIMIT_CODE || c == BURST_LIMIT_CODE))
+    is_throttle_status(a.status)
+        || (a.status.is_client_error() && a.error_code(dialect).is_some_and(|c| is_throttle_code(&c)))
 }
 
-/// The client-facing error for a call that failed for good without a refusal to pass on.
+/// 429, or 444: throttling whatever the body says.
+pub fn is_throttle_status(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || status.as_u16() == 444
+}
+
+/// The upstream's throttling error codes.
+pub fn is_throttle_code(code: &str) -> bool {
+    code == HOURLY_LIMIT_CODE || code == BURST_LIMIT_CODE
+}
+
+/// The client-facing error for a call that failed for good without a refusal to pass on. The one
+/// mapping from upstream outcomes to client errors: the passthrough uses it too.
 pub fn exhausted(result: &Result<Answer, CallError>) -> GatewayError {
     match result {
-        Ok(a) => GatewayError::UpstreamUnavailable(format!("the upstream answered {}", a.status)),
-        Err(CallError::NotSent(e) | CallError::Broken(e)) => GatewayError::UpstreamUnavailable(e.clone()),
-        Err(CallError::Timeout(d)) => GatewayError::UpstreamTimeout(format!("{d:?}")),
-        Err(CallError::BadAnswer(e)) => GatewayError::UpstreamBadResponse(e.clone()),
-        Err(CallError::RateLimited(wait)) => GatewayError::RateLimited { retry_after: *wait },
-        Err(CallError::Tls(e)) => GatewayError::UpstreamTls(e.clone()),
+        Ok(a) => GatewayError::UpstreamFailing(a.status),
+        Err(e) => GatewayError::from(e),
+    }
+}
+
+impl From<&CallError> for GatewayError {
+    fn from(err: &CallError) -> Self {
+        match err {
+            CallError::NotSent(e) | CallError::Broken(e) => GatewayError::UpstreamUnavailable(e.clone()),
+            CallError::Timeout(d) => GatewayError::UpstreamTimeout(*d),
+            CallError::BadAnswer(e) => GatewayError::UpstreamBadResponse(e.clone()),
+            CallError::RateLimited(wait) => GatewayError::RateLimited { retry_after: *wait },
+            CallError::Tls(e) => GatewayError::UpstreamTls(e.clone()),
+        }
     }
 }
 
@@ -207,7 +226,9 @@ mod tests {
         assert_eq!(classify(&Ok(answer(429, "")), d), Class::Throttled);
         let other400 = answer(400, r#"{"errorCode":"INVALID_REQUEST_BODY","message":""}"#);
         assert_eq!(classify(&Ok(other400), d), Class::Refused);
-        assert_eq!(classify(&Ok(answer(503, "")), d), Class::Ambiguous);
+        assert_eq!(classify(&Ok(answer(503, "<html>busy</html>")), d), Class::Ambiguous);
+        assert_eq!(classify(&Ok(answer(444, "<html>blocked</html>")), d), Class::Throttled);
+        assert_eq!(classify(&Ok(answer(413, "<html>too large</html>")), d), Class::Refused);
         assert_eq!(classify(&Ok(answer(408, "")), d), Class::Ambiguous);
         assert_eq!(classify(&Err(CallError::NotSent("refused".into())), d), Class::NotSent);
         assert_eq!(classify(&Err(CallError::Timeout(Duration::from_secs(1))), d), Class::Ambiguous);

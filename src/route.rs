@@ -1,61 +1,37 @@
-//! Recognising the chunked-upload routes of the upstream API under any path prefix, and the
-//! shapes of their identifiers.
+//! The request target, parsed once: where the upstream API's path starts, which account it names,
+//! and whether it is a chunked-upload route. Everything that needs the account (the allowlist,
+//! routing, quotas, rate limits) reads it from this one parse, so no two parsers can disagree.
 
-/// A path of the chunked-upload resource: `{prefix}/v2.1/accounts/{account}/chunked_uploads[/{id}[/{seq}]]`.
+/// A screened request target: `{prefix}/{version}/accounts/{account}/...`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Target<'a> {
+pub struct ApiTarget<'a> {
     /// Everything before `/v2.1` or `/v2`, e.g. `/restapi`.
     pub prefix: &'a str,
     pub version: &'a str,
-    pub account: &'a str,
+    /// The segment after `{version}/accounts/`, when the path has one (validated).
+    pub account: Option<&'a str>,
+    /// The chunked-upload route the path is, if it is one.
+    pub chunked: Option<Chunked<'a>>,
+}
+
+/// `{prefix}/{version}/accounts/{account}/chunked_uploads[/{upload}[/{part}]]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chunked<'a> {
     pub upload: Option<&'a str>,
     pub part: Option<&'a str>,
-}
-
-/// Finds the chunked-upload resource in `path`, or `None` if the path is not one of its routes.
-pub fn chunked_upload_target(path: &str) -> Option<Target<'_>> {
-    let trimmed = path.strip_suffix('/').unwrap_or(path);
-    let segments: Vec<&str> = trimmed.split('/').collect();
-    let at = segments
-        .windows(4)
-        .position(|w| matches!(w[0], "v2.1" | "v2") && w[1] == "accounts" && w[3] == "chunked_uploads")?;
-    let rest = &segments[at + 4..];
-    if rest.len() > 2 || rest.iter().any(|s| s.is_empty()) {
-        return None;
-    }
-    let prefix_len = segments[..at].iter().map(|s| s.len() + 1).sum::<usize>().saturating_sub(1);
-    Some(Target {
-        prefix: &trimmed[..prefix_len],
-        version: segments[at],
-        account: segments[at + 2],
-        upload: rest.first().copied(),
-        part: rest.get(1).copied(),
-    })
-}
-
-/// The account a path names (`.../v2.1/accounts/{id}/...`), if any.
-pub fn account_in(path: &str) -> Option<&str> {
-    let mut segments = path.split('/');
-    while let Some(s) = segments.next() {
-        if matches!(s, "v2.1" | "v2") {
-            return match (segments.next(), segments.next()) {
-                (Some("accounts"), Some(id)) if !id.is_empty() => Some(id),
-                _ => None,
-            };
-        }
-    }
-    None
 }
 
 /// Why a request target is refused before anything else looks at it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refused {
-    /// CONNECT, absolute-form or authority-form: the gateway is no proxy to anywhere else.
+    /// CONNECT, or absolute-form or authority-form over HTTP/1: the gateway is no proxy to anywhere else.
     NotOrigin,
     /// `.` or `..` segments, encoded separators or dots, backslashes.
     Traversal,
     /// No `/v2/` or `/v2.1/` segment: not a path of the upstream API.
     NotApi,
+    /// More than one `/v2/` or `/v2.1/` segment: which one names the account would be a guess.
+    AmbiguousVersion,
     BadAccount,
     BadUploadId,
     BadSequence,
@@ -69,6 +45,7 @@ impl Refused {
             }
             Refused::Traversal => "the path holds dot segments, encoded separators or backslashes",
             Refused::NotApi => "the path is not one of the upstream API (no /v2/ or /v2.1/ segment)",
+            Refused::AmbiguousVersion => "the path holds more than one API version segment (/v2/ or /v2.1/)",
             Refused::BadAccount => "the account id must be an integer account number or a GUID",
             Refused::BadUploadId => "the chunked upload id holds characters outside A-Z, a-z, 0-9 and '-'",
             Refused::BadSequence => "the part sequence must be a small non-negative integer",
@@ -76,10 +53,15 @@ impl Refused {
     }
 }
 
-/// Screens a request target before routing: only origin-form paths of the upstream API, with
-/// well-formed ids, are forwarded anywhere.
-pub fn screen(method: &http::Method, uri: &http::Uri) -> Result<(), Refused> {
-    if method == http::Method::CONNECT || uri.scheme().is_some() || uri.authority().is_some() {
+/// Screens and parses a request target: only origin-form paths of the upstream API, with one API
+/// version segment and well-formed ids, are forwarded anywhere.
+///
+/// HTTP/2 (and HTTP/3) requests carry their scheme and `:authority` in the URI hyper hands over;
+/// that is their normal form, not an absolute-form target. Over HTTP/1 a scheme or an authority
+/// means absolute-form or authority-form, which is refused.
+pub fn screen<'a>(method: &http::Method, uri: &'a http::Uri, version: http::Version) -> Result<ApiTarget<'a>, Refused> {
+    let h1 = version <= http::Version::HTTP_11;
+    if method == http::Method::CONNECT || (h1 && (uri.scheme().is_some() || uri.authority().is_some())) {
         return Err(Refused::NotOrigin);
     }
     // One pass over the bytes and one over the segments, without allocating: every request
@@ -88,34 +70,61 @@ pub fn screen(method: &http::Method, uri: &http::Uri) -> Result<(), Refused> {
     if !path.starts_with('/') || path.bytes().any(|b| b == b'\\') || has_encoded_separator(path) {
         return Err(Refused::Traversal);
     }
-    let mut api = false;
+    let mut at = None;
+    let mut offset = 0;
     for segment in path.split('/') {
         match segment {
             "." | ".." => return Err(Refused::Traversal),
-            "v2" | "v2.1" => api = true,
+            "v2" | "v2.1" if at.is_some() => return Err(Refused::AmbiguousVersion),
+            "v2" | "v2.1" => at = Some(offset),
             _ => {}
         }
+        offset += segment.len() + 1;
     }
-    if !api {
-        return Err(Refused::NotApi);
+    let at = at.ok_or(Refused::NotApi)?;
+    // `at` is where the version segment starts; the slash before it ends the prefix.
+    let prefix = &path[..at - 1];
+    let rest = &path[at..];
+    let mut segments = rest.split('/');
+    let version = segments.next().unwrap_or_default();
+    let mut target = ApiTarget { prefix, version, account: None, chunked: None };
+    if segments.next() != Some("accounts") {
+        return Ok(target);
     }
-    if let Some(account) = account_in(path) {
-        if !valid_account(account) {
-            return Err(Refused::BadAccount);
-        }
+    let account = match segments.next() {
+        // `/v2.1/accounts` (account creation) names none.
+        None => return Ok(target),
+        Some("") if segments.clone().next().is_none() => return Ok(target),
+        Some(account) => account,
+    };
+    if !valid_account(account) {
+        return Err(Refused::BadAccount);
     }
-    if !path.contains("/chunked_uploads") {
-        return Ok(());
+    target.account = Some(account);
+    if segments.next() != Some("chunked_uploads") {
+        return Ok(target);
     }
-    if let Some(t) = chunked_upload_target(path) {
-        if t.upload.is_some_and(|id| !valid_upload_id(id)) {
-            return Err(Refused::BadUploadId);
-        }
-        if t.part.is_some_and(|seq| parse_seq(seq).is_none()) {
-            return Err(Refused::BadSequence);
-        }
+    // A trailing slash names the same route.
+    let tail: Vec<&str> = segments.collect();
+    let tail = match tail.as_slice() {
+        [head @ .., ""] => head,
+        all => all,
+    };
+    match tail {
+        [] => target.chunked = Some(Chunked { upload: None, part: None }),
+        [upload] => target.chunked = Some(Chunked { upload: Some(upload), part: None }),
+        [upload, part] => target.chunked = Some(Chunked { upload: Some(upload), part: Some(part) }),
+        // Not a route of the resource: passed through for the upstream to refuse.
+        _ => return Ok(target),
     }
-    Ok(())
+    let chunked = target.chunked.expect("set above");
+    if chunked.upload.is_some_and(|id| !valid_upload_id(id)) {
+        return Err(Refused::BadUploadId);
+    }
+    if chunked.part.is_some_and(|seq| parse_seq(seq).is_none()) {
+        return Err(Refused::BadSequence);
+    }
+    Ok(target)
 }
 
 /// `%2f`, `%5c`, `%2e` or `%00`, in either case.
@@ -155,37 +164,48 @@ pub fn parse_seq(seq: &str) -> Option<u32> {
     seq.parse().ok()
 }
 
-/// Whether `query` carries `name=value` (value compared without regard to case).
-pub fn query_has(query: Option<&str>, name: &str, value: &str) -> bool {
-    query.unwrap_or_default().split('&').any(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        k == name && v.eq_ignore_ascii_case(value)
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use http::{Method, Version};
+
     use super::*;
 
+    fn check(m: &str, t: &str) -> Result<(Option<String>, Option<Chunked<'static>>), Refused> {
+        let uri: &'static http::Uri = Box::leak(Box::new(t.parse().unwrap()));
+        screen(&m.parse().unwrap(), uri, Version::HTTP_11).map(|t| (t.account.map(str::to_owned), t.chunked))
+    }
+
     #[test]
-    fn finds_the_resource_under_any_prefix() {
-        let t = chunked_upload_target("/restapi/v2.1/accounts/123/chunked_uploads/ABC/4").unwrap();
+    fn finds_the_account_and_the_resource_under_any_prefix() {
+        let uri: http::Uri = "/restapi/v2.1/accounts/123/chunked_uploads/ABC/4".parse().unwrap();
+        let t = screen(&Method::PUT, &uri, Version::HTTP_11).unwrap();
+        assert_eq!((t.prefix, t.version, t.account), ("/restapi", "v2.1", Some("123")));
+        assert_eq!(t.chunked, Some(Chunked { upload: Some("ABC"), part: Some("4") }));
+        let uri: http::Uri = "/v2/accounts/123/chunked_uploads/".parse().unwrap();
+        let t = screen(&Method::POST, &uri, Version::HTTP_11).unwrap();
+        assert_eq!((t.prefix, t.version, t.chunked), ("", "v2", Some(Chunked { upload: None, part: None })));
+        assert_eq!(check("GET", "/v2.1/accounts/123/envelopes"), Ok((Some("123".into()), None)));
+        assert_eq!(check("GET", "/v2.1/accounts/123/chunked_uploads/a/1/x"), Ok((Some("123".into()), None)));
+        assert_eq!(check("GET", "/v2.1/login_information"), Ok((None, None)));
+        assert_eq!(check("GET", "/v2.1/accounts/123/chunked_uploads//1"), Err(Refused::BadUploadId));
+    }
+
+    #[test]
+    fn one_version_segment_names_the_account() {
+        // The allowlist bypass: an account in the prefix and another after a second version.
         assert_eq!(
-            (t.prefix, t.version, t.account, t.upload, t.part),
-            ("/restapi", "v2.1", "123", Some("ABC"), Some("4"))
+            check("POST", "/restapi/v2.1/accounts/42/x/v2.1/accounts/43/chunked_uploads"),
+            Err(Refused::AmbiguousVersion)
         );
-        let t = chunked_upload_target("/v2/accounts/123/chunked_uploads/").unwrap();
-        assert_eq!((t.prefix, t.version, t.upload), ("", "v2", None));
-        assert_eq!(chunked_upload_target("/v2.1/accounts/123/envelopes"), None);
-        assert_eq!(chunked_upload_target("/v2.1/accounts/123/chunked_uploads/a/1/x"), None);
-        assert_eq!(chunked_upload_target("/v2.1/accounts/123/chunked_uploads//1"), None);
+        assert_eq!(check("GET", "/restapi/v2/accounts/42/v2.1/accounts/43/envelopes"), Err(Refused::AmbiguousVersion));
+        assert_eq!(check("GET", "/v2.1/accounts/42/x/accounts/43/chunked_uploads"), Ok((Some("42".into()), None)));
+        assert_eq!(check("GET", "/v2.1/accounts/42/envelopes/v2.10"), Ok((Some("42".into()), None)));
     }
 
     #[test]
     fn hostile_targets_are_screened_out() {
-        let check = |m: &str, t: &str| screen(&m.parse().unwrap(), &t.parse().unwrap());
-        assert_eq!(check("GET", "/restapi/v2.1/accounts/42/envelopes?x=1"), Ok(()));
-        assert_eq!(check("PUT", "/v2.1/accounts/42/chunked_uploads/AB-12/3"), Ok(()));
+        assert!(check("GET", "/restapi/v2.1/accounts/42/envelopes?x=1").is_ok());
+        assert!(check("PUT", "/v2.1/accounts/42/chunked_uploads/AB-12/3").is_ok());
         assert_eq!(check("GET", "http://evil.example/v2.1/accounts/42"), Err(Refused::NotOrigin));
         assert_eq!(check("CONNECT", "evil.example:443"), Err(Refused::NotOrigin));
         assert_eq!(check("GET", "/v2.1/accounts/42/../../admin"), Err(Refused::Traversal));
@@ -194,11 +214,22 @@ mod tests {
         assert_eq!(check("GET", "/v2.1/accounts/42/a%5cb"), Err(Refused::Traversal));
         assert_eq!(check("GET", "/v2.1/accounts/42/%2E%2E/x"), Err(Refused::Traversal));
         assert_eq!(check("GET", "/v2.1/accounts/42/a%00"), Err(Refused::Traversal));
-        assert_eq!(check("GET", "/v2.1/accounts/42/envelopes/a%20b%"), Ok(()));
+        assert!(check("GET", "/v2.1/accounts/42/envelopes/a%20b%").is_ok());
         assert_eq!(check("GET", "/admin/metrics"), Err(Refused::NotApi));
         assert_eq!(check("GET", "/v2.1/accounts/4x2/envelopes"), Err(Refused::BadAccount));
+        assert_eq!(check("GET", "/v2.1/accounts//envelopes"), Err(Refused::BadAccount));
+        assert_eq!(check("POST", "/v2.1/accounts"), Ok((None, None)));
         assert_eq!(check("GET", "/v2.1/accounts/42/chunked_uploads/a_b"), Err(Refused::BadUploadId));
         assert_eq!(check("PUT", "/v2.1/accounts/42/chunked_uploads/ab/99999999"), Err(Refused::BadSequence));
+    }
+
+    #[test]
+    fn http2_targets_carry_their_authority() {
+        let uri: http::Uri = "https://gw.local:8443/restapi/v2.1/accounts/42/chunked_uploads".parse().unwrap();
+        let t = screen(&Method::POST, &uri, Version::HTTP_2).unwrap();
+        assert_eq!((t.prefix, t.account), ("/restapi", Some("42")));
+        assert_eq!(screen(&Method::POST, &uri, Version::HTTP_11), Err(Refused::NotOrigin));
+        assert_eq!(screen(&Method::CONNECT, &uri, Version::HTTP_2), Err(Refused::NotOrigin));
     }
 
     #[test]
@@ -211,8 +242,5 @@ mod tests {
         assert_eq!(parse_seq("12"), Some(12));
         assert_eq!(parse_seq("-1"), None);
         assert_eq!(parse_seq("1e3"), None);
-        assert!(query_has(Some("x=1&action=Commit"), "action", "commit"));
-        assert_eq!(account_in("/restapi/v2.1/accounts/42/envelopes"), Some("42"));
-        assert_eq!(account_in("/oauth/userinfo"), None);
     }
 }

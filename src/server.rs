@@ -1,28 +1,45 @@
-//! Accepting connections: HTTP/1.1 and HTTP/2 on one listener, timeouts on reading headers, a cap
-//! on open connections, and a graceful drain. Binding addresses and catching signals is left to the
-//! caller, so tests hand in a `127.0.0.1:0` listener and a future of their own.
+//! Accepting connections: HTTP/1.1 and HTTP/2 on one listener, time limits on connections that
+//! send nothing, a cap on open connections that idle ones make room under, and a graceful drain.
+//! Binding addresses and catching signals is left to the caller, so tests hand in a `127.0.0.1:0`
+//! listener and a future of their own.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::{conn::auto, graceful::GracefulConnection},
 };
 use tokio::{
     net::TcpListener,
-    sync::{Semaphore, oneshot, watch},
+    sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch},
+    time::Instant,
 };
 
-use crate::body::{Body, BoxError};
+use crate::{
+    body::{Body, BoxError},
+    canned::{Canned, Render},
+};
 
 /// Connection-level limits shared by every listener of the crate.
 #[derive(Clone)]
 pub struct ConnLimits {
-    /// Time allowed to read a request's headers (slow clients hold a connection otherwise).
+    /// Time a new connection has to deliver its first request head, counted from accept (TLS
+    /// handshake and HTTP version detection included); also the time allowed to read any later
+    /// request head once it has begun.
     pub header_read_timeout: Duration,
-    /// Open connections at once; further clients wait in the accept backlog.
-    pub max_connections: usize,
+    /// A connection that has served requests and has none running is closed after this long.
+    pub idle_timeout: Duration,
+    /// Open connections: the cap, the count, and the signal that makes idle ones close when full.
+    pub connections: Arc<Connections>,
     /// Largest request head accepted over HTTP/1.1 by the connection itself (the gateway checks its
     /// own, possibly smaller, limit on each request).
     pub max_header_bytes: usize,
@@ -34,17 +51,148 @@ pub struct ConnLimits {
     /// Event loops taking connections from the listener: 1 = the caller's runtime alone; more
     /// start single-threaded runtimes on threads of their own (see [`serve`]).
     pub threads: usize,
+    /// Gives hyper's own bodiless answers to malformed requests a body (see `canned`).
+    pub render: Option<Render>,
 }
 
 impl Default for ConnLimits {
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(10),
-            max_connections: 1024,
+            idle_timeout: Duration::from_secs(60),
+            connections: Connections::new(1024),
             max_header_bytes: 64 * 1024,
             read_buffer_bytes: 512 * 1024,
             tls: None,
             threads: 1,
+            render: None,
+        }
+    }
+}
+
+/// When the listener is full, a connection with no request running that has been quiet this long
+/// is closed to make room (as nginx reuses keep-alive connections under load).
+const PRESSURE_GRACE: Duration = Duration::from_secs(1);
+
+/// Time a connection closed for idleness gets to say goodbye (an HTTP/2 GOAWAY) before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// The open connections of one listener: at most `max`, counted, and told to make room when full.
+pub struct Connections {
+    permits: Arc<Semaphore>,
+    max: usize,
+    /// Notified while accepting waits for a free slot: idle connections close.
+    pressure: Notify,
+}
+
+// === impl Connections ===
+
+impl Connections {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self { permits: Arc::new(Semaphore::new(max)), max, pressure: Notify::new() })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.max - self.permits.available_permits()
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Every slot is taken: a new client waits in the accept backlog.
+    pub fn saturated(&self) -> bool {
+        self.permits.available_permits() == 0
+    }
+
+    /// A slot for a new connection; while none is free, idle connections are asked (every
+    /// [`PRESSURE_GRACE`]) to close and make room.
+    async fn slot(&self) -> OwnedSemaphorePermit {
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return permit;
+        }
+        loop {
+            self.pressure.notify_waiters();
+            tokio::select! {
+                permit = self.permits.clone().acquire_owned() => return permit.expect("semaphore is never closed"),
+                () = tokio::time::sleep(PRESSURE_GRACE) => {}
+            }
+        }
+    }
+}
+
+/// What one connection is doing, for its idle timers.
+struct Activity {
+    opened: Instant,
+    /// Requests whose handler is running now.
+    busy: AtomicUsize,
+    /// Requests begun on this connection so far.
+    served: AtomicU64,
+    /// When the connection last had no request running, in milliseconds since `opened`.
+    idle_since_ms: AtomicU64,
+}
+
+/// Counts a request as running on its connection for as long as its handler runs.
+struct Busy(Arc<Activity>);
+
+pin_project_lite::pin_project! {
+    /// A handler's answer, counted as running until it resolves or is dropped. (A future of its
+    /// own rather than an `async` block: the block's auto-trait inference trips over the
+    /// service's boxed error type.)
+    struct Counted<F> {
+        #[pin]
+        answer: F,
+        _busy: Busy,
+    }
+}
+
+impl<F: Future> Future for Counted<F> {
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        self.project().answer.poll(cx)
+    }
+}
+
+// === impl Activity ===
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            opened: Instant::now(),
+            busy: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+            idle_since_ms: AtomicU64::new(0),
+        })
+    }
+
+    fn enter(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        self.served.fetch_add(1, Ordering::Relaxed);
+        Busy(self.clone())
+    }
+
+    /// How long the connection has had no request running; zero while one runs.
+    fn idle_for(&self) -> Duration {
+        if self.busy.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let since = self.opened + Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed));
+        Instant::now().saturating_duration_since(since)
+    }
+
+    /// The idle limit in force: the header timeout until a first request arrives, then the idle timeout.
+    fn limit(&self, limits: &ConnLimits) -> Duration {
+        if self.served.load(Ordering::Relaxed) == 0 { limits.header_read_timeout } else { limits.idle_timeout }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.0.busy.fetch_sub(1, Ordering::Relaxed) == 1 {
+            let ms = self.0.opened.elapsed().as_millis() as u64;
+            self.0.idle_since_ms.store(ms, Ordering::Relaxed);
         }
     }
 }
@@ -71,11 +219,10 @@ pub async fn serve<H, F>(
     F: Future<Output = Result<Response<Body>, BoxError>> + Send + 'static,
 {
     let (stop, stopping) = watch::channel(false);
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
     // Each extra loop says here when its connections are all closed (or its thread ended).
     let mut others = Vec::new();
     for i in 1..limits.threads {
-        match spawn_loop(i, &listener, &limits, &handler, &permits, &stopping) {
+        match spawn_loop(i, &listener, &limits, &handler, &stopping) {
             Ok(closed) => others.push(closed),
             Err(err) => {
                 tracing::warn!(error = %err, threads = i, "cannot start another event loop; serving with fewer");
@@ -84,7 +231,7 @@ pub async fn serve<H, F>(
         }
     }
     let all_closed = async move {
-        accept_loop(listener, &limits, handler, permits, stopping).await;
+        accept_loop(listener, &limits, handler, stopping).await;
         for closed in others {
             let _ = closed.await;
         }
@@ -112,7 +259,6 @@ fn spawn_loop<H, F>(
     listener: &TcpListener,
     limits: &ConnLimits,
     handler: &H,
-    permits: &Arc<Semaphore>,
     stopping: &watch::Receiver<bool>,
 ) -> std::io::Result<oneshot::Receiver<()>>
 where
@@ -125,13 +271,13 @@ where
     dup.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (done, closed) = oneshot::channel();
-    let (limits, handler, permits, stopping) = (limits.clone(), handler.clone(), permits.clone(), stopping.clone());
+    let (limits, handler, stopping) = (limits.clone(), handler.clone(), stopping.clone());
     // Named for the port it serves and its number (at most 15 characters show in /proc and top).
     let port = listener.local_addr().map_or(0, |a| a.port());
     std::thread::Builder::new().name(format!("loop-{port}-{i}")).spawn(move || {
         runtime.block_on(async move {
             match TcpListener::from_std(dup) {
-                Ok(listener) => accept_loop(listener, &limits, handler, permits, stopping).await,
+                Ok(listener) => accept_loop(listener, &limits, handler, stopping).await,
                 Err(err) => tracing::warn!(error = %err, "event loop cannot use the listener"),
             }
         });
@@ -142,13 +288,8 @@ where
 
 /// Accepts and serves connections until `stopping` turns true, then waits for the connections it
 /// accepted to finish their requests and close.
-async fn accept_loop<H, F>(
-    listener: TcpListener,
-    limits: &ConnLimits,
-    handler: H,
-    permits: Arc<Semaphore>,
-    mut stopping: watch::Receiver<bool>,
-) where
+async fn accept_loop<H, F>(listener: TcpListener, limits: &ConnLimits, handler: H, stopping: watch::Receiver<bool>)
+where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<Body>, BoxError>> + Send + 'static,
 {
@@ -161,16 +302,20 @@ async fn accept_loop<H, F>(
         .max_buf_size(limits.max_header_bytes.max(limits.read_buffer_bytes).max(8192));
     builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
-    let stop = async move {
+    // Every connection task holds a clone; when all are gone, every connection has closed.
+    let (open, mut all_closed) = mpsc::channel::<()>(1);
+    let stop = {
+        let mut stopping = stopping.clone();
         // A dropped sender means the server is gone: stop too.
-        let _ = stopping.wait_for(|s| *s).await;
+        async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        }
     };
     tokio::pin!(stop);
 
     loop {
         let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+            permit = limits.connections.slot() => permit,
             () = &mut stop => break,
         };
         let (stream, peer) = tokio::select! {
@@ -186,23 +331,27 @@ async fn accept_loop<H, F>(
             () = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let service = service_fn(move |req| handler(req, peer));
-        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), limits.tls.clone());
-        let handshake_timeout = limits.header_read_timeout;
+        let activity = Activity::new();
+        let service = {
+            let (handler, activity) = (handler.clone(), activity.clone());
+            service_fn(move |req| Counted { answer: handler(req, peer), _busy: activity.enter() })
+        };
+        let (builder, limits, stopping, open) = (builder.clone(), limits.clone(), stopping.clone(), open.clone());
         tokio::spawn(async move {
-            // The handshake happens here, not in the accept loop, so a slow one stalls nobody else.
-            let result = match tls {
+            // The handshake happens here, not in the accept loop, so a slow one stalls nobody
+            // else; it counts against the time allowed before the first request.
+            let result = match limits.tls.clone() {
                 None => {
-                    watcher
-                        .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned())
-                        .await
+                    let io = TokioIo::new(Canned::new(stream, limits.render.clone()));
+                    let conn = builder.serve_connection_with_upgrades(io, service);
+                    drive(conn, &activity, &limits, stopping).await
                 }
-                Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                Some(acceptor) => match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await
+                {
                     Ok(Ok(tls)) => {
-                        watcher
-                            .watch(builder.serve_connection_with_upgrades(TokioIo::new(tls), service).into_owned())
-                            .await
+                        let io = TokioIo::new(Canned::new(tls, limits.render.clone()));
+                        let conn = builder.serve_connection_with_upgrades(io, service);
+                        drive(conn, &activity, &limits, stopping).await
                     }
                     Ok(Err(err)) => {
                         tracing::info!(%peer, error = %err, "TLS handshake failed");
@@ -217,11 +366,59 @@ async fn accept_loop<H, F>(
             if let Err(err) = result {
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
             }
-            drop(permit);
+            drop((permit, open));
         });
     }
-    drop(listener);
-    graceful.shutdown().await;
+    drop((listener, open));
+    let _ = all_closed.recv().await;
+}
+
+/// Serves one connection until it ends: closed gracefully when the server stops, when it stays
+/// idle past its limit, or when the listener is full and it is idle.
+async fn drive<C>(
+    conn: C,
+    activity: &Activity,
+    limits: &ConnLimits,
+    mut stopping: watch::Receiver<bool>,
+) -> Result<(), C::Error>
+where
+    C: GracefulConnection,
+{
+    tokio::pin!(conn);
+    let mut closing = false;
+    // Once closing for idleness, the connection is dropped if it has not ended by then; a stopping
+    // server's drain sets its own limits.
+    let mut hard_stop: Option<Instant> = None;
+    loop {
+        let limit = activity.limit(limits);
+        // While a request runs, look again after a full limit; once idle, when the limit is up.
+        let check = Instant::now() + limit.saturating_sub(activity.idle_for()).max(Duration::from_millis(10));
+        let pressure = limits.connections.pressure.notified();
+        tokio::select! {
+            result = conn.as_mut() => return result,
+            _ = stopping.wait_for(|s| *s), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = tokio::time::sleep_until(check), if !closing => {
+                if activity.idle_for() >= activity.limit(limits) {
+                    tracing::debug!(first = activity.served.load(Ordering::Relaxed) == 0, "closing an idle connection");
+                    conn.as_mut().graceful_shutdown();
+                    (closing, hard_stop) = (true, Some(Instant::now() + CLOSE_GRACE));
+                }
+            }
+            () = pressure, if !closing => {
+                if activity.idle_for() >= PRESSURE_GRACE {
+                    tracing::debug!("listener full: closing an idle connection to make room");
+                    conn.as_mut().graceful_shutdown();
+                    (closing, hard_stop) = (true, Some(Instant::now() + CLOSE_GRACE));
+                }
+            }
+            () = tokio::time::sleep_until(hard_stop.unwrap_or_else(Instant::now)), if hard_stop.is_some() => {
+                return Ok(());
+            }
+        }
+    }
 }
 
 /// Time given to cancelled requests to clean up and answer after the drain period.

@@ -24,21 +24,51 @@ pub fn init(log: &LogConfig) {
     };
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// A future that resolves on the first SIGTERM, SIGINT, SIGHUP or SIGQUIT: each starts the same
+/// drain. The handlers are installed now, before the future is first polled, so a signal that
+/// arrives early is not lost to the default action (which would end the process at once, with
+/// uploads left open upstream). SIGUSR1 and SIGUSR2 are logged and otherwise ignored.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{SignalKind, signal};
+        let install = |kind: SignalKind| signal(kind).expect("installing a signal handler");
+        let mut stops = [
+            (SignalKind::terminate(), "SIGTERM"),
+            (SignalKind::interrupt(), "SIGINT"),
+            (SignalKind::hangup(), "SIGHUP"),
+            (SignalKind::quit(), "SIGQUIT"),
+        ]
+        .map(|(kind, name)| (install(kind), name));
+        let mut ignored = [(SignalKind::user_defined1(), "SIGUSR1"), (SignalKind::user_defined2(), "SIGUSR2")]
+            .map(|(kind, name)| (install(kind), name));
+        async move {
+            let ignore = async {
+                let [(a, a_name), (b, b_name)] = &mut ignored;
+                loop {
+                    let name = tokio::select! {
+                        _ = a.recv() => *a_name,
+                        _ = b.recv() => *b_name,
+                    };
+                    tracing::info!(signal = name, "signal ignored");
+                }
+            };
+            let [(t, _), (i, _), (h, _), (q, _)] = &mut stops;
+            let name = tokio::select! {
+                _ = t.recv() => "SIGTERM",
+                _ = i.recv() => "SIGINT",
+                _ = h.recv() => "SIGHUP",
+                _ = q.recv() => "SIGQUIT",
+                _ = ignore => unreachable!("the ignoring loop never ends"),
+            };
+            tracing::info!(signal = name, "shutdown signal received");
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutdown signal received");
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown signal received");
+    }
 }
 
 /// Process-wide counts of resilience events, read by the demo's report; the same events feed the
@@ -87,6 +117,8 @@ pub const QUEUE_WAIT: &str = "chunkgate_queue_wait_seconds";
 pub const UPSTREAM_CALL: &str = "chunkgate_upstream_call_duration_seconds";
 pub const RATELIMIT_REMAINING: &str = "chunkgate_upstream_ratelimit_remaining";
 pub const PASSTHROUGH: &str = "chunkgate_passthrough_requests_total";
+pub const CHECKSUM_UNVERIFIED: &str = "chunkgate_checksum_unverified_total";
+pub const CONNECTIONS_OPEN: &str = "chunkgate_connections_open";
 
 /// Counts a passed-through answer by status. The counter handle of each status is looked up in the
 /// registry once and kept: a lookup per request cost more than the rest of the metrics together.

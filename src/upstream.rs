@@ -23,9 +23,10 @@ use crate::{
     body::{self, Body, ReadError},
     config::UpstreamConfig,
     envelope::{Dialect, ErrorBody},
+    error::GatewayError,
     ratelimit::RateLimits,
     resource::ChunkedUpload,
-    route, tls,
+    tls,
 };
 
 /// Where chunked-upload calls for one client request go, and the token they carry.
@@ -119,6 +120,26 @@ impl Answer {
         // The body was read whole; its length is known again.
         response.headers_mut().remove(header::TRANSFER_ENCODING);
         response
+    }
+
+    /// A refusal as the client gets it: verbatim when it is an API error in the dialect's shape;
+    /// otherwise (an HTML page from the upstream's front end) the gateway's own error, by status.
+    pub fn into_refusal(self, dialect: Dialect) -> Response<Body> {
+        if matches!(self.parse(dialect), Ok(Parsed::Error(_))) {
+            return self.into_response();
+        }
+        let err = if crate::retry::is_throttle_status(self.status) {
+            let after = self
+                .headers
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+                .unwrap_or(1);
+            GatewayError::RateLimited { retry_after: Duration::from_secs(after) }
+        } else {
+            GatewayError::UpstreamRefused(self.status)
+        };
+        tracing::warn!(status = self.status.as_u16(), code = err.code(), "the upstream refused with a non-API answer");
+        err.response(dialect)
     }
 }
 
@@ -238,14 +259,26 @@ impl Upstream {
         Uri::from_parts(parts).expect("scheme and authority come from a valid base URL")
     }
 
-    /// Sends a request as is, paced under the account its path names; the passthrough uses this.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, CallError> {
-        // A clone of the URI shares its bytes: the account is read from it after `req` is gone.
-        let uri = req.uri().clone();
-        let account = route::account_in(uri.path()).unwrap_or_default();
+    /// Sends a request as is, paced under `account` (the one its path names); the passthrough
+    /// uses this. The call timeout starts once `sent` resolves (the request body has been sent),
+    /// so a slow but steady upload is not cut off; a client body that stops is bounded apart.
+    pub async fn send(
+        &self,
+        req: Request<Body>,
+        account: &str,
+        sent: impl Future<Output = ()>,
+    ) -> Result<Response<Incoming>, CallError> {
         self.limits.acquire(account, self.limits.default_deadline()).await.map_err(CallError::RateLimited)?;
-        let response = match tokio::time::timeout(self.call_timeout, self.clients.with(|c| c.request(req))).await {
-            Err(_) => return Err(CallError::Timeout(self.call_timeout)),
+        let timeout = async {
+            sent.await;
+            tokio::time::sleep(self.call_timeout).await;
+        };
+        let answer = tokio::select! {
+            answer = self.clients.with(|c| c.request(req)) => Ok(answer),
+            () = timeout => Err(()),
+        };
+        let response = match answer {
+            Err(()) => return Err(CallError::Timeout(self.call_timeout)),
             Ok(Err(err)) if tls::is_certificate_error(&err) => return Err(CallError::Tls(describe(&err))),
             Ok(Err(err)) if err.is_connect() => return Err(CallError::NotSent(describe(&err))),
             Ok(Err(err)) => return Err(CallError::Broken(describe(&err))),
@@ -300,6 +333,7 @@ impl Upstream {
         metrics::histogram!(crate::telemetry::UPSTREAM_CALL, "op" => op).record(started.elapsed().as_secs_f64());
         let answer = answer??;
         let code = if answer.status.is_client_error() { answer.error_code(self.dialect) } else { None };
+        // One rule for throttling, shared with the classification of outcomes (retry.rs).
         self.limits.observe(&acct.id, answer.status, &answer.headers, code.as_deref());
         Ok(answer)
     }

@@ -193,7 +193,7 @@ async fn streams_and_passes_through(env: &[(&str, &str)], loops: usize) {
     let sim = SimApi::start(SimConfig::default()).await;
     sim.faults(json!({"drop_after_store_next": 1, "error_next": 1, "ops": ["add_part"]})).await;
     let (mut child, gw) = serve(&sim, env, false);
-    let url = format!("{gw}/v2.1/accounts/{ACCOUNT}/chunked_uploads");
+    let url = format!("{gw}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads");
     let auth = format!("Bearer {TOKEN}");
     let docs: Vec<Vec<u8>> =
         (0..3u8).map(|i| (0..PART * 4 + 7).map(|j| (j as u8).wrapping_mul(i + 3)).collect()).collect();

@@ -21,8 +21,8 @@ CHUNKGATE_UPSTREAM__ALLOW_PLAIN_HTTP=true CHUNKGATE_RATE_LIMIT__ENABLED=false \
 gw=$!
 until grep -q http "$work/gw.out" 2>/dev/null; do sleep 0.2; done
 id=$(curl -sS -X POST -H "Authorization: Bearer b" -H "Content-Type: application/json" -d '{"data":"aGVsbG8="}' \
-  "$sim/v2.1/accounts/1234567/chunked_uploads" | python3 -c "import sys, json; print(json.load(sys.stdin)['chunkedUploadId'])")
-target=$(head -1 "$work/gw.out" | awk '{print $NF}')/v2.1/accounts/1234567/chunked_uploads/$id
+  "$sim/restapi/v2.1/accounts/1234567/chunked_uploads" | python3 -c "import sys, json; print(json.load(sys.stdin)['chunkedUploadId'])")
+target=$(head -1 "$work/gw.out" | awk '{print $NF}')/restapi/v2.1/accounts/1234567/chunked_uploads/$id
 wrk -t1 -c4 -d2s -H "Authorization: Bearer bench" "$target" > /dev/null
 callgrind_control -z "$gw" > /dev/null
 requests=$(wrk -t1 -c4 -d6s -H "Authorization: Bearer bench" "$target" | awk '/requests in/ {print $1}')

@@ -30,7 +30,7 @@ CHUNKGATE_UPLOAD__ASSUMED_MAX_PARTS=256 CHUNKGATE_UPLOAD__MAX_DOCUMENT_BYTES=$((
 CHUNKGATE_RATE_LIMIT__ENABLED=false "$bin" serve > "$work/gw.out" &
 gw=$!
 until grep -q http "$work/gw.out" 2>/dev/null; do sleep 0.1; done
-url=$(head -1 "$work/gw.out" | awk '{print $NF}')/v2.1/accounts/1234567/chunked_uploads
+url=$(head -1 "$work/gw.out" | awk '{print $NF}')/restapi/v2.1/accounts/1234567/chunked_uploads
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 if [ -n "${PERF:-}" ]; then

@@ -146,7 +146,7 @@ pub struct Run {
 pub async fn through_gateway(client: &HttpClient, gw: &str, size: u64, block: &Bytes) -> Run {
     let req = Request::builder()
         .method(Method::POST)
-        .uri(format!("{gw}/v2.1/accounts/{ACCOUNT}/chunked_uploads"))
+        .uri(format!("{gw}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads"))
         .header(header::AUTHORIZATION, "Bearer bench")
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::CONTENT_LENGTH, size)
@@ -171,7 +171,7 @@ pub async fn direct(client: &HttpClient, sim: &str, size: u64, part: usize, in_f
 pub async fn direct_with(client: &HttpClient, sim: &str, size: u64, part: usize, in_flight: usize, hash: bool) -> Run {
     use sha2::Digest;
     let mut hasher = sha2::Sha256::new();
-    let base = format!("{sim}/v2.1/accounts/{ACCOUNT}/chunked_uploads");
+    let base = format!("{sim}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads");
     let block = Bytes::from(random(part));
     let send = |client: HttpClient, method: Method, url: String, raw: Bytes| async move {
         let json = chunkgate_part_json(&raw);

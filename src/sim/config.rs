@@ -58,7 +58,7 @@ impl Default for Limits {
             max_total_size: 50 * 1024 * 1024,
             max_request_data: 50 * 1024 * 1024,
             lifetime_secs: 20 * 60,
-            quota_uploads: 10,
+            quota_uploads: 64,
             quota_bytes: 1_000_000_000,
             hourly_limit: 3000,
             burst_limit: 500,
@@ -87,6 +87,11 @@ pub struct LimitOverrides {
 pub struct SimConfig {
     /// Address to listen on; port 0 picks a free one (printed at start).
     pub listen: SocketAddr,
+    /// The path the API is served under (DocuSign: `/restapi`); anything else is not found.
+    pub path_prefix: String,
+    /// Largest request body the front end takes (DocuSign documents 25 to 32 MB); larger ones
+    /// are answered 413 with an HTML page.
+    pub max_request_bytes: u64,
     pub dialect: Dialect,
     pub storage: Storage,
     pub bool_style: BoolStyle,
@@ -111,6 +116,8 @@ impl Default for SimConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            path_prefix: "/restapi".to_owned(),
+            max_request_bytes: 32 * 1024 * 1024,
             dialect: Dialect::Docusign,
             storage: Storage::Full,
             bool_style: BoolStyle::Lower,
@@ -147,6 +154,13 @@ impl SimConfig {
     /// Every problem with these settings, in words.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
+        let p = &self.path_prefix;
+        if !p.is_empty() && (!p.starts_with('/') || p.ends_with('/') || p.contains("//")) {
+            out.push(format!("sim.path_prefix must be empty or start with / and not end with /, not {p:?}"));
+        }
+        if self.max_request_bytes < 1024 {
+            out.push(format!("sim.max_request_bytes must be at least 1024, not {}", self.max_request_bytes));
+        }
         if !matches!(self.throttle_status, 400 | 429) {
             out.push(format!("sim.throttle_status must be 400 or 429, not {}", self.throttle_status));
         }

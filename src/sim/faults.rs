@@ -37,6 +37,9 @@ pub struct Faults {
     /// Store the next N create or add-part payloads with their first byte flipped (sizes stay
     /// right, the checksum does not): an upstream that corrupted what it received.
     pub corrupt_next: u32,
+    /// Answer injected throttling (429) and server errors with an HTML page and no error code, as
+    /// DocuSign's front end sometimes does.
+    pub html_errors: bool,
     /// Operations the faults apply to; empty means all.
     pub ops: Vec<Op>,
     /// Seed for the fault dice, for repeatable runs.
@@ -56,6 +59,7 @@ impl Default for Faults {
             drop_after_store_rate: 0.0,
             drop_after_store_next: 0,
             corrupt_next: 0,
+            html_errors: false,
             ops: Vec::new(),
             seed: None,
         }
@@ -102,6 +106,11 @@ impl Injector {
     pub fn new(faults: Faults) -> Self {
         let rng = faults.seed.map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
         Self { inner: Mutex::new((faults, rng)) }
+    }
+
+    /// Whether injected faults answer with HTML pages.
+    pub fn html_errors(&self) -> bool {
+        self.inner.lock().unwrap().0.html_errors
     }
 
     pub fn get(&self) -> Faults {

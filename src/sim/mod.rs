@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod faults;
+mod path;
 mod ratelimit;
 mod routes;
 pub mod store;

@@ -12,24 +12,35 @@ use serde_json::json;
 use super::{
     Sim,
     faults::{Action, Faults, Op},
+    path::{self, Route},
     ratelimit::Announce,
     store::Caller,
     store::Refusal,
 };
-use crate::{
-    body::{self, Body, BoxError, ReadError},
-    route::{self, Target},
-};
+use crate::body::{self, Body, BoxError, ReadError};
 
 /// An answer before the rate-limit headers are added.
 struct Answer {
     status: StatusCode,
     body: Bytes,
+    /// An HTML page from the front end, not an API answer.
+    html: bool,
 }
 
 impl Answer {
     fn error(sim: &Sim, status: StatusCode, code: &str, message: &str) -> Self {
-        Self { status, body: sim.config.dialect.error(code, message) }
+        Self { status, body: sim.config.dialect.error(code, message), html: false }
+    }
+
+    /// The kind of page DocuSign's front end answers with before the API sees a request (too
+    /// large, throttled, failing): HTML, no error code, no rate-limit headers.
+    fn front_end(status: StatusCode) -> Self {
+        let reason = status.canonical_reason().unwrap_or("Error");
+        let page = format!(
+            "<!DOCTYPE html>\r\n<html><head><title>{code} {reason}</title></head>\r\n<body><h1>{code} {reason}</h1><p>The request could not be processed.</p></body></html>\r\n",
+            code = status.as_u16()
+        );
+        Self { status, body: Bytes::from(page), html: true }
     }
 }
 
@@ -53,8 +64,8 @@ async fn api_or_control(sim: &Arc<Sim>, req: Request<Incoming>) -> Result<Respon
     if req.version() == http::Version::HTTP_2 {
         sim.stats.http2_requests.fetch_add(1, Ordering::Relaxed);
     }
-    let path = req.uri().path().to_owned();
-    let Some(target) = route::chunked_upload_target(&path) else {
+    let uri = req.uri().clone();
+    let Some(target) = path::chunked_upload(uri.path(), &sim.config.path_prefix) else {
         return Ok(reply(
             Answer::error(
                 &sim,
@@ -65,7 +76,7 @@ async fn api_or_control(sim: &Arc<Sim>, req: Request<Incoming>) -> Result<Respon
             None,
         ));
     };
-    let commit = route::query_has(req.uri().query(), "action", "commit");
+    let commit = path::query_has(req.uri().query(), "action", "commit");
     let op = match (req.method(), target.upload, target.part) {
         (&Method::POST, None, None) => Op::Create,
         (&Method::GET, Some(_), None) => Op::Get,
@@ -84,7 +95,7 @@ async fn api_or_control(sim: &Arc<Sim>, req: Request<Incoming>) -> Result<Respon
             ));
         }
     };
-    if !route::valid_account(target.account) {
+    if !path::valid_account(target.account) {
         return Ok(reply(
             Answer::error(
                 &sim,
@@ -110,6 +121,10 @@ async fn api_or_control(sim: &Arc<Sim>, req: Request<Incoming>) -> Result<Respon
     if op == Op::Commit && sim.config.require_commit_length && lacks_length(&req) {
         return Ok(length_required());
     }
+    // ...and a request over its size cap.
+    if declared_length(&req).is_some_and(|n| n > sim.config.max_request_bytes) {
+        return Ok(reply(Answer::front_end(StatusCode::PAYLOAD_TOO_LARGE), None));
+    }
 
     let limits = sim.config.limits_for(target.account);
     let now = sim.now();
@@ -123,6 +138,15 @@ async fn api_or_control(sim: &Arc<Sim>, req: Request<Incoming>) -> Result<Respon
         tokio::time::sleep(delay).await;
     }
     match action {
+        Action::Throttle if sim.faults.html_errors() => {
+            sim.stats.throttled.fetch_add(1, Ordering::Relaxed);
+            return Ok(reply(Answer::front_end(StatusCode::TOO_MANY_REQUESTS), None));
+        }
+        Action::Error(status) if sim.faults.html_errors() => {
+            sim.stats.injected_errors.fetch_add(1, Ordering::Relaxed);
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return Ok(reply(Answer::front_end(status), None));
+        }
         Action::Throttle => {
             sim.stats.throttled.fetch_add(1, Ordering::Relaxed);
             let ex = super::ratelimit::Exceeded::Burst;
@@ -151,13 +175,13 @@ async fn api_or_control(sim: &Arc<Sim>, req: Request<Incoming>) -> Result<Respon
 }
 
 /// The five operations, after routing, auth and rate limits.
-async fn api(sim: &Sim, op: Op, t: Target<'_>, owner: &str, req: Request<Incoming>, now: i64, corrupt: bool) -> Answer {
+async fn api(sim: &Sim, op: Op, t: Route<'_>, owner: &str, req: Request<Incoming>, now: i64, corrupt: bool) -> Answer {
     let limits = sim.config.limits_for(t.account);
     let id = t.upload.unwrap_or_default();
     let caller = Caller { account: t.account, owner, now };
     let result = match op {
         Op::Create | Op::AddPart => {
-            let seq = match t.part.map(route::parse_seq) {
+            let seq = match t.part.map(path::sequence) {
                 Some(None) => {
                     return Answer::error(
                         sim,
@@ -184,14 +208,14 @@ async fn api(sim: &Sim, op: Op, t: Target<'_>, owner: &str, req: Request<Incomin
             }
         }
         Op::Get => {
-            let checksum = route::query_has(req.uri().query(), "include", "checksum");
+            let checksum = path::query_has(req.uri().query(), "include", "checksum");
             sim.store.resource(caller, id, checksum).map(|r| (StatusCode::OK, r))
         }
         Op::Commit => sim.store.commit(caller, id).map(|r| (StatusCode::OK, r)),
         Op::Delete => sim.store.delete(caller, id).map(|r| (StatusCode::OK, r)),
     };
     match result {
-        Ok((status, resource)) => Answer { status, body: sim.config.dialect.success(&resource) },
+        Ok((status, resource)) => Answer { status, body: sim.config.dialect.success(&resource), html: false },
         Err(refusal) => (sim, refusal).into(),
     }
 }
@@ -217,14 +241,19 @@ async fn part_data(sim: &Sim, req: Request<Incoming>, max_data: u64) -> Result<B
             "Parts must be sent as application/json.",
         ));
     }
-    // Base64 inflates by 4/3; leave room for the JSON around it.
-    let limit = (max_data as usize / 3 + 1) * 4 + 64 * 1024;
-    let declared =
-        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok()).unwrap_or(0);
+    // Base64 inflates by 4/3; leave room for the JSON around it. The front end's cap on a
+    // request comes first.
+    let api_limit = (max_data as usize / 3 + 1) * 4 + 64 * 1024;
+    let cap = usize::try_from(sim.config.max_request_bytes).unwrap_or(usize::MAX);
+    let limit = api_limit.min(cap);
+    let declared = declared_length(&req).unwrap_or(0) as usize;
     // Sized to the declared length, so the body is copied once and the buffer never grows.
     let buf = sim.buffers.take(declared.min(limit));
     let mut raw = match body::read_limited_into(req.into_body(), limit, buf).await {
         Ok(raw) => raw,
+        Err(ReadError::TooLarge { .. }) if limit == cap => {
+            return Err(Answer::front_end(StatusCode::PAYLOAD_TOO_LARGE));
+        }
         Err(ReadError::TooLarge { .. }) => {
             return Err((sim, Refusal::PartTooLarge(max_data)).into());
         }
@@ -294,6 +323,10 @@ fn bearer(headers: &HeaderMap, tokens: &[String]) -> Option<String> {
     accepted.then(|| token.to_owned())
 }
 
+fn declared_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
 fn lacks_length<B>(req: &Request<B>) -> bool {
     matches!(req.version(), Version::HTTP_10 | Version::HTTP_11)
         && !req.headers().contains_key(header::CONTENT_LENGTH)
@@ -315,9 +348,10 @@ fn length_required() -> Response<Body> {
 }
 
 fn reply(answer: Answer, announce: Option<Announce>) -> Response<Body> {
+    let content_type = if answer.html { "text/html; charset=utf-8" } else { "application/json; charset=utf-8" };
     let mut response = Response::builder()
         .status(answer.status)
-        .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
+        .header(header::CONTENT_TYPE, content_type)
         .body(body::full(answer.body))
         .expect("valid response");
     if let Some(a) = announce {

@@ -91,14 +91,23 @@ impl Calls {
         }
     }
 
-    /// Create with part 0. Retried like any call: when an attempt was applied but not answered, the
-    /// upload it made cannot be found again (no id was seen and the API cannot list uploads), and it
-    /// expires upstream after its lifetime.
+    /// Create with part 0. Sent again only when nothing reached the upstream or it throttled the
+    /// call: an attempt that may have been applied is never repeated, because the upload it may
+    /// have made cannot be found again (no id was seen and the API cannot list uploads). One client
+    /// request so makes at most one upload whose fate is unknown; it expires upstream.
     pub async fn create(&self, json: &Bytes) -> Result<Answer, Abort> {
         let mut tries = self.retry.attempts(self.acct.deadline);
         loop {
             let result = self.upstream.create(&self.acct(), json.clone()).await;
             let class = classify(&result, self.upstream.dialect);
+            if class == Class::Ambiguous {
+                tracing::warn!(status = status_of(&result), outcome = %describe(&result), "create outcome unknown; not sent again");
+                return Err(match result {
+                    Err(CallError::BadAnswer(detail)) => GatewayError::CreatedUnreadable(detail),
+                    _ => GatewayError::UploadOutcomeUnknown,
+                }
+                .into());
+            }
             if let Step::Done(out) = self.step(&mut tries, class, result).await {
                 return out;
             }

@@ -5,6 +5,8 @@
 
 use std::{sync::Arc, time::Duration};
 
+use tokio::time::Instant;
+
 use bytes::{Buf, Bytes};
 use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
@@ -29,7 +31,10 @@ pub struct Part {
 pub enum ChunkError {
     /// No bytes for this long.
     Idle(Duration),
-    /// The body broke off (client gone, framing error).
+    /// The body did not end by the deadline, this long after it began.
+    Deadline(Duration),
+    /// The body broke off (client gone, framing error), or ended with other than the declared
+    /// number of bytes.
     Broken,
 }
 
@@ -43,6 +48,11 @@ pub struct Chunker<B> {
     hasher: StreamHash,
     total: u64,
     idle: Duration,
+    /// The declared length: the body must end with exactly this many bytes. HTTP/2 reports a
+    /// stream reset with NO_ERROR as a clean end (hyper), so a short body is caught here.
+    declared: Option<u64>,
+    /// When the whole body must have arrived, and when it began (for the error).
+    deadline: Option<(Instant, Instant)>,
     done: bool,
 }
 
@@ -61,8 +71,21 @@ where
             hasher: StreamHash::new(),
             total: 0,
             idle,
+            declared: None,
+            deadline: None,
             done: false,
         }
+    }
+
+    /// The body must end with exactly `len` bytes, when a length was declared.
+    pub fn expect_len(mut self, len: Option<u64>) -> Self {
+        self.declared = len;
+        self
+    }
+
+    /// The body must have ended by `deadline`; `began` is when it started, for the error.
+    pub fn set_deadline(&mut self, deadline: Instant, began: Instant) {
+        self.deadline = Some((deadline, began));
     }
 
     /// The next part of exactly `size` bytes (the last one may be shorter), or `None` at the end.
@@ -82,13 +105,30 @@ where
                 }
                 return Ok(Some(Part { body: self.pool.seal(body.finish()), len }));
             }
-            match tokio::time::timeout(self.idle, self.body.frame()).await {
-                Err(_) => return Err(ChunkError::Idle(self.idle)),
-                Ok(None) => self.done = true,
+            let wait = match self.deadline {
+                Some((deadline, _)) => self.idle.min(deadline.saturating_duration_since(Instant::now())),
+                None => self.idle,
+            };
+            match tokio::time::timeout(wait, self.body.frame()).await {
+                Err(_) => {
+                    return Err(match self.deadline {
+                        Some((deadline, began)) if Instant::now() >= deadline => ChunkError::Deadline(deadline - began),
+                        _ => ChunkError::Idle(self.idle),
+                    });
+                }
+                Ok(None) => {
+                    if self.declared.is_some_and(|len| len != self.total) {
+                        return Err(ChunkError::Broken);
+                    }
+                    self.done = true;
+                }
                 Ok(Some(Err(_))) => return Err(ChunkError::Broken),
                 Ok(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
                         self.total += data.len() as u64;
+                        if self.declared.is_some_and(|len| self.total > len) {
+                            return Err(ChunkError::Broken);
+                        }
                         self.pending = data.clone();
                         self.hasher.update(data).await;
                     }
@@ -179,6 +219,28 @@ mod tests {
             }
             let (parts, sha, total) = cut(frames, &sizes).await;
             assert_eq!((parts, sha, total), (want.clone(), want_sha, data.len() as u64));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_ends_short_of_or_past_its_declared_length_is_broken() {
+        let data = Bytes::from(vec![7u8; 1000]);
+        for (declared, ok) in [(1000, true), (1001, false), (999, false)] {
+            let pool = BufferPool::new(1 << 20);
+            let frames = Frames(vec![data.slice(..600), data.slice(600..)].into());
+            let mut c = Chunker::new(frames, Duration::from_secs(5), pool).expect_len(Some(declared));
+            let mut result = Ok(());
+            loop {
+                match c.next_part(300).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            assert_eq!(result.is_ok(), ok, "declared {declared}: {result:?}");
         }
     }
 

@@ -11,6 +11,7 @@ mod digest;
 mod hasher;
 pub mod part;
 pub mod pool;
+pub mod presence;
 
 use std::{
     collections::HashMap,
@@ -34,14 +35,16 @@ use self::{
     calls::{Abort, Calls},
     chunker::{ChunkError, Chunker, Part},
     pool::BufferPool,
+    presence::Client,
 };
 use crate::{
     body::Body,
+    caller::{Caller, PerKey},
     config::{Config, QuotaConfig, UploadConfig},
-    error::GatewayError,
-    resource::hex,
+    error::{Cleanup, Deletion, GatewayError},
+    resource::{ChunkedUpload, hex},
     retry::RetryPolicy,
-    route::{self, Target},
+    route::ApiTarget,
     telemetry,
     upstream::{Account, Answer, Upstream},
 };
@@ -49,8 +52,11 @@ use crate::{
 /// Header a client sets to `false` to have its upload left uncommitted (it commits later itself).
 pub const NO_COMMIT_HEADER: &str = "x-chunkgate-commit";
 
-/// Margin kept before the upload's expiry: past it, nothing more is attempted.
+/// Margin kept before the upload's expiry: past it, no call is attempted.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
+
+/// An upload's lifetime upstream (DocuSign: 20 minutes), assumed until create announces its expiry.
+const ASSUMED_LIFETIME: Duration = Duration::from_secs(20 * 60);
 
 /// Time given to deleting an upload after a failure.
 const DELETE_WINDOW: Duration = Duration::from_secs(30);
@@ -64,6 +70,7 @@ struct AccountQuota {
 
 /// Shared state of all uploads: limits, buffers, and the switches of a drain.
 pub struct Uploads {
+    /// The upload settings in force (part sizes held to the upstream's request cap).
     config: UploadConfig,
     quota: QuotaConfig,
     retry: Arc<RetryPolicy>,
@@ -77,38 +84,11 @@ pub struct Uploads {
     draining: AtomicBool,
     cancel: watch::Sender<bool>,
     /// Uploads running per caller.
-    callers: Arc<Mutex<HashMap<String, usize>>>,
+    callers: Arc<PerKey<Caller>>,
     max_per_caller: usize,
-}
-
-/// One of a caller's upload slots, given back when dropped.
-struct CallerSlot {
-    callers: Arc<Mutex<HashMap<String, usize>>>,
-    caller: String,
-}
-
-impl CallerSlot {
-    fn take(callers: &Arc<Mutex<HashMap<String, usize>>>, caller: String, max: usize) -> Option<Self> {
-        let mut map = callers.lock().unwrap();
-        let running = map.entry(caller.clone()).or_insert(0);
-        if *running >= max {
-            return None;
-        }
-        *running += 1;
-        Some(Self { callers: callers.clone(), caller })
-    }
-}
-
-impl Drop for CallerSlot {
-    fn drop(&mut self) {
-        let mut map = self.callers.lock().unwrap();
-        if let Some(n) = map.get_mut(&self.caller) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.caller);
-            }
-        }
-    }
+    /// Time the finish (checksum read, commit) may need: the body must end this long before the
+    /// upload expires.
+    finish_reserve: Duration,
 }
 
 /// One upload's fixed facts.
@@ -121,15 +101,29 @@ struct Job {
     declared: Option<u64>,
     client_digest: Option<[u8; 32]>,
     commit: bool,
+    finish_reserve: Duration,
+    /// When the request reached the gateway.
+    began: Instant,
+}
+
+/// What one upload has done so far: the state its stages share.
+struct Progress {
+    /// Parts the upstream has accepted, by sequence.
+    accepted: Vec<u32>,
+    /// Raw bytes of each part sent, indexed by sequence.
+    sizes: Vec<u64>,
 }
 
 // === impl Uploads ===
 
 impl Uploads {
     pub fn new(config: &Config) -> Self {
-        let c = config.upload.clone();
+        let c = config.effective_upload();
         let kib = (c.memory_budget_bytes / 1024).clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         let budget = Arc::new(Semaphore::new(kib));
+        let u = &config.upstream;
+        let finish_reserve =
+            Duration::from_millis(u.commit_timeout_ms + if c.verify_upstream_checksum { u.call_timeout_ms } else { 0 });
         Self {
             slots: Arc::new(Semaphore::new(c.max_uploads)),
             budget: budget.clone(),
@@ -141,8 +135,9 @@ impl Uploads {
             quota: config.quota.clone(),
             draining: AtomicBool::new(false),
             cancel: watch::channel(false).0,
-            callers: Arc::new(Mutex::new(HashMap::new())),
+            callers: PerKey::new(),
             max_per_caller: config.server.max_uploads_per_caller,
+            finish_reserve,
             config: c,
         }
     }
@@ -202,14 +197,16 @@ impl Uploads {
         &self,
         upstream: Arc<Upstream>,
         req: Request<Incoming>,
-        t: Target<'_>,
-        caller: String,
+        t: ApiTarget<'_>,
+        caller: Caller,
     ) -> Response<Body> {
         let dialect = upstream.dialect;
+        // Dropped with this future: when the client leaves before the answer, hyper drops it.
+        let (present, client) = presence::pair();
         let refuse = |err: GatewayError| {
             metrics::counter!(telemetry::UPLOADS_FAILED, "reason" => err.code()).increment(1);
             tracing::info!(code = err.code(), "upload refused before any upstream call");
-            err.response(dialect, None)
+            err.response(dialect)
         };
         if self.is_draining() {
             return refuse(GatewayError::ShuttingDown);
@@ -218,28 +215,16 @@ impl Uploads {
             Ok(job) => job,
             Err(err) => return refuse(err),
         };
-        let Some(caller_slot) = CallerSlot::take(&self.callers, caller, self.max_per_caller) else {
+        let Some(caller_slot) = self.callers.try_take(caller, self.max_per_caller) else {
             return refuse(GatewayError::GatewayBusy { retry_after: Duration::from_secs(1) });
         };
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
             return refuse(GatewayError::GatewayBusy { retry_after: Duration::from_secs(1) });
         };
         metrics::counter!(telemetry::UPLOADS_STARTED).increment(1);
-        // The account's share of the upstream quota: wait our turn, for a bounded time.
-        let quota = self.account_quota(&job.calls.acct.id);
-        let wanted = job.declared.unwrap_or(self.config.max_document_bytes).min(self.quota.bytes_per_account);
-        let kib = wanted.div_ceil(1024).clamp(1, self.quota_kib()) as u32;
-        let wait = Duration::from_secs(self.quota.wait_secs);
-        let turn = tokio::time::timeout(wait, async {
-            let upload = quota.uploads.clone().acquire_owned().await.expect("never closed");
-            let bytes = quota.bytes.clone().acquire_many_owned(kib).await.expect("never closed");
-            (upload, bytes)
-        });
-        let queued = std::time::Instant::now();
-        let turn = turn.await;
-        metrics::histogram!(telemetry::QUEUE_WAIT).record(queued.elapsed().as_secs_f64());
-        let Ok(turn) = turn else {
-            return refuse(GatewayError::GatewayBusy { retry_after: wait.max(Duration::from_secs(1)) });
+        let turn = match self.wait_turn(&job).await {
+            Ok(turn) => turn,
+            Err(err) => return refuse(err),
         };
         let cancel = self.cancel.subscribe();
         let span = tracing::info_span!(
@@ -250,19 +235,39 @@ impl Uploads {
         );
         let task = tokio::spawn(
             async move {
-                let response = job.run(req.into_body(), cancel).await;
+                let response = job.run(req.into_body(), cancel, client).await;
                 drop((slot, turn, caller_slot));
                 response
             }
             .instrument(span),
         );
-        task.await.unwrap_or_else(|_| GatewayError::BadRequest("the upload task failed".into()).response(dialect, None))
+        let answer = task.await.unwrap_or_else(|err| {
+            tracing::error!(error = %err, "the upload task failed");
+            GatewayError::Internal(err.to_string()).response(dialect)
+        });
+        drop(present);
+        answer
     }
 
-    fn admit(&self, upstream: Arc<Upstream>, req: &Request<Incoming>, t: Target<'_>) -> Result<Job, GatewayError> {
-        if !route::valid_account(t.account) {
-            return Err(GatewayError::InvalidAccountId);
-        }
+    /// The account's share of the upstream quota: waits for its turn, for a bounded time.
+    async fn wait_turn(&self, job: &Job) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), GatewayError> {
+        let quota = self.account_quota(&job.calls.acct.id);
+        let wanted = job.declared.unwrap_or(self.config.max_document_bytes).min(self.quota.bytes_per_account);
+        let kib = wanted.div_ceil(1024).clamp(1, self.quota_kib()) as u32;
+        let wait = Duration::from_secs(self.quota.wait_secs);
+        let queued = std::time::Instant::now();
+        let turn = tokio::time::timeout(wait, async {
+            let upload = quota.uploads.clone().acquire_owned().await.expect("never closed");
+            let bytes = quota.bytes.clone().acquire_many_owned(kib).await.expect("never closed");
+            (upload, bytes)
+        })
+        .await;
+        metrics::histogram!(telemetry::QUEUE_WAIT).record(queued.elapsed().as_secs_f64());
+        turn.map_err(|_| GatewayError::GatewayBusy { retry_after: wait.max(Duration::from_secs(1)) })
+    }
+
+    fn admit(&self, upstream: Arc<Upstream>, req: &Request<Incoming>, t: ApiTarget<'_>) -> Result<Job, GatewayError> {
+        let account = t.account.ok_or(GatewayError::InvalidAccountId)?;
         let auth = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -296,7 +301,7 @@ impl Uploads {
                 acct: Account {
                     prefix: t.prefix.to_owned(),
                     version: t.version.to_owned(),
-                    id: t.account.to_owned(),
+                    id: account.to_owned(),
                     auth,
                     deadline,
                 },
@@ -308,6 +313,8 @@ impl Uploads {
             declared,
             client_digest,
             commit,
+            finish_reserve: self.finish_reserve,
+            began: Instant::now(),
         })
     }
 }
@@ -321,11 +328,48 @@ async fn cancelled(cancel: &mut watch::Receiver<bool>) {
 
 // === impl Job ===
 
+/// The stages of one upload: open (part 0 creates it), send the rest, finish (verify, commit),
+/// or abort (delete). Each returns what the next needs, or the client's answer when it ends here.
 impl Job {
-    async fn run(mut self, body: Incoming, mut cancel: watch::Receiver<bool>) -> Response<Body> {
-        let dialect = self.calls.upstream.dialect;
+    async fn run(mut self, body: Incoming, mut cancel: watch::Receiver<bool>, mut client: Client) -> Response<Body> {
         let idle = Duration::from_millis(self.config.client_idle_timeout_ms);
-        let mut chunker = Chunker::new(body, idle, self.pool.clone());
+        let mut chunker = Chunker::new(body, idle, self.pool.clone()).expect_len(self.declared);
+        // Until create announces the upload's expiry, the body is bounded by the lifetime assumed.
+        let assumed_expiry = self.began + ASSUMED_LIFETIME;
+        chunker.set_deadline(assumed_expiry - self.finish_reserve.min(ASSUMED_LIFETIME / 2), self.began);
+        let (id, limits) = match self.open(&mut chunker, &mut cancel, &client).await {
+            Ok(opened) => opened,
+            Err(response) => return response,
+        };
+        let mut progress = Progress { accepted: vec![0], sizes: vec![chunker.emitted()] };
+        let outcome = tokio::select! {
+            sent = self.send_rest(&id, &mut chunker, limits, &mut progress) => sent,
+            () = cancelled(&mut cancel) => Err(GatewayError::ShuttingDown.into()),
+            () = client.gone() => Err(GatewayError::ClientGone.into()),
+        };
+        let outcome = match outcome {
+            Ok(()) => self.finish(&id, &mut chunker, &progress, &client).await,
+            Err(abort) => Err(abort),
+        };
+        match outcome {
+            Ok((answer, checked)) => self.succeeded(&id, answer, checked, &mut chunker, &progress, &client).await,
+            Err(abort) => self.abort(&id, abort, &mut progress).await,
+        }
+    }
+
+    /// Reads part 0 and creates the upload with it. Returns the upload's id and limits.
+    async fn open(
+        &mut self,
+        chunker: &mut Chunker<Incoming>,
+        cancel: &mut watch::Receiver<bool>,
+        client: &Client,
+    ) -> Result<(String, Limits), Response<Body>> {
+        let dialect = self.calls.upstream.dialect;
+        let fail = |err: GatewayError| {
+            metrics::counter!(telemetry::UPLOADS_FAILED, "reason" => err.code()).increment(1);
+            tracing::warn!(code = err.code(), detail = err.detail(), "upload failed before or at create");
+            err.response(dialect)
+        };
         let first_size = match self.declared {
             Some(len) => fit(len, self.config.assumed_max_parts, &self.config),
             None => self.config.part_size,
@@ -336,17 +380,20 @@ impl Job {
             permit = self.budget.clone().acquire_many_owned(budget_cost(first_size, &self.config)) => {
                 permit.expect("budget semaphore is never closed")
             }
-            () = cancelled(&mut cancel) => return GatewayError::ShuttingDown.response(dialect, None),
+            () = cancelled(cancel) => return Err(fail(GatewayError::ShuttingDown)),
         };
         let part0 = tokio::select! {
             part = chunker.next_part(first_size) => part,
-            () = cancelled(&mut cancel) => return GatewayError::ShuttingDown.response(dialect, None),
+            () = cancelled(cancel) => return Err(fail(GatewayError::ShuttingDown)),
         };
         let part0 = match part0 {
             Ok(Some(part)) => part,
-            Ok(None) => return GatewayError::EmptyDocument.response(dialect, None),
-            Err(err) => return client_error(err).response(dialect, None),
+            Ok(None) => return Err(fail(GatewayError::EmptyDocument)),
+            Err(err) => return Err(fail(client_error(err))),
         };
+        if client.is_gone() {
+            return Err(fail(GatewayError::ClientGone));
+        }
         // Not cancelled half-way: a create whose answer is lost leaves an upload nobody can delete.
         let created = match self.calls.create(&part0.body).await {
             Ok(answer) => answer,
@@ -354,142 +401,52 @@ impl Job {
             Err(Abort::Upstream(answer)) => {
                 metrics::counter!(telemetry::UPLOADS_FAILED, "reason" => "UPSTREAM_REFUSED").increment(1);
                 tracing::warn!(status = answer.status.as_u16(), "upstream refused the create");
-                return answer.into_response();
+                return Err((*answer).into_refusal(dialect));
             }
-            Err(Abort::Gateway(err)) => {
-                metrics::counter!(telemetry::UPLOADS_FAILED, "reason" => err.code()).increment(1);
-                tracing::warn!(code = err.code(), error = %err, "create failed");
-                return err.response(dialect, None);
-            }
+            Err(Abort::Gateway(err)) => return Err(fail(err)),
         };
-        drop(part0_budget);
-        drop(part0);
+        drop((part0_budget, part0));
         let resource = match created.resource(dialect) {
             Ok(r) if !r.chunked_upload_id.is_empty() => r,
-            Ok(_) => {
-                return GatewayError::UpstreamBadResponse("create answered without an upload id".into())
-                    .response(dialect, None);
-            }
-            Err(e) => return GatewayError::UpstreamBadResponse(e).response(dialect, None),
+            Ok(_) => return Err(fail(GatewayError::CreatedUnreadable("create answered without an upload id".into()))),
+            Err(e) => return Err(fail(GatewayError::CreatedUnreadable(e))),
         };
         let id = resource.chunked_upload_id.clone();
         tracing::Span::current().record("upload_id", id.as_str());
-        self.calls.acct.deadline = upload_deadline(&resource.expiration_date_time);
+        let expiry = upload_expiry(&resource.expiration_date_time);
+        let left = expiry.saturating_duration_since(Instant::now());
+        self.calls.acct.deadline = expiry - EXPIRY_MARGIN.min(left);
+        // The rest of the body must arrive in time for the finish to run before the upload expires.
+        let reserve = self.finish_reserve.min(left / 2);
+        chunker.set_deadline(expiry - reserve, self.began);
         let limits = Limits {
             max_parts: resource.max_parts().unwrap_or(self.config.assumed_max_parts),
             max_total: resource.max_total().unwrap_or(u64::MAX),
         };
-        let mut accepted = vec![0u32];
-        let outcome = tokio::select! {
-            outcome = self.send_rest(&id, &mut chunker, limits, &mut accepted) => outcome,
-            () = cancelled(&mut cancel) => Err(GatewayError::ShuttingDown.into()),
-        };
-        match outcome {
-            Ok(answer) => {
-                let parts = accepted.len();
-                let bytes = chunker.total();
-                tracing::Span::current().record("bytes", bytes);
-                tracing::info!(parts, bytes, committed = self.commit, "upload finished");
-                if self.commit {
-                    metrics::counter!(telemetry::UPLOADS_COMMITTED).increment(1);
-                }
-                metrics::counter!(telemetry::UPLOAD_BYTES).increment(bytes);
-                metrics::counter!(telemetry::PARTS).increment(parts as u64);
-                let mut response = answer.into_response();
-                let h = response.headers_mut();
-                if let Ok(v) = HeaderValue::from_str(&id) {
-                    h.insert("x-chunkgate-upload-id", v);
-                }
-                h.insert("x-chunkgate-parts", HeaderValue::from(parts));
-                h.insert("x-chunkgate-bytes", HeaderValue::from(bytes));
-                h.insert("x-chunkgate-sha256", HeaderValue::from_str(&hex(&chunker.sha256().await)).expect("hex"));
-                response
-            }
-            Err(abort) => {
-                accepted.sort_unstable();
-                if let Abort::Gateway(GatewayError::RateLimited { .. }) = abort {
-                    // The account is paused: the delete waits for the pause in the background, for
-                    // as long as the upload lives, and the client hears now.
-                    let (calls, id, until) = (self.calls.clone(), id.clone(), self.calls.acct.deadline + EXPIRY_MARGIN);
-                    tokio::spawn(
-                        async move {
-                            let deleted = calls.delete(&id, until).await;
-                            tracing::info!(deleted, "deferred delete after rate limiting");
-                        }
-                        .in_current_span(),
-                    );
-                } else if self.calls.delete(&id, Instant::now() + DELETE_WINDOW).await {
-                    tracing::info!("upstream upload deleted");
-                } else {
-                    tracing::warn!("the upstream upload could not be deleted; it expires on its own");
-                }
-                let reason = match &abort {
-                    Abort::Gateway(err) => err.code(),
-                    Abort::Upstream(_) => "UPSTREAM_REFUSED",
-                };
-                metrics::counter!(telemetry::UPLOADS_FAILED, "reason" => reason).increment(1);
-                let mut response = match abort {
-                    Abort::Gateway(err) => {
-                        tracing::warn!(code = err.code(), error = %err, "upload failed");
-                        err.response(dialect, Some(&accepted))
-                    }
-                    Abort::Upstream(answer) => {
-                        tracing::warn!(status = answer.status.as_u16(), "upstream refused the upload");
-                        let mut response = (*answer).into_response();
-                        let list = accepted.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-                        if let Ok(v) = HeaderValue::from_str(&list) {
-                            response.headers_mut().insert("x-chunkgate-parts-accepted", v);
-                        }
-                        response
-                    }
-                };
-                // Names the (deleted) upstream upload, for the client's records.
-                if let Ok(v) = HeaderValue::from_str(&id) {
-                    response.headers_mut().insert("x-chunkgate-upload-id", v);
-                }
-                response
-            }
-        }
+        Ok((id, limits))
     }
 
-    /// Parts 1..n, the integrity checks and the commit. Returns the upstream's final answer.
+    /// Parts 1..n, sent as the body arrives with up to `max_in_flight` at once.
     async fn send_rest(
         &self,
         id: &str,
         chunker: &mut Chunker<Incoming>,
         limits: Limits,
-        accepted: &mut Vec<u32>,
-    ) -> Result<Answer, Abort> {
-        if let Some(len) = self.declared {
-            if len > limits.max_total {
-                return Err(GatewayError::PayloadTooLarge { limit: limits.max_total }.into());
-            }
-        }
-        let size = match self.declared {
-            Some(len) => {
-                let left = len.saturating_sub(chunker.emitted());
-                let slots = limits.max_parts.saturating_sub(1).max(1);
-                let size = fit(left, slots, &self.config);
-                if left.div_ceil(size as u64) > slots as u64 {
-                    let limit = limits.max_parts as u64 * self.config.max_part_bytes as u64;
-                    return Err(GatewayError::PayloadTooLarge { limit }.into());
-                }
-                size
-            }
-            None => self.config.part_size,
-        };
+        progress: &mut Progress,
+    ) -> Result<(), Abort> {
+        let size = self.part_size(chunker, limits)?;
         let cost = budget_cost(size, &self.config);
         let mut inflight: JoinSet<Result<u32, Abort>> = JoinSet::new();
         let mut seq = 1u32;
         loop {
             while inflight.len() >= self.config.max_in_flight {
-                accepted.push(joined(inflight.join_next().await)?);
+                progress.accepted.push(joined(inflight.join_next().await)?);
             }
             let permit = self.budget.clone().acquire_many_owned(cost).await.expect("budget semaphore is never closed");
             let next = tokio::select! {
                 biased;
                 Some(done) = inflight.join_next(), if !inflight.is_empty() => {
-                    accepted.push(joined(Some(done))?);
+                    progress.accepted.push(joined(Some(done))?);
                     continue;
                 }
                 next = chunker.next_part(size) => next.map_err(client_error)?,
@@ -499,6 +456,7 @@ impl Job {
                 let limit = limits.max_total.min(limits.max_parts as u64 * size as u64);
                 return Err(GatewayError::PayloadTooLarge { limit }.into());
             }
+            progress.sizes.push(part.len as u64);
             let span = tracing::info_span!("part", seq, bytes = part.len);
             let gauge = InFlight::enter(&self.parts_in_flight);
             let (calls, id) = (self.calls.clone(), id.to_owned());
@@ -506,47 +464,219 @@ impl Job {
             seq += 1;
         }
         while let Some(done) = inflight.join_next().await {
-            accepted.push(joined(Some(done))?);
+            progress.accepted.push(joined(Some(done))?);
         }
-        self.verify_and_commit(id, chunker).await
+        Ok(())
     }
 
-    async fn verify_and_commit(&self, id: &str, chunker: &mut Chunker<Incoming>) -> Result<Answer, Abort> {
-        let dialect = self.calls.upstream.dialect;
+    /// The size of parts 1..n: with a declared length, fitted into the parts the upstream allows.
+    fn part_size(&self, chunker: &Chunker<Incoming>, limits: Limits) -> Result<usize, Abort> {
+        let Some(len) = self.declared else { return Ok(self.config.part_size) };
+        if len > limits.max_total {
+            return Err(GatewayError::PayloadTooLarge { limit: limits.max_total }.into());
+        }
+        let left = len.saturating_sub(chunker.emitted());
+        let slots = limits.max_parts.saturating_sub(1).max(1);
+        let size = fit(left, slots, &self.config);
+        if left.div_ceil(size as u64) > slots as u64 {
+            let limit = limits.max_parts as u64 * self.config.max_part_bytes as u64;
+            return Err(GatewayError::PayloadTooLarge { limit }.into());
+        }
+        Ok(size)
+    }
+
+    /// The integrity checks, then the commit (unless the client asked for none) while the client
+    /// is still there to hear of it. Returns the upstream's final answer and what was checked.
+    async fn finish(
+        &self,
+        id: &str,
+        chunker: &mut Chunker<Incoming>,
+        progress: &Progress,
+        client: &Client,
+    ) -> Result<(Answer, Checked), Abort> {
         let ours = hex(&chunker.sha256().await);
         if let Some(expected) = self.client_digest {
             if hex(&expected) != ours {
                 return Err(GatewayError::DigestMismatch { expected: hex(&expected), actual: ours }.into());
             }
         }
-        let mut last = None;
-        if self.config.verify_upstream_checksum || !self.commit {
-            let answer = self.calls.get(id, true).await?;
-            let resource = answer.resource(dialect).map_err(GatewayError::UpstreamBadResponse)?;
-            if let Some(theirs) = resource.checksum.as_deref().filter(|c| !c.is_empty()) {
-                if self.config.verify_upstream_checksum && !theirs.eq_ignore_ascii_case(&ours) {
-                    return Err(
-                        GatewayError::UpstreamChecksumMismatch { upstream: theirs.to_owned(), actual: ours }.into()
-                    );
-                }
-            }
-            last = Some(answer);
+        let (last, checked) = if self.config.verify_upstream_checksum || !self.commit {
+            let (answer, checked) = self.verify(id, &ours, progress).await?;
+            (Some(answer), checked)
+        } else {
+            (None, Checked::Skipped)
+        };
+        if client.is_gone() {
+            return Err(GatewayError::ClientGone.into());
         }
         match last {
-            Some(answer) if !self.commit => Ok(answer),
-            _ => self.calls.commit(id).await,
+            Some(answer) if !self.commit => Ok((answer, checked)),
+            _ => Ok((self.calls.commit(id).await?, checked)),
+        }
+    }
+
+    /// Reads the upload back with its checksum and compares it with ours. Without a checksum in
+    /// the answer, the part sizes and the total are compared instead (or, with
+    /// `upload.require_upstream_checksum`, nothing is committed).
+    async fn verify(&self, id: &str, ours: &str, progress: &Progress) -> Result<(Answer, Checked), Abort> {
+        let dialect = self.calls.upstream.dialect;
+        let answer = self.calls.get(id, true).await?;
+        let resource = answer.resource(dialect).map_err(GatewayError::UpstreamBadResponse)?;
+        if !self.config.verify_upstream_checksum {
+            return Ok((answer, Checked::Skipped));
+        }
+        match resource.checksum.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
+            Some(theirs) if theirs.eq_ignore_ascii_case(ours) => Ok((answer, Checked::Checksum)),
+            Some(theirs) => {
+                Err(GatewayError::UpstreamChecksumMismatch { upstream: theirs.to_owned(), actual: ours.to_owned() }
+                    .into())
+            }
+            None if self.config.require_upstream_checksum => Err(GatewayError::UpstreamChecksumMissing.into()),
+            None => {
+                sizes_match(&resource, &progress.sizes)?;
+                tracing::warn!("the upstream's answer carries no checksum: sizes checked, bytes not verified");
+                metrics::counter!(telemetry::CHECKSUM_UNVERIFIED).increment(1);
+                Ok((answer, Checked::SizesOnly))
+            }
+        }
+    }
+
+    /// The client's answer for a finished upload: the upstream's, plus the gateway's headers. If
+    /// the client left during the finish, nobody will learn the upload's id: it is deleted.
+    async fn succeeded(
+        &self,
+        id: &str,
+        answer: Answer,
+        checked: Checked,
+        chunker: &mut Chunker<Incoming>,
+        progress: &Progress,
+        client: &Client,
+    ) -> Response<Body> {
+        let parts = progress.accepted.len();
+        let bytes = chunker.total();
+        tracing::Span::current().record("bytes", bytes);
+        if client.is_gone() {
+            let deleted = self.calls.delete(id, Instant::now() + DELETE_WINDOW).await;
+            tracing::warn!(deleted, "the client left before hearing of its upload; deleted it");
+            metrics::counter!(telemetry::UPLOADS_FAILED, "reason" => "CLIENT_GONE").increment(1);
+            return GatewayError::ClientGone.response(self.calls.upstream.dialect);
+        }
+        tracing::info!(parts, bytes, committed = self.commit, checked = checked.name(), "upload finished");
+        if self.commit {
+            metrics::counter!(telemetry::UPLOADS_COMMITTED).increment(1);
+        }
+        metrics::counter!(telemetry::UPLOAD_BYTES).increment(bytes);
+        metrics::counter!(telemetry::PARTS).increment(parts as u64);
+        let mut response = answer.into_response();
+        let h = response.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(id) {
+            h.insert("x-chunkgate-upload-id", v);
+        }
+        h.insert("x-chunkgate-parts", HeaderValue::from(parts));
+        h.insert("x-chunkgate-bytes", HeaderValue::from(bytes));
+        h.insert("x-chunkgate-sha256", HeaderValue::from_str(&hex(&chunker.sha256().await)).expect("hex"));
+        h.insert("x-chunkgate-checksum", HeaderValue::from_static(checked.name()));
+        response
+    }
+
+    /// Deletes the upstream upload after a failure and says so in the client's answer.
+    async fn abort(&self, id: &str, abort: Abort, progress: &mut Progress) -> Response<Body> {
+        let dialect = self.calls.upstream.dialect;
+        progress.accepted.sort_unstable();
+        let deletion = if let Abort::Gateway(GatewayError::RateLimited { .. }) = abort {
+            // The account is paused: the delete waits for the pause in the background, for as long
+            // as the upload lives, and the client hears now.
+            let (calls, id, until) = (self.calls.clone(), id.to_owned(), self.calls.acct.deadline + EXPIRY_MARGIN);
+            tokio::spawn(
+                async move {
+                    let deleted = calls.delete(&id, until).await;
+                    tracing::info!(deleted, "deferred delete after rate limiting");
+                }
+                .in_current_span(),
+            );
+            Deletion::Deferred
+        } else if self.calls.delete(id, Instant::now() + DELETE_WINDOW).await {
+            tracing::info!("upstream upload deleted");
+            Deletion::Deleted
+        } else {
+            tracing::warn!("the upstream upload could not be deleted; it expires on its own");
+            Deletion::Failed
+        };
+        let cleanup = Cleanup { accepted: &progress.accepted, deletion };
+        match abort {
+            Abort::Gateway(err) => {
+                metrics::counter!(telemetry::UPLOADS_FAILED, "reason" => err.code()).increment(1);
+                tracing::warn!(code = err.code(), detail = err.detail(), "upload failed");
+                err.response_after(dialect, cleanup, id)
+            }
+            Abort::Upstream(answer) => {
+                metrics::counter!(telemetry::UPLOADS_FAILED, "reason" => "UPSTREAM_REFUSED").increment(1);
+                tracing::warn!(status = answer.status.as_u16(), "upstream refused the upload");
+                let mut response = (*answer).into_refusal(dialect);
+                cleanup.stamp(response.headers_mut(), id);
+                response
+            }
         }
     }
 }
 
-/// The latest time to attempt anything for an upload: its expiry less a margin, or its lifetime
-/// from now when the expiry cannot be read.
-fn upload_deadline(expiration: &str) -> Instant {
+/// What the finish could verify of the bytes the upstream holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Checked {
+    /// The upstream's SHA-256 equals the gateway's.
+    Checksum,
+    /// The answer had no checksum: part sizes and the total were compared (`X-Chunkgate-Checksum:
+    /// unverified`).
+    SizesOnly,
+    /// `upload.verify_upstream_checksum` is off.
+    Skipped,
+}
+
+impl Checked {
+    fn name(self) -> &'static str {
+        match self {
+            Checked::Checksum => "verified",
+            Checked::SizesOnly => "unverified",
+            Checked::Skipped => "skipped",
+        }
+    }
+}
+
+/// The upstream lists every part sent, with its size, and the total sent.
+fn sizes_match(resource: &ChunkedUpload, sizes: &[u64]) -> Result<(), GatewayError> {
+    let total: u64 = sizes.iter().sum();
+    if resource.total_size.trim().parse::<u64>().ok() != Some(total) {
+        return Err(GatewayError::UpstreamSizeMismatch {
+            what: format!("totalSize {:?}", resource.total_size),
+            sent: format!("{total} bytes"),
+        });
+    }
+    if resource.chunked_upload_parts.len() != sizes.len() {
+        return Err(GatewayError::UpstreamSizeMismatch {
+            what: format!("{} parts", resource.chunked_upload_parts.len()),
+            sent: format!("{} parts", sizes.len()),
+        });
+    }
+    for (seq, size) in sizes.iter().enumerate() {
+        let held = resource.part_size(seq as u32);
+        if held != Some(*size) {
+            return Err(GatewayError::UpstreamSizeMismatch {
+                what: format!("part {seq} with {held:?} bytes"),
+                sent: format!("{size} bytes"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// When the upload expires, from its `expirationDateTime`; its assumed lifetime from now when that
+/// cannot be read.
+fn upload_expiry(expiration: &str) -> Instant {
     let left = humantime::parse_rfc3339_weak(expiration.trim())
         .ok()
         .and_then(|t| t.duration_since(SystemTime::now()).ok())
-        .unwrap_or(Duration::from_secs(20 * 60));
-    Instant::now() + left.saturating_sub(EXPIRY_MARGIN)
+        .unwrap_or(ASSUMED_LIFETIME);
+    Instant::now() + left
 }
 
 /// Counts a part on the wire for as long as it lives.
@@ -604,14 +734,15 @@ fn budget_cost(size: usize, c: &UploadConfig) -> u32 {
 fn joined(done: Option<Result<Result<u32, Abort>, tokio::task::JoinError>>) -> Result<u32, Abort> {
     match done {
         Some(Ok(result)) => result,
-        Some(Err(err)) => Err(GatewayError::BadRequest(format!("a part task failed: {err}")).into()),
-        None => Err(GatewayError::BadRequest("no part in flight".into()).into()),
+        Some(Err(err)) => Err(GatewayError::Internal(format!("a part task failed: {err}")).into()),
+        None => Err(GatewayError::Internal("no part in flight".into()).into()),
     }
 }
 
 fn client_error(err: ChunkError) -> GatewayError {
     match err {
         ChunkError::Idle(d) => GatewayError::ClientBodyTimeout(d),
+        ChunkError::Deadline(d) => GatewayError::ClientBodyDeadline(d),
         ChunkError::Broken => GatewayError::ClientBodyError,
     }
 }

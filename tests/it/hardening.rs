@@ -53,7 +53,7 @@ async fn hostile_request_targets_are_refused_and_never_forwarded() {
 #[tokio::test]
 async fn conflicting_framing_cannot_smuggle_and_bad_lengths_are_refused() {
     let s = Stack::default().await;
-    let path = format!("/v2.1/accounts/{ACCOUNT}/chunked_uploads");
+    let path = format!("/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads");
     // Content-Length says 5, the chunked body holds 11 bytes and then a smuggled request. The
     // chunked framing wins (RFC 9112 §6.1; hyper drops the Content-Length): the upload holds all
     // 11 bytes and the smuggled request is never forwarded, since chunkgate re-frames every request
@@ -84,7 +84,7 @@ async fn a_body_longer_than_declared_commits_only_the_declared_bytes() {
     let s = Stack::default().await;
     let doc = bytes_of(PART + 10, 5);
     let mut request = format!(
-        "POST /v2.1/accounts/{ACCOUNT}/chunked_uploads HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n",
+        "POST /restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n",
         doc.len()
     )
     .into_bytes();
@@ -108,7 +108,7 @@ async fn oversized_heads_slow_heads_and_connection_floods_are_bounded() {
     .await;
     // Over max_header_bytes: refused by the gateway, in the upstream's error shape, never forwarded.
     let big = format!(
-        "GET /v2.1/accounts/1/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nX-Big: {}\r\n\r\n",
+        "GET /restapi/v2.1/accounts/1/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nX-Big: {}\r\n\r\n",
         "a".repeat(12_000)
     );
     let answer = raw(s.gw.addr, big.as_bytes()).await;
@@ -116,25 +116,27 @@ async fn oversized_heads_slow_heads_and_connection_floods_are_bounded() {
     assert!(answer.contains("\"errorCode\":\"HEADERS_TOO_LARGE\""), "{answer}");
     assert_eq!(s.sim.stats().await["requests"], 0);
     // Over the read buffer too: the connection cuts it off before it is even parsed.
-    let huge = format!("GET /v2.1/accounts/1/x HTTP/1.1\r\nHost: gw\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000));
+    let huge = format!("GET /restapi/v2.1/accounts/1/x HTTP/1.1\r\nHost: gw\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000));
     let answer = raw(s.gw.addr, huge.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
     let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let answer = raw(s.gw.addr, format!("GET /v2.1/accounts/1/x HTTP/1.1\r\nHost: gw\r\n{many}\r\n").as_bytes()).await;
+    let answer =
+        raw(s.gw.addr, format!("GET /restapi/v2.1/accounts/1/x HTTP/1.1\r\nHost: gw\r\n{many}\r\n").as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
 
     // Slowloris: a head that never ends is cut off after the header timeout.
     let mut slow = TcpStream::connect(s.gw.addr).await.unwrap();
-    slow.write_all(b"GET /v2.1/accounts/1/x HTTP/1.1\r\nHost: gw\r\n").await.unwrap();
+    slow.write_all(b"GET /restapi/v2.1/accounts/1/x HTTP/1.1\r\nHost: gw\r\n").await.unwrap();
     let mut buf = [0u8; 256];
     let read = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf)).await;
     assert!(read.is_ok(), "the slow client was not cut off");
 
     // One connection at a time: a second client waits until the first is done.
     let mut first = TcpStream::connect(s.gw.addr).await.unwrap();
-    first.write_all(b"GET /v2.1/accounts/1/x HTTP/1.1\r\nHost: gw\r\n").await.unwrap();
+    first.write_all(b"GET /restapi/v2.1/accounts/1/x HTTP/1.1\r\nHost: gw\r\n").await.unwrap();
     let addr = s.gw.addr;
-    let second = tokio::spawn(async move { raw(addr, &get("/v2.1/accounts/1234567/chunked_uploads/ABC")).await });
+    let second =
+        tokio::spawn(async move { raw(addr, &get("/restapi/v2.1/accounts/1234567/chunked_uploads/ABC")).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!second.is_finished(), "a second connection was served while the first held the only slot");
     drop(first);
@@ -165,7 +167,7 @@ async fn callers_need_a_valid_key_and_accounts_must_be_allowed() {
         .http
         .send(
             Method::GET,
-            &format!("{}/v2.1/accounts/999/envelopes", s.gw.url()),
+            &format!("{}/restapi/v2.1/accounts/999/envelopes", s.gw.url()),
             &[("authorization", &auth), ("x-chunkgate-key", key)],
             "",
         )
@@ -227,7 +229,7 @@ async fn one_caller_cannot_take_more_than_its_share_of_uploads() {
     let s = Stack::start(SimConfig::default(), |c| c.server.max_uploads_per_caller = 1).await;
     let mut first = TcpStream::connect(s.gw.addr).await.unwrap();
     let head = format!(
-        "POST /v2.1/accounts/{ACCOUNT}/chunked_uploads HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n",
+        "POST /restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n",
         PART * 2
     );
     first.write_all(head.as_bytes()).await.unwrap();

@@ -134,7 +134,7 @@ async fn part_count_total_size_and_request_size_limits_are_enforced_per_account(
         .http
         .send(
             Method::POST,
-            &format!("{}/v2.1/accounts/42/chunked_uploads", s.running.url()),
+            &format!("{}/restapi/v2.1/accounts/42/chunked_uploads", s.running.url()),
             &[("authorization", "Bearer t"), ("content-type", "application/json")],
             part_body(&[1; 41]),
         )
@@ -265,7 +265,7 @@ async fn bodies_must_be_json_with_standard_base64_data() {
         .http
         .send(
             Method::POST,
-            &format!("{}/v2.1/accounts/12ab/chunked_uploads", s.running.url()),
+            &format!("{}/restapi/v2.1/accounts/12ab/chunked_uploads", s.running.url()),
             &[("authorization", &auth), ("content-type", "application/json")],
             part_body(b"x"),
         )
@@ -276,13 +276,13 @@ async fn bodies_must_be_json_with_standard_base64_data() {
 }
 
 #[tokio::test]
-async fn v2_and_any_prefix_serve_the_same_routes() {
+async fn v2_and_v2_1_serve_the_same_routes_under_the_one_configured_prefix() {
     let s = SimApi::start(SimConfig::default()).await;
     let auth = format!("Bearer {TOKEN}");
     let guid = "3216E4B2-0A1B-4C2D-8E3F-34CC91813EA2";
     for base in [
-        format!("{}/v2/accounts/{ACCOUNT}/chunked_uploads", s.running.url()),
-        format!("{}/a/b/v2.1/accounts/{guid}/chunked_uploads", s.running.url()),
+        format!("{}/restapi/v2/accounts/{ACCOUNT}/chunked_uploads", s.running.url()),
+        format!("{}/restapi/v2.1/accounts/{guid}/chunked_uploads", s.running.url()),
     ] {
         let h = [("authorization", auth.as_str()), ("content-type", "application/json")];
         let r = s.http.send(Method::POST, &base, &h, part_body(b"abc")).await.unwrap();
@@ -298,10 +298,28 @@ async fn v2_and_any_prefix_serve_the_same_routes() {
     }
     let other = s
         .http
-        .send(Method::GET, &format!("{}/v2.1/accounts/1/envelopes", s.running.url()), &[("authorization", &auth)], "")
+        .send(
+            Method::GET,
+            &format!("{}/restapi/v2.1/accounts/1/envelopes", s.running.url()),
+            &[("authorization", &auth)],
+            "",
+        )
         .await
         .unwrap();
     assert_eq!(other.status, StatusCode::NOT_FOUND);
+    // DocuSign serves the API under /restapi only: a doubled prefix, another prefix or none is
+    // not found, so a gateway that doubles the prefix fails here as it would there.
+    let h = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    for wrong in ["/restapi/restapi/v2.1", "/v2.1", "/a/b/v2.1"] {
+        let url = format!("{}{wrong}/accounts/{ACCOUNT}/chunked_uploads", s.running.url());
+        let r = s.http.send(Method::POST, &url, &h, part_body(b"abc")).await.unwrap();
+        assert_eq!((r.status, code(&r)), (StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND".to_owned()), "{wrong}");
+    }
+    // Another prefix can be configured (an API behind a gateway of its own), or none.
+    let bare = SimApi::start(SimConfig { path_prefix: String::new(), ..SimConfig::default() }).await;
+    let url = format!("{}/v2.1/accounts/{ACCOUNT}/chunked_uploads", bare.running.url());
+    assert_eq!(bare.http.send(Method::POST, &url, &h, part_body(b"abc")).await.unwrap().status, StatusCode::CREATED);
+    assert_eq!(s.stats().await["created"], 2);
 }
 
 #[tokio::test]
@@ -464,7 +482,7 @@ async fn the_sim_command_prints_its_address_and_stops_on_sigterm() {
     let r = Http::new()
         .send(
             Method::POST,
-            &format!("{url}/v2.1/accounts/1/chunked_uploads"),
+            &format!("{url}/restapi/v2.1/accounts/1/chunked_uploads"),
             &[("authorization", "Bearer t"), ("content-type", "application/json")],
             part_body(b"hi"),
         )

@@ -159,7 +159,7 @@ async fn a_self_signed_upstream_certificate_gives_upstream_tls() {
         .http
         .send(
             Method::GET,
-            &format!("{}/v2.1/accounts/{ACCOUNT}/chunked_uploads/ABC", s.gw.url()),
+            &format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads/ABC", s.gw.url()),
             &[("authorization", &auth)],
             "",
         )
@@ -177,7 +177,7 @@ async fn the_listener_serves_tls_and_requires_client_certificates_when_configure
         c.server.client_ca = Some(pki.path("ca.pem"));
     })
     .await;
-    let url = format!("https://localhost:{}/v2.1/accounts/{ACCOUNT}/chunked_uploads", s.gw.addr.port());
+    let url = format!("https://localhost:{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads", s.gw.addr.port());
     let data = bytes_of(PART + 1, 2);
     let request = || {
         Request::builder()
@@ -193,6 +193,6 @@ async fn the_listener_serves_tls_and_requires_client_certificates_when_configure
     let _ = resp.into_body().collect().await.unwrap();
     assert_eq!(s.sim.running.sim.store().inspect(&id, 0).unwrap().sha256, sha256_hex(&data));
     assert!(pki.client(false).request(request()).await.is_err(), "a client without a certificate got through");
-    let plain = s.http.send(Method::GET, &format!("{}/v2.1/accounts/1/x", s.gw.url()), &[], "").await;
+    let plain = s.http.send(Method::GET, &format!("{}/restapi/v2.1/accounts/1/x", s.gw.url()), &[], "").await;
     assert!(plain.is_err(), "plain HTTP was served on the TLS listener");
 }
