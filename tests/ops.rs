@@ -232,3 +232,55 @@ async fn futures_join<T: Send + 'static>(tasks: Vec<tokio::task::JoinHandle<T>>)
     }
     out
 }
+
+#[tokio::test]
+async fn sighup_and_sigquit_drain_like_sigterm_and_sigusr1_is_ignored() {
+    let sim = SimApi::start(SimConfig::default()).await;
+    // Slow parts: the upload is still running when the signal comes.
+    sim.faults(json!({"latency_ms": 150, "ops": ["add_part"]})).await;
+    let (mut child, gw) = serve(&sim, &[], false);
+    let url = format!("{gw}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads");
+    let auth = format!("Bearer {TOKEN}");
+    let signal = |name: &str| {
+        std::process::Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status().unwrap()
+    };
+    // Ignored: the gateway goes on serving.
+    signal("USR1");
+    signal("USR2");
+    let doc = bytes_of(PART * 6, 5);
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/pdf")];
+    let r = Http::new().send(Method::POST, &url, &headers, doc.clone()).await.expect("still serving after SIGUSR1");
+    assert_eq!(r.status, StatusCode::OK);
+    let committed_before = sim.stats().await["committed"].as_u64().unwrap();
+    for (round, name) in ["HUP", "QUIT"].into_iter().enumerate() {
+        let (child_now, gw_now) = if round == 0 {
+            (None, gw.clone())
+        } else {
+            let (c, g) = serve(&sim, &[], false);
+            (Some(c), g)
+        };
+        let pid = child_now.as_ref().map_or(child.id(), |c| c.id());
+        let url = format!("{gw_now}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads");
+        let created = sim.stats().await["created"].as_u64().unwrap();
+        let upload = {
+            let (url, auth, doc) = (url.clone(), auth.clone(), doc.clone());
+            tokio::spawn(async move {
+                let headers = [("authorization", auth.as_str()), ("content-type", "application/pdf")];
+                Http::new().send(Method::POST, &url, &headers, doc).await.expect("the gateway answers")
+            })
+        };
+        sim.wait_stats(|st| st["created"].as_u64().unwrap() > created).await;
+        std::process::Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).status().unwrap();
+        // The upload in flight finishes and commits; then the process exits 0.
+        let answer = upload.await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK, "SIG{name}: {}", String::from_utf8_lossy(&answer.body));
+        let status = match child_now {
+            None => child.wait().unwrap(),
+            Some(mut c) => c.wait().unwrap(),
+        };
+        assert!(status.success(), "SIG{name}: {status:?}");
+    }
+    let st = sim.stats().await;
+    assert_eq!(st["committed"].as_u64().unwrap(), committed_before + 2, "{st}");
+    assert_eq!(st["open"], 0, "nothing left open: {st}");
+}

@@ -40,6 +40,8 @@ pub struct Faults {
     /// Answer injected throttling (429) and server errors with an HTML page and no error code, as
     /// DocuSign's front end sometimes does.
     pub html_errors: bool,
+    /// Answer `?include=checksum` without a checksum, as an upstream that does not report one.
+    pub omit_checksum: bool,
     /// Operations the faults apply to; empty means all.
     pub ops: Vec<Op>,
     /// Seed for the fault dice, for repeatable runs.
@@ -60,6 +62,7 @@ impl Default for Faults {
             drop_after_store_next: 0,
             corrupt_next: 0,
             html_errors: false,
+            omit_checksum: false,
             ops: Vec::new(),
             seed: None,
         }
@@ -111,6 +114,11 @@ impl Injector {
     /// Whether injected faults answer with HTML pages.
     pub fn html_errors(&self) -> bool {
         self.inner.lock().unwrap().0.html_errors
+    }
+
+    /// Whether checksums are left out of answers.
+    pub fn omit_checksum(&self) -> bool {
+        self.inner.lock().unwrap().0.omit_checksum
     }
 
     pub fn get(&self) -> Faults {

@@ -208,7 +208,7 @@ async fn api(sim: &Sim, op: Op, t: Route<'_>, owner: &str, req: Request<Incoming
             }
         }
         Op::Get => {
-            let checksum = path::query_has(req.uri().query(), "include", "checksum");
+            let checksum = path::query_has(req.uri().query(), "include", "checksum") && !sim.faults.omit_checksum();
             sim.store.resource(caller, id, checksum).map(|r| (StatusCode::OK, r))
         }
         Op::Commit => sim.store.commit(caller, id).map(|r| (StatusCode::OK, r)),

@@ -70,3 +70,22 @@ fn check_config_exits_non_zero_and_lists_every_problem() {
         assert!(stderr.contains(needle), "{needle} missing from:\n{stderr}");
     }
 }
+
+#[test]
+fn check_config_warns_about_a_base_url_path_that_requests_would_repeat() {
+    let bin = env!("CARGO_BIN_EXE_chunkgate");
+    let out = std::process::Command::new(bin)
+        .args(["check-config", concat!(env!("CARGO_MANIFEST_DIR"), "/config/chunkgate.toml")])
+        .env("CHUNKGATE_UPSTREAM__BASE_URL", "https://demo.docusign.net/restapi")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "a warning is not an error");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("warning:") && stderr.contains("/restapi/restapi/v2.1"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(1 warnings)"));
+    let clean = std::process::Command::new(bin)
+        .args(["check-config", concat!(env!("CARGO_MANIFEST_DIR"), "/config/chunkgate.toml")])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&clean.stderr).contains("warning"), "the shipped file warns");
+}

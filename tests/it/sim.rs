@@ -493,3 +493,28 @@ async fn the_sim_command_prints_its_address_and_stops_on_sigterm() {
     let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn the_front_end_answers_oversized_requests_and_chosen_faults_with_html_pages() {
+    assert_eq!(SimConfig::default().limits.quota_uploads, 64, "DocuSign's documented default");
+    let s = SimApi::start(SimConfig { max_request_bytes: 4096, ..SimConfig::default() }).await;
+    // Over the request cap: 413 and an HTML page, before the API looks at it.
+    let big = s.create(&[7; 4000]).await;
+    assert_eq!(big.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(big.header("content-type").starts_with("text/html"), "{:?}", big.headers);
+    assert!(String::from_utf8_lossy(&big.body).contains("<html>"));
+    let id = s.create_id(&[7; 100]).await;
+    // Throttling and server errors as HTML pages, without error codes or rate-limit headers.
+    s.faults(json!({"html_errors": true, "throttle_next": 1, "error_next": 1, "error_status": 502})).await;
+    for status in [StatusCode::TOO_MANY_REQUESTS, StatusCode::BAD_GATEWAY] {
+        let r = s.get(&id, false).await;
+        assert_eq!(r.status, status);
+        assert!(r.header("content-type").starts_with("text/html") && r.header("x-ratelimit-remaining").is_empty());
+        assert!(serde_json::from_slice::<serde_json::Value>(&r.body).is_err(), "not JSON");
+    }
+    // A checksum left out on request.
+    s.faults(json!({"omit_checksum": true})).await;
+    assert!(s.get(&id, true).await.json().get("checksum").is_none());
+    s.faults(json!({})).await;
+    assert_eq!(s.get(&id, true).await.json()["checksum"], sha256_hex(&[7; 100]));
+}

@@ -57,6 +57,15 @@ impl Pki {
         &self,
         with_cert: bool,
     ) -> Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Body> {
+        self.client_offering(with_cert, false)
+    }
+
+    /// The same, offering `h2` first in ALPN when `h2` (as browsers, curl and httpx do).
+    fn client_offering(
+        &self,
+        with_cert: bool,
+        h2: bool,
+    ) -> Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Body> {
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_file_iter(self.path("ca.pem")).unwrap() {
             roots.add(c.unwrap()).unwrap();
@@ -73,8 +82,8 @@ impl Pki {
         } else {
             builder.with_no_client_auth()
         };
-        let https =
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_only().enable_http1().build();
+        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_only().enable_http1();
+        let https = if h2 { builder.enable_http2().build() } else { builder.build() };
         Client::builder(TokioExecutor::new()).build(https)
     }
 }
@@ -195,4 +204,33 @@ async fn the_listener_serves_tls_and_requires_client_certificates_when_configure
     assert!(pki.client(false).request(request()).await.is_err(), "a client without a certificate got through");
     let plain = s.http.send(Method::GET, &format!("{}/restapi/v2.1/accounts/1/x", s.gw.url()), &[], "").await;
     assert!(plain.is_err(), "plain HTTP was served on the TLS listener");
+}
+
+#[tokio::test]
+async fn clients_that_offer_h2_to_the_tls_listener_upload_and_pass_through_over_http2() {
+    let pki = Pki::new("listener-h2");
+    let s = Stack::start(SimConfig::default(), |c| {
+        c.server.tls_cert = Some(pki.path("server.pem"));
+        c.server.tls_key = Some(pki.path("server.key"));
+    })
+    .await;
+    let base = format!("https://localhost:{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads", s.gw.addr.port());
+    let client = pki.client_offering(false, true);
+    let data = bytes_of(PART * 4 + 17, 6);
+    let upload = Request::post(&base)
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/pdf")
+        .body(chunkgate::body::full(Bytes::from(data.clone())))
+        .unwrap();
+    let resp = client.request(upload).await.unwrap();
+    assert_eq!((resp.version(), resp.status()), (http::Version::HTTP_2, StatusCode::OK));
+    let id = resp.headers()["x-chunkgate-upload-id"].to_str().unwrap().to_owned();
+    let _ = resp.into_body().collect().await.unwrap();
+    assert_eq!(s.sim.running.sim.store().inspect(&id, 0).unwrap().sha256, sha256_hex(&data));
+    let read = Request::get(format!("{base}/{id}"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(chunkgate::body::empty())
+        .unwrap();
+    let resp = client.request(read).await.unwrap();
+    assert_eq!((resp.version(), resp.status()), (http::Version::HTTP_2, StatusCode::OK));
 }

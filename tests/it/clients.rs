@@ -1,0 +1,509 @@
+//! What real and hostile clients do: HTTP/2, bodies that end early or never, clients that leave
+//! before the answer, silent connections, hidden accounts, unknown transfer codings, and callers
+//! that queue too much. One test per behaviour, through real servers on 127.0.0.1:0.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chunkgate::{
+    body::Body,
+    sim::{SimConfig, config::LimitOverrides},
+};
+use http::{Method, Request, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use serde_json::json;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use crate::common::*;
+
+fn code(r: &Resp) -> String {
+    let v = r.json();
+    v["errorCode"].as_str().or(v["error"]["code"].as_str()).unwrap_or_default().to_owned()
+}
+
+/// Sends raw bytes and returns what comes back until the peer closes (or 5 s pass).
+async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An HTTP/2 client with prior knowledge (h2c), as `curl --http2-prior-knowledge` or httpx.
+fn h2c() -> Client<hyper_util::client::legacy::connect::HttpConnector, Body> {
+    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+}
+
+async fn send(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
+    req: Request<Body>,
+) -> (Version, Resp) {
+    let resp = client.request(req).await.unwrap();
+    let version = resp.version();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (version, Resp { status: parts.status, headers: parts.headers, body })
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_streams_uploads_and_passes_requests_through() {
+    let s = Stack::default().await;
+    let client = h2c();
+    let auth = format!("Bearer {TOKEN}");
+    for (i, (len, declared)) in [(PART * 5 + 7, true), (PART * 3 + 1, false), (10, true)].into_iter().enumerate() {
+        let data = bytes_of(len, 300 + i as u64);
+        let mut req = Request::post(s.upload_url(ACCOUNT))
+            .header("authorization", &auth)
+            .header("content-type", "application/pdf");
+        let body = if declared {
+            req = req.header("content-length", len);
+            chunkgate::body::full(data.clone())
+        } else {
+            chunked(Bytes::from(data.clone()), 10_000)
+        };
+        let (version, r) = send(&client, req.body(body).unwrap()).await;
+        assert_eq!(version, Version::HTTP_2);
+        let id = s.assert_committed(&r, &data).await;
+        // The passthrough over the same protocol.
+        let get = Request::get(format!("{}/{id}", s.upload_url(ACCOUNT)))
+            .header("authorization", &auth)
+            .body(chunkgate::body::empty())
+            .unwrap();
+        let (version, r) = send(&client, get).await;
+        assert_eq!((version, r.status), (Version::HTTP_2, StatusCode::OK));
+        assert_eq!(r.json()["committed"], "true");
+    }
+    // Many streams at once on one connection.
+    let uploads: Vec<_> = (0..6)
+        .map(|i| {
+            let (client, url, auth) = (client.clone(), s.upload_url(ACCOUNT), auth.clone());
+            let data = bytes_of(PART * 2 + i, 400 + i as u64);
+            tokio::spawn(async move {
+                let req = Request::post(url)
+                    .header("authorization", auth)
+                    .header("content-type", "application/pdf")
+                    .body(chunkgate::body::full(data.clone()))
+                    .unwrap();
+                (send(&client, req).await.1, data)
+            })
+        })
+        .collect();
+    for u in uploads {
+        let (r, data) = u.await.unwrap();
+        s.assert_committed(&r, &data).await;
+    }
+    assert_eq!(s.sim.stats().await["open"], 0);
+}
+
+/// A raw HTTP/2 connection to `addr`, for what hyper's client does not do: reset a stream with
+/// a chosen reason after sending part of its body.
+async fn h2_raw(addr: std::net::SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    client.ready().await.unwrap()
+}
+
+/// Sends `data` on `stream`, within the flow-control window the peer grants.
+async fn h2_send(stream: &mut h2::SendStream<Bytes>, mut data: Bytes, end: bool) {
+    while !data.is_empty() {
+        stream.reserve_capacity(data.len());
+        let granted = std::future::poll_fn(|cx| stream.poll_capacity(cx)).await.unwrap().unwrap();
+        let chunk = data.split_to(granted.min(data.len()));
+        stream.send_data(chunk, end && data.is_empty()).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_http2_body_reset_with_no_error_is_never_committed() {
+    let s = Stack::default().await;
+    s.sim.faults(json!({"latency_ms": 50, "ops": ["add_part", "get", "commit"]})).await;
+    for (round, declared) in [Some(1024 * 1024), None].into_iter().enumerate() {
+        let mut client = h2_raw(s.gw.addr).await;
+        let mut req = Request::post(s.upload_url(ACCOUNT))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("content-type", "application/pdf");
+        if let Some(len) = declared {
+            req = req.header("content-length", len);
+        }
+        let (answer, mut stream) = client.send_request(req.body(()).unwrap(), false).unwrap();
+        h2_send(&mut stream, Bytes::from(bytes_of(300 * 1024, 7)), false).await;
+        // Once the upload exists upstream, the client stops: RST_STREAM(NO_ERROR), which hyper
+        // hands to the body as a clean end.
+        s.sim.wait_stats(|st| st["created"] == round as u64 + 1).await;
+        stream.send_reset(h2::Reason::NO_ERROR);
+        drop(answer);
+        let st = s.sim.wait_stats(|st| st["deleted"] == round as u64 + 1).await;
+        assert_eq!((st["committed"].as_u64(), st["open"].as_u64()), (Some(0), Some(0)), "declared {declared:?}: {st}");
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_before_the_answer_has_nothing_committed() {
+    let s = Stack::default().await;
+    // Slow enough that the client is gone before the commit.
+    s.sim.faults(json!({"latency_ms": 300, "ops": ["add_part", "get", "commit"]})).await;
+    let data = bytes_of(PART * 2 + 5, 11);
+    let head = format!(
+        "POST /restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n",
+        data.len()
+    );
+    // HTTP/1.1: the whole body, then the connection closed; then the same with only the sending
+    // side shut (a half-close is taken as the client leaving).
+    for (round, half) in [false, true].into_iter().enumerate() {
+        let mut tcp = TcpStream::connect(s.gw.addr).await.unwrap();
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        tcp.write_all(&data).await.unwrap();
+        s.sim.wait_stats(|st| st["created"] == round as u64 + 1).await;
+        if half {
+            tcp.shutdown().await.unwrap();
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+            assert!(answer.is_empty(), "a half-closed client got {}", String::from_utf8_lossy(&answer));
+        } else {
+            drop(tcp);
+        }
+        let st = s.sim.wait_stats(|st| st["deleted"] == round as u64 + 1).await;
+        assert_eq!((st["committed"].as_u64(), st["open"].as_u64()), (Some(0), Some(0)), "half-close {half}: {st}");
+    }
+    // HTTP/2: the whole body with END_STREAM, then RST_STREAM(CANCEL) before the answer.
+    let mut client = h2_raw(s.gw.addr).await;
+    let req = Request::post(s.upload_url(ACCOUNT))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-length", data.len())
+        .body(())
+        .unwrap();
+    let (answer, mut stream) = client.send_request(req, false).unwrap();
+    h2_send(&mut stream, Bytes::from(data.clone()), true).await;
+    s.sim.wait_stats(|st| st["created"] == 3).await;
+    stream.send_reset(h2::Reason::CANCEL);
+    drop(answer);
+    let st = s.sim.wait_stats(|st| st["deleted"] == 3).await;
+    assert_eq!((st["committed"].as_u64(), st["open"].as_u64()), (Some(0), Some(0)), "{st}");
+    // A client that stays hears its answer as before.
+    let r = s.upload(&data, &[]).await;
+    s.assert_committed(&r, &data).await;
+}
+
+#[tokio::test]
+async fn silent_connections_are_closed_and_a_full_listener_is_not_ready() {
+    let s = Stack::start(SimConfig::default(), |c| {
+        c.server.max_connections = 4;
+        c.server.header_read_timeout_ms = 1500;
+    })
+    .await;
+    let admin = format!("http://{}", s.gw.admin_addr);
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(TcpStream::connect(s.gw.addr).await.unwrap());
+    }
+    // Accepted, counted, and saying nothing: the listener is full.
+    let started = Instant::now();
+    loop {
+        let r = s.http.send(Method::GET, &format!("{admin}/readyz"), &[], "").await.unwrap();
+        if r.status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(r.body.as_ref(), b"saturated\n");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(1), "never saturated: {:?}", r.body);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A real client is served once the silent ones are let go (idle ones make room when full).
+    let served = tokio::time::timeout(
+        Duration::from_secs(4),
+        raw(s.gw.addr, format!("GET /restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads/ABC HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n").as_bytes()),
+    )
+    .await
+    .expect("a client was locked out by silent connections");
+    assert!(served.starts_with("HTTP/1.1 404"), "{served}");
+    for mut tcp in silent {
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(4), tcp.read(&mut buf)).await;
+        assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "a silent connection stayed open: {n:?}");
+    }
+    assert_eq!(s.http.send(Method::GET, &format!("{admin}/readyz"), &[], "").await.unwrap().status, StatusCode::OK);
+
+    // The admin listener: 64 silent sockets do not keep /healthz from answering in time.
+    let mut hogs = Vec::new();
+    for _ in 0..64 {
+        hogs.push(TcpStream::connect(s.gw.admin_addr).await.unwrap());
+    }
+    let healthz = format!("{admin}/healthz");
+    // A fresh client: no pooled connection to reuse, as `chunkgate healthcheck` has none.
+    let fresh = Http::new();
+    let probe = tokio::time::timeout(Duration::from_secs(3), fresh.send(Method::GET, &healthz, &[], ""));
+    let r = probe.await.expect("/healthz did not answer within 3 s").unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    drop(hogs);
+}
+
+#[tokio::test]
+async fn an_account_behind_a_second_version_segment_cannot_pass_the_allowlist() {
+    let s = Stack::start(SimConfig::default(), |c| c.server.allowed_accounts = vec![ACCOUNT.into()]).await;
+    let auth = format!("Bearer {TOKEN}");
+    let base = s.gw.url();
+    let sneaky = format!("{base}/restapi/v2.1/accounts/{ACCOUNT}/x/v2.1/accounts/43/chunked_uploads");
+    let h = [("authorization", auth.as_str()), ("content-type", "application/pdf")];
+    let r = s.http.send(Method::POST, &sneaky, &h, "doc").await.unwrap();
+    assert_eq!((r.status, code(&r)), (StatusCode::BAD_REQUEST, "INVALID_PATH".to_owned()));
+    let r = s.http.send(Method::GET, &format!("{sneaky}/ABC"), &h, "").await.unwrap();
+    assert_eq!((r.status, code(&r)), (StatusCode::BAD_REQUEST, "INVALID_PATH".to_owned()));
+    // Another account, named plainly, is refused as before; the allowed one works.
+    let r = s.http.send(Method::POST, &s.upload_url("43"), &h, "doc").await.unwrap();
+    assert_eq!((r.status, code(&r)), (StatusCode::FORBIDDEN, "ACCOUNT_NOT_ALLOWED".to_owned()));
+    assert_eq!(s.sim.stats().await["requests"], 0, "nothing reached the upstream");
+    s.assert_committed(&s.upload(b"doc", &[]).await, b"doc").await;
+}
+
+#[tokio::test]
+async fn a_create_whose_outcome_is_unknown_is_sent_only_once() {
+    let s = Stack::default().await;
+    // Stored, then the connection dropped: the upload exists, its id was never seen.
+    s.sim.faults(json!({"drop_after_store_next": 1, "ops": ["create"]})).await;
+    let r = s.upload(&bytes_of(PART + 1, 1), &[]).await;
+    assert_eq!((r.status, code(&r)), (StatusCode::BAD_GATEWAY, "UPLOAD_OUTCOME_UNKNOWN".to_owned()));
+    assert!(r.json()["message"].as_str().unwrap().contains("until it expires"), "{:?}", r.json());
+    let st = s.sim.stats().await;
+    assert_eq!((st["created"].as_u64(), st["requests"].as_u64()), (Some(1), Some(1)), "{st}");
+    // A 5xx to a create is as ambiguous: one attempt.
+    s.sim.faults(json!({"error_next": 1, "ops": ["create"]})).await;
+    let r = s.upload(&bytes_of(10, 2), &[]).await;
+    assert_eq!(code(&r), "UPLOAD_OUTCOME_UNKNOWN");
+    assert_eq!(s.sim.stats().await["requests"], 2);
+    // Throttling says nothing was done: that create is sent again.
+    s.sim.faults(json!({"throttle_next": 1, "ops": ["create"]})).await;
+    let data = bytes_of(10, 3);
+    s.assert_committed(&s.upload(&data, &[]).await, &data).await;
+}
+
+#[tokio::test]
+async fn a_dripping_body_is_cut_off_at_the_uploads_deadline() {
+    // Uploads live 6 s; commit and checksum read may take 1 s each: the body must end within 4 s.
+    let mut sim = SimConfig::default();
+    sim.accounts.insert(ACCOUNT.into(), LimitOverrides { lifetime_secs: Some(6), ..Default::default() });
+    let s = Stack::start(sim, |c| {
+        c.upload.client_idle_timeout_ms = 1000;
+        c.upstream.commit_timeout_ms = 1000;
+        c.upstream.call_timeout_ms = 1000;
+    })
+    .await;
+    let mut tcp = TcpStream::connect(s.gw.addr).await.unwrap();
+    let head = format!(
+        "POST /restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n",
+        PART * 4
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&bytes_of(PART + 10, 5)).await.unwrap();
+    s.sim.wait_stats(|st| st["created"] == 1).await;
+    let created = Instant::now();
+    // One byte every 300 ms: never idle for 1 s, never done.
+    let (mut read, mut write) = tcp.into_split();
+    let drip = tokio::spawn(async move {
+        while write.write_all(b"x").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), read.read(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    drip.abort();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("CLIENT_BODY_TIMEOUT") && answer.contains("deadline"), "{answer}");
+    let waited = created.elapsed();
+    assert!(waited < Duration::from_secs(6), "cut off only after {waited:?}, past the upload's expiry");
+    let st = s.sim.wait_stats(|st| st["deleted"] == 1).await;
+    assert_eq!(st["open"], 0);
+}
+
+#[tokio::test]
+async fn an_answer_without_a_checksum_is_checked_by_size_named_and_counted_or_refused() {
+    let s = Stack::default().await;
+    s.sim.faults(json!({"omit_checksum": true})).await;
+    let data = bytes_of(PART * 3 + 9, 21);
+    let r = s.upload(&data, &[]).await;
+    s.assert_committed(&r, &data).await;
+    assert_eq!(r.header("x-chunkgate-checksum"), "unverified");
+    // With a checksum, as before.
+    s.sim.faults(json!({})).await;
+    let r = s.upload(&data, &[]).await;
+    assert_eq!(r.header("x-chunkgate-checksum"), "verified");
+
+    let strict = Stack::start(SimConfig::default(), |c| c.upload.require_upstream_checksum = true).await;
+    strict.sim.faults(json!({"omit_checksum": true})).await;
+    let r = strict.upload(&data, &[]).await;
+    assert_eq!((r.status, code(&r)), (StatusCode::BAD_GATEWAY, "UPSTREAM_CHECKSUM_MISSING".to_owned()));
+    let st = strict.sim.wait_stats(|st| st["deleted"] == 1).await;
+    assert_eq!((st["committed"].as_u64(), st["open"].as_u64()), (Some(0), Some(0)));
+}
+
+#[tokio::test]
+async fn transfer_codings_other_than_chunked_are_refused_before_any_upstream_call() {
+    let s = Stack::default().await;
+    for (method, path) in [
+        ("POST", format!("/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads")),
+        ("PUT", format!("/restapi/v2.1/accounts/{ACCOUNT}/envelopes/E1")),
+    ] {
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        );
+        let answer = raw(s.gw.addr, req.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 501"), "{answer}");
+        assert!(answer.contains("UNSUPPORTED_TRANSFER_CODING"), "{answer}");
+    }
+    assert_eq!(s.sim.stats().await["requests"], 0);
+}
+
+#[tokio::test]
+async fn passthrough_requests_are_bounded_per_caller_and_per_account() {
+    for (per_caller, per_account) in [(2, 100), (100, 2)] {
+        let s = Stack::start(SimConfig::default(), |c| {
+            c.server.max_passthrough_per_caller = per_caller;
+            c.server.max_passthrough_per_account = per_account;
+        })
+        .await;
+        s.sim.faults(json!({"latency_ms": 400, "ops": ["get"]})).await;
+        let auth = format!("Bearer {TOKEN}");
+        let url = format!("{}/ABC", s.upload_url(ACCOUNT));
+        let calls: Vec<_> = (0..3)
+            .map(|_| {
+                let (http, url, auth) = (s.http.clone(), url.clone(), auth.clone());
+                tokio::spawn(
+                    async move { http.send(Method::GET, &url, &[("authorization", &auth)], "").await.unwrap() },
+                )
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for c in calls {
+            let r = c.await.unwrap();
+            if r.status == StatusCode::SERVICE_UNAVAILABLE {
+                assert_eq!(code(&r), "GATEWAY_BUSY");
+            }
+            statuses.push(r.status);
+        }
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [StatusCode::NOT_FOUND, StatusCode::NOT_FOUND, StatusCode::SERVICE_UNAVAILABLE],
+            "per caller {per_caller}, per account {per_account}"
+        );
+    }
+    // The account's bound does not hold up another account.
+    let s = Stack::start(SimConfig::default(), |c| c.server.max_passthrough_per_account = 1).await;
+    s.sim.faults(json!({"latency_ms": 400, "ops": ["get"]})).await;
+    let auth = format!("Bearer {TOKEN}");
+    let busy = {
+        let (http, url, auth) = (s.http.clone(), format!("{}/ABC", s.upload_url(ACCOUNT)), auth.clone());
+        tokio::spawn(async move { http.send(Method::GET, &url, &[("authorization", &auth)], "").await.unwrap() })
+    };
+    s.sim.wait_stats(|st| st["requests"] == 1).await;
+    let same = s
+        .http
+        .send(Method::GET, &format!("{}/ABC", s.upload_url(ACCOUNT)), &[("authorization", &auth)], "")
+        .await
+        .unwrap();
+    assert_eq!(same.status, StatusCode::SERVICE_UNAVAILABLE);
+    let other = s
+        .http
+        .send(Method::GET, &format!("{}/ABC", s.upload_url("999")), &[("authorization", &auth)], "")
+        .await
+        .unwrap();
+    assert_eq!(other.status, StatusCode::NOT_FOUND, "another account waits for nobody");
+    assert_eq!(busy.await.unwrap().status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn errors_name_what_happened_and_always_carry_a_body() {
+    let s = Stack::start(SimConfig::default(), |c| {
+        c.upload.client_idle_timeout_ms = 300;
+        c.retry.max_attempts = 2;
+    })
+    .await;
+    // A failed upload whose delete fails too: the answer says it may remain.
+    s.sim.faults(json!({"error_rate": 1.0, "ops": ["delete"]})).await;
+    let r =
+        s.upload(&bytes_of(PART * 2, 1), &[("content-digest", &format!("sha-256=:{}:", "A".repeat(43) + "="))]).await;
+    assert_eq!(code(&r), "DIGEST_MISMATCH");
+    let message = r.json()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("may remain until it expires") && !message.contains("was deleted"), "{message}");
+    assert_eq!(r.header("x-chunkgate-upload-deleted"), "false");
+    s.sim.faults(json!({})).await;
+
+    // Passthrough (a JSON part the client sends itself, whose body the upstream reads): a malformed
+    // chunked body is the client's 400, with no transport detail.
+    let path = format!("/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads/ABC/1");
+    let bad = format!(
+        "PUT {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"
+    );
+    let answer = raw(s.gw.addr, bad.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("CLIENT_BODY_ERROR"), "{answer}");
+    assert!(!answer.contains("hyper") && !answer.contains("Invalid"), "transport detail leaked: {answer}");
+    // A stalled passthrough body is the client's 408, not the upstream's 504.
+    let mut tcp = TcpStream::connect(s.gw.addr).await.unwrap();
+    let stalled = format!(
+        "PUT {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"a\":"
+    );
+    tcp.write_all(stalled.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("CLIENT_BODY_TIMEOUT"), "{answer}");
+
+    // Framing hyper refuses by itself still gets a body in the upstream's shape.
+    for head in [
+        format!("POST {path} HTTP/1.1\r\nHost: gw\r\nContent-Length: 12abc\r\n\r\n"),
+        format!("POST {path} HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
+        format!("GET {path} HTTP/1.1\r\nHost: gw\r\nnot a header line\r\n\r\n"),
+        format!("GET {path} HTTP/1.1\r\nHost: gw\r\nX-Big: {}\r\n\r\n", "a".repeat(600_000)),
+    ] {
+        let answer = raw(s.gw.addr, head.as_bytes()).await;
+        let (status_line, rest) = answer.split_once("\r\n").unwrap();
+        assert!(status_line.starts_with("HTTP/1.1 4"), "{answer}");
+        let body = rest.split_once("\r\n\r\n").unwrap().1;
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+        assert!(v["errorCode"].as_str().is_some_and(|c| c == "BAD_REQUEST" || c == "HEADERS_TOO_LARGE"), "{answer}");
+    }
+    assert_eq!(s.sim.stats().await["created"], 1, "none of the malformed requests reached the upstream");
+}
+
+#[tokio::test]
+async fn html_pages_from_the_upstreams_front_end_are_classified_by_status() {
+    let mut sim = SimConfig::default();
+    sim.limits.burst_window_secs = 1; // a throttling pause lasts until the next window
+    let s = Stack::start(sim, |_| {}).await;
+    // 503 and 429 pages on parts: retried, and the upload commits.
+    for fault in [json!({"error_next": 2}), json!({"throttle_next": 2})] {
+        let mut f = fault.clone();
+        f["html_errors"] = true.into();
+        f["ops"] = json!(["add_part"]);
+        s.sim.faults(f).await;
+        let data = bytes_of(PART * 3, 8);
+        s.assert_committed(&s.upload(&data, &[]).await, &data).await;
+    }
+    // A 413 page (the front end's size cap): the client gets the gateway's JSON error.
+    let capped = Stack::start(SimConfig { max_request_bytes: 50_000, ..SimConfig::default() }, |_| {}).await;
+    let r = capped.upload(&bytes_of(PART, 3), &[]).await;
+    assert_eq!((r.status, code(&r)), (StatusCode::BAD_GATEWAY, "UPSTREAM_REFUSED".to_owned()));
+    assert!(r.header("content-type").starts_with("application/json"));
+}
+
+#[tokio::test]
+async fn parts_stay_within_the_upstreams_request_cap_whatever_part_size_is_configured() {
+    let cap = 100_000;
+    let s = Stack::start(SimConfig { max_request_bytes: cap, ..SimConfig::default() }, |c| {
+        c.upstream.max_request_bytes = cap as usize;
+        c.upload.part_size = 1024 * 1024;
+        c.upload.max_part_bytes = 4 * 1024 * 1024;
+        c.upload.memory_budget_bytes = 64 * 1024 * 1024;
+    })
+    .await;
+    let data = bytes_of(400_000, 4);
+    let r = s.upload(&data, &[]).await;
+    s.assert_committed(&r, &data).await;
+    let parts: usize = r.header("x-chunkgate-parts").parse().unwrap();
+    assert!(parts >= 6, "{parts} parts: each under {cap} bytes of request body");
+}
