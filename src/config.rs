@@ -434,7 +434,7 @@ impl Config {
             let path = uri.path().trim_end_matches('/');
             if !path.is_empty() {
                 out.push(format!(
-                    "upstream.base_url has the path {path:?}: requests are forwarded to base_url + their own path, so a client using {path}/v2.1/... reaches the upstream as {path}{path}/v2.1/...; set base_url to the origin ({}://{}) and change only the scheme, host and port of the client's base path",
+                    "upstream.base_url has the path {path:?}: requests are forwarded to base_url + their own path, so a request for /restapi/v2.1/... would reach the upstream as {path}/restapi/v2.1/...; set base_url to the origin ({}://{}) and change only the scheme, host and port of the client's base path",
                     uri.scheme_str().unwrap_or("https"),
                     uri.authority().map_or("", |a| a.as_str()),
                 ));
@@ -466,6 +466,12 @@ impl Config {
     /// Every semantic problem (types and unknown keys are caught while parsing).
     pub fn problems(&self) -> Vec<String> {
         let mut out = self.sim.problems();
+        let base = &self.upstream.base_url;
+        if base.contains(['?', '#'])
+            || base.split("://").nth(1).is_some_and(|rest| rest.split('/').next().unwrap_or_default().contains('@'))
+        {
+            out.push(format!("upstream.base_url must be a scheme, host, port (and path) only: no query, fragment or user, not {base:?}"));
+        }
         match self.upstream.base_url.parse::<http::Uri>() {
             Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {}
             Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {
@@ -657,11 +663,21 @@ mod tests {
         )
         .unwrap();
         let all = c.warnings().join("\n");
-        assert!(all.contains("/restapi/restapi/v2.1"), "{all}");
+        assert!(all.contains("as /restapi/restapi/v2.1"), "{all}");
         assert!(all.contains("upload.max_part_bytes"), "{all}");
         let u = c.effective_upload();
         assert!(crate::upload::part::encoded_len(u.max_part_bytes) <= c.upstream.max_request_bytes);
         assert!(crate::upload::part::encoded_len(u.max_part_bytes + 3) > c.upstream.max_request_bytes);
+    }
+
+    #[test]
+    fn a_base_url_is_an_origin_without_query_fragment_or_user() {
+        for bad in ["https://h.example/?x=1", "https://h.example/#f", "https://user:pw@h.example"] {
+            let text = format!("[upstream]\nbase_url = \"{bad}\"\n");
+            let err = Config::parse(&text, env(&[])).unwrap_err();
+            assert!(err.0.join("\n").contains("no query, fragment or user"), "{bad}: {err}");
+        }
+        assert!(Config::parse("[upstream]\nbase_url = \"https://h.example:8443\"\n", env(&[])).is_ok());
     }
 
     #[test]

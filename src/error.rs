@@ -66,10 +66,16 @@ pub enum GatewayError {
         "The upstream's answer to the create could not be understood; an upload it may hold cannot be named or deleted by the gateway and counts against the member's quota until it expires (20 minutes). Send the document again."
     )]
     CreatedUnreadable(String),
+    /// What happened to the create (a status, no answer, a timeout): words, never transport detail.
     #[error(
-        "The upstream may have created an upload but its answer was lost. It was not sent again, so at most one such upload exists; the gateway cannot name or delete it (the API cannot list uploads), and it counts against the member's quota until it expires (20 minutes). Send the document again."
+        "The outcome of the create is unknown ({0}): the upstream may have made an upload. It was not sent again, so at most one such upload exists; the gateway cannot name or delete it (the API cannot list uploads), and it counts against the member's quota until it expires (20 minutes). Send the document again."
     )]
-    UploadOutcomeUnknown,
+    UploadOutcomeUnknown(String),
+    /// The upstream gave the upload too little time to live to be finished.
+    #[error(
+        "The upstream gave the upload {0} s to live, less than the gateway needs to finish it; nothing was committed. Send the document again."
+    )]
+    UploadExpiring(u64),
     #[error("The account's API rate limit is exhausted; retry after the time given in Retry-After.")]
     RateLimited { retry_after: Duration },
     #[error("The client sent no body bytes for {0:?}.")]
@@ -99,7 +105,7 @@ pub enum GatewayError {
     #[error("The request's head (request line and headers) is larger than the {limit} bytes allowed.")]
     HeadersTooLarge { limit: usize },
     #[error(
-        "Transfer-Encoding {0:?} is not supported: only `chunked` is (RFC 9112); send the body unencoded, with Content-Length or chunked."
+        "Transfer-Encoding {0:?} is not supported: the gateway takes `chunked` alone (RFC 9112); send the body unencoded, with Content-Length or chunked."
     )]
     UnsupportedTransferCoding(String),
     /// A bug or a task that died: the detail goes to the log, never to the client.
@@ -110,9 +116,11 @@ pub enum GatewayError {
 /// How an upload that ended early was left upstream, for the client's answer.
 #[derive(Clone, Copy, Debug)]
 pub struct Cleanup<'a> {
-    /// Parts the upstream had accepted.
+    /// Parts the upstream had acknowledged.
     pub accepted: &'a [u32],
     pub deletion: Deletion,
+    /// The upload's `expirationDateTime` as the upstream announced it (empty if it did not).
+    pub expires: &'a str,
 }
 
 /// What became of the upstream upload after a failure.
@@ -146,7 +154,8 @@ impl GatewayError {
             | UpstreamPartConflict { .. }
             | UpstreamUnavailable(_)
             | UpstreamFailing(_)
-            | UploadOutcomeUnknown
+            | UploadOutcomeUnknown(_)
+            | UploadExpiring(_)
             | UpstreamTls(_) => StatusCode::BAD_GATEWAY,
             UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -175,7 +184,8 @@ impl GatewayError {
             UpstreamBadResponse(_) | CreatedUnreadable(_) => "UPSTREAM_BAD_RESPONSE",
             UpstreamRefused(_) => "UPSTREAM_REFUSED",
             UpstreamPartConflict { .. } => "UPSTREAM_PART_CONFLICT",
-            UploadOutcomeUnknown => "UPLOAD_OUTCOME_UNKNOWN",
+            UploadOutcomeUnknown(_) => "UPLOAD_OUTCOME_UNKNOWN",
+            UploadExpiring(_) => "UPLOAD_EXPIRING",
             RateLimited { .. } => "RATE_LIMITED",
             ClientBodyTimeout(_) | ClientBodyDeadline(_) => "CLIENT_BODY_TIMEOUT",
             ClientBodyError => "CLIENT_BODY_ERROR",

@@ -76,9 +76,9 @@ impl Gateway {
         if head_len(&req) > limit {
             return GatewayError::HeadersTooLarge { limit }.response(dialect);
         }
-        if let Err(err) = transfer_coding(req.headers()) {
+        if let Err(err) = framing(&req).and_then(|()| transfer_coding(req.headers())) {
             tracing::info!(code = err.code(), "request refused before forwarding");
-            // The body's framing cannot be trusted: the connection ends with this answer.
+            // The request's framing cannot be trusted: the connection ends with this answer.
             let mut response = err.response(dialect);
             response.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
             return response;
@@ -174,6 +174,20 @@ fn head_len<B>(req: &Request<B>) -> usize {
         uri.path_and_query().map_or(1, |pq| pq.as_str().len()) + uri.authority().map_or(0, |a| a.as_str().len());
     let line = req.method().as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
     req.headers().iter().fold(line, |n, (name, value)| n + name.as_str().len() + value.len() + ": \r\n".len())
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`, any other at most one. And one
+/// `Content-Length` line: a doubled one, even with equal values (which RFC 9110 allows a recipient
+/// to merge), is refused, since intermediaries that read it otherwise are what smuggling feeds on.
+fn framing<B>(req: &Request<B>) -> Result<(), GatewayError> {
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && req.version() == http::Version::HTTP_11) {
+        return Err(GatewayError::BadRequest("an HTTP/1.1 request needs exactly one Host header (RFC 9112)".into()));
+    }
+    if req.headers().get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+        return Err(GatewayError::BadRequest("the request has more than one Content-Length header".into()));
+    }
+    Ok(())
 }
 
 /// Only `chunked` may be applied to a request body: any other transfer coding (`gzip, chunked`)

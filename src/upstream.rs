@@ -279,9 +279,7 @@ impl Upstream {
         };
         let response = match answer {
             Err(()) => return Err(CallError::Timeout(self.call_timeout)),
-            Ok(Err(err)) if tls::is_certificate_error(&err) => return Err(CallError::Tls(describe(&err))),
-            Ok(Err(err)) if err.is_connect() => return Err(CallError::NotSent(describe(&err))),
-            Ok(Err(err)) => return Err(CallError::Broken(describe(&err))),
+            Ok(Err(err)) => return Err(call_error(&err)),
             Ok(Ok(response)) => response,
         };
         // The body is streamed, not read: throttling is seen here by its status and headers.
@@ -318,9 +316,7 @@ impl Upstream {
         let exchange = async {
             let response = match self.clients.with(|c| c.request(req)).await {
                 Ok(r) => r,
-                Err(err) if tls::is_certificate_error(&err) => return Err(CallError::Tls(describe(&err))),
-                Err(err) if err.is_connect() => return Err(CallError::NotSent(describe(&err))),
-                Err(err) => return Err(CallError::Broken(describe(&err))),
+                Err(err) => return Err(call_error(&err)),
             };
             let (parts, incoming) = response.into_parts();
             let body = body::read_limited(incoming, self.max_response_bytes).await.map_err(|err| match err {
@@ -358,6 +354,27 @@ impl Upstream {
     pub async fn delete(&self, acct: &Account, id: &str) -> Result<Answer, CallError> {
         self.call(Method::DELETE, acct, &format!("/{id}"), None, self.call_timeout, "delete").await
     }
+}
+
+/// What a failed request means: not sent (connect, TLS), an answer that could not be parsed, or a
+/// connection that broke after sending.
+fn call_error(err: &hyper_util::client::legacy::Error) -> CallError {
+    if tls::is_certificate_error(err) {
+        return CallError::Tls(describe(err));
+    }
+    if err.is_connect() {
+        return CallError::NotSent(describe(err));
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_parse() || h.is_parse_status() || h.is_parse_too_large())
+        {
+            return CallError::BadAnswer(describe(err));
+        }
+        source = e.source();
+    }
+    CallError::Broken(describe(err))
 }
 
 /// The error and its causes on one line (hyper's own message alone is often just "client error").

@@ -104,7 +104,11 @@ impl Calls {
                 tracing::warn!(status = status_of(&result), outcome = %describe(&result), "create outcome unknown; not sent again");
                 return Err(match result {
                     Err(CallError::BadAnswer(detail)) => GatewayError::CreatedUnreadable(detail),
-                    _ => GatewayError::UploadOutcomeUnknown,
+                    Ok(answer) => GatewayError::UploadOutcomeUnknown(format!("it answered {}", answer.status)),
+                    Err(CallError::Timeout(_)) => {
+                        GatewayError::UploadOutcomeUnknown("it did not answer in time".into())
+                    }
+                    Err(_) => GatewayError::UploadOutcomeUnknown("the connection broke before its answer".into()),
                 }
                 .into());
             }
@@ -189,13 +193,24 @@ impl Calls {
         loop {
             let result = self.upstream.commit(&self.acct(), id).await;
             let class = classify(&result, dialect);
+            // A success must say so: the upload resource, committed. Anything else under a 2xx (an
+            // HTML page, `{}`, an error body) is looked at before it is believed.
+            let doubtful = class == Class::Success
+                && !result.as_ref().is_ok_and(|a| a.resource(dialect).is_ok_and(|r| r.is_committed()));
             let ambiguous = class == Class::Ambiguous;
             maybe_applied |= ambiguous;
-            if ambiguous || (class == Class::Refused && maybe_applied) {
+            if ambiguous || doubtful || (class == Class::Refused && maybe_applied) {
                 telemetry::count_reconciliation();
                 let seen = self.get(id, false).await?;
                 if seen.resource(dialect).is_ok_and(|r| r.is_committed()) {
                     return Ok(seen);
+                }
+                if doubtful {
+                    let status = status_of(&result);
+                    return Err(GatewayError::UpstreamBadResponse(format!(
+                        "the commit was answered {status} but the upload is not committed"
+                    ))
+                    .into());
                 }
             }
             if let Step::Done(out) = self.step(&mut tries, class, result).await {

@@ -44,7 +44,7 @@ use crate::{
     error::{Cleanup, Deletion, GatewayError},
     resource::{ChunkedUpload, hex},
     retry::RetryPolicy,
-    route::ApiTarget,
+    route::{ApiTarget, valid_upload_id},
     telemetry,
     upstream::{Account, Answer, Upstream},
 };
@@ -108,10 +108,21 @@ struct Job {
 
 /// What one upload has done so far: the state its stages share.
 struct Progress {
-    /// Parts the upstream has accepted, by sequence.
+    /// Parts the upstream has acknowledged, by sequence.
     accepted: Vec<u32>,
     /// Raw bytes of each part sent, indexed by sequence.
     sizes: Vec<u64>,
+    /// The upload's `expirationDateTime`, as the upstream announced it.
+    expires: String,
+}
+
+/// What create told about the upload.
+struct Opened {
+    id: String,
+    limits: Limits,
+    expires: String,
+    /// The upload has less than this many seconds to live: too little to finish it.
+    too_short: Option<u64>,
 }
 
 // === impl Uploads ===
@@ -337,11 +348,14 @@ impl Job {
         // Until create announces the upload's expiry, the body is bounded by the lifetime assumed.
         let assumed_expiry = self.began + ASSUMED_LIFETIME;
         chunker.set_deadline(assumed_expiry - self.finish_reserve.min(ASSUMED_LIFETIME / 2), self.began);
-        let (id, limits) = match self.open(&mut chunker, &mut cancel, &client).await {
+        let Opened { id, limits, expires, too_short } = match self.open(&mut chunker, &mut cancel, &client).await {
             Ok(opened) => opened,
             Err(response) => return response,
         };
-        let mut progress = Progress { accepted: vec![0], sizes: vec![chunker.emitted()] };
+        let mut progress = Progress { accepted: vec![0], sizes: vec![chunker.emitted()], expires };
+        if let Some(left) = too_short {
+            return self.abort(&id, GatewayError::UploadExpiring(left).into(), &mut progress).await;
+        }
         let outcome = tokio::select! {
             sent = self.send_rest(&id, &mut chunker, limits, &mut progress) => sent,
             () = cancelled(&mut cancel) => Err(GatewayError::ShuttingDown.into()),
@@ -357,13 +371,13 @@ impl Job {
         }
     }
 
-    /// Reads part 0 and creates the upload with it. Returns the upload's id and limits.
+    /// Reads part 0 and creates the upload with it. Returns what create told about the upload.
     async fn open(
         &mut self,
         chunker: &mut Chunker<Incoming>,
         cancel: &mut watch::Receiver<bool>,
         client: &Client,
-    ) -> Result<(String, Limits), Response<Body>> {
+    ) -> Result<Opened, Response<Body>> {
         let dialect = self.calls.upstream.dialect;
         let fail = |err: GatewayError| {
             metrics::counter!(telemetry::UPLOADS_FAILED, "reason" => err.code()).increment(1);
@@ -407,23 +421,34 @@ impl Job {
         };
         drop((part0_budget, part0));
         let resource = match created.resource(dialect) {
-            Ok(r) if !r.chunked_upload_id.is_empty() => r,
-            Ok(_) => return Err(fail(GatewayError::CreatedUnreadable("create answered without an upload id".into()))),
+            // The id goes into the paths of every later call: only the shape of an id is taken.
+            Ok(r) if valid_upload_id(&r.chunked_upload_id) => r,
+            Ok(r) if r.chunked_upload_id.is_empty() => {
+                return Err(fail(GatewayError::CreatedUnreadable("create answered without an upload id".into())));
+            }
+            Ok(_) => {
+                let detail = "create answered an upload id outside [A-Za-z0-9-]{1,64}".to_owned();
+                return Err(fail(GatewayError::CreatedUnreadable(detail)));
+            }
             Err(e) => return Err(fail(GatewayError::CreatedUnreadable(e))),
         };
         let id = resource.chunked_upload_id.clone();
         tracing::Span::current().record("upload_id", id.as_str());
-        let expiry = upload_expiry(&resource.expiration_date_time);
-        let left = expiry.saturating_duration_since(Instant::now());
-        self.calls.acct.deadline = expiry - EXPIRY_MARGIN.min(left);
+        let left = time_to_live(&resource.expiration_date_time, created.headers.get(header::DATE));
+        let expiry = Instant::now() + left;
+        // Calls stop this long before the upload expires; less than that to live is too little.
+        let margin = EXPIRY_MARGIN.min(self.finish_reserve);
+        self.calls.acct.deadline = expiry - margin.min(left);
         // The rest of the body must arrive in time for the finish to run before the upload expires.
         let reserve = self.finish_reserve.min(left / 2);
         chunker.set_deadline(expiry - reserve, self.began);
         let limits = Limits {
             max_parts: resource.max_parts().unwrap_or(self.config.assumed_max_parts),
             max_total: resource.max_total().unwrap_or(u64::MAX),
+            part0: chunker.emitted(),
         };
-        Ok((id, limits))
+        let too_short = (left <= margin).then_some(left.as_secs());
+        Ok(Opened { id, limits, expires: resource.expiration_date_time, too_short })
     }
 
     /// Parts 1..n, sent as the body arrives with up to `max_in_flight` at once.
@@ -453,8 +478,7 @@ impl Job {
             };
             let Some(part) = next else { break };
             if seq >= limits.max_parts || chunker.emitted() > limits.max_total {
-                let limit = limits.max_total.min(limits.max_parts as u64 * size as u64);
-                return Err(GatewayError::PayloadTooLarge { limit }.into());
+                return Err(GatewayError::PayloadTooLarge { limit: limits.capacity(size) }.into());
             }
             progress.sizes.push(part.len as u64);
             let span = tracing::info_span!("part", seq, bytes = part.len);
@@ -472,17 +496,13 @@ impl Job {
     /// The size of parts 1..n: with a declared length, fitted into the parts the upstream allows.
     fn part_size(&self, chunker: &Chunker<Incoming>, limits: Limits) -> Result<usize, Abort> {
         let Some(len) = self.declared else { return Ok(self.config.part_size) };
-        if len > limits.max_total {
-            return Err(GatewayError::PayloadTooLarge { limit: limits.max_total }.into());
+        let capacity = limits.capacity(self.config.max_part_bytes);
+        if len > capacity {
+            return Err(GatewayError::PayloadTooLarge { limit: capacity }.into());
         }
         let left = len.saturating_sub(chunker.emitted());
         let slots = limits.max_parts.saturating_sub(1).max(1);
-        let size = fit(left, slots, &self.config);
-        if left.div_ceil(size as u64) > slots as u64 {
-            let limit = limits.max_parts as u64 * self.config.max_part_bytes as u64;
-            return Err(GatewayError::PayloadTooLarge { limit }.into());
-        }
-        Ok(size)
+        Ok(fit(left, slots, &self.config))
     }
 
     /// The integrity checks, then the commit (unless the client asked for none) while the client
@@ -602,7 +622,7 @@ impl Job {
             tracing::warn!("the upstream upload could not be deleted; it expires on its own");
             Deletion::Failed
         };
-        let cleanup = Cleanup { accepted: &progress.accepted, deletion };
+        let cleanup = Cleanup { accepted: &progress.accepted, deletion, expires: &progress.expires };
         match abort {
             Abort::Gateway(err) => {
                 metrics::counter!(telemetry::UPLOADS_FAILED, "reason" => err.code()).increment(1);
@@ -644,39 +664,31 @@ impl Checked {
 
 /// The upstream lists every part sent, with its size, and the total sent.
 fn sizes_match(resource: &ChunkedUpload, sizes: &[u64]) -> Result<(), GatewayError> {
+    let mismatch = |what: String, sent: String| Err(GatewayError::UpstreamSizeMismatch { what, sent });
     let total: u64 = sizes.iter().sum();
     if resource.total_size.trim().parse::<u64>().ok() != Some(total) {
-        return Err(GatewayError::UpstreamSizeMismatch {
-            what: format!("totalSize {:?}", resource.total_size),
-            sent: format!("{total} bytes"),
-        });
+        return mismatch(format!("a totalSize of {:?}", resource.total_size), format!("{total} bytes"));
     }
     if resource.chunked_upload_parts.len() != sizes.len() {
-        return Err(GatewayError::UpstreamSizeMismatch {
-            what: format!("{} parts", resource.chunked_upload_parts.len()),
-            sent: format!("{} parts", sizes.len()),
-        });
+        return mismatch(format!("{} parts", resource.chunked_upload_parts.len()), format!("{} parts", sizes.len()));
     }
     for (seq, size) in sizes.iter().enumerate() {
-        let held = resource.part_size(seq as u32);
-        if held != Some(*size) {
-            return Err(GatewayError::UpstreamSizeMismatch {
-                what: format!("part {seq} with {held:?} bytes"),
-                sent: format!("{size} bytes"),
-            });
+        match resource.part_size(seq as u32) {
+            Some(held) if held == *size => {}
+            Some(held) => return mismatch(format!("part {seq} with {held} bytes"), format!("{size} bytes")),
+            None => return mismatch(format!("no part {seq}"), format!("{size} bytes in it")),
         }
     }
     Ok(())
 }
 
-/// When the upload expires, from its `expirationDateTime`; its assumed lifetime from now when that
-/// cannot be read.
-fn upload_expiry(expiration: &str) -> Instant {
-    let left = humantime::parse_rfc3339_weak(expiration.trim())
-        .ok()
-        .and_then(|t| t.duration_since(SystemTime::now()).ok())
-        .unwrap_or(ASSUMED_LIFETIME);
-    Instant::now() + left
+/// How long the upload has to live: its `expirationDateTime` less the upstream's own `Date` (so
+/// that skew between the clocks does not count), or less ours when it sends none. An expiry that
+/// cannot be read gives the assumed lifetime; one already past, none.
+fn time_to_live(expiration: &str, date: Option<&HeaderValue>) -> Duration {
+    let Ok(expires) = humantime::parse_rfc3339_weak(expiration.trim()) else { return ASSUMED_LIFETIME };
+    let now = date.and_then(|d| httpdate::parse_http_date(d.to_str().ok()?).ok()).unwrap_or_else(SystemTime::now);
+    expires.duration_since(now).unwrap_or(Duration::ZERO)
 }
 
 /// Counts a part on the wire for as long as it lives.
@@ -711,10 +723,21 @@ async fn send_part(
     outcome.map(|()| seq)
 }
 
+/// The limits create announced, and what part 0 took of them.
 #[derive(Clone, Copy)]
 struct Limits {
     max_parts: u32,
     max_total: u64,
+    /// Bytes in part 0.
+    part0: u64,
+}
+
+impl Limits {
+    /// The most the upload can hold with parts 1..n of `part` bytes.
+    fn capacity(&self, part: usize) -> u64 {
+        let rest = u64::from(self.max_parts.saturating_sub(1)).saturating_mul(part as u64);
+        self.max_total.min(self.part0.saturating_add(rest))
+    }
 }
 
 /// The part size that fits `len` bytes into `parts` parts: at least `part_size`, at most

@@ -507,3 +507,101 @@ async fn parts_stay_within_the_upstreams_request_cap_whatever_part_size_is_confi
     let parts: usize = r.header("x-chunkgate-parts").parse().unwrap();
     assert!(parts >= 6, "{parts} parts: each under {cap} bytes of request body");
 }
+
+/// The simulator behind an upstream that answers what `meddle` picks itself.
+async fn lying(
+    sim: SimConfig,
+    meddle: impl Fn(&Method, &str) -> Option<Vec<u8>> + Send + Sync + 'static,
+) -> (Stack, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let sim = SimApi::start(sim).await;
+    let (url, meddled) = meddler(sim.running.url(), meddle).await;
+    (Stack::in_front_of(sim, url, |c| c.retry.max_attempts = 2).await, meddled)
+}
+
+#[tokio::test]
+async fn a_commit_answered_2xx_without_a_committed_upload_is_not_believed() {
+    for body in ["<html><body>OK</body></html>", "{}", r#"{"errorCode":"X","message":"y"}"#] {
+        let (s, meddled) = lying(SimConfig::default(), move |m, path| {
+            (m == Method::PUT && path.contains("action=commit")).then(|| answer("200 OK", "text/html", body))
+        })
+        .await;
+        let r = s.upload(&bytes_of(PART * 2, 1), &[]).await;
+        assert_eq!((r.status, code(&r)), (StatusCode::BAD_GATEWAY, "UPSTREAM_BAD_RESPONSE".to_owned()), "{body}");
+        assert!(r.header("content-type").starts_with("application/json"), "the page never reaches the client");
+        assert!(meddled.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+        let st = s.sim.wait_stats(|st| st["deleted"] == 1).await;
+        assert_eq!((st["committed"].as_u64(), st["open"].as_u64()), (Some(0), Some(0)), "{body}: {st}");
+    }
+}
+
+#[tokio::test]
+async fn upload_ids_from_the_upstream_are_used_only_in_the_shape_of_an_id() {
+    for id in ["../../43/chunked_uploads/X", "ABC?action=commit", "A B", "ABC#frag", &"A".repeat(65)] {
+        let created = format!(
+            r#"{{"chunkedUploadId":"{id}","committed":"false","chunkedUploadParts":[{{"sequence":"0","size":"65536"}}]}}"#
+        );
+        let (s, meddled) = lying(SimConfig::default(), move |m, _| {
+            (m == Method::POST).then(|| answer("201 Created", "application/json", &created))
+        })
+        .await;
+        let r = s.upload(&bytes_of(PART * 2, 1), &[]).await;
+        assert_eq!((r.status, code(&r)), (StatusCode::BAD_GATEWAY, "UPSTREAM_BAD_RESPONSE".to_owned()), "{id}");
+        assert!(r.json()["message"].as_str().unwrap().contains("expires"), "{id}: says an upload may remain");
+        assert_eq!(meddled.load(std::sync::atomic::Ordering::Relaxed), 1, "{id}: one create, no call after it");
+        assert_eq!(s.sim.stats().await["requests"], 0, "{id}: nothing reached the upstream's API with that id");
+    }
+}
+
+#[tokio::test]
+async fn an_upload_given_too_little_time_to_live_is_deleted_at_once() {
+    let mut sim = SimConfig::default();
+    sim.accounts.insert(ACCOUNT.into(), LimitOverrides { lifetime_secs: Some(5), ..Default::default() });
+    let s = Stack::start(sim, |_| {}).await;
+    let r = s.upload(&bytes_of(PART * 3, 2), &[]).await;
+    assert_eq!((r.status, code(&r)), (StatusCode::BAD_GATEWAY, "UPLOAD_EXPIRING".to_owned()));
+    assert_eq!(r.header("x-chunkgate-upload-deleted"), "true");
+    let st = s.sim.wait_stats(|st| st["deleted"] == 1).await;
+    assert_eq!((st["committed"].as_u64(), st["open"].as_u64(), st["requests"].as_u64()), (Some(0), Some(0), Some(2)));
+}
+
+#[tokio::test]
+async fn limits_and_outcomes_are_named_as_they_are() {
+    // A part limit of 1: the document can hold part 0 alone.
+    let mut sim = SimConfig::default();
+    sim.accounts.insert(ACCOUNT.into(), LimitOverrides { max_parts: Some(1), ..Default::default() });
+    let s = Stack::start(sim, |_| {}).await;
+    let r = s.upload(&bytes_of(PART * 2, 3), &[]).await;
+    assert_eq!(code(&r), "PAYLOAD_TOO_LARGE");
+    assert!(r.json()["message"].as_str().unwrap().contains(&format!("the {PART} bytes allowed")), "{:?}", r.json());
+    // A create answered 503: said so, not "lost".
+    s.sim.faults(json!({"error_next": 1, "ops": ["create"]})).await;
+    let r = s.upload(b"doc", &[]).await;
+    assert_eq!(code(&r), "UPLOAD_OUTCOME_UNKNOWN");
+    assert!(r.json()["message"].as_str().unwrap().contains("503"), "{:?}", r.json());
+    // HTTP/1.1 heads without exactly one Host are refused (RFC 9112 §3.2).
+    let path = format!("/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads/ABC");
+    for head in [
+        format!("GET {path} HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"),
+        format!("GET {path} HTTP/1.1\r\nHost: a\r\nHost: b\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"),
+    ] {
+        let answer = raw(s.gw.addr, head.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("BAD_REQUEST"), "{answer}");
+    }
+    let requests = s.sim.stats().await["requests"].as_u64().unwrap();
+    assert_eq!(requests, 3, "the two creates and a delete reached the upstream, nothing else");
+}
+
+#[tokio::test]
+async fn a_passthrough_answer_that_cannot_be_parsed_is_a_bad_response_not_an_outage() {
+    let (s, _) = lying(SimConfig::default(), |m, _| {
+        (m == Method::GET).then(|| b"HTTP/1.1 2000 OK\r\ncontent-length: 0\r\n\r\n".to_vec())
+    })
+    .await;
+    let auth = format!("Bearer {TOKEN}");
+    let r = s
+        .http
+        .send(Method::GET, &format!("{}/ABC", s.upload_url(ACCOUNT)), &[("authorization", &auth)], "")
+        .await
+        .unwrap();
+    assert_eq!((r.status, code(&r)), (StatusCode::BAD_GATEWAY, "UPSTREAM_BAD_RESPONSE".to_owned()));
+}

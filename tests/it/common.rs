@@ -238,10 +238,16 @@ pub struct Stack {
 impl Stack {
     pub async fn start(sim_config: SimConfig, tweak: impl FnOnce(&mut Config)) -> Self {
         let sim = SimApi::start(sim_config).await;
+        let url = sim.running.url();
+        Self::in_front_of(sim, url, tweak).await
+    }
+
+    /// A gateway whose upstream is `upstream` (a proxy in front of `sim`, say).
+    pub async fn in_front_of(sim: SimApi, upstream: String, tweak: impl FnOnce(&mut Config)) -> Self {
         let mut config = Config::default();
         config.server.listen = "127.0.0.1:0".parse().unwrap();
         config.admin.listen = "127.0.0.1:0".parse().unwrap();
-        config.upstream.base_url = sim.running.url();
+        config.upstream.base_url = upstream;
         config.upstream.allow_plain_http = true;
         config.upstream.dialect = sim.running.sim.dialect();
         // Paced to the simulator's limits, as a deployment is to the account's.
@@ -305,4 +311,92 @@ impl Stack {
         assert_eq!(seen["parts"].as_array().unwrap().len().to_string(), r.header("x-chunkgate-parts"));
         id
     }
+}
+
+/// An upstream that lies: a proxy on 127.0.0.1:0 in front of `target` that answers the requests
+/// `meddle` picks with an answer of its own (raw bytes written on the connection) and forwards the
+/// rest. Returns its base URL and a count of the requests it answered itself.
+pub async fn meddler(
+    target: String,
+    meddle: impl Fn(&Method, &str) -> Option<Vec<u8>> + Send + Sync + 'static,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::{Arc, atomic::AtomicUsize};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let meddled = Arc::new(AtomicUsize::new(0));
+    let (count, meddle, http) = (meddled.clone(), Arc::new(meddle), Http::new());
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let (count, meddle, http, target) = (count.clone(), meddle.clone(), http.clone(), target.clone());
+            tokio::spawn(async move {
+                // One request per connection, read whole: head, then Content-Length bytes.
+                let mut buf = Vec::new();
+                let mut chunk = vec![0u8; 1 << 16];
+                let head_end = loop {
+                    let Ok(n) = tcp.read(&mut chunk).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break at + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                let mut lines = head.split("\r\n");
+                let mut first = lines.next().unwrap_or_default().split(' ');
+                let method: Method = first.next().unwrap_or("GET").parse().unwrap();
+                let target_path = first.next().unwrap_or("/").to_owned();
+                let headers: Vec<(String, String)> = lines
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                    .collect();
+                let len: usize =
+                    headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+                while buf.len() < head_end + len {
+                    let Ok(n) = tcp.read(&mut chunk).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let body = Bytes::copy_from_slice(&buf[head_end..head_end + len]);
+                if let Some(answer) = meddle(&method, &target_path) {
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let _ = tcp.write_all(&answer).await;
+                    return;
+                }
+                let forwarded: Vec<(&str, &str)> = headers
+                    .iter()
+                    .filter(|(k, _)| k == "authorization" || k == "content-type" || k == "content-length")
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                let Ok(r) = http.send(method, &format!("{target}{target_path}"), &forwarded, body).await else {
+                    return;
+                };
+                let mut out = format!("HTTP/1.1 {}\r\n", r.status).into_bytes();
+                for (k, v) in &r.headers {
+                    if k != "content-length" && k != "transfer-encoding" && k != "connection" {
+                        out.extend_from_slice(format!("{k}: {}\r\n", v.to_str().unwrap_or_default()).as_bytes());
+                    }
+                }
+                out.extend_from_slice(
+                    format!("content-length: {}\r\nconnection: close\r\n\r\n", r.body.len()).as_bytes(),
+                );
+                out.extend_from_slice(&r.body);
+                let _ = tcp.write_all(&out).await;
+            });
+        }
+    });
+    (url, meddled)
+}
+
+/// A whole HTTP/1.1 answer with `status`, `content_type` and `body`, closing the connection.
+pub fn answer(status: &str, content_type: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
