@@ -65,6 +65,11 @@ pub struct ServerConfig {
     pub max_uploads_per_caller: usize,
     /// Passthrough requests one caller may have running (waiting for the rate limiter included).
     pub max_passthrough_per_caller: usize,
+    /// HTTP/2 streams one client connection may have open at once.
+    pub http2_max_streams: u32,
+    /// HTTP/2 flow-control window of each stream; the connection's is this times
+    /// `http2_max_streams` (see `ConnLimits::http2_stream_window`).
+    pub http2_stream_window_bytes: u32,
     /// Passthrough requests of one account running at once, over all callers.
     pub max_passthrough_per_account: usize,
     /// Serve TLS with this certificate chain and key (PEM); plain HTTP when unset.
@@ -132,7 +137,9 @@ impl Default for ServerConfig {
             caller_key_header: "x-chunkgate-key".to_owned(),
             allowed_accounts: Vec::new(),
             max_uploads_per_caller: 32,
-            max_passthrough_per_caller: 256,
+            max_passthrough_per_caller: 64,
+            http2_max_streams: conn.http2_max_streams,
+            http2_stream_window_bytes: conn.http2_stream_window,
             max_passthrough_per_account: 512,
             tls_cert: None,
             tls_key: None,
@@ -161,6 +168,8 @@ impl ServerConfig {
                 Scheduler::WorkStealing => 1,
             },
             render: None,
+            http2_max_streams: self.http2_max_streams,
+            http2_stream_window: self.http2_stream_window_bytes,
         }
     }
 
@@ -532,6 +541,15 @@ impl Config {
             out.push(format!(
                 "server.read_buffer_bytes ({}) must be within 8192..=16777216",
                 self.server.read_buffer_bytes
+            ));
+        }
+        if !(1..=1000).contains(&self.server.http2_max_streams) {
+            out.push(format!("server.http2_max_streams ({}) must be within 1..=1000", self.server.http2_max_streams));
+        }
+        if !(65_535..=16 << 20).contains(&self.server.http2_stream_window_bytes) {
+            out.push(format!(
+                "server.http2_stream_window_bytes ({}) must be within 65535..=16777216",
+                self.server.http2_stream_window_bytes
             ));
         }
         if self.upstream.max_request_bytes < 4096 {

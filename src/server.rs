@@ -53,6 +53,14 @@ pub struct ConnLimits {
     pub threads: usize,
     /// Gives hyper's own bodiless answers to malformed requests a body (see `canned`).
     pub render: Option<Render>,
+    /// HTTP/2: streams one connection may have open at once.
+    pub http2_max_streams: u32,
+    /// HTTP/2: bytes a stream may receive before its handler reads them. The connection's window
+    /// is this times `http2_max_streams`, so streams whose bodies wait (an upload queued for its
+    /// account's quota, a request waiting for the rate limiter) can never use up the window the
+    /// streams being read need: with the library's default (1 MiB for both), one waiting upload
+    /// stalled every other upload on its connection.
+    pub http2_stream_window: u32,
 }
 
 impl Default for ConnLimits {
@@ -66,6 +74,8 @@ impl Default for ConnLimits {
             tls: None,
             threads: 1,
             render: None,
+            http2_max_streams: 100,
+            http2_stream_window: 256 * 1024,
         }
     }
 }
@@ -300,7 +310,13 @@ where
         .header_read_timeout(limits.header_read_timeout)
         // hyper bounds the head and the read buffer with one setting.
         .max_buf_size(limits.max_header_bytes.max(limits.read_buffer_bytes).max(8192));
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .max_concurrent_streams(limits.http2_max_streams)
+        .initial_stream_window_size(limits.http2_stream_window)
+        .initial_connection_window_size(limits.http2_stream_window.saturating_mul(limits.http2_max_streams));
     let builder = Arc::new(builder);
     // Every connection task holds a clone; when all are gone, every connection has closed.
     let (open, mut all_closed) = mpsc::channel::<()>(1);
@@ -402,7 +418,13 @@ where
             }
             () = tokio::time::sleep_until(check), if !closing => {
                 if activity.idle_for() >= activity.limit(limits) {
-                    tracing::debug!(first = activity.served.load(Ordering::Relaxed) == 0, "closing an idle connection");
+                    let silent = activity.served.load(Ordering::Relaxed) == 0;
+                    tracing::debug!(silent, "closing an idle connection");
+                    // A connection that never asked for anything is owed no goodbye (an HTTP/2
+                    // GOAWAY waits for the peer's answer to a PING): it is dropped now.
+                    if silent {
+                        return Ok(());
+                    }
                     conn.as_mut().graceful_shutdown();
                     (closing, hard_stop) = (true, Some(Instant::now() + CLOSE_GRACE));
                 }
@@ -410,6 +432,9 @@ where
             () = pressure, if !closing => {
                 if activity.idle_for() >= PRESSURE_GRACE {
                     tracing::debug!("listener full: closing an idle connection to make room");
+                    if activity.served.load(Ordering::Relaxed) == 0 {
+                        return Ok(());
+                    }
                     conn.as_mut().graceful_shutdown();
                     (closing, hard_stop) = (true, Some(Instant::now() + CLOSE_GRACE));
                 }

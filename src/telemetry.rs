@@ -27,7 +27,9 @@ pub fn init(log: &LogConfig) {
 /// A future that resolves on the first SIGTERM, SIGINT, SIGHUP or SIGQUIT: each starts the same
 /// drain. The handlers are installed now, before the future is first polled, so a signal that
 /// arrives early is not lost to the default action (which would end the process at once, with
-/// uploads left open upstream). SIGUSR1 and SIGUSR2 are logged and otherwise ignored.
+/// uploads left open upstream). The other signals whose default is to end the process and that a
+/// stray `kill` or timer may send (SIGUSR1, SIGUSR2, SIGALRM, SIGVTALRM, SIGIO) are logged and
+/// otherwise ignored; SIGPIPE is ignored by the Rust runtime.
 pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
@@ -40,15 +42,24 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
             (SignalKind::quit(), "SIGQUIT"),
         ]
         .map(|(kind, name)| (install(kind), name));
-        let mut ignored = [(SignalKind::user_defined1(), "SIGUSR1"), (SignalKind::user_defined2(), "SIGUSR2")]
-            .map(|(kind, name)| (install(kind), name));
+        let mut ignored = [
+            (SignalKind::user_defined1(), "SIGUSR1"),
+            (SignalKind::user_defined2(), "SIGUSR2"),
+            (SignalKind::alarm(), "SIGALRM"),
+            (SignalKind::from_raw(libc_signal::SIGVTALRM), "SIGVTALRM"),
+            (SignalKind::io(), "SIGIO"),
+        ]
+        .map(|(kind, name)| (install(kind), name));
         async move {
             let ignore = async {
-                let [(a, a_name), (b, b_name)] = &mut ignored;
+                let [(a, a_name), (b, b_name), (c, c_name), (d, d_name), (e, e_name)] = &mut ignored;
                 loop {
                     let name = tokio::select! {
                         _ = a.recv() => *a_name,
                         _ = b.recv() => *b_name,
+                        _ = c.recv() => *c_name,
+                        _ = d.recv() => *d_name,
+                        _ = e.recv() => *e_name,
                     };
                     tracing::info!(signal = name, "signal ignored");
                 }
@@ -69,6 +80,12 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutdown signal received");
     }
+}
+
+/// Signal numbers tokio names no constructor for (Linux values).
+#[cfg(unix)]
+mod libc_signal {
+    pub const SIGVTALRM: i32 = 26;
 }
 
 /// Process-wide counts of resilience events, read by the demo's report; the same events feed the

@@ -605,3 +605,34 @@ async fn a_passthrough_answer_that_cannot_be_parsed_is_a_bad_response_not_an_out
         .unwrap();
     assert_eq!((r.status, code(&r)), (StatusCode::BAD_GATEWAY, "UPSTREAM_BAD_RESPONSE".to_owned()));
 }
+
+#[tokio::test]
+async fn uploads_queued_for_quota_on_an_http2_connection_do_not_stall_the_others() {
+    // Ten uploads of the account at once; the other two queue for their turn with their bodies
+    // unread, on the same connection as the ten. (Not a pacing test: the burst limit is roomy.)
+    let mut sim = SimConfig::default();
+    sim.limits.burst_limit = 100_000;
+    let s = Stack::start(sim, |c| c.quota.uploads_per_account = 10).await;
+    s.sim.faults(json!({"latency_ms": 20, "ops": ["add_part"]})).await;
+    let client = h2c();
+    let uploads: Vec<_> = (0..12)
+        .map(|i| {
+            let (client, url) = (client.clone(), s.upload_url(ACCOUNT));
+            let data = bytes_of(2 * 1024 * 1024 + i, 500 + i as u64);
+            tokio::spawn(async move {
+                let req = Request::post(url)
+                    .header("authorization", format!("Bearer {TOKEN}"))
+                    .header("content-type", "application/pdf")
+                    .header("content-length", data.len())
+                    .body(chunkgate::body::full(data.clone()))
+                    .unwrap();
+                (send(&client, req).await, data)
+            })
+        })
+        .collect();
+    for u in uploads {
+        let ((version, r), data) = tokio::time::timeout(Duration::from_secs(30), u).await.expect("stalled").unwrap();
+        assert_eq!(version, Version::HTTP_2);
+        s.assert_committed(&r, &data).await;
+    }
+}
