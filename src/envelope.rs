@@ -2,19 +2,10 @@
 //! `{"success", "data" | "error"}` envelope some API gateways wrap them in.
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
 
-/// Which body shape the upstream speaks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Dialect {
-    /// `{...resource...}` and `{"errorCode", "message"}`.
-    #[default]
-    Docusign,
-    /// `{"success": true, "data": {...}}` and `{"success": false, "error": {"code", "message"}}`.
-    Envelope,
-}
+pub use crate::config::Dialect;
 
 /// An error body as either dialect carries it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,7 +21,7 @@ impl Dialect {
     pub fn success<T: Serialize>(self, value: &T) -> Bytes {
         let body = match self {
             Dialect::Docusign => serde_json::to_vec(value),
-            Dialect::Envelope => serde_json::to_vec(&json!({ "success": true, "data": value })),
+            Dialect::Wrapped => serde_json::to_vec(&json!({ "success": true, "data": value })),
         };
         Bytes::from(body.expect("serializing plain data cannot fail"))
     }
@@ -39,7 +30,7 @@ impl Dialect {
     pub fn error(self, code: &str, message: &str) -> Bytes {
         let value = match self {
             Dialect::Docusign => json!({ "errorCode": code, "message": message }),
-            Dialect::Envelope => {
+            Dialect::Wrapped => {
                 json!({ "success": false, "error": { "code": code, "message": message } })
             }
         };
@@ -55,7 +46,7 @@ impl Dialect {
                 None if body.is_object() => Some(Ok(body)),
                 None => None,
             },
-            Dialect::Envelope => {
+            Dialect::Wrapped => {
                 let Value::Object(mut map) = body else {
                     return None;
                 };
@@ -81,13 +72,13 @@ mod tests {
 
     #[test]
     fn both_dialects_round_trip_errors_and_successes() {
-        for dialect in [Dialect::Docusign, Dialect::Envelope] {
+        for dialect in [Dialect::Docusign, Dialect::Wrapped] {
             let err: Value = serde_json::from_slice(&dialect.error("SOME_CODE", "text")).unwrap();
             assert_eq!(dialect.unwrap(err), Some(Err(ErrorBody { code: "SOME_CODE".into(), message: "text".into() })));
             let ok: Value = serde_json::from_slice(&dialect.success(&json!({"a": "1"}))).unwrap();
             assert_eq!(dialect.unwrap(ok), Some(Ok(json!({"a": "1"}))));
         }
-        assert_eq!(Dialect::Envelope.unwrap(json!({"a": 1})), None);
+        assert_eq!(Dialect::Wrapped.unwrap(json!({"a": 1})), None);
         assert_eq!(Dialect::Docusign.unwrap(json!([1])), None);
     }
 }

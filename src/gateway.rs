@@ -244,7 +244,8 @@ fn is_document(headers: &HeaderMap) -> bool {
 /// (SHUTTING_DOWN), running ones get `server.drain_secs` to finish, and whatever is still running
 /// after that is cancelled and its upstream upload deleted.
 pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) {
-    let mut limits = gateway.config.server.conn_limits(gateway.tls.clone(), gateway.connections.clone());
+    let mut limits =
+        server::ConnLimits::for_server(&gateway.config.server, gateway.tls.clone(), gateway.connections.clone());
     limits.render = Some(framing_answer(gateway.upstream.dialect, gateway.config.server.max_header_bytes));
     let drain = Duration::from_secs(gateway.config.server.drain_secs);
     let gw = gateway.clone();

@@ -10,6 +10,7 @@ pub mod demo; // `chunkgate demo`: simulator and gateway in one process, one doc
 pub mod envelope; // response bodies in the upstream's two dialects
 pub mod error; // errors the gateway originates: status, code, advice
 pub mod gateway; // routing each request to the upload or the passthrough
+pub mod ids; // the shapes of the upstream's identifiers
 pub mod proxy; // passthrough of every other request
 pub mod ratelimit; // per-account pacing: governor limiters and rate-limit header feedback
 pub mod resource; // the chunked-upload resource as the upstream's JSON carries it

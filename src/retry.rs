@@ -232,7 +232,7 @@ mod tests {
         assert_eq!(classify(&Ok(answer(408, "")), d), Class::Ambiguous);
         assert_eq!(classify(&Err(CallError::NotSent("refused".into())), d), Class::NotSent);
         assert_eq!(classify(&Err(CallError::Timeout(Duration::from_secs(1))), d), Class::Ambiguous);
-        let env = Dialect::Envelope;
+        let env = Dialect::Wrapped;
         let wrapped =
             answer(400, r#"{"success":false,"error":{"code":"HOURLY_APIINVOCATION_LIMIT_EXCEEDED","message":""}}"#);
         assert_eq!(classify(&Ok(wrapped), env), Class::Throttled);

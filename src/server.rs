@@ -63,6 +63,32 @@ pub struct ConnLimits {
     pub http2_stream_window: u32,
 }
 
+impl ConnLimits {
+    /// The main listener's limits from its settings, with its TLS when configured; `connections`
+    /// counts its connections (made with `max_connections` slots).
+    pub fn for_server(
+        c: &crate::config::ServerConfig,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        connections: Arc<Connections>,
+    ) -> Self {
+        Self {
+            header_read_timeout: Duration::from_millis(c.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(c.idle_timeout_ms),
+            connections,
+            max_header_bytes: c.max_header_bytes,
+            read_buffer_bytes: c.read_buffer_bytes,
+            tls,
+            threads: match c.scheduler {
+                crate::config::Scheduler::PerThread => c.threads(),
+                crate::config::Scheduler::WorkStealing => 1,
+            },
+            render: None,
+            http2_max_streams: c.http2_max_streams,
+            http2_stream_window: c.http2_stream_window_bytes,
+        }
+    }
+}
+
 impl Default for ConnLimits {
     fn default() -> Self {
         Self {

@@ -9,7 +9,7 @@ fuzz_target!(|input: (u16, bool, &[u8])| {
     let (status, envelope, body) = input;
     let Ok(status) = http::StatusCode::from_u16(100 + status % 500) else { return };
     let answer = Answer { status, headers: Default::default(), body: Bytes::copy_from_slice(body) };
-    let dialect = if envelope { Dialect::Envelope } else { Dialect::Docusign };
+    let dialect = if envelope { Dialect::Wrapped } else { Dialect::Docusign };
     if let Ok(resource) = answer.resource(dialect) {
         let _ = (resource.is_committed(), resource.max_parts(), resource.max_total(), resource.part_size(0));
     }

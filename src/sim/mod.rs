@@ -2,7 +2,6 @@
 //! fault injection and introspection under `/__sim/`, for tests, the demo, benchmarks and users who
 //! want to test their own integration offline.
 
-pub mod config;
 pub mod faults;
 mod path;
 mod ratelimit;
@@ -21,8 +20,10 @@ use std::{
 
 use tokio::net::TcpListener;
 
-pub use self::config::SimConfig;
 use self::{faults::Injector, ratelimit::RateCounters, store::Store};
+/// The simulator's settings live with the others (`config::sim`), so that the settings do not
+/// depend on the simulator.
+pub use crate::config::sim::{self as config, SimConfig};
 use crate::server::{self, ConnLimits, Stopper};
 
 /// The simulator's state, shared by every connection.
@@ -93,7 +94,7 @@ impl Sim {
     }
 
     /// The dialect the simulator speaks.
-    pub fn dialect(&self) -> crate::envelope::Dialect {
+    pub fn dialect(&self) -> crate::config::Dialect {
         self.config.dialect
     }
 

@@ -5,7 +5,7 @@ use std::{collections::HashMap, sync::Mutex};
 
 use http::{HeaderMap, HeaderValue};
 
-use super::config::Limits;
+use crate::config::sim::Limits;
 
 /// Which limit a throttled call ran into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use http::StatusCode;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::config::{BoolStyle, Limits, Storage};
+use crate::config::sim::{BoolStyle, Limits, Storage};
 use crate::resource::{ChunkedUpload, Part, hex};
 
 /// A refusal, with the code the simulator answers it with. DocuSign publishes no codes for the chunk

@@ -186,7 +186,7 @@ impl SimApi {
     pub fn dialect_data(&self, v: Value) -> Value {
         match self.running.sim.dialect() {
             chunkgate::envelope::Dialect::Docusign => v,
-            chunkgate::envelope::Dialect::Envelope => v["data"].clone(),
+            chunkgate::envelope::Dialect::Wrapped => v["data"].clone(),
         }
     }
 

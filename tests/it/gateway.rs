@@ -230,7 +230,7 @@ async fn upstream_refusals_reach_the_client_verbatim() {
 
 #[tokio::test]
 async fn both_dialects_work_and_gateway_errors_use_the_upstreams_shape() {
-    let s = Stack::start(SimConfig { dialect: Dialect::Envelope, ..SimConfig::default() }, |c| {
+    let s = Stack::start(SimConfig { dialect: Dialect::Wrapped, ..SimConfig::default() }, |c| {
         c.upload.max_document_bytes = PART as u64 * 4
     })
     .await;

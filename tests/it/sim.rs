@@ -40,7 +40,7 @@ async fn create_answers_201_with_the_whole_resource_in_strings() {
     assert_eq!(r.status, StatusCode::CREATED);
     let v = r.json();
     let id = v["chunkedUploadId"].as_str().unwrap();
-    assert!(chunkgate::route::is_guid(id), "{id}");
+    assert!(chunkgate::ids::is_guid(id), "{id}");
     assert_eq!(v["chunkedUploadUri"], format!("docusignchunkedupload://{id}"));
     assert_eq!(v["committed"], "false");
     assert_eq!(v["chunkedUploadParts"], json!([{"sequence": "0", "size": "18"}]));
@@ -365,7 +365,7 @@ async fn the_hourly_limit_refuses_every_call_until_the_next_hour() {
 #[tokio::test]
 async fn the_envelope_dialect_wraps_successes_and_errors() {
     let s =
-        SimApi::start(SimConfig { dialect: Dialect::Envelope, bool_style: BoolStyle::Title, ..SimConfig::default() })
+        SimApi::start(SimConfig { dialect: Dialect::Wrapped, bool_style: BoolStyle::Title, ..SimConfig::default() })
             .await;
     let r = s.create(b"abc").await;
     assert_eq!(r.status, StatusCode::CREATED);

@@ -1,11 +1,11 @@
-//! The simulator's settings: the `[sim]` section of the config file and `chunkgate sim` flags.
+//! The simulator's settings: the `[sim]` section of the config file and `chunkgate sim` flags, and
+//! the faults it injects (`[sim.faults]`, also set at run time under `/__sim/faults`).
 
 use std::{collections::BTreeMap, net::SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::faults::Faults;
-use crate::envelope::Dialect;
+use super::Dialect;
 
 /// Where uploaded bytes go.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -188,6 +188,89 @@ impl SimConfig {
             check(&format!("sim.accounts.{account}."), &self.limits_for(account));
         }
         out.extend(self.faults.problems());
+        out
+    }
+}
+
+/// The five operations of the upstream API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    Create,
+    AddPart,
+    Get,
+    Commit,
+    Delete,
+}
+
+/// Fault settings. Rates are shares of matching requests (0.0..=1.0); `*_next` counters hit the
+/// next N matching requests for certain, which is what tests use.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Faults {
+    /// Added to every API answer.
+    pub latency_ms: u64,
+    /// Uniform extra delay in 0..=jitter_ms.
+    pub jitter_ms: u64,
+    pub error_rate: f64,
+    pub error_next: u32,
+    /// Status of injected errors.
+    pub error_status: u16,
+    pub throttle_rate: f64,
+    pub throttle_next: u32,
+    /// Apply the request (create, add-part, commit, delete), then close the connection unanswered.
+    pub drop_after_store_rate: f64,
+    pub drop_after_store_next: u32,
+    /// Store the next N create or add-part payloads with their first byte flipped (sizes stay
+    /// right, the checksum does not): an upstream that corrupted what it received.
+    pub corrupt_next: u32,
+    /// Answer injected throttling (429) and server errors with an HTML page and no error code, as
+    /// DocuSign's front end sometimes does.
+    pub html_errors: bool,
+    /// Answer `?include=checksum` without a checksum, as an upstream that does not report one.
+    pub omit_checksum: bool,
+    /// Operations the faults apply to; empty means all.
+    pub ops: Vec<Op>,
+    /// Seed for the fault dice, for repeatable runs.
+    pub seed: Option<u64>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            latency_ms: 0,
+            jitter_ms: 0,
+            error_rate: 0.0,
+            error_next: 0,
+            error_status: 503,
+            throttle_rate: 0.0,
+            throttle_next: 0,
+            drop_after_store_rate: 0.0,
+            drop_after_store_next: 0,
+            corrupt_next: 0,
+            html_errors: false,
+            omit_checksum: false,
+            ops: Vec::new(),
+            seed: None,
+        }
+    }
+}
+
+impl Faults {
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, rate) in [
+            ("error_rate", self.error_rate),
+            ("throttle_rate", self.throttle_rate),
+            ("drop_after_store_rate", self.drop_after_store_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                out.push(format!("sim.faults.{name} must be within 0.0..=1.0, not {rate}"));
+            }
+        }
+        if !(500..=599).contains(&self.error_status) {
+            out.push(format!("sim.faults.error_status must be a 5xx status, not {}", self.error_status));
+        }
         out
     }
 }
