@@ -18,7 +18,7 @@ use bytes::Bytes;
 use chunkgate::{
     body::Body,
     config::Config,
-    gateway,
+    edge::gateway,
     sim::{self, SimConfig},
     telemetry,
 };
@@ -139,7 +139,13 @@ async fn main() {
                 .ok()
                 .and_then(|v| v["errorCode"].as_str().map(str::to_owned))
                 .unwrap_or_default();
-            Outcome { status, code, upload_id, sha256: chunkgate::resource::hex(&sha), expect_commit: !bad_digest }
+            Outcome {
+                status,
+                code,
+                upload_id,
+                sha256: chunkgate::upstream::resource::hex(&sha),
+                expect_commit: !bad_digest,
+            }
         }));
     }
     let mut outcomes = Vec::new();

@@ -24,9 +24,9 @@ use tokio::{io::AsyncReadExt, sync::mpsc};
 use crate::{
     body::{Body, BoxError},
     config::Config,
-    gateway,
-    resource::hex,
+    edge::gateway,
     sim::{self, SimConfig, config::Storage},
+    upstream::resource::hex,
 };
 
 /// What the demo is asked to do.

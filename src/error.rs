@@ -12,7 +12,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::{
     body::{self, Body},
-    envelope::Dialect,
+    config::Dialect,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

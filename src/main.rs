@@ -3,9 +3,8 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use chunkgate::{
-    config::{Config, EXIT_BAD_CONFIG, Scheduler},
-    envelope::Dialect,
-    gateway,
+    config::{Config, Dialect, EXIT_BAD_CONFIG, Scheduler},
+    edge::gateway,
     sim::{self, config::Storage},
     telemetry,
 };

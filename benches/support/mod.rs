@@ -224,7 +224,7 @@ pub async fn direct_with(client: &HttpClient, sim: &str, size: u64, part: usize,
 
 /// A part's JSON body, written by the gateway's own encoder (base64-simd, no zero-fill).
 pub fn chunkgate_part_json(raw: &[u8]) -> Bytes {
-    Bytes::from(chunkgate::upload::part::encode(raw))
+    Bytes::from(chunkgate::pipeline::part::encode(raw))
 }
 
 pub fn random(len: usize) -> Vec<u8> {

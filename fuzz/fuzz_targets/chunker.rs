@@ -13,7 +13,7 @@ use std::{
 
 use base64::Engine;
 use bytes::Bytes;
-use chunkgate::upload::{chunker::Chunker, pool::BufferPool};
+use chunkgate::pipeline::{chunker::Chunker, pool::BufferPool};
 use http_body::Frame;
 use libfuzzer_sys::fuzz_target;
 use sha2::{Digest, Sha256};

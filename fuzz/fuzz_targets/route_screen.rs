@@ -3,7 +3,7 @@
 //! the path's own segments and well formed.
 #![no_main]
 
-use chunkgate::route;
+use chunkgate::edge::target as route;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: (u8, bool, &str)| {

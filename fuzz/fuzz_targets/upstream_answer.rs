@@ -2,7 +2,7 @@
 #![no_main]
 
 use bytes::Bytes;
-use chunkgate::{envelope::Dialect, upstream::Answer};
+use chunkgate::{config::Dialect, upstream::Answer};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: (u16, bool, &[u8])| {
@@ -14,5 +14,5 @@ fuzz_target!(|input: (u16, bool, &[u8])| {
         let _ = (resource.is_committed(), resource.max_parts(), resource.max_total(), resource.part_size(0));
     }
     let _ = answer.error_code(dialect);
-    let _ = chunkgate::retry::is_throttle(&answer, dialect);
+    let _ = chunkgate::policy::retry::is_throttle(&answer, dialect);
 });

@@ -24,7 +24,7 @@ use self::{faults::Injector, ratelimit::RateCounters, store::Store};
 /// The simulator's settings live with the others (`config::sim`), so that the settings do not
 /// depend on the simulator.
 pub use crate::config::sim::{self as config, SimConfig};
-use crate::server::{self, ConnLimits, Stopper};
+use crate::edge::listener::{self as server, ConnLimits, Stopper};
 
 /// The simulator's state, shared by every connection.
 pub struct Sim {
@@ -37,7 +37,7 @@ pub struct Sim {
     stats: Stats,
     /// Request bodies are read into reused buffers and their parts decoded in place (fresh
     /// multi-megabyte buffers per request cost more in page faults than the decoding itself).
-    buffers: Arc<crate::upload::pool::BufferPool>,
+    buffers: Arc<crate::pipeline::pool::BufferPool>,
 }
 
 /// Most bytes of idle body buffers the simulator keeps.
@@ -65,7 +65,7 @@ impl Sim {
             faults: Injector::new(config.faults.clone()),
             clock_offset: AtomicI64::new(0),
             stats: Stats::default(),
-            buffers: crate::upload::pool::BufferPool::new(IDLE_BUFFER_BYTES),
+            buffers: crate::pipeline::pool::BufferPool::new(IDLE_BUFFER_BYTES),
             config,
         })
     }

@@ -13,7 +13,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::sim::{BoolStyle, Limits, Storage};
-use crate::resource::{ChunkedUpload, Part, hex};
+use crate::upstream::resource::{ChunkedUpload, Part, hex};
 
 /// A refusal, with the code the simulator answers it with. DocuSign publishes no codes for the chunk
 /// rules; every `CHUNKED_UPLOAD_*` code here is the simulator's own invention.

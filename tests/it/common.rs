@@ -5,7 +5,7 @@ use bytes::Bytes;
 use chunkgate::{
     body::Body,
     config::Config,
-    gateway,
+    edge::gateway,
     sim::{self, SimConfig},
 };
 use http::{HeaderMap, Method, Request, StatusCode};
@@ -79,7 +79,7 @@ impl Http {
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
-    chunkgate::resource::hex(&Sha256::digest(data))
+    chunkgate::upstream::resource::hex(&Sha256::digest(data))
 }
 
 /// Deterministic, non-repeating-looking test bytes.
@@ -185,8 +185,8 @@ impl SimApi {
     /// The resource in a success body, whatever the dialect.
     pub fn dialect_data(&self, v: Value) -> Value {
         match self.running.sim.dialect() {
-            chunkgate::envelope::Dialect::Docusign => v,
-            chunkgate::envelope::Dialect::Wrapped => v["data"].clone(),
+            chunkgate::config::Dialect::Docusign => v,
+            chunkgate::config::Dialect::Wrapped => v["data"].clone(),
         }
     }
 

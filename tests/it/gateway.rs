@@ -3,7 +3,7 @@
 use base64::Engine;
 use bytes::Bytes;
 use chunkgate::{
-    envelope::Dialect,
+    config::Dialect,
     sim::{SimConfig, config::LimitOverrides},
 };
 use http::{Method, StatusCode};

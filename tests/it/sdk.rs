@@ -96,7 +96,7 @@ async fn the_documented_sidecar_setup_changes_only_the_sdks_scheme_host_and_port
     config.upstream.base_url = sim.running.url();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.admin.listen = "127.0.0.1:0".parse().unwrap();
-    let gw = chunkgate::gateway::spawn(config).await.unwrap();
+    let gw = chunkgate::edge::gateway::spawn(config).await.unwrap();
     let base = format!("{}/restapi", gw.url());
     let python = run_sdk_script(&base, &[]).await;
     let node = run_node_sdk_script(&base).await;

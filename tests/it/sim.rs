@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use chunkgate::{
-    envelope::Dialect,
+    config::Dialect,
     sim::{
         SimConfig,
         config::{BoolStyle, LimitOverrides, Limits, Storage},

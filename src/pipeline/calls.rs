@@ -9,9 +9,9 @@ use http::StatusCode;
 
 use crate::{
     error::GatewayError,
-    retry::{Class, RetryPolicy, classify, exhausted},
+    policy::retry::{Class, RetryPolicy, classify, exhausted},
     telemetry,
-    upstream::{Account, Answer, CallError, Upstream},
+    upstream::{Answer, CallError, Upstream, client::Account},
 };
 
 /// Why an upload ended after create; either way the upstream upload is deleted.
@@ -66,7 +66,7 @@ impl Calls {
     /// retryable failures go round again while the attempts allow.
     async fn step(
         &self,
-        tries: &mut crate::retry::Attempts<'_>,
+        tries: &mut crate::policy::retry::Attempts<'_>,
         class: Class,
         result: Result<Answer, CallError>,
     ) -> Step {
@@ -246,7 +246,7 @@ impl Calls {
 }
 
 /// A part's answer lists the parts received so far; ours must be there with our size.
-fn check_listed(answer: &Answer, dialect: crate::envelope::Dialect, seq: u32, len: u64) -> Result<(), Abort> {
+fn check_listed(answer: &Answer, dialect: crate::upstream::dialect::Dialect, seq: u32, len: u64) -> Result<(), Abort> {
     let resource = answer.resource(dialect).map_err(GatewayError::UpstreamBadResponse)?;
     if resource.chunked_upload_parts.is_empty() {
         return Ok(());

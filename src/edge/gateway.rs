@@ -11,13 +11,15 @@ use subtle::ConstantTimeEq;
 
 use crate::{
     body::{Body, BoxError},
-    caller::{Caller, PerKey},
     config::Config,
+    edge::{
+        caller::{Caller, PerKey},
+        listener::{self as server, Connections, Stopper},
+        passthrough as proxy,
+        target::{self as route, ApiTarget, Chunked},
+    },
     error::GatewayError,
-    proxy,
-    route::{self, ApiTarget, Chunked},
-    server::{self, Connections, Stopper},
-    upload::Uploads,
+    ingress::streamed::Uploads,
     upstream::Upstream,
 };
 
@@ -46,7 +48,7 @@ impl Gateway {
     pub fn new(config: Config) -> Result<Arc<Self>, String> {
         // Installed before any traffic: what is recorded before a recorder exists is lost.
         crate::telemetry::metrics_handle();
-        let limits = crate::ratelimit::RateLimits::new(config.rate_limit.clone());
+        let limits = crate::policy::pacing::RateLimits::new(config.rate_limit.clone());
         let upstream = Arc::new(Upstream::new(&config.upstream, limits)?);
         let uploads = Uploads::new(&config);
         let caller_keys = config.server.caller_keys.iter().map(|k| Sha256::digest(k.0.as_bytes()).into()).collect();
@@ -208,7 +210,7 @@ fn transfer_coding(headers: &HeaderMap) -> Result<(), GatewayError> {
 
 /// The whole answer to a request hyper refused while reading it (see `canned`), with a body in
 /// the dialect's error shape like every other answer the gateway makes.
-fn framing_answer(dialect: crate::envelope::Dialect, limit: usize) -> crate::canned::Render {
+fn framing_answer(dialect: crate::upstream::dialect::Dialect, limit: usize) -> crate::edge::canned::Render {
     Arc::new(move |status: http::StatusCode| {
         let err = match status.as_u16() {
             431 => GatewayError::HeadersTooLarge { limit },
@@ -285,7 +287,7 @@ pub async fn run_with_admin(
     shutdown: impl Future<Output = ()>,
 ) {
     let (mut admin_stop, admin_stopped) = Stopper::new();
-    let admin = tokio::spawn(crate::admin::run(admin, gateway.clone(), admin_stopped));
+    let admin = tokio::spawn(crate::edge::admin::run(admin, gateway.clone(), admin_stopped));
     run(listener, gateway, shutdown).await;
     admin_stop.stop();
     let _ = admin.await;

@@ -5,14 +5,6 @@
 //! the stream is checked against the client's `Content-Digest` and the upstream's checksum; then
 //! the upload is committed. Any failure after create deletes the upstream upload.
 
-mod calls;
-pub mod chunker;
-mod digest;
-mod hasher;
-pub mod part;
-pub mod pool;
-pub mod presence;
-
 use std::{
     collections::HashMap,
     sync::{
@@ -31,22 +23,29 @@ use tokio::{
 };
 use tracing::Instrument;
 
-use self::{
-    calls::{Abort, Calls},
-    chunker::{ChunkError, Chunker, Part},
-    pool::BufferPool,
-    presence::Client,
-};
 use crate::{
     body::Body,
-    caller::{Caller, PerKey},
     config::{Config, QuotaConfig, UploadConfig},
+    edge::{
+        caller::{Caller, PerKey},
+        target::ApiTarget,
+    },
     error::{Cleanup, Deletion, GatewayError},
-    resource::{ChunkedUpload, hex},
-    retry::RetryPolicy,
-    route::{ApiTarget, valid_upload_id},
+    ids::valid_upload_id,
+    pipeline::{
+        calls::{Abort, Calls},
+        chunker::{ChunkError, Chunker, Part},
+        digest, part,
+        pool::BufferPool,
+        presence::{self, Client},
+    },
+    policy::retry::RetryPolicy,
     telemetry,
-    upstream::{Account, Answer, Upstream},
+    upstream::{
+        Answer, Upstream,
+        client::Account,
+        resource::{ChunkedUpload, hex},
+    },
 };
 
 /// Header a client sets to `false` to have its upload left uncommitted (it commits later itself).

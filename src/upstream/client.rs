@@ -22,11 +22,13 @@ use hyper_util::{
 use crate::{
     body::{self, Body, ReadError},
     config::UpstreamConfig,
-    envelope::{Dialect, ErrorBody},
     error::GatewayError,
-    ratelimit::RateLimits,
-    resource::ChunkedUpload,
+    policy::pacing::RateLimits,
     tls,
+    upstream::{
+        dialect::{Dialect, ErrorBody},
+        resource::ChunkedUpload,
+    },
 };
 
 /// Where chunked-upload calls for one client request go, and the token they carry.
@@ -116,7 +118,7 @@ impl Answer {
         let mut response = Response::new(body::full(self.body));
         *response.status_mut() = self.status;
         *response.headers_mut() = self.headers;
-        crate::proxy::strip_hop_by_hop(response.headers_mut());
+        crate::edge::passthrough::strip_hop_by_hop(response.headers_mut());
         // The body was read whole; its length is known again.
         response.headers_mut().remove(header::TRANSFER_ENCODING);
         response
@@ -128,7 +130,7 @@ impl Answer {
         if matches!(self.parse(dialect), Ok(Parsed::Error(_))) {
             return self.into_response();
         }
-        let err = if crate::retry::is_throttle_status(self.status) {
+        let err = if crate::policy::retry::is_throttle_status(self.status) {
             let after = self
                 .headers
                 .get(header::RETRY_AFTER)

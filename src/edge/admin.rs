@@ -13,8 +13,10 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::{
     body::{self, Body, BoxError},
-    gateway::Gateway,
-    server::{self, ConnLimits, Connections},
+    edge::{
+        gateway::Gateway,
+        listener::{self as server, ConnLimits, Connections},
+    },
     telemetry,
 };
 

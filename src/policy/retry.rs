@@ -21,8 +21,8 @@ use std::{
 use http::StatusCode;
 
 use crate::{
+    config::Dialect,
     config::RetryConfig,
-    envelope::Dialect,
     error::GatewayError,
     upstream::{Answer, CallError},
 };

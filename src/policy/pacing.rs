@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::{
     config::RateLimitConfig,
-    retry::{BURST_LIMIT_CODE, HOURLY_LIMIT_CODE, is_throttle_code, is_throttle_status},
+    policy::retry::{BURST_LIMIT_CODE, HOURLY_LIMIT_CODE, is_throttle_code, is_throttle_status},
 };
 
 type Direct = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;

@@ -37,7 +37,10 @@ mod tests {
         // sha-256 of "hello world", from RFC 9530's examples style.
         let v = "sha-512=:abc:, sha-256=:uU0nuZNNPgilLlLX2n2r+sSE7+N6U4DukIj3rOLvzek=:";
         let got = sha256_of(&headers(v)).unwrap().unwrap();
-        assert_eq!(crate::resource::hex(&got), "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9");
+        assert_eq!(
+            crate::upstream::resource::hex(&got),
+            "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
+        );
         assert_eq!(sha256_of(&HeaderMap::new()), Ok(None));
         assert_eq!(sha256_of(&headers("sha-512=:abc:")), Ok(None));
         assert_eq!(sha256_of(&headers("sha-256=uU0nuZNNPgilLlLX2n2r+sSE7+N6U4DukIj3rOLvzek=")), Err(()));

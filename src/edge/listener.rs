@@ -26,7 +26,7 @@ use tokio::{
 
 use crate::{
     body::{Body, BoxError},
-    canned::{Canned, Render},
+    edge::canned::{Canned, Render},
 };
 
 /// Connection-level limits shared by every listener of the crate.
