@@ -1,5 +1,6 @@
 //! The admin listener, on an address of its own: `/healthz` (the process answers), `/readyz`
-//! (the upstream is reachable and the gateway is not draining) and `/metrics` (Prometheus text).
+//! (the upstream is reachable, the gateway is not draining and its listener not full) and
+//! `/metrics` (Prometheus text). It knows the gateway only through the small [`Status`] handle.
 
 use std::{
     net::SocketAddr,
@@ -13,10 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::{
     body::{self, Body, BoxError},
-    edge::{
-        gateway::Gateway,
-        listener::{self as server, ConnLimits, Connections},
-    },
+    edge::listener::{self as server, ConnLimits, Connections},
     telemetry,
 };
 
@@ -27,19 +25,31 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Connections the admin listener serves at once.
 const ADMIN_CONNECTIONS: usize = 64;
 
+/// What the admin endpoints need to know of the gateway.
+pub trait Status: Send + Sync {
+    /// Draining after a stop signal: not ready.
+    fn draining(&self) -> bool;
+    /// Every connection slot of the main listener is taken: not ready.
+    fn saturated(&self) -> bool;
+    /// The upstream's `host:port`, to probe whether it can be reached.
+    fn upstream_addr(&self) -> Option<String>;
+    /// Sets the gauges that are read off the gateway when `/metrics` is scraped.
+    fn record_gauges(&self);
+}
+
 /// The last reachability probe of the upstream.
 #[derive(Default)]
 pub struct Probe(Mutex<Option<(Instant, bool)>>);
 
 impl Probe {
     /// Whether a TCP connection to the upstream's host and port opens (cached for [`PROBE_TTL`]).
-    async fn reachable(&self, gw: &Gateway) -> bool {
+    async fn reachable(&self, status: &dyn Status) -> bool {
         if let Some((at, ok)) = *self.0.lock().unwrap() {
             if at.elapsed() < PROBE_TTL {
                 return ok;
             }
         }
-        let ok = match gw.upstream.host_port() {
+        let ok = match status.upstream_addr() {
             Some(addr) => matches!(tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(addr)).await, Ok(Ok(_))),
             None => false,
         };
@@ -49,11 +59,11 @@ impl Probe {
 }
 
 /// Serves the admin endpoints until `shutdown` resolves.
-pub async fn run(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Future<Output = ()>) {
+pub async fn run(listener: TcpListener, status: Arc<dyn Status>, shutdown: impl Future<Output = ()>) {
     let probe = Arc::new(Probe::default());
     let handler = move |req: Request<Incoming>, _peer: SocketAddr| {
-        let (gw, probe) = (gw.clone(), probe.clone());
-        async move { Ok::<_, BoxError>(handle(&gw, &probe, req).await) }
+        let (status, probe) = (status.clone(), probe.clone());
+        async move { Ok::<_, BoxError>(handle(status.as_ref(), &probe, req).await) }
     };
     // Probes come every few seconds: a short time to send a request, and idle connections close
     // to make room when all are taken, so silent sockets cannot starve /healthz.
@@ -66,26 +76,26 @@ pub async fn run(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Future<
     server::serve(listener, limits, handler, shutdown, Duration::from_secs(1), || {}).await;
 }
 
-async fn handle(gw: &Gateway, probe: &Probe, req: Request<Incoming>) -> Response<Body> {
+async fn handle(status: &dyn Status, probe: &Probe, req: Request<Incoming>) -> Response<Body> {
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
-            if gw.uploads.is_draining() {
+            if status.draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-            } else if gw.connections.saturated() {
+            } else if status.saturated() {
                 // Every connection slot is taken: new clients wait in the backlog.
                 text(StatusCode::SERVICE_UNAVAILABLE, "saturated\n")
-            } else if !probe.reachable(gw).await {
+            } else if !probe.reachable(status).await {
                 text(StatusCode::SERVICE_UNAVAILABLE, "upstream unreachable\n")
             } else {
                 text(StatusCode::OK, "ready\n")
             }
         }
         "/metrics" => {
-            record_gauges(gw);
+            status.record_gauges();
             let mut response = text(StatusCode::OK, &telemetry::metrics_handle().render());
             response
                 .headers_mut()
@@ -93,23 +103,6 @@ async fn handle(gw: &Gateway, probe: &Probe, req: Request<Incoming>) -> Response
             response
         }
         _ => text(StatusCode::NOT_FOUND, "not found: /healthz, /readyz, /metrics\n"),
-    }
-}
-
-/// Gauges are read off the gateway when scraped.
-fn record_gauges(gw: &Gateway) {
-    metrics::gauge!(telemetry::UPLOADS_IN_FLIGHT).set(gw.uploads.active() as f64);
-    metrics::gauge!(telemetry::PARTS_IN_FLIGHT).set(gw.uploads.parts_in_flight() as f64);
-    metrics::gauge!(telemetry::BYTES_IN_FLIGHT).set(gw.uploads.bytes_in_flight() as f64);
-    metrics::gauge!(telemetry::CONNECTIONS_OPEN).set(gw.connections.open() as f64);
-    for (account, remaining) in gw.upstream.limits.remaining() {
-        if let Some(v) = remaining.hourly {
-            metrics::gauge!(telemetry::RATELIMIT_REMAINING, "account" => account.clone(), "window" => "hourly")
-                .set(v as f64);
-        }
-        if let Some(v) = remaining.burst {
-            metrics::gauge!(telemetry::RATELIMIT_REMAINING, "account" => account, "window" => "burst").set(v as f64);
-        }
     }
 }
 

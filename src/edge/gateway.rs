@@ -13,13 +13,17 @@ use crate::{
     body::{Body, BoxError},
     config::Config,
     edge::{
-        caller::{Caller, PerKey},
         listener::{self as server, Connections, Stopper},
         passthrough as proxy,
         target::{self as route, ApiTarget, Chunked},
     },
     error::GatewayError,
-    ingress::streamed::Uploads,
+    ingress::streamed::{Destination, Uploads},
+    policy::{
+        callers::{Caller, PerKey},
+        pacing::{LocalPacing, Pacing},
+        quota::LocalQuota,
+    },
     upstream::Upstream,
 };
 
@@ -27,6 +31,8 @@ use crate::{
 pub struct Gateway {
     pub config: Config,
     pub upstream: Arc<Upstream>,
+    /// The pacing of the accounts' upstream calls, handed to the uploads and used by the passthrough.
+    pub pacing: Arc<dyn Pacing>,
     pub uploads: Uploads,
     /// The main listener's open connections (readiness reports a full listener).
     pub connections: Arc<Connections>,
@@ -48,9 +54,10 @@ impl Gateway {
     pub fn new(config: Config) -> Result<Arc<Self>, String> {
         // Installed before any traffic: what is recorded before a recorder exists is lost.
         crate::telemetry::metrics_handle();
-        let limits = crate::policy::pacing::RateLimits::new(config.rate_limit.clone());
-        let upstream = Arc::new(Upstream::new(&config.upstream, limits)?);
-        let uploads = Uploads::new(&config);
+        let upstream = Arc::new(Upstream::new(&config.upstream)?);
+        let pacing: Arc<dyn Pacing> = Arc::new(LocalPacing::new(config.rate_limit.clone()));
+        let quota = Arc::new(LocalQuota::new(config.quota.clone()));
+        let uploads = Uploads::new(&config, pacing.clone(), quota);
         let caller_keys = config.server.caller_keys.iter().map(|k| Sha256::digest(k.0.as_bytes()).into()).collect();
         let tls = config.server.tls_acceptor()?;
         let caller_key_header = HeaderName::from_bytes(config.server.caller_key_header.as_bytes()).map_err(|_| {
@@ -60,6 +67,7 @@ impl Gateway {
         Ok(Arc::new(Self {
             config,
             upstream,
+            pacing,
             uploads,
             connections,
             caller_keys,
@@ -113,7 +121,9 @@ impl Gateway {
             && target.chunked == Some(Chunked { upload: None, part: None })
             && is_document(req.headers())
         {
-            return self.uploads.handle(self.upstream.clone(), req, target, caller).await;
+            let Some(account) = target.account else { return GatewayError::InvalidAccountId.response(dialect) };
+            let to = Destination { prefix: target.prefix, version: target.version, account };
+            return self.uploads.handle(self.upstream.clone(), req, to, caller).await;
         }
         self.passthrough(req, target, caller).await
     }
@@ -135,7 +145,7 @@ impl Gateway {
             return busy();
         };
         let idle = Duration::from_millis(self.config.upload.client_idle_timeout_ms);
-        match proxy::forward(&self.upstream, req, account, idle).await {
+        match proxy::forward(&self.upstream, self.pacing.as_ref(), req, account, idle).await {
             Ok(response) => response,
             Err(err) => {
                 tracing::warn!(code = err.code(), detail = err.detail(), "passthrough failed");
@@ -165,6 +175,40 @@ impl Gateway {
         match (presented, found) {
             (Some(_), Some(i)) => Ok(Caller::Key(i)),
             _ => Err(GatewayError::CallerUnauthorized),
+        }
+    }
+}
+
+// === impl Gateway (admin) ===
+
+impl crate::edge::admin::Status for Gateway {
+    fn draining(&self) -> bool {
+        self.uploads.is_draining()
+    }
+
+    fn saturated(&self) -> bool {
+        self.connections.saturated()
+    }
+
+    fn upstream_addr(&self) -> Option<String> {
+        self.upstream.host_port()
+    }
+
+    fn record_gauges(&self) {
+        let gw = self;
+        metrics::gauge!(crate::telemetry::UPLOADS_IN_FLIGHT).set(gw.uploads.active() as f64);
+        metrics::gauge!(crate::telemetry::PARTS_IN_FLIGHT).set(gw.uploads.parts_in_flight() as f64);
+        metrics::gauge!(crate::telemetry::BYTES_IN_FLIGHT).set(gw.uploads.bytes_in_flight() as f64);
+        metrics::gauge!(crate::telemetry::CONNECTIONS_OPEN).set(gw.connections.open() as f64);
+        for (account, remaining) in gw.pacing.remaining() {
+            if let Some(v) = remaining.hourly {
+                metrics::gauge!(crate::telemetry::RATELIMIT_REMAINING, "account" => account.clone(), "window" => "hourly")
+                .set(v as f64);
+            }
+            if let Some(v) = remaining.burst {
+                metrics::gauge!(crate::telemetry::RATELIMIT_REMAINING, "account" => account, "window" => "burst")
+                    .set(v as f64);
+            }
         }
     }
 }

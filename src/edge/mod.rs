@@ -1,7 +1,6 @@
 //! The edge: where requests come in and are told apart.
 
 pub mod admin; // the admin listener: /healthz, /readyz, /metrics, over a small status handle
-pub mod caller; // who is calling, and requests running per caller and per account
 pub mod canned; // a body for hyper's own answers to malformed requests
 pub mod gateway; // the gateway: routing each request to an ingress or the passthrough; wiring
 pub mod listener; // accepting connections: limits, idle timers, graceful drain

@@ -10,7 +10,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, Request, Response, header};
+use http::{Request, Response, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -19,43 +19,15 @@ use tokio::{sync::Notify, time::Sleep};
 use crate::{
     body::{Body, BoxError},
     error::GatewayError,
-    upstream::Upstream,
+    policy::pacing::Pacing,
+    upstream::{Upstream, client::strip_hop_by_hop},
 };
 
-/// Headers that belong to one connection (RFC 9110 §7.6.1), never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// Removes hop-by-hop headers, including those the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one look at the names present costs less than eight removals.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
-        return;
-    }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
-}
-
-/// Forwards `req` (paced under `account`) and returns the upstream's answer, or the gateway's
-/// error when there is none.
+/// Forwards `req`, paced under `account` (the one its path names), and returns the upstream's
+/// answer, or the gateway's error when there is none.
 pub async fn forward(
     upstream: &Upstream,
+    pacing: &dyn Pacing,
     req: Request<Incoming>,
     account: &str,
     idle: Duration,
@@ -77,13 +49,19 @@ pub async fn forward(
             w.ended().await;
         }
     };
-    let answer = upstream.send(Request::from_parts(parts, body), account, sent).await;
+    pacing
+        .acquire(account, pacing.default_deadline())
+        .await
+        .map_err(|wait| GatewayError::RateLimited { retry_after: wait })?;
+    let answer = upstream.send(Request::from_parts(parts, body), sent).await;
     let response = match answer {
         Ok(response) => response,
         // The client's body failed first: that is the cause, whatever the upstream call saw.
         Err(err) => return Err(watch.and_then(|w| w.fault()).unwrap_or_else(|| GatewayError::from(&err))),
     };
     let (mut parts, incoming) = response.into_parts();
+    // The body is streamed, not read: throttling is seen by its status and headers.
+    pacing.observe(account, parts.status, &parts.headers, None);
     crate::telemetry::passthrough(parts.status);
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, incoming.map_err(Into::into).boxed()))

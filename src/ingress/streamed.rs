@@ -6,9 +6,8 @@
 //! the upload is committed. Any failure after create deletes the upstream upload.
 
 use std::{
-    collections::HashMap,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, SystemTime},
@@ -25,11 +24,7 @@ use tracing::Instrument;
 
 use crate::{
     body::Body,
-    config::{Config, QuotaConfig, UploadConfig},
-    edge::{
-        caller::{Caller, PerKey},
-        target::ApiTarget,
-    },
+    config::{Config, UploadConfig},
     error::{Cleanup, Deletion, GatewayError},
     ids::valid_upload_id,
     pipeline::{
@@ -39,14 +34,28 @@ use crate::{
         pool::BufferPool,
         presence::{self, Client},
     },
-    policy::retry::RetryPolicy,
+    policy::{
+        callers::{Caller, PerKey},
+        pacing::Pacing,
+        quota::{Lease, Quota},
+        retry::RetryPolicy,
+    },
     telemetry,
     upstream::{
         Answer, Upstream,
-        client::Account,
+        client::UploadRoute,
         resource::{ChunkedUpload, hex},
     },
 };
+
+/// Where a streamed upload goes: the parts of its request target the upstream needs.
+#[derive(Clone, Copy, Debug)]
+pub struct Destination<'a> {
+    /// Everything before `/v2.1` or `/v2` in the client's path.
+    pub prefix: &'a str,
+    pub version: &'a str,
+    pub account: &'a str,
+}
 
 /// Header a client sets to `false` to have its upload left uncommitted (it commits later itself).
 pub const NO_COMMIT_HEADER: &str = "x-chunkgate-commit";
@@ -60,23 +69,18 @@ const ASSUMED_LIFETIME: Duration = Duration::from_secs(20 * 60);
 /// Time given to deleting an upload after a failure.
 const DELETE_WINDOW: Duration = Duration::from_secs(30);
 
-/// Per account: uploads running and the bytes they may hold, as the upstream's quota allows.
-struct AccountQuota {
-    uploads: Arc<Semaphore>,
-    /// KiB.
-    bytes: Arc<Semaphore>,
-}
-
 /// Shared state of all uploads: limits, buffers, and the switches of a drain.
 pub struct Uploads {
     /// The upload settings in force (part sizes held to the upstream's request cap).
     config: UploadConfig,
-    quota: QuotaConfig,
+    /// Seconds an upload waits for its account's quota.
+    quota_wait: Duration,
     retry: Arc<RetryPolicy>,
+    pacing: Arc<dyn Pacing>,
+    quota: Arc<dyn Quota>,
     slots: Arc<Semaphore>,
     /// Budget in KiB (a semaphore counts in u32).
     budget: Arc<Semaphore>,
-    accounts: Mutex<HashMap<String, Arc<AccountQuota>>>,
     /// Part PUTs on the wire now, over all uploads.
     parts_in_flight: Arc<AtomicUsize>,
     pool: Arc<BufferPool>,
@@ -127,7 +131,8 @@ struct Opened {
 // === impl Uploads ===
 
 impl Uploads {
-    pub fn new(config: &Config) -> Self {
+    /// The uploads of a gateway, under the policies it hands them.
+    pub fn new(config: &Config, pacing: Arc<dyn Pacing>, quota: Arc<dyn Quota>) -> Self {
         let c = config.effective_upload();
         let kib = (c.memory_budget_bytes / 1024).clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         let budget = Arc::new(Semaphore::new(kib));
@@ -137,12 +142,13 @@ impl Uploads {
         Self {
             slots: Arc::new(Semaphore::new(c.max_uploads)),
             budget: budget.clone(),
-            accounts: Mutex::new(HashMap::new()),
             parts_in_flight: Arc::new(AtomicUsize::new(0)),
             // Idle buffers are memory too: at most a quarter of the budget, and only what it has free.
             pool: BufferPool::within(c.memory_budget_bytes / 4, budget.clone()),
             retry: Arc::new(RetryPolicy::new(config.retry.clone())),
-            quota: config.quota.clone(),
+            quota_wait: Duration::from_secs(config.quota.wait_secs),
+            pacing,
+            quota,
             draining: AtomicBool::new(false),
             cancel: watch::channel(false).0,
             callers: PerKey::new(),
@@ -184,30 +190,13 @@ impl Uploads {
         self.cancel.send_replace(true);
     }
 
-    fn account_quota(&self, account: &str) -> Arc<AccountQuota> {
-        let mut map = self.accounts.lock().unwrap();
-        map.entry(account.to_owned())
-            .or_insert_with(|| {
-                Arc::new(AccountQuota {
-                    uploads: Arc::new(Semaphore::new(self.quota.uploads_per_account as usize)),
-                    bytes: Arc::new(Semaphore::new(self.quota_kib() as usize)),
-                })
-            })
-            .clone()
-    }
-
-    /// The account byte quota in KiB, the unit of its semaphore.
-    fn quota_kib(&self) -> u64 {
-        (self.quota.bytes_per_account / 1024).clamp(1, u32::MAX as u64)
-    }
-
     /// Checks what can be checked before any upstream call, waits for the account's turn, then
     /// runs the upload in its own task, so that a client going away cannot stop the cleanup.
     pub async fn handle(
         &self,
         upstream: Arc<Upstream>,
         req: Request<Incoming>,
-        t: ApiTarget<'_>,
+        to: Destination<'_>,
         caller: Caller,
     ) -> Response<Body> {
         let dialect = upstream.dialect;
@@ -221,7 +210,7 @@ impl Uploads {
         if self.is_draining() {
             return refuse(GatewayError::ShuttingDown);
         }
-        let job = match self.admit(upstream, &req, t) {
+        let job = match self.admit(upstream, &req, to) {
             Ok(job) => job,
             Err(err) => return refuse(err),
         };
@@ -239,7 +228,7 @@ impl Uploads {
         let cancel = self.cancel.subscribe();
         let span = tracing::info_span!(
             "upload",
-            account = %job.calls.acct.id,
+            account = %job.calls.route.account,
             upload_id = tracing::field::Empty,
             bytes = tracing::field::Empty,
         );
@@ -260,24 +249,20 @@ impl Uploads {
     }
 
     /// The account's share of the upstream quota: waits for its turn, for a bounded time.
-    async fn wait_turn(&self, job: &Job) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), GatewayError> {
-        let quota = self.account_quota(&job.calls.acct.id);
-        let wanted = job.declared.unwrap_or(self.config.max_document_bytes).min(self.quota.bytes_per_account);
-        let kib = wanted.div_ceil(1024).clamp(1, self.quota_kib()) as u32;
-        let wait = Duration::from_secs(self.quota.wait_secs);
+    async fn wait_turn(&self, job: &Job) -> Result<Lease, GatewayError> {
+        let bytes = job.declared.unwrap_or(self.config.max_document_bytes);
         let queued = std::time::Instant::now();
-        let turn = tokio::time::timeout(wait, async {
-            let upload = quota.uploads.clone().acquire_owned().await.expect("never closed");
-            let bytes = quota.bytes.clone().acquire_many_owned(kib).await.expect("never closed");
-            (upload, bytes)
-        })
-        .await;
+        let lease = self.quota.lease(&job.calls.route.account, bytes, self.quota_wait).await;
         metrics::histogram!(telemetry::QUEUE_WAIT).record(queued.elapsed().as_secs_f64());
-        turn.map_err(|_| GatewayError::GatewayBusy { retry_after: wait.max(Duration::from_secs(1)) })
+        lease.ok_or(GatewayError::GatewayBusy { retry_after: self.quota_wait.max(Duration::from_secs(1)) })
     }
 
-    fn admit(&self, upstream: Arc<Upstream>, req: &Request<Incoming>, t: ApiTarget<'_>) -> Result<Job, GatewayError> {
-        let account = t.account.ok_or(GatewayError::InvalidAccountId)?;
+    fn admit(
+        &self,
+        upstream: Arc<Upstream>,
+        req: &Request<Incoming>,
+        to: Destination<'_>,
+    ) -> Result<Job, GatewayError> {
         let auth = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -303,18 +288,19 @@ impl Uploads {
         }
         let client_digest = digest::sha256_of(req.headers()).map_err(|()| GatewayError::BadContentDigest)?;
         let commit = !req.headers().get(NO_COMMIT_HEADER).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"false"));
-        let deadline = upstream.limits.default_deadline();
         Ok(Job {
             calls: Calls {
                 upstream,
                 retry: self.retry.clone(),
-                acct: Account {
-                    prefix: t.prefix.to_owned(),
-                    version: t.version.to_owned(),
-                    id: account.to_owned(),
+                pacing: self.pacing.clone(),
+                route: UploadRoute {
+                    prefix: to.prefix.to_owned(),
+                    version: to.version.to_owned(),
+                    account: to.account.to_owned(),
                     auth,
-                    deadline,
                 },
+                // Until create announces the upload's expiry, the longest a call may wait.
+                deadline: self.pacing.default_deadline(),
             },
             config: self.config.clone(),
             budget: self.budget.clone(),
@@ -437,7 +423,7 @@ impl Job {
         let expiry = Instant::now() + left;
         // Calls stop this long before the upload expires; less than that to live is too little.
         let margin = EXPIRY_MARGIN.min(self.finish_reserve);
-        self.calls.acct.deadline = expiry - margin.min(left);
+        self.calls.deadline = expiry - margin.min(left);
         // The rest of the body must arrive in time for the finish to run before the upload expires.
         let reserve = self.finish_reserve.min(left / 2);
         chunker.set_deadline(expiry - reserve, self.began);
@@ -605,7 +591,7 @@ impl Job {
         let deletion = if let Abort::Gateway(GatewayError::RateLimited { .. }) = abort {
             // The account is paused: the delete waits for the pause in the background, for as long
             // as the upload lives, and the client hears now.
-            let (calls, id, until) = (self.calls.clone(), id.to_owned(), self.calls.acct.deadline + EXPIRY_MARGIN);
+            let (calls, id, until) = (self.calls.clone(), id.to_owned(), self.calls.deadline + EXPIRY_MARGIN);
             tokio::spawn(
                 async move {
                     let deleted = calls.delete(&id, until).await;

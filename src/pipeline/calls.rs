@@ -2,16 +2,20 @@
 //! outcome is unknown the upload is looked up before anything is sent again: the upstream refuses to
 //! replace a part, so a part that did arrive must not be sent twice, and is never renumbered.
 
-use std::sync::Arc;
+use std::{future::Future, sync::Arc};
 
 use bytes::Bytes;
 use http::StatusCode;
+use tokio::time::Instant;
 
 use crate::{
     error::GatewayError,
-    policy::retry::{Class, RetryPolicy, classify, exhausted},
+    policy::{
+        pacing::Pacing,
+        retry::{Class, RetryPolicy, classify, exhausted},
+    },
     telemetry,
-    upstream::{Answer, CallError, Upstream, client::Account},
+    upstream::{Answer, CallError, Upstream, client::UploadRoute},
 };
 
 /// Why an upload ended after create; either way the upstream upload is deleted.
@@ -34,12 +38,15 @@ enum Seen {
     Absent,
 }
 
-/// One upload's view of the upstream.
+/// One upload's view of the upstream: where its calls go, and the policies they run under.
 #[derive(Clone)]
 pub struct Calls {
     pub upstream: Arc<Upstream>,
     pub retry: Arc<RetryPolicy>,
-    pub acct: Account,
+    pub pacing: Arc<dyn Pacing>,
+    pub route: UploadRoute,
+    /// Nothing is attempted after this (the upload's expiry, less a margin).
+    pub deadline: Instant,
 }
 
 /// What an attempt's class says to do when no reconciliation applies.
@@ -51,11 +58,26 @@ enum Step {
 // === impl Calls ===
 
 impl Calls {
-    /// The account as one call sees it: it waits for rate-limit permits no longer than
-    /// `rate_limit.max_wait_secs`, nor past the upload's deadline.
-    fn acct(&self) -> Account {
-        let deadline = self.acct.deadline.min(self.upstream.limits.default_deadline());
-        Account { deadline, ..self.acct.clone() }
+    /// One call under the pacing: a permit first (waiting no longer than `rate_limit.max_wait_secs`,
+    /// nor past the upload's deadline), then the call, then its answer shown to the pacing.
+    async fn paced(&self, call: impl Future<Output = Result<Answer, CallError>>) -> Result<Answer, CallError> {
+        self.paced_until(self.deadline.min(self.pacing.default_deadline()), call).await
+    }
+
+    /// The same, waiting for a permit until `deadline`.
+    async fn paced_until(
+        &self,
+        deadline: Instant,
+        call: impl Future<Output = Result<Answer, CallError>>,
+    ) -> Result<Answer, CallError> {
+        let account = &self.route.account;
+        self.pacing.acquire(account, deadline).await.map_err(CallError::RateLimited)?;
+        let result = call.await;
+        if let Ok(answer) = &result {
+            let code = if answer.status.is_client_error() { answer.error_code(self.upstream.dialect) } else { None };
+            self.pacing.observe(account, answer.status, &answer.headers, code.as_deref());
+        }
+        result
     }
 
     fn refused(answer: Answer) -> Result<Answer, Abort> {
@@ -96,9 +118,9 @@ impl Calls {
     /// have made cannot be found again (no id was seen and the API cannot list uploads). One client
     /// request so makes at most one upload whose fate is unknown; it expires upstream.
     pub async fn create(&self, json: &Bytes) -> Result<Answer, Abort> {
-        let mut tries = self.retry.attempts(self.acct.deadline);
+        let mut tries = self.retry.attempts(self.deadline);
         loop {
-            let result = self.upstream.create(&self.acct(), json.clone()).await;
+            let result = self.paced(self.upstream.create(&self.route, json.clone())).await;
             let class = classify(&result, self.upstream.dialect);
             if class == Class::Ambiguous {
                 tracing::warn!(status = status_of(&result), outcome = %describe(&result), "create outcome unknown; not sent again");
@@ -120,9 +142,9 @@ impl Calls {
 
     /// GET the upload (with its checksum when asked); idempotent, so simply retried.
     pub async fn get(&self, id: &str, checksum: bool) -> Result<Answer, Abort> {
-        let mut tries = self.retry.attempts(self.acct.deadline);
+        let mut tries = self.retry.attempts(self.deadline);
         loop {
-            let result = self.upstream.get(&self.acct(), id, checksum).await;
+            let result = self.paced(self.upstream.get(&self.route, id, checksum)).await;
             let class = classify(&result, self.upstream.dialect);
             if let Step::Done(out) = self.step(&mut tries, class, result).await {
                 return out;
@@ -134,10 +156,10 @@ impl Calls {
     /// sequence on every attempt.
     pub async fn put_part(&self, id: &str, seq: u32, json: &Bytes, len: u64) -> Result<(), Abort> {
         let dialect = self.upstream.dialect;
-        let mut tries = self.retry.attempts(self.acct.deadline);
+        let mut tries = self.retry.attempts(self.deadline);
         let mut maybe_applied = false;
         loop {
-            let result = self.upstream.add_part(&self.acct(), id, seq, json.clone()).await;
+            let result = self.paced(self.upstream.add_part(&self.route, id, seq, json.clone())).await;
             let class = classify(&result, dialect);
             match (class, result) {
                 (Class::Success, Ok(answer)) => {
@@ -188,10 +210,10 @@ impl Calls {
     /// Commit; an unknown outcome is settled by looking at `committed`.
     pub async fn commit(&self, id: &str) -> Result<Answer, Abort> {
         let dialect = self.upstream.dialect;
-        let mut tries = self.retry.attempts(self.acct.deadline);
+        let mut tries = self.retry.attempts(self.deadline);
         let mut maybe_applied = false;
         loop {
-            let result = self.upstream.commit(&self.acct(), id).await;
+            let result = self.paced(self.upstream.commit(&self.route, id)).await;
             let class = classify(&result, dialect);
             // A success must say so: the upload resource, committed. Anything else under a 2xx (an
             // HTML page, `{}`, an error body) is looked at before it is believed.
@@ -221,13 +243,14 @@ impl Calls {
 
     /// Deletes the upload after a failure, so it does not count against the member's quota,
     /// trying until `deadline` (the upload's own may already be spent).
-    pub async fn delete(&self, id: &str, deadline: tokio::time::Instant) -> bool {
-        let acct = Account { deadline, ..self.acct.clone() };
-        let this = Calls { acct, ..self.clone() };
-        let mut tries = this.retry.attempts(this.acct.deadline);
+    pub async fn delete(&self, id: &str, deadline: Instant) -> bool {
+        let this = Calls { deadline, ..self.clone() };
+        let mut tries = this.retry.attempts(this.deadline);
         let mut maybe_applied = false;
         loop {
-            let result = this.upstream.delete(&this.acct, id).await;
+            // The delete may wait for the pacing as long as its own deadline allows (a deferred
+            // delete waits out an account's pause).
+            let result = this.paced_until(deadline, this.upstream.delete(&this.route, id)).await;
             let class = classify(&result, this.upstream.dialect);
             maybe_applied |= class == Class::Ambiguous;
             match (&class, &result) {

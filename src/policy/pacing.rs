@@ -1,5 +1,7 @@
-//! Per-account pacing of upstream calls. Every call (upload parts and passthrough alike) takes a
-//! permit for the burst window and one for the hourly limit.
+//! Per-account pacing of upstream calls, behind the [`Pacing`] trait: every call (upload parts and
+//! passthrough alike) takes a permit for the burst window and one for the hourly limit first, and
+//! every answer is shown to it afterwards. [`LocalPacing`] keeps the counts in this process; one
+//! that shares them between sidecars slots in behind the same trait.
 //!
 //! The burst window is a governor limiter sized so that no window of that length, fixed or
 //! sliding, ever holds more calls than the limit: a tenth of the limit as a burst, the rest spread
@@ -11,7 +13,9 @@
 
 use std::{
     collections::HashMap,
+    future::Future,
     num::NonZeroU32,
+    pin::Pin,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -26,8 +30,29 @@ use tokio::time::Instant;
 
 use crate::{
     config::RateLimitConfig,
-    policy::retry::{BURST_LIMIT_CODE, HOURLY_LIMIT_CODE, is_throttle_code, is_throttle_status},
+    upstream::client::{BURST_LIMIT_CODE, HOURLY_LIMIT_CODE, is_throttle_code, is_throttle_status},
 };
+
+/// A future a policy returns, boxed so that the policy can sit behind `dyn`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The pacing of upstream calls per account: the burst and hourly limits, and the pauses learned
+/// from the upstream's headers and throttling answers.
+pub trait Pacing: Send + Sync {
+    /// Waits for a permit to call the upstream for `account`; when the wait would end after
+    /// `deadline`, says how long the caller should come back after.
+    fn acquire<'a>(&'a self, account: &'a str, deadline: Instant) -> BoxFuture<'a, Result<(), Duration>>;
+
+    /// Learns from an answer: its rate-limit headers, and whether it was throttling (by the rule of
+    /// `upstream::client::is_throttle`; `code` is the error code of a 4xx answer, if any).
+    fn observe(&self, account: &str, status: StatusCode, headers: &HeaderMap, code: Option<&str>);
+
+    /// The latest a call may wait for a permit, from now (`rate_limit.max_wait_secs`).
+    fn default_deadline(&self) -> Instant;
+
+    /// What each account's last answer announced, for metrics.
+    fn remaining(&self) -> Vec<(String, Remaining)>;
+}
 
 type Direct = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
 
@@ -63,7 +88,8 @@ pub struct Remaining {
     pub burst: Option<i64>,
 }
 
-pub struct RateLimits {
+/// This process's own counts.
+pub struct LocalPacing {
     config: RateLimitConfig,
     accounts: Mutex<HashMap<String, Arc<AccountPace>>>,
     remaining: Mutex<HashMap<String, Remaining>>,
@@ -79,16 +105,29 @@ fn quota(limit: u32, window: Duration) -> Quota {
     Quota::with_period(period).expect("period is above zero").allow_burst(NonZeroU32::new(burst).expect("at least one"))
 }
 
-// === impl RateLimits ===
+// === impl LocalPacing ===
 
-impl RateLimits {
-    pub fn new(config: RateLimitConfig) -> Self {
-        Self { config, accounts: Mutex::new(HashMap::new()), remaining: Mutex::new(HashMap::new()) }
+impl Pacing for LocalPacing {
+    fn acquire<'a>(&'a self, account: &'a str, deadline: Instant) -> BoxFuture<'a, Result<(), Duration>> {
+        Box::pin(async move { self.wait(account, deadline).await.map(|_| ()) })
     }
 
-    /// The latest wait allowed from now.
-    pub fn default_deadline(&self) -> Instant {
+    fn observe(&self, account: &str, status: StatusCode, headers: &HeaderMap, code: Option<&str>) {
+        self.learn(account, status, headers, code);
+    }
+
+    fn default_deadline(&self) -> Instant {
         Instant::now() + Duration::from_secs(self.config.max_wait_secs)
+    }
+
+    fn remaining(&self) -> Vec<(String, Remaining)> {
+        self.remaining.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
+
+impl LocalPacing {
+    pub fn new(config: RateLimitConfig) -> Self {
+        Self { config, accounts: Mutex::new(HashMap::new()), remaining: Mutex::new(HashMap::new()) }
     }
 
     fn pace(&self, account: &str) -> Arc<AccountPace> {
@@ -107,7 +146,7 @@ impl RateLimits {
 
     /// Waits for a permit to call the upstream for `account`. When the wait would end after
     /// `deadline`, returns how long the caller should come back after.
-    pub async fn acquire(&self, account: &str, deadline: Instant) -> Result<Duration, Duration> {
+    async fn wait(&self, account: &str, deadline: Instant) -> Result<Duration, Duration> {
         if !self.config.enabled {
             return Ok(Duration::ZERO);
         }
@@ -141,9 +180,8 @@ impl RateLimits {
         }
     }
 
-    /// Learns from an answer's rate-limit headers and status (throttling by the rule of
-    /// `retry::is_throttle`).
-    pub fn observe(&self, account: &str, status: StatusCode, headers: &HeaderMap, code: Option<&str>) {
+    /// Learns from an answer's rate-limit headers and status.
+    fn learn(&self, account: &str, status: StatusCode, headers: &HeaderMap, code: Option<&str>) {
         let num =
             |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<i64>().ok());
         let remaining = Remaining { hourly: num("x-ratelimit-remaining"), burst: num("x-burstlimit-remaining") };
@@ -186,11 +224,6 @@ impl RateLimits {
             tracing::info!(account, pause_secs = secs, throttled, "pausing upstream calls for the account");
         }
     }
-
-    /// The remaining calls each account's last answer announced.
-    pub fn remaining(&self) -> Vec<(String, Remaining)> {
-        self.remaining.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect()
-    }
 }
 
 #[cfg(test)]
@@ -210,7 +243,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_hourly_limit_is_counted_per_clock_hour() {
-        let rl = RateLimits::new(RateLimitConfig { hourly_limit: 3, burst_limit: 1000, ..RateLimitConfig::default() });
+        let rl = LocalPacing::new(RateLimitConfig { hourly_limit: 3, burst_limit: 1000, ..RateLimitConfig::default() });
         let soon = Instant::now() + Duration::from_secs(5);
         for _ in 0..3 {
             assert!(rl.acquire("1", soon).await.is_ok(), "the whole hourly allowance may be used at once");
@@ -221,7 +254,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_throttling_answer_pauses_the_account_and_a_long_wait_gives_up() {
-        let rl = RateLimits::new(RateLimitConfig { max_wait_secs: 120, ..RateLimitConfig::default() });
+        let rl = LocalPacing::new(RateLimitConfig { max_wait_secs: 120, ..RateLimitConfig::default() });
         let mut headers = HeaderMap::new();
         headers.insert("x-ratelimit-remaining", "0".parse().unwrap());
         let reset = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 600;

@@ -27,8 +27,7 @@ use crate::{
     upstream::{Answer, CallError},
 };
 
-pub const HOURLY_LIMIT_CODE: &str = "HOURLY_APIINVOCATION_LIMIT_EXCEEDED";
-pub const BURST_LIMIT_CODE: &str = "BURST_APIINVOCATION_LIMIT_EXCEEDED";
+pub use crate::upstream::client::{is_throttle, is_throttle_code, is_throttle_status};
 
 /// What a call's outcome means for the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,24 +56,6 @@ pub fn classify(result: &Result<Answer, CallError>, dialect: Dialect) -> Class {
         Err(CallError::RateLimited(wait)) => Class::GiveUp(GatewayError::RateLimited { retry_after: *wait }),
         Err(CallError::Tls(e)) => Class::GiveUp(GatewayError::UpstreamTls(e.clone())),
     }
-}
-
-/// Throttling is told by the error code, not the status alone: DocuSign answered it with 400 for
-/// years and with 429 since 2026. Any 429 counts too, and 444 ("blocked due to excess usage"),
-/// which its front end answers with an HTML page. The rate limiter reads answers by the same rule.
-pub fn is_throttle(a: &Answer, dialect: Dialect) -> bool {
-    is_throttle_status(a.status)
-        || (a.status.is_client_error() && a.error_code(dialect).is_some_and(|c| is_throttle_code(&c)))
-}
-
-/// 429, or 444: throttling whatever the body says.
-pub fn is_throttle_status(status: StatusCode) -> bool {
-    status == StatusCode::TOO_MANY_REQUESTS || status.as_u16() == 444
-}
-
-/// The upstream's throttling error codes.
-pub fn is_throttle_code(code: &str) -> bool {
-    code == HOURLY_LIMIT_CODE || code == BURST_LIMIT_CODE
 }
 
 /// The client-facing error for a call that failed for good without a refusal to pass on. The one

@@ -8,10 +8,8 @@ use std::{
     time::Duration,
 };
 
-use tokio::time::Instant;
-
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header, uri::PathAndQuery};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header, uri::PathAndQuery};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
@@ -23,7 +21,6 @@ use crate::{
     body::{self, Body, ReadError},
     config::UpstreamConfig,
     error::GatewayError,
-    policy::pacing::RateLimits,
     tls,
     upstream::{
         dialect::{Dialect, ErrorBody},
@@ -31,17 +28,15 @@ use crate::{
     },
 };
 
-/// Where chunked-upload calls for one client request go, and the token they carry.
+/// Where the chunked-upload calls of one upload go, and the token they carry.
 #[derive(Clone, Debug)]
-pub struct Account {
+pub struct UploadRoute {
     /// The client's path before `/v2.1`, kept so the upstream sees the same API path.
     pub prefix: String,
     pub version: String,
-    pub id: String,
+    pub account: String,
     /// The client's `Authorization`, forwarded as is and never logged.
     pub auth: HeaderValue,
-    /// Calls wait for rate-limit permits until then at the latest (the upload's lifetime).
-    pub deadline: Instant,
 }
 
 /// An upstream answer, read whole.
@@ -73,6 +68,28 @@ pub enum CallError {
     /// Not sent: the upstream's certificate failed verification. Retrying will not fix it.
     #[error("TLS: {0}")]
     Tls(String),
+}
+
+/// The upstream's throttling error codes.
+pub const HOURLY_LIMIT_CODE: &str = "HOURLY_APIINVOCATION_LIMIT_EXCEEDED";
+pub const BURST_LIMIT_CODE: &str = "BURST_APIINVOCATION_LIMIT_EXCEEDED";
+
+/// Throttling is told by the error code, not the status alone: DocuSign answered it with 400 for
+/// years and with 429 since 2026. Any 429 counts too, and 444 ("blocked due to excess usage"),
+/// which its front end answers with an HTML page. The rate limiter reads answers by the same rule.
+pub fn is_throttle(a: &Answer, dialect: Dialect) -> bool {
+    is_throttle_status(a.status)
+        || (a.status.is_client_error() && a.error_code(dialect).is_some_and(|c| is_throttle_code(&c)))
+}
+
+/// 429, or 444: throttling whatever the body says.
+pub fn is_throttle_status(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || status.as_u16() == 444
+}
+
+/// The upstream's throttling error codes.
+pub fn is_throttle_code(code: &str) -> bool {
+    code == HOURLY_LIMIT_CODE || code == BURST_LIMIT_CODE
 }
 
 /// What a chunked-upload call's answer says.
@@ -118,7 +135,7 @@ impl Answer {
         let mut response = Response::new(body::full(self.body));
         *response.status_mut() = self.status;
         *response.headers_mut() = self.headers;
-        crate::edge::passthrough::strip_hop_by_hop(response.headers_mut());
+        strip_hop_by_hop(response.headers_mut());
         // The body was read whole; its length is known again.
         response.headers_mut().remove(header::TRANSFER_ENCODING);
         response
@@ -130,7 +147,7 @@ impl Answer {
         if matches!(self.parse(dialect), Ok(Parsed::Error(_))) {
             return self.into_response();
         }
-        let err = if crate::policy::retry::is_throttle_status(self.status) {
+        let err = if is_throttle_status(self.status) {
             let after = self
                 .headers
                 .get(header::RETRY_AFTER)
@@ -142,6 +159,36 @@ impl Answer {
         };
         tracing::warn!(status = self.status.as_u16(), code = err.code(), "the upstream refused with a non-API answer");
         err.response(dialect)
+    }
+}
+
+/// Headers that belong to one connection (RFC 9110 §7.6.1), never forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one look at the names present costs less than eight removals.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
     }
 }
 
@@ -199,7 +246,6 @@ pub struct Upstream {
     clients: Clients,
     base: Uri,
     pub dialect: Dialect,
-    pub limits: RateLimits,
     call_timeout: Duration,
     part_timeout: Duration,
     commit_timeout: Duration,
@@ -209,7 +255,7 @@ pub struct Upstream {
 // === impl Upstream ===
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig, limits: RateLimits) -> Result<Self, String> {
+    pub fn new(config: &UpstreamConfig) -> Result<Self, String> {
         let base: Uri = config.base_url.parse().map_err(|e| format!("upstream.base_url: {e}"))?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -225,7 +271,6 @@ impl Upstream {
             clients: Clients { token: Arc::new(()), connector, pool_max_idle: config.pool_max_idle },
             base,
             dialect: config.dialect,
-            limits,
             call_timeout: Duration::from_millis(config.call_timeout_ms),
             part_timeout: Duration::from_millis(config.part_timeout_ms),
             commit_timeout: Duration::from_millis(config.commit_timeout_ms),
@@ -261,16 +306,14 @@ impl Upstream {
         Uri::from_parts(parts).expect("scheme and authority come from a valid base URL")
     }
 
-    /// Sends a request as is, paced under `account` (the one its path names); the passthrough
-    /// uses this. The call timeout starts once `sent` resolves (the request body has been sent),
-    /// so a slow but steady upload is not cut off; a client body that stops is bounded apart.
+    /// Sends a request as is; the passthrough uses this (after its pacing). The call timeout
+    /// starts once `sent` resolves (the request body has been sent), so a slow but steady upload is
+    /// not cut off; a client body that stops is bounded apart.
     pub async fn send(
         &self,
         req: Request<Body>,
-        account: &str,
         sent: impl Future<Output = ()>,
     ) -> Result<Response<Incoming>, CallError> {
-        self.limits.acquire(account, self.limits.default_deadline()).await.map_err(CallError::RateLimited)?;
         let timeout = async {
             sent.await;
             tokio::time::sleep(self.call_timeout).await;
@@ -284,8 +327,6 @@ impl Upstream {
             Ok(Err(err)) => return Err(call_error(&err)),
             Ok(Ok(response)) => response,
         };
-        // The body is streamed, not read: throttling is seen here by its status and headers.
-        self.limits.observe(account, response.status(), response.headers(), None);
         Ok(response)
     }
 
@@ -293,19 +334,18 @@ impl Upstream {
     async fn call(
         &self,
         method: Method,
-        acct: &Account,
+        route: &UploadRoute,
         tail: &str,
         json: Option<Bytes>,
         timeout: Duration,
         op: &'static str,
     ) -> Result<Answer, CallError> {
-        self.limits.acquire(&acct.id, acct.deadline).await.map_err(CallError::RateLimited)?;
         let started = std::time::Instant::now();
-        let path = format!("{}/{}/accounts/{}/chunked_uploads{tail}", acct.prefix, acct.version, acct.id);
+        let path = format!("{}/{}/accounts/{}/chunked_uploads{tail}", route.prefix, route.version, route.account);
         let mut req = Request::builder()
             .method(method)
             .uri(self.uri(&path))
-            .header(header::AUTHORIZATION, acct.auth.clone())
+            .header(header::AUTHORIZATION, route.auth.clone())
             .header(header::ACCEPT, "application/json");
         req = match &json {
             Some(bytes) => {
@@ -329,32 +369,28 @@ impl Upstream {
         };
         let answer = tokio::time::timeout(timeout, exchange).await.map_err(|_| CallError::Timeout(timeout));
         metrics::histogram!(crate::telemetry::UPSTREAM_CALL, "op" => op).record(started.elapsed().as_secs_f64());
-        let answer = answer??;
-        let code = if answer.status.is_client_error() { answer.error_code(self.dialect) } else { None };
-        // One rule for throttling, shared with the classification of outcomes (retry.rs).
-        self.limits.observe(&acct.id, answer.status, &answer.headers, code.as_deref());
-        Ok(answer)
+        answer?
     }
 
-    pub async fn create(&self, acct: &Account, json: Bytes) -> Result<Answer, CallError> {
-        self.call(Method::POST, acct, "", Some(json), self.part_timeout, "create").await
+    pub async fn create(&self, route: &UploadRoute, json: Bytes) -> Result<Answer, CallError> {
+        self.call(Method::POST, route, "", Some(json), self.part_timeout, "create").await
     }
 
-    pub async fn add_part(&self, acct: &Account, id: &str, seq: u32, json: Bytes) -> Result<Answer, CallError> {
-        self.call(Method::PUT, acct, &format!("/{id}/{seq}"), Some(json), self.part_timeout, "add_part").await
+    pub async fn add_part(&self, route: &UploadRoute, id: &str, seq: u32, json: Bytes) -> Result<Answer, CallError> {
+        self.call(Method::PUT, route, &format!("/{id}/{seq}"), Some(json), self.part_timeout, "add_part").await
     }
 
-    pub async fn get(&self, acct: &Account, id: &str, checksum: bool) -> Result<Answer, CallError> {
+    pub async fn get(&self, route: &UploadRoute, id: &str, checksum: bool) -> Result<Answer, CallError> {
         let query = if checksum { "?include=checksum" } else { "" };
-        self.call(Method::GET, acct, &format!("/{id}{query}"), None, self.call_timeout, "get").await
+        self.call(Method::GET, route, &format!("/{id}{query}"), None, self.call_timeout, "get").await
     }
 
-    pub async fn commit(&self, acct: &Account, id: &str) -> Result<Answer, CallError> {
-        self.call(Method::PUT, acct, &format!("/{id}?action=commit"), None, self.commit_timeout, "commit").await
+    pub async fn commit(&self, route: &UploadRoute, id: &str) -> Result<Answer, CallError> {
+        self.call(Method::PUT, route, &format!("/{id}?action=commit"), None, self.commit_timeout, "commit").await
     }
 
-    pub async fn delete(&self, acct: &Account, id: &str) -> Result<Answer, CallError> {
-        self.call(Method::DELETE, acct, &format!("/{id}"), None, self.call_timeout, "delete").await
+    pub async fn delete(&self, route: &UploadRoute, id: &str) -> Result<Answer, CallError> {
+        self.call(Method::DELETE, route, &format!("/{id}"), None, self.call_timeout, "delete").await
     }
 }
 
