@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::Dialect;
+use super::dialect::Dialect;
 
 /// Where uploaded bytes go.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]

@@ -57,7 +57,7 @@ pub async fn forward(
     let response = match answer {
         Ok(response) => response,
         // The client's body failed first: that is the cause, whatever the upstream call saw.
-        Err(err) => return Err(watch.and_then(|w| w.fault()).unwrap_or_else(|| GatewayError::from(&err))),
+        Err(err) => return Err(watch.and_then(|w| w.fault()).unwrap_or_else(|| crate::policy::retry::failed(&err))),
     };
     let (mut parts, incoming) = response.into_parts();
     // The body is streamed, not read: throttling is seen by its status and headers.

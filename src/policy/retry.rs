@@ -63,19 +63,18 @@ pub fn classify(result: &Result<Answer, CallError>, dialect: Dialect) -> Class {
 pub fn exhausted(result: &Result<Answer, CallError>) -> GatewayError {
     match result {
         Ok(a) => GatewayError::UpstreamFailing(a.status),
-        Err(e) => GatewayError::from(e),
+        Err(e) => failed(e),
     }
 }
 
-impl From<&CallError> for GatewayError {
-    fn from(err: &CallError) -> Self {
-        match err {
-            CallError::NotSent(e) | CallError::Broken(e) => GatewayError::UpstreamUnavailable(e.clone()),
-            CallError::Timeout(d) => GatewayError::UpstreamTimeout(*d),
-            CallError::BadAnswer(e) => GatewayError::UpstreamBadResponse(e.clone()),
-            CallError::RateLimited(wait) => GatewayError::RateLimited { retry_after: *wait },
-            CallError::Tls(e) => GatewayError::UpstreamTls(e.clone()),
-        }
+/// The client-facing error for a call that got no answer.
+pub fn failed(err: &CallError) -> GatewayError {
+    match err {
+        CallError::NotSent(e) | CallError::Broken(e) => GatewayError::UpstreamUnavailable(e.clone()),
+        CallError::Timeout(d) => GatewayError::UpstreamTimeout(*d),
+        CallError::BadAnswer(e) => GatewayError::UpstreamBadResponse(e.clone()),
+        CallError::RateLimited(wait) => GatewayError::RateLimited { retry_after: *wait },
+        CallError::Tls(e) => GatewayError::UpstreamTls(e.clone()),
     }
 }
 
