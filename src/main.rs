@@ -81,22 +81,35 @@ enum Command {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    // `serve` sizes its runtime from its configuration; everything else runs on the default one.
-    if let Command::Serve { config } = &cli.command {
-        let cfg = match Config::load(config.as_deref(), std::env::vars()) {
-            Ok(cfg) => cfg,
-            Err(problems) => return bad_config(&problems),
-        };
-        // Per thread: this thread's runtime is the first event loop, and the server starts the
-        // others (`server::serve`). Work-stealing: one runtime with a worker per thread.
-        let workers = match cfg.server.scheduler {
-            Scheduler::PerThread => 1,
-            Scheduler::WorkStealing => cfg.server.threads(),
-        };
-        return runtime(workers).block_on(serve(cfg));
+    match Cli::parse().command {
+        Command::Serve { config } => serve_command(config),
+        Command::Sim { config, listen, dialect, storage, throttle_status, tls_cert, tls_key } => {
+            let flags = SimFlags { listen, dialect, storage, throttle_status, tls_cert, tls_key };
+            runtime(0).block_on(sim_command(config, flags))
+        }
+        Command::Demo { size, file, part_size, max_in_flight, latency_ms, faults } => {
+            let part_size = part_size as usize;
+            let opts = chunkgate::demo::Options { size, file, part_size, max_in_flight, latency_ms, faults };
+            runtime(0).block_on(demo_command(opts))
+        }
+        Command::Healthcheck { admin } => runtime(0).block_on(healthcheck_command(admin)),
+        Command::CheckConfig { file } => check_config_command(&file),
     }
-    runtime(0).block_on(run(cli))
+}
+
+/// `serve`: its runtime is sized from its configuration.
+fn serve_command(config: Option<PathBuf>) -> ExitCode {
+    let cfg = match Config::load(config.as_deref(), std::env::vars()) {
+        Ok(cfg) => cfg,
+        Err(problems) => return bad_config(&problems),
+    };
+    // Per thread: this thread's runtime is the first event loop, and the listener starts the
+    // others. Work-stealing: one runtime with a worker per thread.
+    let workers = match cfg.server.scheduler {
+        Scheduler::PerThread => 1,
+        Scheduler::WorkStealing => cfg.server.threads(),
+    };
+    runtime(workers).block_on(serve(cfg))
 }
 
 /// A tokio runtime with `workers` threads: 0 = one per core (work-stealing), 1 = a single thread.
@@ -142,113 +155,105 @@ async fn serve(cfg: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn run(cli: Cli) -> ExitCode {
-    match cli.command {
-        Command::Demo { size, file, part_size, max_in_flight, latency_ms, faults } => {
-            let opts = chunkgate::demo::Options {
-                size,
-                file,
-                part_size: part_size as usize,
-                max_in_flight,
-                latency_ms,
-                faults,
-            };
-            if faults {
-                let f = chunkgate::demo::faults(&opts);
-                println!(
-                    "simulator faults on part calls: {:.0}% 5xx, {:.0}% stored then dropped, {:.0}% throttled",
-                    f.error_rate * 100.0,
-                    f.drop_after_store_rate * 100.0,
-                    f.throttle_rate * 100.0
-                );
-            }
-            match chunkgate::demo::run(opts).await {
-                Ok(report) => {
-                    chunkgate::demo::print(&report);
-                    if report.status.is_success() && report.checksum_matched() {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::from(1)
-                    }
-                }
-                Err(err) => {
-                    eprintln!("chunkgate demo: {err}");
-                    ExitCode::from(1)
-                }
-            }
+async fn demo_command(opts: chunkgate::demo::Options) -> ExitCode {
+    if opts.faults {
+        let f = chunkgate::demo::faults(&opts);
+        println!(
+            "simulator faults on part calls: {:.0}% 5xx, {:.0}% stored then dropped, {:.0}% throttled",
+            f.error_rate * 100.0,
+            f.drop_after_store_rate * 100.0,
+            f.throttle_rate * 100.0
+        );
+    }
+    match chunkgate::demo::run(opts).await {
+        Ok(report) => {
+            chunkgate::demo::print(&report);
+            if report.status.is_success() && report.checksum_matched() { ExitCode::SUCCESS } else { ExitCode::from(1) }
         }
-        Command::Serve { config } => {
-            let cfg = match Config::load(config.as_deref(), std::env::vars()) {
-                Ok(cfg) => cfg,
-                Err(problems) => return bad_config(&problems),
-            };
-            serve(cfg).await
+        Err(err) => {
+            eprintln!("chunkgate demo: {err}");
+            ExitCode::from(1)
         }
-        Command::Healthcheck { admin } => {
-            let probe = async {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut tcp = tokio::net::TcpStream::connect(admin).await?;
-                tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").await?;
-                let mut answer = Vec::new();
-                tcp.read_to_end(&mut answer).await?;
-                Ok::<_, std::io::Error>(answer.starts_with(b"HTTP/1.1 200"))
-            };
-            match tokio::time::timeout(std::time::Duration::from_secs(3), probe).await {
-                Ok(Ok(true)) => ExitCode::SUCCESS,
-                _ => {
-                    eprintln!("chunkgate healthcheck: {admin}/healthz did not answer 200");
-                    ExitCode::from(1)
-                }
-            }
+    }
+}
+
+async fn healthcheck_command(admin: SocketAddr) -> ExitCode {
+    let probe = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(admin).await?;
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").await?;
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer.starts_with(b"HTTP/1.1 200"))
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(3), probe).await {
+        Ok(Ok(true)) => ExitCode::SUCCESS,
+        _ => {
+            eprintln!("chunkgate healthcheck: {admin}/healthz did not answer 200");
+            ExitCode::from(1)
         }
-        Command::CheckConfig { file } => match Config::load(Some(&file), std::env::vars()) {
-            Ok(cfg) => {
-                let warnings = cfg.warnings();
-                for warning in &warnings {
-                    eprintln!("warning: {warning}");
-                }
-                let note = if warnings.is_empty() { String::new() } else { format!(" ({} warnings)", warnings.len()) };
-                println!("{}: ok{note}", file.display());
-                ExitCode::SUCCESS
+    }
+}
+
+fn check_config_command(file: &std::path::Path) -> ExitCode {
+    match Config::load(Some(file), std::env::vars()) {
+        Ok(cfg) => {
+            let warnings = cfg.warnings();
+            for warning in &warnings {
+                eprintln!("warning: {warning}");
             }
-            Err(problems) => bad_config(&problems),
-        },
-        Command::Sim { config, listen, dialect, storage, throttle_status, tls_cert, tls_key } => {
-            let mut cfg = match Config::load(config.as_deref(), std::env::vars()) {
-                Ok(cfg) => cfg,
-                Err(problems) => return bad_config(&problems),
-            };
-            let stop = telemetry::shutdown_signal();
-            telemetry::init(&cfg.log);
-            let s = &mut cfg.sim;
-            s.listen = listen.unwrap_or(s.listen);
-            s.dialect = dialect.unwrap_or(s.dialect);
-            s.storage = storage.unwrap_or(s.storage);
-            s.throttle_status = throttle_status.unwrap_or(s.throttle_status);
-            s.tls_cert = tls_cert.or(s.tls_cert.take());
-            s.tls_key = tls_key.or(s.tls_key.take());
-            let problems = s.problems();
-            if !problems.is_empty() {
-                return bad_config(&chunkgate::config::Problems(problems));
-            }
-            let listener = match tokio::net::TcpListener::bind(s.listen).await {
-                Ok(l) => l,
-                Err(err) => {
-                    eprintln!("chunkgate sim: cannot listen on {}: {err}", s.listen);
-                    return ExitCode::from(1);
-                }
-            };
-            let addr = listener.local_addr().expect("bound listener has an address");
-            let scheme = if s.tls_cert.is_some() { "https" } else { "http" };
-            announce(&format!("chunkgate sim listening on {scheme}://{addr}"));
-            tracing::info!(%addr, dialect = ?s.dialect, storage = ?s.storage, "simulator started");
-            match sim::run(listener, sim::Sim::new(cfg.sim), stop).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    eprintln!("chunkgate sim: {err}");
-                    ExitCode::from(1)
-                }
-            }
+            let note = if warnings.is_empty() { String::new() } else { format!(" ({} warnings)", warnings.len()) };
+            println!("{}: ok{note}", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(problems) => bad_config(&problems),
+    }
+}
+
+/// `chunkgate sim`'s flags, over its config file's `[sim]` section.
+struct SimFlags {
+    listen: Option<SocketAddr>,
+    dialect: Option<Dialect>,
+    storage: Option<Storage>,
+    throttle_status: Option<u16>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+async fn sim_command(config: Option<PathBuf>, flags: SimFlags) -> ExitCode {
+    let mut cfg = match Config::load(config.as_deref(), std::env::vars()) {
+        Ok(cfg) => cfg,
+        Err(problems) => return bad_config(&problems),
+    };
+    let stop = telemetry::shutdown_signal();
+    telemetry::init(&cfg.log);
+    let s = &mut cfg.sim;
+    s.listen = flags.listen.unwrap_or(s.listen);
+    s.dialect = flags.dialect.unwrap_or(s.dialect);
+    s.storage = flags.storage.unwrap_or(s.storage);
+    s.throttle_status = flags.throttle_status.unwrap_or(s.throttle_status);
+    s.tls_cert = flags.tls_cert.or(s.tls_cert.take());
+    s.tls_key = flags.tls_key.or(s.tls_key.take());
+    let problems = s.problems();
+    if !problems.is_empty() {
+        return bad_config(&chunkgate::config::Problems(problems));
+    }
+    let listener = match tokio::net::TcpListener::bind(s.listen).await {
+        Ok(l) => l,
+        Err(err) => {
+            eprintln!("chunkgate sim: cannot listen on {}: {err}", s.listen);
+            return ExitCode::from(1);
+        }
+    };
+    let addr = listener.local_addr().expect("bound listener has an address");
+    let scheme = if s.tls_cert.is_some() { "https" } else { "http" };
+    announce(&format!("chunkgate sim listening on {scheme}://{addr}"));
+    tracing::info!(%addr, dialect = ?s.dialect, storage = ?s.storage, "simulator started");
+    match sim::run(listener, sim::Sim::new(cfg.sim), stop).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("chunkgate sim: {err}");
+            ExitCode::from(1)
         }
     }
 }

@@ -9,7 +9,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use chunkgate::body::{Body, BoxError};
+use chunkgate::{
+    body::{Body, BoxError},
+    pipeline::part::{self, PartBody},
+};
 use http::{Method, Request, header};
 use http_body::Frame;
 use http_body_util::BodyExt;
@@ -224,7 +227,9 @@ pub async fn direct_with(client: &HttpClient, sim: &str, size: u64, part: usize,
 
 /// A part's JSON body, written by the gateway's own encoder (base64-simd, no zero-fill).
 pub fn chunkgate_part_json(raw: &[u8]) -> Bytes {
-    Bytes::from(chunkgate::pipeline::part::encode(raw))
+    let mut body = PartBody::new(Vec::with_capacity(part::encoded_len(raw.len())));
+    body.push(raw);
+    Bytes::from(body.finish())
 }
 
 pub fn random(len: usize) -> Vec<u8> {

@@ -338,27 +338,27 @@ pub async fn run_with_admin(
 }
 
 /// A gateway running in this process (tests, the demo, benchmarks). Stops when dropped.
-pub struct Running {
+pub struct GatewayHandle {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub gateway: Arc<Gateway>,
     pub stopper: Stopper,
 }
 
-impl Running {
+impl GatewayHandle {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 }
 
 /// Binds `server.listen` and `admin.listen` and serves both in a background task.
-pub async fn spawn(config: Config) -> Result<Running, String> {
+pub async fn spawn(config: Config) -> Result<GatewayHandle, String> {
     let (listener, addr) = bind(config.server.listen).await?;
     let (admin, admin_addr) = bind(config.admin.listen).await?;
     let gateway = Gateway::new(config)?;
     let (stopper, stopped) = Stopper::new();
     tokio::spawn(run_with_admin(listener, admin, gateway.clone(), stopped));
-    Ok(Running { addr, admin_addr, gateway, stopper })
+    Ok(GatewayHandle { addr, admin_addr, gateway, stopper })
 }
 
 /// A listener on `addr` and the address it got (port 0 picks one).

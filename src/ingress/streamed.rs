@@ -122,7 +122,7 @@ struct Progress {
 /// What create told about the upload.
 struct Opened {
     id: String,
-    limits: Limits,
+    limits: Announced,
     expires: String,
     /// The upload has less than this many seconds to live: too little to finish it.
     too_short: Option<u64>,
@@ -427,7 +427,7 @@ impl Job {
         // The rest of the body must arrive in time for the finish to run before the upload expires.
         let reserve = self.finish_reserve.min(left / 2);
         chunker.set_deadline(expiry - reserve, self.began);
-        let limits = Limits {
+        let limits = Announced {
             max_parts: resource.max_parts().unwrap_or(self.config.assumed_max_parts),
             max_total: resource.max_total().unwrap_or(u64::MAX),
             part0: chunker.emitted(),
@@ -441,7 +441,7 @@ impl Job {
         &self,
         id: &str,
         chunker: &mut Chunker<Incoming>,
-        limits: Limits,
+        limits: Announced,
         progress: &mut Progress,
     ) -> Result<(), Abort> {
         let size = self.part_size(chunker, limits)?;
@@ -479,7 +479,7 @@ impl Job {
     }
 
     /// The size of parts 1..n: with a declared length, fitted into the parts the upstream allows.
-    fn part_size(&self, chunker: &Chunker<Incoming>, limits: Limits) -> Result<usize, Abort> {
+    fn part_size(&self, chunker: &Chunker<Incoming>, limits: Announced) -> Result<usize, Abort> {
         let Some(len) = self.declared else { return Ok(self.config.part_size) };
         let capacity = limits.capacity(self.config.max_part_bytes);
         if len > capacity {
@@ -710,14 +710,14 @@ async fn send_part(
 
 /// The limits create announced, and what part 0 took of them.
 #[derive(Clone, Copy)]
-struct Limits {
+struct Announced {
     max_parts: u32,
     max_total: u64,
     /// Bytes in part 0.
     part0: u64,
 }
 
-impl Limits {
+impl Announced {
     /// The most the upload can hold with parts 1..n of `part` bytes.
     fn capacity(&self, part: usize) -> u64 {
         let rest = u64::from(self.max_parts.saturating_sub(1)).saturating_mul(part as u64);

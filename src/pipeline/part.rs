@@ -69,18 +69,23 @@ impl PartBody {
     }
 }
 
-/// The JSON body carrying `data`, in one go.
-pub fn encode(data: &[u8]) -> Vec<u8> {
-    let mut body = PartBody::new(Vec::with_capacity(encoded_len(data.len())));
-    body.push(data);
-    body.finish()
-}
-
 #[cfg(test)]
 mod tests {
     use base64::Engine;
 
     use super::*;
+
+    /// The JSON body carrying `data`, in one go.
+    fn encode(data: &[u8]) -> Vec<u8> {
+        let mut body = PartBody::new(Vec::with_capacity(encoded_len(data.len())));
+        body.push(data);
+        body.finish()
+    }
+
+    #[test]
+    fn the_settings_know_the_size_of_a_part_body_around_its_base64() {
+        assert_eq!(encoded_len(0), crate::config::PART_BODY_OVERHEAD);
+    }
 
     fn standard(data: &[u8]) -> String {
         base64::engine::general_purpose::STANDARD.encode(data)

@@ -2,10 +2,13 @@
 //! fault injection and introspection under `/__sim/`, for tests, the demo, benchmarks and users who
 //! want to test their own integration offline.
 
+mod buffers;
 pub mod faults;
 mod path;
 mod ratelimit;
+pub mod resource;
 mod routes;
+mod shape;
 pub mod store;
 
 use std::{
@@ -37,7 +40,7 @@ pub struct Sim {
     stats: Stats,
     /// Request bodies are read into reused buffers and their parts decoded in place (fresh
     /// multi-megabyte buffers per request cost more in page faults than the decoding itself).
-    buffers: Arc<crate::pipeline::pool::BufferPool>,
+    buffers: Arc<buffers::Buffers>,
 }
 
 /// Most bytes of idle body buffers the simulator keeps.
@@ -65,7 +68,7 @@ impl Sim {
             faults: Injector::new(config.faults.clone()),
             clock_offset: AtomicI64::new(0),
             stats: Stats::default(),
-            buffers: crate::pipeline::pool::BufferPool::new(IDLE_BUFFER_BYTES),
+            buffers: buffers::Buffers::new(IDLE_BUFFER_BYTES),
             config,
         })
     }
@@ -121,13 +124,13 @@ pub async fn run(listener: TcpListener, sim: Arc<Sim>, shutdown: impl Future<Out
 }
 
 /// A simulator running in this process, for tests, the demo and benchmarks. Stops when dropped.
-pub struct Running {
+pub struct SimHandle {
     pub addr: SocketAddr,
     pub sim: Arc<Sim>,
     pub stopper: Stopper,
 }
 
-impl Running {
+impl SimHandle {
     /// `http://ADDR`, the base URL to point a client at.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
@@ -135,7 +138,7 @@ impl Running {
 }
 
 /// Binds `config.listen` and serves the simulator in a background task.
-pub async fn spawn(config: SimConfig) -> std::io::Result<Running> {
+pub async fn spawn(config: SimConfig) -> std::io::Result<SimHandle> {
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let sim = Sim::new(config);
@@ -144,5 +147,5 @@ pub async fn spawn(config: SimConfig) -> std::io::Result<Running> {
         .map_err(std::io::Error::other)?;
     let (stopper, stopped) = Stopper::new();
     tokio::spawn(run(listener, sim.clone(), stopped));
-    Ok(Running { addr, sim, stopper })
+    Ok(SimHandle { addr, sim, stopper })
 }

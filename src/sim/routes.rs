@@ -14,22 +14,23 @@ use super::{
     faults::{Action, Faults, Op},
     path::{self, Route},
     ratelimit::Announce,
+    shape,
     store::Caller,
     store::Refusal,
 };
 use crate::body::{self, Body, BoxError, ReadError};
 
 /// An answer before the rate-limit headers are added.
-struct Answer {
+struct Reply {
     status: StatusCode,
     body: Bytes,
     /// An HTML page from the front end, not an API answer.
     html: bool,
 }
 
-impl Answer {
+impl Reply {
     fn error(sim: &Sim, status: StatusCode, code: &str, message: &str) -> Self {
-        Self { status, body: sim.config.dialect.error(code, message), html: false }
+        Self { status, body: shape::error(sim.config.dialect, code, message), html: false }
     }
 
     /// The kind of page DocuSign's front end answers with before the API sees a request (too
@@ -44,9 +45,9 @@ impl Answer {
     }
 }
 
-impl From<(&Sim, Refusal)> for Answer {
+impl From<(&Sim, Refusal)> for Reply {
     fn from((sim, r): (&Sim, Refusal)) -> Self {
-        Answer::error(sim, r.status(), r.code(), &r.to_string())
+        Reply::error(sim, r.status(), r.code(), &r.to_string())
     }
 }
 
@@ -67,7 +68,7 @@ async fn api_or_control(sim: &Arc<Sim>, req: Request<Incoming>) -> Result<Respon
     let uri = req.uri().clone();
     let Some(target) = path::chunked_upload(uri.path(), &sim.config.path_prefix) else {
         return Ok(reply(
-            Answer::error(
+            Reply::error(
                 &sim,
                 StatusCode::NOT_FOUND,
                 "RESOURCE_NOT_FOUND",
@@ -85,7 +86,7 @@ async fn api_or_control(sim: &Arc<Sim>, req: Request<Incoming>) -> Result<Respon
         (&Method::DELETE, Some(_), None) => Op::Delete,
         _ => {
             return Ok(reply(
-                Answer::error(
+                Reply::error(
                     &sim,
                     StatusCode::METHOD_NOT_ALLOWED,
                     "METHOD_NOT_ALLOWED",
@@ -97,7 +98,7 @@ async fn api_or_control(sim: &Arc<Sim>, req: Request<Incoming>) -> Result<Respon
     };
     if !path::valid_account(target.account) {
         return Ok(reply(
-            Answer::error(
+            Reply::error(
                 &sim,
                 StatusCode::BAD_REQUEST,
                 "INVALID_ACCOUNT_ID",
@@ -108,7 +109,7 @@ async fn api_or_control(sim: &Arc<Sim>, req: Request<Incoming>) -> Result<Respon
     }
     let Some(owner) = bearer(req.headers(), &sim.config.tokens) else {
         return Ok(reply(
-            Answer::error(
+            Reply::error(
                 &sim,
                 StatusCode::UNAUTHORIZED,
                 "USER_AUTHENTICATION_FAILED",
@@ -123,7 +124,7 @@ async fn api_or_control(sim: &Arc<Sim>, req: Request<Incoming>) -> Result<Respon
     }
     // ...and a request over its size cap.
     if declared_length(&req).is_some_and(|n| n > sim.config.max_request_bytes) {
-        return Ok(reply(Answer::front_end(StatusCode::PAYLOAD_TOO_LARGE), None));
+        return Ok(reply(Reply::front_end(StatusCode::PAYLOAD_TOO_LARGE), None));
     }
 
     let limits = sim.config.limits_for(target.account);
@@ -131,7 +132,7 @@ async fn api_or_control(sim: &Arc<Sim>, req: Request<Incoming>) -> Result<Respon
     let (exceeded, announce) = sim.rates.admit(target.account, &limits, now);
     if let Some(ex) = exceeded {
         sim.stats.throttled.fetch_add(1, Ordering::Relaxed);
-        return Ok(reply(Answer::error(&sim, throttle_status(&sim), ex.code(), &ex.message(&limits)), Some(announce)));
+        return Ok(reply(Reply::error(&sim, throttle_status(&sim), ex.code(), &ex.message(&limits)), Some(announce)));
     }
     let (delay, action) = sim.faults.decide(op);
     if !delay.is_zero() {
@@ -140,18 +141,18 @@ async fn api_or_control(sim: &Arc<Sim>, req: Request<Incoming>) -> Result<Respon
     match action {
         Action::Throttle if sim.faults.html_errors() => {
             sim.stats.throttled.fetch_add(1, Ordering::Relaxed);
-            return Ok(reply(Answer::front_end(StatusCode::TOO_MANY_REQUESTS), None));
+            return Ok(reply(Reply::front_end(StatusCode::TOO_MANY_REQUESTS), None));
         }
         Action::Error(status) if sim.faults.html_errors() => {
             sim.stats.injected_errors.fetch_add(1, Ordering::Relaxed);
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            return Ok(reply(Answer::front_end(status), None));
+            return Ok(reply(Reply::front_end(status), None));
         }
         Action::Throttle => {
             sim.stats.throttled.fetch_add(1, Ordering::Relaxed);
             let ex = super::ratelimit::Exceeded::Burst;
             return Ok(reply(
-                Answer::error(&sim, throttle_status(&sim), ex.code(), &ex.message(&limits)),
+                Reply::error(&sim, throttle_status(&sim), ex.code(), &ex.message(&limits)),
                 Some(announce),
             ));
         }
@@ -159,7 +160,7 @@ async fn api_or_control(sim: &Arc<Sim>, req: Request<Incoming>) -> Result<Respon
             sim.stats.injected_errors.fetch_add(1, Ordering::Relaxed);
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             return Ok(reply(
-                Answer::error(&sim, status, "UNSPECIFIED_ERROR", "An injected server error (simulator fault)."),
+                Reply::error(&sim, status, "UNSPECIFIED_ERROR", "An injected server error (simulator fault)."),
                 Some(announce),
             ));
         }
@@ -175,7 +176,7 @@ async fn api_or_control(sim: &Arc<Sim>, req: Request<Incoming>) -> Result<Respon
 }
 
 /// The five operations, after routing, auth and rate limits.
-async fn api(sim: &Sim, op: Op, t: Route<'_>, owner: &str, req: Request<Incoming>, now: i64, corrupt: bool) -> Answer {
+async fn api(sim: &Sim, op: Op, t: Route<'_>, owner: &str, req: Request<Incoming>, now: i64, corrupt: bool) -> Reply {
     let limits = sim.config.limits_for(t.account);
     let id = t.upload.unwrap_or_default();
     let caller = Caller { account: t.account, owner, now };
@@ -183,7 +184,7 @@ async fn api(sim: &Sim, op: Op, t: Route<'_>, owner: &str, req: Request<Incoming
         Op::Create | Op::AddPart => {
             let seq = match t.part.map(path::sequence) {
                 Some(None) => {
-                    return Answer::error(
+                    return Reply::error(
                         sim,
                         StatusCode::BAD_REQUEST,
                         "INVALID_PART_SEQUENCE",
@@ -215,7 +216,7 @@ async fn api(sim: &Sim, op: Op, t: Route<'_>, owner: &str, req: Request<Incoming
         Op::Delete => sim.store.delete(caller, id).map(|r| (StatusCode::OK, r)),
     };
     match result {
-        Ok((status, resource)) => Answer { status, body: sim.config.dialect.success(&resource), html: false },
+        Ok((status, resource)) => Reply { status, body: shape::success(sim.config.dialect, &resource), html: false },
         Err(refusal) => (sim, refusal).into(),
     }
 }
@@ -227,14 +228,14 @@ struct PartRequest<'a> {
 }
 
 /// The decoded `data` of a create or add-part body.
-async fn part_data(sim: &Sim, req: Request<Incoming>, max_data: u64) -> Result<Bytes, Answer> {
+async fn part_data(sim: &Sim, req: Request<Incoming>, max_data: u64) -> Result<Bytes, Reply> {
     let is_json = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
     if !is_json {
-        return Err(Answer::error(
+        return Err(Reply::error(
             sim,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "INVALID_CONTENT_TYPE",
@@ -252,13 +253,13 @@ async fn part_data(sim: &Sim, req: Request<Incoming>, max_data: u64) -> Result<B
     let mut raw = match body::read_limited_into(req.into_body(), limit, buf).await {
         Ok(raw) => raw,
         Err(ReadError::TooLarge { .. }) if limit == cap => {
-            return Err(Answer::front_end(StatusCode::PAYLOAD_TOO_LARGE));
+            return Err(Reply::front_end(StatusCode::PAYLOAD_TOO_LARGE));
         }
         Err(ReadError::TooLarge { .. }) => {
             return Err((sim, Refusal::PartTooLarge(max_data)).into());
         }
         Err(ReadError::Io(_)) => {
-            return Err(Answer::error(
+            return Err(Reply::error(
                 sim,
                 StatusCode::BAD_REQUEST,
                 "INVALID_REQUEST_BODY",
@@ -271,10 +272,10 @@ async fn part_data(sim: &Sim, req: Request<Incoming>, max_data: u64) -> Result<B
         // when the store lets go of them (in memory storage, a kept part holds its whole body
         // buffer, 4/3 of its size: the simulator's own memory, for tests and demos).
         let at = COMPACT_HEAD.len();
-        return Ok(sim.buffers.seal(raw).slice(at..at + len));
+        return Ok(sim.buffers.lend(raw).slice(at..at + len));
     }
     let bad = |what: &str| {
-        Answer::error(
+        Reply::error(
             sim,
             StatusCode::BAD_REQUEST,
             "INVALID_REQUEST_BODY",
@@ -347,7 +348,7 @@ fn length_required() -> Response<Body> {
         .expect("static response")
 }
 
-fn reply(answer: Answer, announce: Option<Announce>) -> Response<Body> {
+fn reply(answer: Reply, announce: Option<Announce>) -> Response<Body> {
     let content_type = if answer.html { "text/html; charset=utf-8" } else { "application/json; charset=utf-8" };
     let mut response = Response::builder()
         .status(answer.status)

@@ -12,8 +12,8 @@ use http::StatusCode;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::resource::{Resource, ResourcePart, hex};
 use crate::config::sim::{BoolStyle, Limits, Storage};
-use crate::upstream::resource::{ChunkedUpload, Part, hex};
 
 /// A refusal, with the code the simulator answers it with. DocuSign publishes no codes for the chunk
 /// rules; every `CHUNKED_UPLOAD_*` code here is the simulator's own invention.
@@ -178,7 +178,7 @@ impl Store {
     }
 
     /// Create: a new upload carrying part 0.
-    pub fn create(&self, c: Caller<'_>, data: Bytes, limits: &Limits) -> Result<ChunkedUpload, Refusal> {
+    pub fn create(&self, c: Caller<'_>, data: Bytes, limits: &Limits) -> Result<Resource, Refusal> {
         let Caller { account, owner, now } = c;
         let len = data.len() as u64;
         if len == 0 {
@@ -233,7 +233,7 @@ impl Store {
         seq: u32,
         data: Bytes,
         quota_bytes: u64,
-    ) -> Result<ChunkedUpload, Refusal> {
+    ) -> Result<Resource, Refusal> {
         let Caller { owner, now, .. } = c;
         let len = data.len() as u64;
         let content = {
@@ -272,7 +272,7 @@ impl Store {
     }
 
     /// Commit: refused unless parts 0..n are all there.
-    pub fn commit(&self, c: Caller<'_>, id: &str) -> Result<ChunkedUpload, Refusal> {
+    pub fn commit(&self, c: Caller<'_>, id: &str) -> Result<Resource, Refusal> {
         {
             let mut meta = self.meta.lock().unwrap();
             let m = live(&mut meta, c, id)?;
@@ -289,7 +289,7 @@ impl Store {
     }
 
     /// Delete: the upload stops counting against the member's quota.
-    pub fn delete(&self, c: Caller<'_>, id: &str) -> Result<ChunkedUpload, Refusal> {
+    pub fn delete(&self, c: Caller<'_>, id: &str) -> Result<Resource, Refusal> {
         let resource = self.resource(c, id, false)?;
         let mut meta = self.meta.lock().unwrap();
         let m = live(&mut meta, c, id)?;
@@ -302,7 +302,7 @@ impl Store {
     }
 
     /// The upload resource as the five routes answer it.
-    pub fn resource(&self, c: Caller<'_>, id: &str, checksum: bool) -> Result<ChunkedUpload, Refusal> {
+    pub fn resource(&self, c: Caller<'_>, id: &str, checksum: bool) -> Result<Resource, Refusal> {
         let mut meta = self.meta.lock().unwrap();
         let m = live(&mut meta, c, id)?;
         let flag = |b: bool| match (self.bool_style, b) {
@@ -312,7 +312,7 @@ impl Store {
             (BoolStyle::Title, false) => "False",
         };
         let expires = std::time::UNIX_EPOCH + std::time::Duration::from_secs(m.expires.max(0) as u64);
-        Ok(ChunkedUpload {
+        Ok(Resource {
             chunked_upload_id: id.to_owned(),
             chunked_upload_uri: format!("docusignchunkedupload://{id}"),
             committed: flag(m.state == State::Committed).to_owned(),
@@ -320,7 +320,7 @@ impl Store {
             chunked_upload_parts: m
                 .sizes
                 .iter()
-                .map(|(seq, size)| Part { sequence: seq.to_string(), size: size.to_string() })
+                .map(|(seq, size)| ResourcePart { sequence: seq.to_string(), size: size.to_string() })
                 .collect(),
             total_size: m.total.to_string(),
             max_chunked_upload_parts: m.max_parts.to_string(),

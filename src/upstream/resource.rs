@@ -15,7 +15,7 @@ pub struct ChunkedUpload {
     #[serde(default)]
     pub expiration_date_time: String,
     #[serde(default)]
-    pub chunked_upload_parts: Vec<Part>,
+    pub chunked_upload_parts: Vec<ListedPart>,
     #[serde(default)]
     pub total_size: String,
     #[serde(default)]
@@ -26,9 +26,9 @@ pub struct ChunkedUpload {
     pub checksum: Option<String>,
 }
 
-/// One received part; `size` counts decoded bytes.
+/// One received part as the resource lists it; `size` counts decoded bytes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Part {
+pub struct ListedPart {
     pub sequence: String,
     pub size: String,
 }

@@ -96,7 +96,7 @@ pub fn part_body(data: &[u8]) -> String {
 
 /// The simulator in process, with typed calls for one account and token.
 pub struct SimApi {
-    pub running: std::sync::Arc<sim::Running>,
+    pub running: std::sync::Arc<sim::SimHandle>,
     pub http: Http,
     pub token: String,
     pub base: String,
@@ -231,7 +231,7 @@ pub const PART: usize = 64 * 1024;
 /// The simulator and a gateway in front of it, both in process on 127.0.0.1:0.
 pub struct Stack {
     pub sim: SimApi,
-    pub gw: gateway::Running,
+    pub gw: gateway::GatewayHandle,
     pub http: Http,
 }
 
