@@ -18,7 +18,8 @@ use crate::{
         target::{self as route, ApiTarget, Chunked},
     },
     error::GatewayError,
-    ingress::streamed::{Destination, Uploads},
+    ingress::streamed,
+    pipeline::uploads::{Destination, Uploads},
     policy::{
         callers::{Caller, PerKey},
         pacing::{LocalPacing, Pacing},
@@ -123,7 +124,7 @@ impl Gateway {
         {
             let Some(account) = target.account else { return GatewayError::InvalidAccountId.response(dialect) };
             let to = Destination { prefix: target.prefix, version: target.version, account };
-            return self.uploads.handle(self.upstream.clone(), req, to, caller).await;
+            return streamed::handle(&self.uploads, self.upstream.clone(), req, to, caller).await;
         }
         self.passthrough(req, target, caller).await
     }

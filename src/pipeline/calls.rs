@@ -2,7 +2,13 @@
 //! outcome is unknown the upload is looked up before anything is sent again: the upstream refuses to
 //! replace a part, so a part that did arrive must not be sent twice, and is never renumbered.
 
-use std::{future::Future, sync::Arc};
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+};
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -47,6 +53,8 @@ pub struct Calls {
     pub route: UploadRoute,
     /// Nothing is attempted after this (the upload's expiry, less a margin).
     pub deadline: Instant,
+    /// Calls sent so far for this upload, by all its clones.
+    pub used: Arc<AtomicU32>,
 }
 
 /// What an attempt's class says to do when no reconciliation applies.
@@ -72,6 +80,7 @@ impl Calls {
     ) -> Result<Answer, CallError> {
         let account = &self.route.account;
         self.pacing.acquire(account, deadline).await.map_err(CallError::RateLimited)?;
+        self.used.fetch_add(1, Ordering::Relaxed);
         let result = call.await;
         if let Ok(answer) = &result {
             let code = if answer.status.is_client_error() { answer.error_code(self.upstream.dialect) } else { None };

@@ -7,3 +7,6 @@ mod hasher; // the SHA-256 beside the I/O
 pub mod part; // a part's request body
 pub mod pool; // reused part buffers
 pub(crate) mod presence; // whether the client is still there
+pub mod stages; // one upload driven through open, feed, finish or abort
+pub mod state; // an upload's state, serialisable
+pub mod uploads; // what all uploads share, and admission

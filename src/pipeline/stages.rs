@@ -1,0 +1,383 @@
+//! One upload driven through its stages: **open** (create with part 0), **feed** (parts 1..n),
+//! **finish** (verify, then commit) or **abort** (delete). An ingress decides when each runs and
+//! what the client hears; the stages do the upstream's part, keep the [`UploadState`] and hold the
+//! upload to its limits. (Admission, the stage before open, is `Uploads::admit`.)
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use http::{HeaderValue, header};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
+use tracing::Instrument;
+
+use super::{
+    calls::{Abort, Calls},
+    chunker::Part,
+    part,
+    state::{Announced, UploadState},
+};
+use crate::{
+    config::UploadConfig,
+    error::{Deletion, GatewayError},
+    ids::valid_upload_id,
+    telemetry,
+    upstream::{Answer, resource::ChunkedUpload},
+};
+
+/// Margin kept before the upload's expiry: past it, no call is attempted.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
+
+/// An upload's lifetime upstream (DocuSign: 20 minutes), assumed until create announces its expiry.
+pub const ASSUMED_LIFETIME: Duration = Duration::from_secs(20 * 60);
+
+/// Time given to deleting an upload after a failure.
+const DELETE_WINDOW: Duration = Duration::from_secs(30);
+
+/// One upload: its state, its view of the upstream, and the shared means it draws on.
+pub struct Upload {
+    pub state: UploadState,
+    pub calls: Calls,
+    config: UploadConfig,
+    budget: Arc<Semaphore>,
+    parts_in_flight: Arc<AtomicUsize>,
+    /// Time the finish (checksum read, commit) may need before the upload expires.
+    finish_reserve: Duration,
+}
+
+/// What create told about time.
+pub struct Opened {
+    /// The document's bytes must all have arrived by then, for the finish to run in time.
+    pub body_deadline: Instant,
+    /// The upload has only this many seconds to live: too little to finish it.
+    pub too_short: Option<u64>,
+}
+
+/// What the finish could verify of the bytes the upstream holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checked {
+    /// The upstream's SHA-256 equals the gateway's.
+    Checksum,
+    /// The answer had no checksum: part sizes and the total were compared.
+    SizesOnly,
+    /// `upload.verify_upstream_checksum` is off.
+    Skipped,
+}
+
+// === impl Upload ===
+
+impl Upload {
+    pub fn new(
+        calls: Calls,
+        config: UploadConfig,
+        budget: Arc<Semaphore>,
+        parts_in_flight: Arc<AtomicUsize>,
+        finish_reserve: Duration,
+    ) -> Self {
+        Self { state: UploadState::default(), calls, config, budget, parts_in_flight, finish_reserve }
+    }
+
+    pub fn dialect(&self) -> crate::config::Dialect {
+        self.calls.upstream.dialect
+    }
+
+    /// Parts on the wire at once (`upload.max_in_flight`).
+    pub fn max_in_flight(&self) -> usize {
+        self.config.max_in_flight
+    }
+
+    /// The deadline of a body before create has said when the upload expires.
+    pub fn assumed_body_deadline(&self, began: Instant) -> Instant {
+        began + ASSUMED_LIFETIME - self.finish_reserve.min(ASSUMED_LIFETIME / 2)
+    }
+
+    /// The size of part 0: with a declared length, fitted into the parts the upstream is assumed
+    /// to allow.
+    pub fn first_part_size(&self, declared: Option<u64>) -> usize {
+        match declared {
+            Some(len) => fit(len, self.config.assumed_max_parts, &self.config),
+            None => self.config.part_size,
+        }
+    }
+
+    /// Its share of the memory budget for a part of `size` bytes, waited for.
+    pub async fn reserve(&self, size: usize) -> OwnedSemaphorePermit {
+        let cost = budget_cost(size, &self.config);
+        self.budget.clone().acquire_many_owned(cost).await.expect("the budget is never closed")
+    }
+
+    /// **Open**: creates the upload with part 0. A refusal, or a failure before any upload is
+    /// known to exist, leaves nothing to delete.
+    pub async fn open(&mut self, part0: &Part) -> Result<Opened, Abort> {
+        let dialect = self.dialect();
+        // Not cancelled half-way: a create whose answer is lost leaves an upload nobody can delete.
+        let created = self.calls.create(&part0.body).await?;
+        let resource = created_resource(&created, dialect)?;
+        tracing::Span::current().record("upload_id", resource.chunked_upload_id.as_str());
+        let left = time_to_live(&resource.expiration_date_time, created.headers.get(header::DATE));
+        let expiry = Instant::now() + left;
+        // Calls stop this long before the upload expires; less than that to live is too little.
+        let margin = EXPIRY_MARGIN.min(self.finish_reserve);
+        self.calls.deadline = expiry - margin.min(left);
+        let part0_len = part0.len as u64;
+        let announced = Announced {
+            max_parts: resource.max_parts().unwrap_or(self.config.assumed_max_parts),
+            max_total: resource.max_total().unwrap_or(u64::MAX),
+            part0: part0_len,
+        };
+        self.state = UploadState {
+            upstream_id: Some(resource.chunked_upload_id),
+            deadline_unix: unix_now() + left.saturating_sub(margin).as_secs(),
+            announced: Some(announced),
+            expires: resource.expiration_date_time,
+            next_seq: 1,
+            accepted: vec![0],
+            sizes: vec![part0_len],
+            bytes: part0_len,
+            hashed: part0_len,
+            ..UploadState::default()
+        };
+        // The rest of the body must arrive in time for the finish to run before the upload expires.
+        let body_deadline = expiry - self.finish_reserve.min(left / 2);
+        Ok(Opened { body_deadline, too_short: (left <= margin).then_some(left.as_secs()) })
+    }
+
+    /// The upstream's id of the upload (set by open).
+    pub fn id(&self) -> &str {
+        self.state.upstream_id.as_deref().unwrap_or_default()
+    }
+
+    fn announced(&self) -> Announced {
+        self.state.announced.expect("set by open")
+    }
+
+    /// The size of parts 1..n: with a declared length, fitted into the parts the upstream allows;
+    /// refused when the document cannot fit at all.
+    pub fn size_parts(&mut self, declared: Option<u64>) -> Result<usize, Abort> {
+        let size = match declared {
+            None => self.config.part_size,
+            Some(len) => {
+                let announced = self.announced();
+                let capacity = announced.capacity(self.config.max_part_bytes);
+                if len > capacity {
+                    return Err(GatewayError::PayloadTooLarge { limit: capacity }.into());
+                }
+                let left = len.saturating_sub(self.state.bytes);
+                fit(left, announced.max_parts.saturating_sub(1).max(1), &self.config)
+            }
+        };
+        self.state.part_size = size;
+        Ok(size)
+    }
+
+    /// **Feed**: takes the next part (`permit` holds its share of the memory budget) and returns
+    /// the call that sends it, to run in a task of its own; it resolves to the part's sequence.
+    /// Refused when the part would go past the announced limits.
+    pub fn feed(
+        &mut self,
+        part: Part,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<impl Future<Output = Result<u32, Abort>> + Send + 'static, Abort> {
+        let announced = self.announced();
+        let seq = self.state.next_seq;
+        let bytes = self.state.bytes + part.len as u64;
+        if seq >= announced.max_parts || bytes > announced.max_total {
+            return Err(GatewayError::PayloadTooLarge { limit: announced.capacity(self.state.part_size) }.into());
+        }
+        self.state.next_seq += 1;
+        self.state.bytes = bytes;
+        self.state.hashed = bytes;
+        self.state.sizes.push(part.len as u64);
+        let span = tracing::info_span!("part", seq, bytes = part.len);
+        let gauge = InFlight::enter(&self.parts_in_flight);
+        let (calls, id) = (self.calls.clone(), self.id().to_owned());
+        Ok(send_part(calls, id, seq, part, (permit, gauge)).instrument(span))
+    }
+
+    /// A part the upstream acknowledged.
+    pub fn acknowledged(&mut self, seq: u32) {
+        self.state.accepted.push(seq);
+    }
+
+    /// **Finish**, first half: reads the upload back and compares its checksum with `ours`.
+    /// Without a checksum in the answer the part sizes and the total are compared instead (or, with
+    /// `upload.require_upstream_checksum`, nothing is committed).
+    pub async fn verify(&mut self, ours: &str) -> Result<(Answer, Checked), Abort> {
+        let answer = self.calls.get(self.id(), true).await?;
+        let resource = answer.resource(self.dialect()).map_err(GatewayError::UpstreamBadResponse)?;
+        if !self.config.verify_upstream_checksum {
+            return Ok((answer, Checked::Skipped));
+        }
+        match resource.checksum.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
+            Some(theirs) if theirs.eq_ignore_ascii_case(ours) => Ok((answer, Checked::Checksum)),
+            Some(theirs) => {
+                let (upstream, actual) = (theirs.to_owned(), ours.to_owned());
+                Err(GatewayError::UpstreamChecksumMismatch { upstream, actual }.into())
+            }
+            None if self.config.require_upstream_checksum => Err(GatewayError::UpstreamChecksumMissing.into()),
+            None => {
+                sizes_match(&resource, &self.state.sizes)?;
+                tracing::warn!("the upstream's answer carries no checksum: sizes checked, bytes not verified");
+                metrics::counter!(telemetry::CHECKSUM_UNVERIFIED).increment(1);
+                Ok((answer, Checked::SizesOnly))
+            }
+        }
+    }
+
+    /// Whether the finish reads the upload back before committing.
+    pub fn verifies(&self) -> bool {
+        self.config.verify_upstream_checksum
+    }
+
+    /// **Finish**, second half: commits.
+    pub async fn commit(&mut self) -> Result<Answer, Abort> {
+        self.calls.commit(self.id()).await
+    }
+
+    /// **Abort**: deletes the upload upstream, so it does not count against the member's quota.
+    /// After `RateLimited` the account is paused: the delete waits out the pause in the
+    /// background, for as long as the upload lives.
+    pub async fn abort(&mut self, reason: &Abort) -> Deletion {
+        self.state.accepted.sort_unstable();
+        if let Abort::Gateway(GatewayError::RateLimited { .. }) = reason {
+            let (calls, id, until) = (self.calls.clone(), self.id().to_owned(), self.calls.deadline + EXPIRY_MARGIN);
+            tokio::spawn(
+                async move {
+                    let deleted = calls.delete(&id, until).await;
+                    tracing::info!(deleted, "deferred delete after rate limiting");
+                }
+                .in_current_span(),
+            );
+            return Deletion::Deferred;
+        }
+        if self.delete().await {
+            tracing::info!("upstream upload deleted");
+            Deletion::Deleted
+        } else {
+            tracing::warn!("the upstream upload could not be deleted; it expires on its own");
+            Deletion::Failed
+        }
+    }
+
+    /// Deletes the upload now (a committed one too); whether it worked.
+    pub async fn delete(&self) -> bool {
+        self.calls.delete(self.id(), Instant::now() + DELETE_WINDOW).await
+    }
+
+    /// The state as of now, the calls counted.
+    pub fn snapshot(&self) -> UploadState {
+        let used = self.calls.used.load(Ordering::Relaxed);
+        UploadState { calls_used: used, ..self.state.clone() }
+    }
+}
+
+// === impl Checked ===
+
+impl Checked {
+    /// As `X-Chunkgate-Checksum` says it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Checked::Checksum => "verified",
+            Checked::SizesOnly => "unverified",
+            Checked::Skipped => "skipped",
+        }
+    }
+}
+
+/// The upload resource of create's answer, if it names the upload in the shape of an id: the id
+/// goes into the path of every later call.
+fn created_resource(created: &Answer, dialect: crate::config::Dialect) -> Result<ChunkedUpload, Abort> {
+    let unreadable = |detail: &str| Abort::from(GatewayError::CreatedUnreadable(detail.to_owned()));
+    match created.resource(dialect) {
+        Ok(r) if valid_upload_id(&r.chunked_upload_id) => Ok(r),
+        Ok(r) if r.chunked_upload_id.is_empty() => Err(unreadable("create answered without an upload id")),
+        Ok(_) => Err(unreadable("create answered an upload id outside [A-Za-z0-9-]{1,64}")),
+        Err(e) => Err(unreadable(&e)),
+    }
+}
+
+/// The upstream lists every part sent, with its size, and the total sent.
+fn sizes_match(resource: &ChunkedUpload, sizes: &[u64]) -> Result<(), GatewayError> {
+    let mismatch = |what: String, sent: String| Err(GatewayError::UpstreamSizeMismatch { what, sent });
+    let total: u64 = sizes.iter().sum();
+    if resource.total_size.trim().parse::<u64>().ok() != Some(total) {
+        return mismatch(format!("a totalSize of {:?}", resource.total_size), format!("{total} bytes"));
+    }
+    if resource.chunked_upload_parts.len() != sizes.len() {
+        return mismatch(format!("{} parts", resource.chunked_upload_parts.len()), format!("{} parts", sizes.len()));
+    }
+    for (seq, size) in sizes.iter().enumerate() {
+        match resource.part_size(seq as u32) {
+            Some(held) if held == *size => {}
+            Some(held) => return mismatch(format!("part {seq} with {held} bytes"), format!("{size} bytes")),
+            None => return mismatch(format!("no part {seq}"), format!("{size} bytes in it")),
+        }
+    }
+    Ok(())
+}
+
+/// How long the upload has to live: its `expirationDateTime` less the upstream's own `Date` (so
+/// that skew between the clocks does not count), or less ours when it sends none. An expiry that
+/// cannot be read gives the assumed lifetime; one already past, none.
+fn time_to_live(expiration: &str, date: Option<&HeaderValue>) -> Duration {
+    let Ok(expires) = humantime::parse_rfc3339_weak(expiration.trim()) else { return ASSUMED_LIFETIME };
+    let now = date.and_then(|d| httpdate::parse_http_date(d.to_str().ok()?).ok()).unwrap_or_else(SystemTime::now);
+    expires.duration_since(now).unwrap_or(Duration::ZERO)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+/// Counts a part on the wire for as long as it lives.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(gauge: &Arc<AtomicUsize>) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Sends one part, retrying as needed; the permit holds its share of the memory budget, and the
+/// gauge counts the part, until the part is done.
+async fn send_part(
+    calls: Calls,
+    id: String,
+    seq: u32,
+    part: Part,
+    held: (OwnedSemaphorePermit, InFlight),
+) -> Result<u32, Abort> {
+    let outcome = calls.put_part(&id, seq, &part.body, part.len as u64).await;
+    // The budget first, so that the buffer, going back to the pool, finds the room it held.
+    drop(held);
+    drop(part);
+    outcome.map(|()| seq)
+}
+
+/// The part size that fits `len` bytes into `parts` parts: at least `part_size`, at most
+/// `max_part_bytes` (the caller checks that the result does fit).
+fn fit(len: u64, parts: u32, c: &UploadConfig) -> usize {
+    let need = len.div_ceil(parts.max(1) as u64) as usize;
+    need.max(c.part_size).min(c.max_part_bytes).max(1)
+}
+
+/// KiB of the memory budget one part holds: its body (the raw bytes are never held apart from it).
+fn budget_cost(size: usize, c: &UploadConfig) -> u32 {
+    let bytes = part::encoded_len(size);
+    let cap = (c.memory_budget_bytes / 1024).clamp(1, u32::MAX as usize);
+    (bytes.div_ceil(1024)).min(cap) as u32
+}
