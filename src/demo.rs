@@ -74,7 +74,16 @@ impl Report {
 
 const ACCOUNT: &str = "1234567";
 
+/// Starts the simulator and the gateway, streams the document, and says what happened.
 pub async fn run(opts: Options) -> Result<Report, String> {
+    let size = document_size(&opts).await?;
+    let sim = start_simulator(&opts, size).await?;
+    let gw = start_gateway(&opts, size, sim.url()).await?;
+    let streamed = stream(&opts, size, &gw).await?;
+    Ok(report(&sim, streamed))
+}
+
+async fn document_size(opts: &Options) -> Result<u64, String> {
     let size = match &opts.file {
         Some(path) => tokio::fs::metadata(path).await.map_err(|e| format!("{}: {e}", path.display()))?.len(),
         None => opts.size,
@@ -82,21 +91,26 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     if size == 0 {
         return Err("the document is empty".into());
     }
+    Ok(size)
+}
+
+async fn start_simulator(opts: &Options, size: u64) -> Result<sim::SimHandle, String> {
     let mut sim_config =
         SimConfig { listen: "127.0.0.1:0".parse().unwrap(), storage: Storage::Digest, ..SimConfig::default() };
     sim_config.limits.max_total_size = sim_config.limits.max_total_size.max(size);
     sim_config.limits.quota_bytes = sim_config.limits.quota_bytes.max(size);
-    sim_config.faults = faults(&opts);
-    // A short burst window, so a throttling pause lasts at most
-    // two seconds instead of thirty.
+    sim_config.faults = faults(opts);
+    // A short burst window, so a throttling pause lasts at most two seconds instead of thirty.
     sim_config.limits.burst_limit = 200;
     sim_config.limits.burst_window_secs = 2;
-    let sim = sim::spawn(sim_config).await.map_err(|e| format!("cannot start the simulator: {e}"))?;
+    sim::spawn(sim_config).await.map_err(|e| format!("cannot start the simulator: {e}"))
+}
 
+async fn start_gateway(opts: &Options, size: u64, upstream: String) -> Result<gateway::GatewayHandle, String> {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.admin.listen = "127.0.0.1:0".parse().unwrap();
-    config.upstream.base_url = sim.url();
+    config.upstream.base_url = upstream;
     config.upstream.allow_plain_http = true;
     config.upload.part_size = opts.part_size;
     config.upload.max_in_flight = opts.max_in_flight;
@@ -107,8 +121,20 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     if !problems.is_empty() {
         return Err(problems.join("; "));
     }
-    let gw = gateway::spawn(config).await?;
+    gateway::spawn(config).await
+}
 
+/// What the client saw of its upload.
+struct Streamed {
+    head: http::response::Parts,
+    answer: Bytes,
+    elapsed: Duration,
+    sent: u64,
+    sent_sha256: String,
+}
+
+/// Streams the document through the gateway with a progress bar.
+async fn stream(opts: &Options, size: u64, gw: &gateway::GatewayHandle) -> Result<Streamed, String> {
     let sent = Arc::new(AtomicU64::new(0));
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     let producer = tokio::spawn(produce(opts.file.clone(), size, tx));
@@ -122,7 +148,6 @@ pub async fn run(opts: Options) -> Result<Report, String> {
         .body(body)
         .expect("valid request");
     let client: Client<_, Body> = Client::builder(TokioExecutor::new()).build_http();
-
     let bar = ProgressBar::new(size);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}")
@@ -141,15 +166,19 @@ pub async fn run(opts: Options) -> Result<Report, String> {
         })
     };
     let response = call.await.map_err(|e| e.to_string())?.map_err(|e| format!("the request failed: {e}"))?;
-    let (parts, incoming) = response.into_parts();
+    let (head, incoming) = response.into_parts();
     let answer = incoming.collect().await.map_err(|e| e.to_string())?.to_bytes();
     let elapsed = started.elapsed();
     ticker.abort();
     bar.set_position(sent.load(Ordering::Relaxed));
     bar.finish_with_message("done");
     let sent_sha256 = producer.await.map_err(|e| e.to_string())??;
+    Ok(Streamed { head, answer, elapsed, sent: sent.load(Ordering::Relaxed), sent_sha256 })
+}
 
-    let head = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+/// What happened, as the client saw it and as the simulator holds it.
+fn report(sim: &sim::SimHandle, s: Streamed) -> Report {
+    let head = |name: &str| s.head.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let upload_id = head("x-chunkgate-upload-id");
     let (upstream_sha256, committed) = match sim.sim.store().inspect(&upload_id, 0) {
         Some(i) => (i.sha256, i.state == sim::store::State::Committed),
@@ -157,22 +186,22 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     };
     let stats = sim.sim.stats_json();
     let (retries, reconciliations, throttle_waits) = crate::telemetry::resilience_counts();
-    Ok(Report {
+    Report {
         retries,
         reconciliations,
         throttle_waits,
-        status: parts.status,
+        status: s.head.status,
         parts: head("x-chunkgate-parts"),
-        bytes: sent.load(Ordering::Relaxed),
-        elapsed,
-        sent_sha256,
+        bytes: s.sent,
+        elapsed: s.elapsed,
+        sent_sha256: s.sent_sha256,
         upstream_sha256,
         committed,
         sim_requests: stats["requests"].as_u64().unwrap_or(0),
         sim_faults: ["throttled", "injected_errors", "dropped"].iter().map(|k| stats[k].as_u64().unwrap_or(0)).sum(),
         upload_id,
-        body: String::from_utf8_lossy(&answer).into_owned(),
-    })
+        body: String::from_utf8_lossy(&s.answer).into_owned(),
+    }
 }
 
 /// Prints the report for a person.

@@ -448,31 +448,43 @@ impl Config {
     /// Every semantic problem (types and unknown keys are caught while parsing).
     pub fn problems(&self) -> Vec<String> {
         let mut out = self.sim.problems();
+        self.upstream_problems(&mut out);
+        self.upload_problems(&mut out);
+        self.zero_problems(&mut out);
+        self.server_problems(&mut out);
+        self.retry_and_log_problems(&mut out);
+        out
+    }
+
+    fn upstream_problems(&self, out: &mut Vec<String>) {
         let base = &self.upstream.base_url;
         if base.contains(['?', '#'])
             || base.split("://").nth(1).is_some_and(|rest| rest.split('/').next().unwrap_or_default().contains('@'))
         {
             out.push(format!("upstream.base_url must be a scheme, host, port (and path) only: no query, fragment or user, not {base:?}"));
         }
-        match self.upstream.base_url.parse::<http::Uri>() {
+        match base.parse::<http::Uri>() {
             Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {}
             Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {
                 if !self.upstream.allow_plain_http {
                     out.push(format!(
-                        "upstream.base_url {} is plain http: set upstream.allow_plain_http = true to permit it",
-                        self.upstream.base_url
+                        "upstream.base_url {base} is plain http: set upstream.allow_plain_http = true to permit it"
                     ));
                 }
             }
-            _ => {
-                out.push(format!("upstream.base_url must be an absolute http(s) URL, not {:?}", self.upstream.base_url))
-            }
+            _ => out.push(format!("upstream.base_url must be an absolute http(s) URL, not {base:?}")),
         }
         for ca in &self.upstream.ca_files {
             if !ca.is_file() {
                 out.push(format!("upstream.ca_files: {} is not a readable file", ca.display()));
             }
         }
+        if self.upstream.max_request_bytes < 4096 {
+            out.push(format!("upstream.max_request_bytes ({}) must be at least 4096", self.upstream.max_request_bytes));
+        }
+    }
+
+    fn upload_problems(&self, out: &mut Vec<String>) {
         let u = &self.upload;
         if u.part_size == 0 || u.part_size > u.max_part_bytes {
             out.push(format!(
@@ -483,84 +495,6 @@ impl Config {
         if !(1..=256).contains(&u.assumed_max_parts) {
             out.push(format!("upload.assumed_max_parts must be within 1..=256, not {}", u.assumed_max_parts));
         }
-        for (name, v) in [
-            ("upload.max_in_flight", u.max_in_flight as u64),
-            ("upload.max_uploads", u.max_uploads as u64),
-            ("upload.max_document_bytes", u.max_document_bytes),
-            ("upload.client_idle_timeout_ms", u.client_idle_timeout_ms),
-            ("upstream.connect_timeout_ms", self.upstream.connect_timeout_ms),
-            ("upstream.call_timeout_ms", self.upstream.call_timeout_ms),
-            ("upstream.part_timeout_ms", self.upstream.part_timeout_ms),
-            ("upstream.commit_timeout_ms", self.upstream.commit_timeout_ms),
-            ("retry.max_attempts", self.retry.max_attempts as u64),
-            ("rate_limit.hourly_limit", self.rate_limit.hourly_limit as u64),
-            ("rate_limit.burst_limit", self.rate_limit.burst_limit as u64),
-            ("rate_limit.burst_window_secs", self.rate_limit.burst_window_secs),
-            ("quota.uploads_per_account", self.quota.uploads_per_account as u64),
-            ("quota.bytes_per_account", self.quota.bytes_per_account),
-            ("upstream.max_response_bytes", self.upstream.max_response_bytes as u64),
-            ("server.max_connections", self.server.max_connections as u64),
-            ("server.header_read_timeout_ms", self.server.header_read_timeout_ms),
-            ("server.max_uploads_per_caller", self.server.max_uploads_per_caller as u64),
-            ("server.max_passthrough_per_caller", self.server.max_passthrough_per_caller as u64),
-            ("server.max_passthrough_per_account", self.server.max_passthrough_per_account as u64),
-            ("server.idle_timeout_ms", self.server.idle_timeout_ms),
-        ] {
-            if v == 0 {
-                out.push(format!("{name} must be above 0"));
-            }
-        }
-        if !(8192..=16 << 20).contains(&self.server.read_buffer_bytes) {
-            out.push(format!(
-                "server.read_buffer_bytes ({}) must be within 8192..=16777216",
-                self.server.read_buffer_bytes
-            ));
-        }
-        if !(1..=1000).contains(&self.server.http2_max_streams) {
-            out.push(format!("server.http2_max_streams ({}) must be within 1..=1000", self.server.http2_max_streams));
-        }
-        if !(65_535..=16 << 20).contains(&self.server.http2_stream_window_bytes) {
-            out.push(format!(
-                "server.http2_stream_window_bytes ({}) must be within 65535..=16777216",
-                self.server.http2_stream_window_bytes
-            ));
-        }
-        if self.upstream.max_request_bytes < 4096 {
-            out.push(format!("upstream.max_request_bytes ({}) must be at least 4096", self.upstream.max_request_bytes));
-        }
-        if self.server.worker_threads > 1024 {
-            out.push(format!("server.worker_threads ({}) must be at most 1024", self.server.worker_threads));
-        }
-        if !(1024..=16 << 20).contains(&self.server.max_header_bytes) {
-            out.push(format!(
-                "server.max_header_bytes ({}) must be within 1024..=16777216",
-                self.server.max_header_bytes
-            ));
-        }
-        if let Err(problem) = self.server.tls_acceptor() {
-            out.push(format!("server TLS: {problem}"));
-        }
-        if let Err(problem) = tls_acceptor(self.sim.tls_cert.as_deref(), self.sim.tls_key.as_deref(), None) {
-            out.push(format!("sim TLS: {problem}"));
-        }
-        if http::HeaderName::from_bytes(self.server.caller_key_header.as_bytes()).is_err() {
-            out.push(format!("server.caller_key_header {:?} is not a header name", self.server.caller_key_header));
-        }
-        if self.server.caller_keys.iter().any(|k| k.0.len() < 16) {
-            out.push("server.caller_keys must be at least 16 characters each".into());
-        }
-        for account in &self.server.allowed_accounts {
-            if !crate::ids::valid_account(account) {
-                out.push(format!("server.allowed_accounts: {account:?} is neither an integer nor a GUID"));
-            }
-        }
-        let r = &self.retry;
-        if !(0.0..=10.0).contains(&r.budget_ratio) || !(0.0..=1000.0).contains(&r.budget_floor_per_sec) {
-            out.push("retry.budget_ratio must be within 0..=10 and retry.budget_floor_per_sec within 0..=1000".into());
-        }
-        if r.base_backoff_ms > r.max_backoff_ms {
-            out.push("retry.base_backoff_ms must not exceed retry.max_backoff_ms".into());
-        }
         if u.memory_budget_bytes < u.part_size * 3 {
             out.push(format!(
                 "upload.memory_budget_bytes ({}) must hold at least two part bodies (3 x upload.part_size = {})",
@@ -568,10 +502,82 @@ impl Config {
                 u.part_size * 3
             ));
         }
+    }
+
+    /// Counts, sizes and times that must not be zero.
+    fn zero_problems(&self, out: &mut Vec<String>) {
+        let (u, up, s) = (&self.upload, &self.upstream, &self.server);
+        for (name, v) in [
+            ("upload.max_in_flight", u.max_in_flight as u64),
+            ("upload.max_uploads", u.max_uploads as u64),
+            ("upload.max_document_bytes", u.max_document_bytes),
+            ("upload.client_idle_timeout_ms", u.client_idle_timeout_ms),
+            ("upstream.connect_timeout_ms", up.connect_timeout_ms),
+            ("upstream.call_timeout_ms", up.call_timeout_ms),
+            ("upstream.part_timeout_ms", up.part_timeout_ms),
+            ("upstream.commit_timeout_ms", up.commit_timeout_ms),
+            ("upstream.max_response_bytes", up.max_response_bytes as u64),
+            ("retry.max_attempts", self.retry.max_attempts as u64),
+            ("rate_limit.hourly_limit", self.rate_limit.hourly_limit as u64),
+            ("rate_limit.burst_limit", self.rate_limit.burst_limit as u64),
+            ("rate_limit.burst_window_secs", self.rate_limit.burst_window_secs),
+            ("quota.uploads_per_account", self.quota.uploads_per_account as u64),
+            ("quota.bytes_per_account", self.quota.bytes_per_account),
+            ("server.max_connections", s.max_connections as u64),
+            ("server.header_read_timeout_ms", s.header_read_timeout_ms),
+            ("server.max_uploads_per_caller", s.max_uploads_per_caller as u64),
+            ("server.max_passthrough_per_caller", s.max_passthrough_per_caller as u64),
+            ("server.max_passthrough_per_account", s.max_passthrough_per_account as u64),
+            ("server.idle_timeout_ms", s.idle_timeout_ms),
+        ] {
+            if v == 0 {
+                out.push(format!("{name} must be above 0"));
+            }
+        }
+    }
+
+    fn server_problems(&self, out: &mut Vec<String>) {
+        let s = &self.server;
+        let mut within = |name: &str, v: u64, range: std::ops::RangeInclusive<u64>| {
+            if !range.contains(&v) {
+                out.push(format!("server.{name} ({v}) must be within {}..={}", range.start(), range.end()));
+            }
+        };
+        within("read_buffer_bytes", s.read_buffer_bytes as u64, 8192..=16 << 20);
+        within("http2_max_streams", s.http2_max_streams.into(), 1..=1000);
+        within("http2_stream_window_bytes", s.http2_stream_window_bytes.into(), 65_535..=16 << 20);
+        within("worker_threads", s.worker_threads as u64, 0..=1024);
+        within("max_header_bytes", s.max_header_bytes as u64, 1024..=16 << 20);
+        if let Err(problem) = s.tls_acceptor() {
+            out.push(format!("server TLS: {problem}"));
+        }
+        if let Err(problem) = tls_acceptor(self.sim.tls_cert.as_deref(), self.sim.tls_key.as_deref(), None) {
+            out.push(format!("sim TLS: {problem}"));
+        }
+        if http::HeaderName::from_bytes(s.caller_key_header.as_bytes()).is_err() {
+            out.push(format!("server.caller_key_header {:?} is not a header name", s.caller_key_header));
+        }
+        if s.caller_keys.iter().any(|k| k.0.len() < 16) {
+            out.push("server.caller_keys must be at least 16 characters each".into());
+        }
+        for account in &s.allowed_accounts {
+            if !crate::ids::valid_account(account) {
+                out.push(format!("server.allowed_accounts: {account:?} is neither an integer nor a GUID"));
+            }
+        }
+    }
+
+    fn retry_and_log_problems(&self, out: &mut Vec<String>) {
+        let r = &self.retry;
+        if !(0.0..=10.0).contains(&r.budget_ratio) || !(0.0..=1000.0).contains(&r.budget_floor_per_sec) {
+            out.push("retry.budget_ratio must be within 0..=10 and retry.budget_floor_per_sec within 0..=1000".into());
+        }
+        if r.base_backoff_ms > r.max_backoff_ms {
+            out.push("retry.base_backoff_ms must not exceed retry.max_backoff_ms".into());
+        }
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
             out.push(format!("log.filter is not a valid filter: {err}"));
         }
-        out
     }
 }
 

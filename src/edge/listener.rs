@@ -329,21 +329,7 @@ where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<Body>, BoxError>> + Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        // hyper bounds the head and the read buffer with one setting.
-        .max_buf_size(limits.max_header_bytes.max(limits.read_buffer_bytes).max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32)
-        .max_concurrent_streams(limits.http2_max_streams)
-        .initial_stream_window_size(limits.http2_stream_window)
-        .initial_connection_window_size(limits.http2_stream_window.saturating_mul(limits.http2_max_streams));
-    let builder = Arc::new(builder);
+    let builder = Arc::new(http_builder(limits));
     // Every connection task holds a clone; when all are gone, every connection has closed.
     let (open, mut all_closed) = mpsc::channel::<()>(1);
     let stop = {
@@ -361,15 +347,7 @@ where
             () = &mut stop => break,
         };
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(err) => {
-                    // Out of descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = accept(&listener) => accepted,
             () = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);
@@ -413,6 +391,39 @@ where
     }
     drop((listener, open));
     let _ = all_closed.recv().await;
+}
+
+/// HTTP/1.1 and HTTP/2 on one listener, with the connection limits.
+fn http_builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // hyper bounds the head and the read buffer with one setting.
+        .max_buf_size(limits.max_header_bytes.max(limits.read_buffer_bytes).max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .max_concurrent_streams(limits.http2_max_streams)
+        .initial_stream_window_size(limits.http2_stream_window)
+        .initial_connection_window_size(limits.http2_stream_window.saturating_mul(limits.http2_max_streams));
+    builder
+}
+
+/// The next connection; a failed accept (out of descriptors and the like) backs off instead of
+/// spinning.
+async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(pair) => return pair,
+            Err(err) => {
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 /// Serves one connection until it ends: closed gracefully when the server stops, when it stays

@@ -62,34 +62,12 @@ impl Refused {
 /// that is their normal form, not an absolute-form target. Over HTTP/1 a scheme or an authority
 /// means absolute-form or authority-form, which is refused.
 pub fn screen<'a>(method: &http::Method, uri: &'a http::Uri, version: http::Version) -> Result<ApiTarget<'a>, Refused> {
-    let h1 = version <= http::Version::HTTP_11;
-    if method == http::Method::CONNECT || (h1 && (uri.scheme().is_some() || uri.authority().is_some())) {
-        return Err(Refused::NotOrigin);
-    }
-    // One pass over the bytes and one over the segments, without allocating: every request
-    // passes here.
-    let path = uri.path();
-    if !path.starts_with('/') || path.bytes().any(|b| b == b'\\') || has_encoded_separator(path) {
-        return Err(Refused::Traversal);
-    }
-    let mut at = None;
-    let mut offset = 0;
-    for segment in path.split('/') {
-        match segment {
-            "." | ".." => return Err(Refused::Traversal),
-            "v2" | "v2.1" if at.is_some() => return Err(Refused::AmbiguousVersion),
-            "v2" | "v2.1" => at = Some(offset),
-            _ => {}
-        }
-        offset += segment.len() + 1;
-    }
-    let at = at.ok_or(Refused::NotApi)?;
+    let path = origin_path(method, uri, version)?;
+    let at = version_at(path)?;
     // `at` is where the version segment starts; the slash before it ends the prefix.
-    let prefix = &path[..at - 1];
-    let rest = &path[at..];
-    let mut segments = rest.split('/');
+    let mut segments = path[at..].split('/');
     let version = segments.next().unwrap_or_default();
-    let mut target = ApiTarget { prefix, version, account: None, chunked: None };
+    let mut target = ApiTarget { prefix: &path[..at - 1], version, account: None, chunked: None };
     if segments.next() != Some("accounts") {
         return Ok(target);
     }
@@ -103,30 +81,65 @@ pub fn screen<'a>(method: &http::Method, uri: &'a http::Uri, version: http::Vers
         return Err(Refused::BadAccount);
     }
     target.account = Some(account);
-    if segments.next() != Some("chunked_uploads") {
-        return Ok(target);
+    if segments.next() == Some("chunked_uploads") {
+        target.chunked = chunked_route(segments)?;
     }
+    Ok(target)
+}
+
+/// The path of an origin-form target, without dot segments, encoded separators or backslashes.
+fn origin_path<'a>(method: &http::Method, uri: &'a http::Uri, version: http::Version) -> Result<&'a str, Refused> {
+    let h1 = version <= http::Version::HTTP_11;
+    if method == http::Method::CONNECT || (h1 && (uri.scheme().is_some() || uri.authority().is_some())) {
+        return Err(Refused::NotOrigin);
+    }
+    let path = uri.path();
+    if !path.starts_with('/') || path.bytes().any(|b| b == b'\\') || has_encoded_separator(path) {
+        return Err(Refused::Traversal);
+    }
+    Ok(path)
+}
+
+/// Where the one API version segment starts. One pass over the segments, without allocating:
+/// every request passes here.
+fn version_at(path: &str) -> Result<usize, Refused> {
+    let mut at = None;
+    let mut offset = 0;
+    for segment in path.split('/') {
+        match segment {
+            "." | ".." => return Err(Refused::Traversal),
+            "v2" | "v2.1" if at.is_some() => return Err(Refused::AmbiguousVersion),
+            "v2" | "v2.1" => at = Some(offset),
+            _ => {}
+        }
+        offset += segment.len() + 1;
+    }
+    at.ok_or(Refused::NotApi)
+}
+
+/// The segments after `chunked_uploads`: the collection, an upload or one of its parts, with
+/// well-formed ids. Anything longer is not a route of the resource (`None`: passed through for the
+/// upstream to refuse).
+fn chunked_route<'a>(segments: impl Iterator<Item = &'a str>) -> Result<Option<Chunked<'a>>, Refused> {
     // A trailing slash names the same route.
     let tail: Vec<&str> = segments.collect();
     let tail = match tail.as_slice() {
         [head @ .., ""] => head,
         all => all,
     };
-    match tail {
-        [] => target.chunked = Some(Chunked { upload: None, part: None }),
-        [upload] => target.chunked = Some(Chunked { upload: Some(upload), part: None }),
-        [upload, part] => target.chunked = Some(Chunked { upload: Some(upload), part: Some(part) }),
-        // Not a route of the resource: passed through for the upstream to refuse.
-        _ => return Ok(target),
-    }
-    let chunked = target.chunked.expect("set above");
+    let chunked = match tail {
+        [] => Chunked { upload: None, part: None },
+        [upload] => Chunked { upload: Some(upload), part: None },
+        [upload, part] => Chunked { upload: Some(upload), part: Some(part) },
+        _ => return Ok(None),
+    };
     if chunked.upload.is_some_and(|id| !valid_upload_id(id)) {
         return Err(Refused::BadUploadId);
     }
     if chunked.part.is_some_and(|seq| parse_seq(seq).is_none()) {
         return Err(Refused::BadSequence);
     }
-    Ok(target)
+    Ok(Some(chunked))
 }
 
 /// `%2f`, `%5c`, `%2e` or `%00`, in either case.

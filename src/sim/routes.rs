@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::{
     Sim,
+    config::Limits,
     faults::{Action, Faults, Op},
     path::{self, Route},
     ratelimit::Announce,
@@ -66,67 +67,10 @@ async fn api_or_control(sim: &Arc<Sim>, req: Request<Incoming>) -> Result<Respon
         sim.stats.http2_requests.fetch_add(1, Ordering::Relaxed);
     }
     let uri = req.uri().clone();
-    let Some(target) = path::chunked_upload(uri.path(), &sim.config.path_prefix) else {
-        return Ok(reply(
-            Reply::error(
-                &sim,
-                StatusCode::NOT_FOUND,
-                "RESOURCE_NOT_FOUND",
-                "The simulator serves only the chunked-upload routes.",
-            ),
-            None,
-        ));
+    let (op, target, owner) = match accept(&sim, &req, uri.path()) {
+        Ok(accepted) => accepted,
+        Err(refused) => return Ok(*refused),
     };
-    let commit = path::query_has(req.uri().query(), "action", "commit");
-    let op = match (req.method(), target.upload, target.part) {
-        (&Method::POST, None, None) => Op::Create,
-        (&Method::GET, Some(_), None) => Op::Get,
-        (&Method::PUT, Some(_), None) if commit => Op::Commit,
-        (&Method::PUT, Some(_), Some(_)) => Op::AddPart,
-        (&Method::DELETE, Some(_), None) => Op::Delete,
-        _ => {
-            return Ok(reply(
-                Reply::error(
-                    &sim,
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "METHOD_NOT_ALLOWED",
-                    "This method is not allowed on this resource.",
-                ),
-                None,
-            ));
-        }
-    };
-    if !path::valid_account(target.account) {
-        return Ok(reply(
-            Reply::error(
-                &sim,
-                StatusCode::BAD_REQUEST,
-                "INVALID_ACCOUNT_ID",
-                "The account id must be an integer or a GUID.",
-            ),
-            None,
-        ));
-    }
-    let Some(owner) = bearer(req.headers(), &sim.config.tokens) else {
-        return Ok(reply(
-            Reply::error(
-                &sim,
-                StatusCode::UNAUTHORIZED,
-                "USER_AUTHENTICATION_FAILED",
-                "One or both of Username and Password are invalid. Invalid access token.",
-            ),
-            None,
-        ));
-    };
-    // DocuSign's IIS front end refuses a length-less PUT before the API ever sees it.
-    if op == Op::Commit && sim.config.require_commit_length && lacks_length(&req) {
-        return Ok(length_required());
-    }
-    // ...and a request over its size cap.
-    if declared_length(&req).is_some_and(|n| n > sim.config.max_request_bytes) {
-        return Ok(reply(Reply::front_end(StatusCode::PAYLOAD_TOO_LARGE), None));
-    }
-
     let limits = sim.config.limits_for(target.account);
     let now = sim.now();
     let (exceeded, announce) = sim.rates.admit(target.account, &limits, now);
@@ -138,41 +82,84 @@ async fn api_or_control(sim: &Arc<Sim>, req: Request<Incoming>) -> Result<Respon
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    match action {
-        Action::Throttle if sim.faults.html_errors() => {
-            sim.stats.throttled.fetch_add(1, Ordering::Relaxed);
-            return Ok(reply(Reply::front_end(StatusCode::TOO_MANY_REQUESTS), None));
-        }
-        Action::Error(status) if sim.faults.html_errors() => {
-            sim.stats.injected_errors.fetch_add(1, Ordering::Relaxed);
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            return Ok(reply(Reply::front_end(status), None));
-        }
-        Action::Throttle => {
-            sim.stats.throttled.fetch_add(1, Ordering::Relaxed);
-            let ex = super::ratelimit::Exceeded::Burst;
-            return Ok(reply(
-                Reply::error(&sim, throttle_status(&sim), ex.code(), &ex.message(&limits)),
-                Some(announce),
-            ));
-        }
-        Action::Error(status) => {
-            sim.stats.injected_errors.fetch_add(1, Ordering::Relaxed);
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            return Ok(reply(
-                Reply::error(&sim, status, "UNSPECIFIED_ERROR", "An injected server error (simulator fault)."),
-                Some(announce),
-            ));
-        }
-        Action::None | Action::DropAfterStore | Action::Corrupt => {}
+    if let Some(faulty) = injected(&sim, action, &limits, announce) {
+        return Ok(faulty);
     }
-
     let answer = api(&sim, op, target, &owner, req, now, action == Action::Corrupt).await;
     if action == Action::DropAfterStore {
         sim.stats.dropped.fetch_add(1, Ordering::Relaxed);
         return Err("simulated fault: request applied, connection dropped unanswered".into());
     }
     Ok(reply(answer, Some(announce)))
+}
+
+/// What the request is: its operation, its route and the member behind its token; or the answer
+/// that refuses it before the API looks at it (no such route or method, a bad account, no token,
+/// and the front end's own refusals).
+fn accept<'p>(
+    sim: &Sim,
+    req: &Request<Incoming>,
+    path: &'p str,
+) -> Result<(Op, Route<'p>, String), Box<Response<Body>>> {
+    let refuse = |status, code, message| Box::new(reply(Reply::error(sim, status, code, message), None));
+    let Some(target) = path::chunked_upload(path, &sim.config.path_prefix) else {
+        let message = "The simulator serves only the chunked-upload routes.";
+        return Err(refuse(StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND", message));
+    };
+    let commit = path::query_has(req.uri().query(), "action", "commit");
+    let op = match (req.method(), target.upload, target.part) {
+        (&Method::POST, None, None) => Op::Create,
+        (&Method::GET, Some(_), None) => Op::Get,
+        (&Method::PUT, Some(_), None) if commit => Op::Commit,
+        (&Method::PUT, Some(_), Some(_)) => Op::AddPart,
+        (&Method::DELETE, Some(_), None) => Op::Delete,
+        _ => {
+            let message = "This method is not allowed on this resource.";
+            return Err(refuse(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", message));
+        }
+    };
+    if !path::valid_account(target.account) {
+        let message = "The account id must be an integer or a GUID.";
+        return Err(refuse(StatusCode::BAD_REQUEST, "INVALID_ACCOUNT_ID", message));
+    }
+    let Some(owner) = bearer(req.headers(), &sim.config.tokens) else {
+        let message = "One or both of Username and Password are invalid. Invalid access token.";
+        return Err(refuse(StatusCode::UNAUTHORIZED, "USER_AUTHENTICATION_FAILED", message));
+    };
+    // DocuSign's IIS front end refuses a length-less PUT before the API ever sees it...
+    if op == Op::Commit && sim.config.require_commit_length && lacks_length(req) {
+        return Err(Box::new(length_required()));
+    }
+    // ...and a request over its size cap.
+    if declared_length(req).is_some_and(|n| n > sim.config.max_request_bytes) {
+        return Err(Box::new(reply(Reply::front_end(StatusCode::PAYLOAD_TOO_LARGE), None)));
+    }
+    Ok((op, target, owner))
+}
+
+/// The answer of an injected throttling or server error, if `action` is one.
+fn injected(sim: &Sim, action: Action, limits: &Limits, announce: Announce) -> Option<Response<Body>> {
+    let html = sim.faults.html_errors();
+    let faulty = match action {
+        Action::Throttle => {
+            sim.stats.throttled.fetch_add(1, Ordering::Relaxed);
+            if html {
+                return Some(reply(Reply::front_end(StatusCode::TOO_MANY_REQUESTS), None));
+            }
+            let ex = super::ratelimit::Exceeded::Burst;
+            Reply::error(sim, throttle_status(sim), ex.code(), &ex.message(limits))
+        }
+        Action::Error(status) => {
+            sim.stats.injected_errors.fetch_add(1, Ordering::Relaxed);
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            if html {
+                return Some(reply(Reply::front_end(status), None));
+            }
+            Reply::error(sim, status, "UNSPECIFIED_ERROR", "An injected server error (simulator fault).")
+        }
+        Action::None | Action::DropAfterStore | Action::Corrupt => return None,
+    };
+    Some(reply(faulty, Some(announce)))
 }
 
 /// The five operations, after routing, auth and rate limits.
@@ -235,38 +222,10 @@ async fn part_data(sim: &Sim, req: Request<Incoming>, max_data: u64) -> Result<B
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
     if !is_json {
-        return Err(Reply::error(
-            sim,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "INVALID_CONTENT_TYPE",
-            "Parts must be sent as application/json.",
-        ));
+        let message = "Parts must be sent as application/json.";
+        return Err(Reply::error(sim, StatusCode::UNSUPPORTED_MEDIA_TYPE, "INVALID_CONTENT_TYPE", message));
     }
-    // Base64 inflates by 4/3; leave room for the JSON around it. The front end's cap on a
-    // request comes first.
-    let api_limit = (max_data as usize / 3 + 1) * 4 + 64 * 1024;
-    let cap = usize::try_from(sim.config.max_request_bytes).unwrap_or(usize::MAX);
-    let limit = api_limit.min(cap);
-    let declared = declared_length(&req).unwrap_or(0) as usize;
-    // Sized to the declared length, so the body is copied once and the buffer never grows.
-    let buf = sim.buffers.take(declared.min(limit));
-    let mut raw = match body::read_limited_into(req.into_body(), limit, buf).await {
-        Ok(raw) => raw,
-        Err(ReadError::TooLarge { .. }) if limit == cap => {
-            return Err(Reply::front_end(StatusCode::PAYLOAD_TOO_LARGE));
-        }
-        Err(ReadError::TooLarge { .. }) => {
-            return Err((sim, Refusal::PartTooLarge(max_data)).into());
-        }
-        Err(ReadError::Io(_)) => {
-            return Err(Reply::error(
-                sim,
-                StatusCode::BAD_REQUEST,
-                "INVALID_REQUEST_BODY",
-                "The request body could not be read.",
-            ));
-        }
-    };
+    let mut raw = read_part_body(sim, req, max_data).await?;
     if let Some(len) = decode_compact(&mut raw) {
         // The decoded bytes sit at the start of the data string; the buffer returns to the pool
         // when the store lets go of them (in memory storage, a kept part holds its whole body
@@ -275,12 +234,8 @@ async fn part_data(sim: &Sim, req: Request<Incoming>, max_data: u64) -> Result<B
         return Ok(sim.buffers.lend(raw).slice(at..at + len));
     }
     let bad = |what: &str| {
-        Reply::error(
-            sim,
-            StatusCode::BAD_REQUEST,
-            "INVALID_REQUEST_BODY",
-            &format!("The request body is missing or improperly formatted: {what}."),
-        )
+        let message = format!("The request body is missing or improperly formatted: {what}.");
+        Reply::error(sim, StatusCode::BAD_REQUEST, "INVALID_REQUEST_BODY", &message)
     };
     let parsed: PartRequest = serde_json::from_slice(&raw).map_err(|_| bad("not a JSON object with a data string"))?;
     let encoded = parsed.data.ok_or_else(|| bad("no data"))?;
@@ -289,6 +244,28 @@ async fn part_data(sim: &Sim, req: Request<Incoming>, max_data: u64) -> Result<B
         .decode_to_vec(encoded.as_bytes())
         .map_err(|_| bad("data is not standard padded base64"))?;
     Ok(Bytes::from(decoded))
+}
+
+/// A part's request body, read whole into a reused buffer: refused by the front end over its cap,
+/// by the API over `max_data` bytes of data.
+async fn read_part_body(sim: &Sim, req: Request<Incoming>, max_data: u64) -> Result<Vec<u8>, Reply> {
+    // Base64 inflates by 4/3; leave room for the JSON around it. The front end's cap on a
+    // request comes first.
+    let api_limit = (max_data as usize / 3 + 1) * 4 + 64 * 1024;
+    let cap = usize::try_from(sim.config.max_request_bytes).unwrap_or(usize::MAX);
+    let limit = api_limit.min(cap);
+    let declared = declared_length(&req).unwrap_or(0) as usize;
+    // Sized to the declared length, so the body is copied once and the buffer never grows.
+    let buf = sim.buffers.take(declared.min(limit));
+    match body::read_limited_into(req.into_body(), limit, buf).await {
+        Ok(raw) => Ok(raw),
+        Err(ReadError::TooLarge { .. }) if limit == cap => Err(Reply::front_end(StatusCode::PAYLOAD_TOO_LARGE)),
+        Err(ReadError::TooLarge { .. }) => Err((sim, Refusal::PartTooLarge(max_data)).into()),
+        Err(ReadError::Io(_)) => {
+            let message = "The request body could not be read.";
+            Err(Reply::error(sim, StatusCode::BAD_REQUEST, "INVALID_REQUEST_BODY", message))
+        }
+    }
 }
 
 const COMPACT_HEAD: &[u8] = b"{\"data\":\"";
@@ -385,48 +362,9 @@ async fn control(sim: &Sim, req: Request<Incoming>) -> Response<Body> {
     let not_found = || json_reply(StatusCode::NOT_FOUND, json!({"error": "no such simulator route or upload"}));
     match (req.method().clone(), segments.as_slice()) {
         (Method::GET, ["faults"]) => json_reply(StatusCode::OK, json!(sim.faults.get())),
-        (Method::PUT, ["faults"]) => {
-            let raw = match body::read_limited(req.into_body(), 64 * 1024).await {
-                Ok(raw) => raw,
-                Err(err) => {
-                    return json_reply(StatusCode::BAD_REQUEST, json!({"error": err.to_string()}));
-                }
-            };
-            let mut unknown = Vec::new();
-            let parsed: Result<Faults, _> =
-                serde_ignored::deserialize(&mut serde_json::Deserializer::from_slice(&raw), |path| {
-                    unknown.push(path.to_string())
-                });
-            if !unknown.is_empty() {
-                return json_reply(
-                    StatusCode::BAD_REQUEST,
-                    json!({"error": format!("unknown fault settings: {}", unknown.join(", "))}),
-                );
-            }
-            match parsed {
-                Ok(faults) if faults.problems().is_empty() => {
-                    sim.faults.set(faults.clone());
-                    json_reply(StatusCode::OK, json!(faults))
-                }
-                Ok(faults) => json_reply(StatusCode::BAD_REQUEST, json!({"error": faults.problems()})),
-                Err(err) => json_reply(StatusCode::BAD_REQUEST, json!({"error": err.to_string()})),
-            }
-        }
+        (Method::PUT, ["faults"]) => set_faults(sim, req).await,
         (Method::GET, ["stats"]) => json_reply(StatusCode::OK, sim.stats_json()),
-        (Method::POST, ["clock"]) => {
-            let advance = req
-                .uri()
-                .query()
-                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("advance_secs=")))
-                .and_then(|v| v.parse::<i64>().ok());
-            match advance {
-                Some(secs) => {
-                    sim.clock_offset.fetch_add(secs, Ordering::Relaxed);
-                    json_reply(StatusCode::OK, json!({"now": sim.now()}))
-                }
-                None => json_reply(StatusCode::BAD_REQUEST, json!({"error": "expected ?advance_secs=N"})),
-            }
-        }
+        (Method::POST, ["clock"]) => advance_clock(sim, req.uri().query()),
         (Method::GET, ["uploads", id]) => match sim.store.inspect(id, sim.now()) {
             Some(inspection) => json_reply(StatusCode::OK, json!(inspection)),
             None => not_found(),
@@ -446,6 +384,45 @@ async fn control(sim: &Sim, req: Request<Incoming>) -> Response<Body> {
             Err(_) => json_reply(StatusCode::CONFLICT, json!({"error": "only a committed upload can be consumed"})),
         },
         _ => not_found(),
+    }
+}
+
+/// `PUT /__sim/faults`: new fault settings, unknown or out-of-range ones refused.
+async fn set_faults(sim: &Sim, req: Request<Incoming>) -> Response<Body> {
+    let raw = match body::read_limited(req.into_body(), 64 * 1024).await {
+        Ok(raw) => raw,
+        Err(err) => return json_reply(StatusCode::BAD_REQUEST, json!({"error": err.to_string()})),
+    };
+    let mut unknown = Vec::new();
+    let parsed: Result<Faults, _> =
+        serde_ignored::deserialize(&mut serde_json::Deserializer::from_slice(&raw), |path| {
+            unknown.push(path.to_string())
+        });
+    if !unknown.is_empty() {
+        let error = format!("unknown fault settings: {}", unknown.join(", "));
+        return json_reply(StatusCode::BAD_REQUEST, json!({ "error": error }));
+    }
+    match parsed {
+        Ok(faults) if faults.problems().is_empty() => {
+            sim.faults.set(faults.clone());
+            json_reply(StatusCode::OK, json!(faults))
+        }
+        Ok(faults) => json_reply(StatusCode::BAD_REQUEST, json!({"error": faults.problems()})),
+        Err(err) => json_reply(StatusCode::BAD_REQUEST, json!({"error": err.to_string()})),
+    }
+}
+
+/// `POST /__sim/clock?advance_secs=N`: moves the simulator's clock.
+fn advance_clock(sim: &Sim, query: Option<&str>) -> Response<Body> {
+    let advance = query
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("advance_secs=")))
+        .and_then(|v| v.parse::<i64>().ok());
+    match advance {
+        Some(secs) => {
+            sim.clock_offset.fetch_add(secs, Ordering::Relaxed);
+            json_reply(StatusCode::OK, json!({"now": sim.now()}))
+        }
+        None => json_reply(StatusCode::BAD_REQUEST, json!({"error": "expected ?advance_secs=N"})),
     }
 }
 
