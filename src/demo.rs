@@ -138,7 +138,7 @@ async fn stream(opts: &Options, size: u64, gw: &gateway::GatewayHandle) -> Resul
     let sent = Arc::new(AtomicU64::new(0));
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     let producer = tokio::spawn(produce(opts.file.clone(), size, tx));
-    let body = Counted { rx, sent: sent.clone() }.boxed();
+    let body = Counted { rx, sent: sent.clone() }.boxed_unsync();
     let req = Request::builder()
         .method(Method::POST)
         .uri(format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads", gw.url()))

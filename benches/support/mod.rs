@@ -153,7 +153,7 @@ pub async fn through_gateway(client: &HttpClient, gw: &str, size: u64, block: &B
         .header(header::AUTHORIZATION, "Bearer bench")
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::CONTENT_LENGTH, size)
-        .body(Repeat { block: block.clone(), left: size }.boxed())
+        .body(Repeat { block: block.clone(), left: size }.boxed_unsync())
         .unwrap();
     let started = Instant::now();
     let resp = client.request(req).await.expect("gateway answers");

@@ -8,6 +8,12 @@ use tokio::net::TcpListener;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tower::ServiceExt;
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    sensitive_headers::SetSensitiveRequestHeadersLayer,
+};
 
 use crate::{
     body::{Body, BoxError},
@@ -146,10 +152,11 @@ impl Gateway {
             return busy();
         };
         let idle = Duration::from_millis(self.config.upload.client_idle_timeout_ms);
+        let request_id = req.headers().get(crate::upstream::client::REQUEST_ID).cloned();
         match proxy::forward(&self.upstream, self.pacing.as_ref(), req, account, idle).await {
             Ok(response) => response,
             Err(err) => {
-                tracing::warn!(code = err.code(), detail = err.detail(), "passthrough failed");
+                tracing::warn!(request_id = ?request_id, code = err.code(), detail = err.detail(), "passthrough failed");
                 err.response(dialect)
             }
         }
@@ -287,6 +294,63 @@ fn is_document(headers: &HeaderMap) -> bool {
     !["/json", "+json", "/xml", "+xml"].iter().any(|s| mime.ends_with(s))
 }
 
+/// An answer as it leaves the layers.
+type Layered = Response<tower_http::body::UnsyncBoxBody<bytes::Bytes, BoxError>>;
+
+/// The connection's peer, carried in each request's extensions to the service inside the layers.
+#[derive(Clone, Copy)]
+struct Peer(SocketAddr);
+
+/// The gateway's handler inside tower-http's layers: a panic becomes 500 `INTERNAL_ERROR` with
+/// nothing of it in the body (the log has it); `Authorization` and the caller-key header are
+/// marked sensitive (never shown by `Debug`, never indexed by HPACK); every request carries an
+/// `X-Request-Id`, the client's or a new UUID, which its answer echoes, the logs name, and the
+/// upload's upstream calls carry.
+fn layered(
+    gw: Arc<Gateway>,
+) -> impl tower::Service<
+    Request<Incoming>,
+    Response = Layered,
+    Error = BoxError,
+    Future = impl Future<Output = Result<Layered, BoxError>> + Send + 'static,
+> + Clone
++ Send
++ Sync
++ 'static {
+    let (dialect, key) = (gw.upstream.dialect, gw.caller_key_header.clone());
+    let inner = tower::service_fn(move |req: Request<Incoming>| {
+        let gw = gw.clone();
+        let peer = req.extensions().get::<Peer>().map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |p| p.0);
+        async move { Ok::<_, BoxError>(gw.handle(req, peer).await) }
+    });
+    around(inner, dialect, key)
+}
+
+/// `inner` inside the layers (see [`layered`]).
+fn around<S, B>(
+    inner: S,
+    dialect: crate::config::Dialect,
+    caller_key_header: HeaderName,
+) -> impl tower::Service<Request<B>, Response = Layered, Error = BoxError, Future: Send> + Clone
+where
+    S: tower::Service<Request<B>, Response = Response<Body>, Error = BoxError> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    let sensitive: Arc<[HeaderName]> = Arc::from([header::AUTHORIZATION, caller_key_header]);
+    let panicked = move |_: Box<dyn std::any::Any + Send>| {
+        tracing::error!("a request's handler panicked");
+        GatewayError::Internal("a request's handler panicked".into()).response(dialect)
+    };
+    // Outermost first: the id is set before anything else, and echoed by the panic's answer too.
+    tower::ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(CatchPanicLayer::custom(panicked))
+        .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive))
+        .service(inner)
+}
+
 /// Serves the gateway on `listener` until `shutdown` resolves, then drains: no new uploads
 /// (SHUTTING_DOWN), running ones get `server.drain_secs` to finish, and whatever is still running
 /// after that is cancelled and its upstream upload deleted.
@@ -295,10 +359,10 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
         server::ConnLimits::for_server(&gateway.config.server, gateway.tls.clone(), gateway.connections.clone());
     limits.render = Some(framing_answer(gateway.upstream.dialect, gateway.config.server.max_header_bytes));
     let drain = Duration::from_secs(gateway.config.server.drain_secs);
-    let gw = gateway.clone();
-    let handler = move |req, peer: SocketAddr| {
-        let gw = gw.clone();
-        async move { Ok::<_, BoxError>(gw.handle(req, peer).await) }
+    let service = layered(gateway.clone());
+    let handler = move |mut req: Request<Incoming>, peer: SocketAddr| {
+        req.extensions_mut().insert(Peer(peer));
+        service.clone().oneshot(req)
     };
     let draining = {
         let gw = gateway.clone();
@@ -387,6 +451,34 @@ mod tests {
         assert!(!with("Application/JSON"));
         assert!(!with("application/problem+json"));
         assert!(!with("text/xml"));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_with_nothing_of_the_panic_and_every_answer_has_a_request_id() {
+        use http_body_util::BodyExt;
+        let panicking = tower::service_fn(|req: Request<String>| async move {
+            if req.uri().path() == "/panic" {
+                panic!("secret detail from inside");
+            }
+            let sensitive = req.headers()[header::AUTHORIZATION].is_sensitive();
+            Ok::<_, BoxError>(Response::new(crate::body::full(format!("sensitive={sensitive}"))))
+        });
+        let svc = around(panicking, crate::config::Dialect::Docusign, HeaderName::from_static("x-chunkgate-key"));
+        let req = |path: &str| {
+            Request::builder().uri(path).header(header::AUTHORIZATION, "Bearer t").body(String::new()).unwrap()
+        };
+        let answer = svc.clone().oneshot(req("/panic")).await.unwrap();
+        assert_eq!(answer.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(answer.headers().contains_key("x-request-id"), "a new request id");
+        let body = answer.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("INTERNAL_ERROR") && !body.contains("secret"), "{body}");
+        let mut given = req("/fine");
+        given.headers_mut().insert("x-request-id", "abc-123".parse().unwrap());
+        let answer = svc.oneshot(given).await.unwrap();
+        assert_eq!(answer.headers()["x-request-id"], "abc-123", "the client's id is kept");
+        let body = answer.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"sensitive=true");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use tokio::{
 };
 
 use crate::{
-    body::{Body, BoxError},
+    body::BoxError,
     edge::canned::{Canned, Render},
 };
 
@@ -243,7 +243,7 @@ impl Drop for Busy {
 ///
 /// A handler that returns `Err` makes the connection close without an answer; the simulator uses
 /// that to reproduce a peer that stored a request and then went away.
-pub async fn serve<H, F>(
+pub async fn serve<H, F, B>(
     listener: TcpListener,
     limits: ConnLimits,
     handler: H,
@@ -252,7 +252,9 @@ pub async fn serve<H, F>(
     on_overrun: impl FnOnce(),
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Result<Response<Body>, BoxError>> + Send + 'static,
+    F: Future<Output = Result<Response<B>, BoxError>> + Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
 {
     let (stop, stopping) = watch::channel(false);
     // Each extra loop says here when its connections are all closed (or its thread ended).
@@ -290,7 +292,7 @@ pub async fn serve<H, F>(
 
 /// Starts event loop `i` on a thread of its own, serving a duplicate of `listener`; the receiver
 /// hears when that loop is done.
-fn spawn_loop<H, F>(
+fn spawn_loop<H, F, B>(
     i: usize,
     listener: &TcpListener,
     limits: &ConnLimits,
@@ -299,7 +301,9 @@ fn spawn_loop<H, F>(
 ) -> std::io::Result<oneshot::Receiver<()>>
 where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Result<Response<Body>, BoxError>> + Send + 'static,
+    F: Future<Output = Result<Response<B>, BoxError>> + Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
 {
     // The same listening socket, registered with the new thread's own poller: whichever loop is
     // free first takes the next connection.
@@ -324,10 +328,12 @@ where
 
 /// Accepts and serves connections until `stopping` turns true, then waits for the connections it
 /// accepted to finish their requests and close.
-async fn accept_loop<H, F>(listener: TcpListener, limits: &ConnLimits, handler: H, stopping: watch::Receiver<bool>)
+async fn accept_loop<H, F, B>(listener: TcpListener, limits: &ConnLimits, handler: H, stopping: watch::Receiver<bool>)
 where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Result<Response<Body>, BoxError>> + Send + 'static,
+    F: Future<Output = Result<Response<B>, BoxError>> + Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
 {
     let builder = Arc::new(http_builder(limits));
     // Every connection task holds a clone; when all are gone, every connection has closed.

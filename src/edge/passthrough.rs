@@ -41,8 +41,8 @@ pub async fn forward(
     // Most passthrough calls (GETs) carry no body: they need no watching.
     let watch = (!incoming.is_end_stream()).then(|| Arc::new(Watch::default()));
     let body = match &watch {
-        None => incoming.map_err(Into::into).boxed(),
-        Some(w) => ClientBody::new(incoming, idle, w.clone()).boxed(),
+        None => incoming.map_err(Into::into).boxed_unsync(),
+        Some(w) => ClientBody::new(incoming, idle, w.clone()).boxed_unsync(),
     };
     let sent = async {
         if let Some(w) = &watch {
@@ -64,7 +64,7 @@ pub async fn forward(
     pacing.observe(account, parts.status, &parts.headers, None);
     crate::telemetry::passthrough(parts.status);
     strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, incoming.map_err(Into::into).boxed()))
+    Ok(Response::from_parts(parts, incoming.map_err(Into::into).boxed_unsync()))
 }
 
 /// What became of a forwarded client body.

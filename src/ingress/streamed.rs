@@ -47,8 +47,10 @@ pub async fn handle(
         }
     };
     let driver = Driver { admitted, cancel: uploads.cancellation(), client, began: Instant::now() };
+    let request_id = req.headers().get(crate::upstream::client::REQUEST_ID).and_then(|v| v.to_str().ok());
     let span = tracing::info_span!(
         "upload",
+        request_id,
         account = %to.account,
         upload_id = tracing::field::Empty,
         bytes = tracing::field::Empty,

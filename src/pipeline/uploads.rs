@@ -187,6 +187,7 @@ impl Uploads {
             version: to.version.to_owned(),
             account: to.account.to_owned(),
             auth: asked.auth,
+            request_id: headers.get(crate::upstream::client::REQUEST_ID).cloned(),
         };
         Ok(Admitted {
             upload: self.upload(upstream, route),

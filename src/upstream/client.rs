@@ -37,6 +37,8 @@ pub struct UploadRoute {
     pub account: String,
     /// The client's `Authorization`, forwarded as is and never logged.
     pub auth: HeaderValue,
+    /// The request's `X-Request-Id`, carried by every call it makes.
+    pub request_id: Option<HeaderValue>,
 }
 
 /// An upstream answer, read whole.
@@ -69,6 +71,9 @@ pub enum CallError {
     #[error("TLS: {0}")]
     Tls(String),
 }
+
+/// The header that names a request, from the client through the gateway to the upstream.
+pub const REQUEST_ID: &str = "x-request-id";
 
 /// The upstream's throttling error codes.
 pub const HOURLY_LIMIT_CODE: &str = "HOURLY_APIINVOCATION_LIMIT_EXCEEDED";
@@ -354,6 +359,9 @@ impl Upstream {
             // DocuSign's front end answers a PUT without a length with 411.
             None => req.header(header::CONTENT_LENGTH, 0),
         };
+        if let Some(id) = &route.request_id {
+            req = req.header(REQUEST_ID, id.clone());
+        }
         let req = req.body(json.map_or_else(body::empty, body::full)).expect("valid request");
         let exchange = async {
             let response = match self.clients.with(|c| c.request(req)).await {

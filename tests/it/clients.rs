@@ -512,7 +512,7 @@ async fn parts_stay_within_the_upstreams_request_cap_whatever_part_size_is_confi
 async fn lying(
     sim: SimConfig,
     meddle: impl Fn(&Method, &str) -> Option<Vec<u8>> + Send + Sync + 'static,
-) -> (Stack, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+) -> (Stack, Meddled) {
     let sim = SimApi::start(sim).await;
     let (url, meddled) = meddler(sim.running.url(), meddle).await;
     (Stack::in_front_of(sim, url, |c| c.retry.max_attempts = 2).await, meddled)
@@ -635,4 +635,29 @@ async fn uploads_queued_for_quota_on_an_http2_connection_do_not_stall_the_others
         assert_eq!(version, Version::HTTP_2);
         s.assert_committed(&r, &data).await;
     }
+}
+
+#[tokio::test]
+async fn every_request_has_an_id_that_its_answer_echoes_and_its_upstream_calls_carry() {
+    let (s, seen) = lying(SimConfig::default(), |_, _| None).await;
+    let auth = format!("Bearer {TOKEN}");
+    // The client's own id, through an upload: every one of its calls upstream carries it.
+    let data = bytes_of(PART * 3, 4);
+    let r = s.upload(&data, &[("x-request-id", "client-chosen-7")]).await;
+    s.assert_committed(&r, &data).await;
+    assert_eq!(r.header("x-request-id"), "client-chosen-7");
+    let ids = seen.request_ids.lock().unwrap().clone();
+    assert!(ids.len() >= 5 && ids.iter().all(|id| id == "client-chosen-7"), "{ids:?}");
+    // None given: the gateway makes one, answers with it and forwards it (passthrough).
+    let r = s
+        .http
+        .send(Method::GET, &format!("{}/ABC", s.upload_url(ACCOUNT)), &[("authorization", &auth)], "")
+        .await
+        .unwrap();
+    let made = r.header("x-request-id").to_owned();
+    assert_eq!(made.len(), 36, "a UUID: {made}");
+    assert_eq!(seen.request_ids.lock().unwrap().last(), Some(&made));
+    // Errors the gateway makes carry it too.
+    let r = s.http.send(Method::GET, &format!("{}/nope", s.gw.url()), &[], "").await.unwrap();
+    assert_eq!((r.status, r.header("x-request-id").len()), (StatusCode::BAD_REQUEST, 36));
 }

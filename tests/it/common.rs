@@ -222,7 +222,7 @@ pub fn chunked(data: Bytes, frame: usize) -> Body {
             std::task::Poll::Ready((n > 0).then(|| Ok(Frame::data(self.0.split_to(n)))))
         }
     }
-    Frames(data, frame.max(1)).boxed()
+    Frames(data, frame.max(1)).boxed_unsync()
 }
 
 /// Test part size: small, so a few hundred KiB make several parts.
@@ -313,22 +313,36 @@ impl Stack {
     }
 }
 
+/// What a meddling upstream saw: the requests it answered itself, and the `X-Request-Id` of each
+/// request (`-` for none).
+#[derive(Clone, Default)]
+pub struct Meddled {
+    pub answered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub request_ids: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Meddled {
+    pub fn load(&self, order: std::sync::atomic::Ordering) -> usize {
+        self.answered.load(order)
+    }
+}
+
 /// An upstream that lies: a proxy on 127.0.0.1:0 in front of `target` that answers the requests
 /// `meddle` picks with an answer of its own (raw bytes written on the connection) and forwards the
-/// rest. Returns its base URL and a count of the requests it answered itself.
+/// rest. Returns its base URL and what it saw.
 pub async fn meddler(
     target: String,
     meddle: impl Fn(&Method, &str) -> Option<Vec<u8>> + Send + Sync + 'static,
-) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::sync::{Arc, atomic::AtomicUsize};
+) -> (String, Meddled) {
+    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let meddled = Arc::new(AtomicUsize::new(0));
-    let (count, meddle, http) = (meddled.clone(), Arc::new(meddle), Http::new());
+    let meddled = Meddled::default();
+    let (seen, meddle, http) = (meddled.clone(), Arc::new(meddle), Http::new());
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
-            let (count, meddle, http, target) = (count.clone(), meddle.clone(), http.clone(), target.clone());
+            let (seen, meddle, http, target) = (seen.clone(), meddle.clone(), http.clone(), target.clone());
             tokio::spawn(async move {
                 // One request per connection, read whole: head, then Content-Length bytes.
                 let mut buf = Vec::new();
@@ -362,14 +376,18 @@ pub async fn meddler(
                     buf.extend_from_slice(&chunk[..n]);
                 }
                 let body = Bytes::copy_from_slice(&buf[head_end..head_end + len]);
+                let request_id = headers.iter().find(|(k, _)| k == "x-request-id").map_or("-", |(_, v)| v.as_str());
+                seen.request_ids.lock().unwrap().push(request_id.to_owned());
                 if let Some(answer) = meddle(&method, &target_path) {
-                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    seen.answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let _ = tcp.write_all(&answer).await;
                     return;
                 }
                 let forwarded: Vec<(&str, &str)> = headers
                     .iter()
-                    .filter(|(k, _)| k == "authorization" || k == "content-type" || k == "content-length")
+                    .filter(|(k, _)| {
+                        ["authorization", "content-type", "content-length", "x-request-id"].contains(&k.as_str())
+                    })
                     .map(|(k, v)| (k.as_str(), v.as_str()))
                     .collect();
                 let Ok(r) = http.send(method, &format!("{target}{target_path}"), &forwarded, body).await else {
