@@ -2,8 +2,7 @@
 //! or document bytes. A test binary of its own: metrics are process-wide, so no other test's
 //! uploads may count here.
 
-#[allow(dead_code)]
-#[path = "it/common.rs"]
+#[path = "support/mod.rs"]
 mod common;
 
 use std::io::Read;
@@ -13,27 +12,6 @@ use chunkgate::sim::SimConfig;
 use common::*;
 use http::{Method, StatusCode};
 use serde_json::json;
-
-/// Starts the real binary's `serve` in front of `sim` with `env` on top, stderr piped when
-/// `logs`; returns the child and the gateway's URL, read from the first line it prints.
-fn serve(sim: &SimApi, env: &[(&str, &str)], logs: bool) -> (std::process::Child, String) {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chunkgate"))
-        .arg("serve")
-        .env("CHUNKGATE_SERVER__LISTEN", "127.0.0.1:0")
-        .env("CHUNKGATE_ADMIN__LISTEN", "127.0.0.1:0")
-        .env("CHUNKGATE_UPSTREAM__BASE_URL", sim.running.url())
-        .env("CHUNKGATE_UPSTREAM__ALLOW_PLAIN_HTTP", "true")
-        .env("CHUNKGATE_UPLOAD__PART_SIZE", PART.to_string())
-        .envs(env.iter().copied())
-        .stdout(std::process::Stdio::piped())
-        .stderr(if logs { std::process::Stdio::piped() } else { std::process::Stdio::inherit() })
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-    let url = line.trim().rsplit(' ').next().unwrap().to_owned();
-    (child, url)
-}
 
 async fn get(http: &Http, url: &str) -> Resp {
     http.send(Method::GET, url, &[], "").await.unwrap()
@@ -119,8 +97,9 @@ async fn healthz_answers_and_readyz_follows_the_upstream_and_the_drain() {
 async fn logs_at_the_most_verbose_level_never_carry_the_token_or_document_bytes() {
     let sim = SimApi::start(SimConfig::default()).await;
     sim.faults(json!({"drop_after_store_next": 1, "error_next": 1, "ops": ["add_part"]})).await;
-    let (mut child, gw) = serve(&sim, &[("CHUNKGATE_LOG__FORMAT", "json"), ("RUST_LOG", "trace")], true);
-    let mut stderr = child.stderr.take().unwrap();
+    let mut gateway = Binary::serve(&sim, &[("CHUNKGATE_LOG__FORMAT", "json"), ("RUST_LOG", "trace")], true);
+    let gw = gateway.url.clone();
+    let mut stderr = gateway.stderr.take().unwrap();
     let logs = std::thread::spawn(move || {
         let mut s = String::new();
         stderr.read_to_string(&mut s).unwrap();
@@ -153,8 +132,8 @@ async fn logs_at_the_most_verbose_level_never_carry_the_token_or_document_bytes(
     assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(!String::from_utf8_lossy(&bad.body).contains(token), "the token is in an error body");
     http.send(Method::GET, &format!("{url}/{id}"), &[("authorization", &auth)], "").await.unwrap();
-    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(child.wait().unwrap().success());
+    gateway.signal("TERM");
+    assert!(gateway.wait().await.success());
     let logs = logs.join().unwrap();
 
     assert!(logs.contains("upload finished") && logs.contains(&id), "the logs say nothing useful:\n{logs}");
@@ -192,8 +171,8 @@ async fn the_work_stealing_scheduler_streams_uploads_at_once_and_passes_requests
 async fn streams_and_passes_through(env: &[(&str, &str)], loops: usize) {
     let sim = SimApi::start(SimConfig::default()).await;
     sim.faults(json!({"drop_after_store_next": 1, "error_next": 1, "ops": ["add_part"]})).await;
-    let (mut child, gw) = serve(&sim, env, false);
-    let url = format!("{gw}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads");
+    let mut gateway = Binary::serve(&sim, env, false);
+    let url = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads", gateway.url);
     let auth = format!("Bearer {TOKEN}");
     let docs: Vec<Vec<u8>> =
         (0..3u8).map(|i| (0..PART * 4 + 7).map(|j| (j as u8).wrapping_mul(i + 3)).collect()).collect();
@@ -204,7 +183,7 @@ async fn streams_and_passes_through(env: &[(&str, &str)], loops: usize) {
             Http::new().send(Method::POST, &url, &headers, doc).await.expect("the gateway answers")
         })
     });
-    let answers: Vec<Resp> = futures_join(uploads.collect()).await;
+    let answers: Vec<Resp> = all(uploads).await;
     for (answer, doc) in answers.iter().zip(&docs) {
         assert_eq!(answer.status, StatusCode::OK, "{}", String::from_utf8_lossy(&answer.body));
         let id = answer.header("x-chunkgate-upload-id");
@@ -214,23 +193,14 @@ async fn streams_and_passes_through(env: &[(&str, &str)], loops: usize) {
         assert_eq!(read.status, StatusCode::OK, "passthrough");
     }
     assert_eq!(sim.stats().await["duplicate_parts"], 0);
-    let running = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+    let running = std::fs::read_dir(format!("/proc/{}/task", gateway.child.id()))
         .unwrap()
         .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
         .filter(|name| name.starts_with("loop-"))
         .count();
-    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(child.wait().unwrap().success());
+    gateway.signal("TERM");
+    assert!(gateway.wait().await.success());
     assert_eq!(running, loops, "event-loop threads of the gateway process");
-}
-
-/// Awaits every task, in order.
-async fn futures_join<T: Send + 'static>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(t.await.unwrap());
-    }
-    out
 }
 
 #[tokio::test]
@@ -238,46 +208,35 @@ async fn sighup_and_sigquit_drain_like_sigterm_and_sigusr1_is_ignored() {
     let sim = SimApi::start(SimConfig::default()).await;
     // Slow parts: the upload is still running when the signal comes.
     sim.faults(json!({"latency_ms": 150, "ops": ["add_part"]})).await;
-    let (mut child, gw) = serve(&sim, &[], false);
-    let url = format!("{gw}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads");
     let auth = format!("Bearer {TOKEN}");
-    let signal = |name: &str| {
-        std::process::Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status().unwrap()
-    };
-    // Ignored: the gateway goes on serving.
-    signal("USR1");
-    signal("USR2");
     let doc = bytes_of(PART * 6, 5);
-    let headers = [("authorization", auth.as_str()), ("content-type", "application/pdf")];
-    let r = Http::new().send(Method::POST, &url, &headers, doc.clone()).await.expect("still serving after SIGUSR1");
-    assert_eq!(r.status, StatusCode::OK);
+    let upload = |url: String| {
+        let (auth, doc) = (auth.clone(), doc.clone());
+        tokio::spawn(async move {
+            let url = format!("{url}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads");
+            let headers = [("authorization", auth.as_str()), ("content-type", "application/pdf")];
+            Http::new().send(Method::POST, &url, &headers, doc).await.expect("the gateway answers")
+        })
+    };
+    let mut gateway = Binary::serve(&sim, &[], false);
+    // Ignored: the gateway goes on serving.
+    gateway.signal("USR1");
+    gateway.signal("USR2");
+    let r = upload(gateway.url.clone()).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "still serving after SIGUSR1");
     let committed_before = sim.stats().await["committed"].as_u64().unwrap();
-    for (round, name) in ["HUP", "QUIT"].into_iter().enumerate() {
-        let (child_now, gw_now) = if round == 0 {
-            (None, gw.clone())
-        } else {
-            let (c, g) = serve(&sim, &[], false);
-            (Some(c), g)
-        };
-        let pid = child_now.as_ref().map_or(child.id(), |c| c.id());
-        let url = format!("{gw_now}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads");
+    for name in ["HUP", "QUIT"] {
+        if name == "QUIT" {
+            gateway = Binary::serve(&sim, &[], false);
+        }
         let created = sim.stats().await["created"].as_u64().unwrap();
-        let upload = {
-            let (url, auth, doc) = (url.clone(), auth.clone(), doc.clone());
-            tokio::spawn(async move {
-                let headers = [("authorization", auth.as_str()), ("content-type", "application/pdf")];
-                Http::new().send(Method::POST, &url, &headers, doc).await.expect("the gateway answers")
-            })
-        };
+        let running = upload(gateway.url.clone());
         sim.wait_stats(|st| st["created"].as_u64().unwrap() > created).await;
-        std::process::Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).status().unwrap();
+        gateway.signal(name);
         // The upload in flight finishes and commits; then the process exits 0.
-        let answer = upload.await.unwrap();
+        let answer = running.await.unwrap();
         assert_eq!(answer.status, StatusCode::OK, "SIG{name}: {}", String::from_utf8_lossy(&answer.body));
-        let status = match child_now {
-            None => child.wait().unwrap(),
-            Some(mut c) => c.wait().unwrap(),
-        };
+        let status = gateway.wait().await;
         assert!(status.success(), "SIG{name}: {status:?}");
     }
     let st = sim.stats().await;

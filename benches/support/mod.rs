@@ -2,11 +2,7 @@
 //! without per-frame allocation, and the direct client used as a baseline.
 #![allow(dead_code)] // each harness uses its own subset
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    time::Instant,
-};
+use std::{process::Command, time::Instant};
 
 use bytes::Bytes;
 use chunkgate::{
@@ -28,35 +24,38 @@ pub fn client() -> HttpClient {
 pub const MIB: u64 = 1024 * 1024;
 pub const ACCOUNT: &str = "1234567";
 
+/// The tests' support module: the real binary is started the same way in both.
+#[allow(unused_imports)]
+#[path = "../../tests/support/mod.rs"]
+mod test_support;
+
+/// The release binary, running (stopped when dropped), with its CPU time and memory.
 pub struct Proc {
-    pub child: Child,
+    bin: test_support::Binary,
     pub url: String,
 }
 
 impl Proc {
     /// Starts `chunkgate ARGS` with `env` and reads the URL it prints.
     pub fn start(args: &[&str], env: &[(&str, String)]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chunkgate"))
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (k.to_string(), v.clone())))
-            .env("CHUNKGATE_LOG__FILTER", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start chunkgate");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let url = line.trim().rsplit(' ').next().unwrap().to_owned();
+        let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        all.push(("CHUNKGATE_LOG__FILTER", "warn"));
+        let bin = test_support::Binary::start(args, &all, false, 1);
         assert!(
-            url.starts_with("http://127.0.0.1:") || url.starts_with("https://127.0.0.1:"),
-            "unexpected first line: {line}"
+            bin.url.starts_with("http://127.0.0.1:") || bin.url.starts_with("https://127.0.0.1:"),
+            "unexpected address: {}",
+            bin.url
         );
-        Proc { child, url }
+        Proc { url: bin.url.clone(), bin }
+    }
+
+    fn id(&self) -> u32 {
+        self.bin.child.id()
     }
 
     /// Peak resident set (VmHWM) in bytes.
     pub fn peak_rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.id())).unwrap();
         let kb: u64 = status
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
@@ -67,7 +66,7 @@ impl Proc {
 
     /// CPU time (user + system) the process has used so far, in seconds.
     pub fn cpu_secs(&self) -> f64 {
-        cpu_secs(self.child.id())
+        cpu_secs(self.id())
     }
 }
 
@@ -114,8 +113,9 @@ fn clock_ticks() -> f64 {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let _ = self.child.wait();
+        // A clean stop (SIGTERM) rather than the kill a dropped `Binary` gives.
+        self.bin.signal("TERM");
+        let _ = self.bin.child.wait();
     }
 }
 

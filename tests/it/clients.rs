@@ -20,11 +20,6 @@ use tokio::{
 
 use crate::common::*;
 
-fn code(r: &Resp) -> String {
-    let v = r.json();
-    v["errorCode"].as_str().or(v["error"]["code"].as_str()).unwrap_or_default().to_owned()
-}
-
 /// Sends raw bytes and returns what comes back until the peer closes (or 5 s pass).
 async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
     let mut tcp = TcpStream::connect(addr).await.unwrap();

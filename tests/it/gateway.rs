@@ -12,11 +12,6 @@ use tokio::io::AsyncWriteExt;
 
 use crate::common::*;
 
-fn code(r: &Resp) -> String {
-    let v = r.json();
-    v["errorCode"].as_str().or(v["error"]["code"].as_str()).unwrap_or_default().to_owned()
-}
-
 fn digest_header(data: &[u8]) -> String {
     use sha2::Digest;
     format!("sha-256=:{}:", base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(data)))

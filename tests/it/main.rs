@@ -1,6 +1,7 @@
 //! Integration tests: real servers on 127.0.0.1:0, in process.
 
 mod clients;
+#[path = "../support/mod.rs"]
 mod common;
 mod config;
 mod gateway;

@@ -9,10 +9,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::*;
 
-fn code(r: &Resp) -> String {
-    r.json()["errorCode"].as_str().unwrap_or_default().to_owned()
-}
-
 /// `n` uploads at once of `len(i)` bytes; returns each answer with the bytes it carried.
 async fn concurrently(s: &Arc<Stack>, n: usize, len: impl Fn(usize) -> usize) -> Vec<(Resp, Vec<u8>)> {
     let tasks: Vec<_> = (0..n)
@@ -221,21 +217,8 @@ async fn a_rate_limit_longer_than_the_upload_can_wait_gives_rate_limited_and_a_d
 #[tokio::test]
 async fn sigterm_lets_running_uploads_finish_then_cancels_and_deletes_the_rest() {
     let sim = SimApi::start(roomy_sim()).await;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chunkgate"))
-        .arg("serve")
-        .env("CHUNKGATE_SERVER__LISTEN", "127.0.0.1:0")
-        .env("CHUNKGATE_ADMIN__LISTEN", "127.0.0.1:0")
-        .env("CHUNKGATE_SERVER__DRAIN_SECS", "2")
-        .env("CHUNKGATE_UPSTREAM__BASE_URL", sim.running.url())
-        .env("CHUNKGATE_UPSTREAM__ALLOW_PLAIN_HTTP", "true")
-        .env("CHUNKGATE_UPLOAD__PART_SIZE", PART.to_string())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-    let addr: std::net::SocketAddr = line.trim().rsplit("//").next().unwrap().parse().unwrap();
+    let mut gateway = Binary::serve(&sim, &[("CHUNKGATE_SERVER__DRAIN_SECS", "2")], false);
+    let addr: std::net::SocketAddr = gateway.url.rsplit("//").next().unwrap().parse().unwrap();
 
     // One upload stalls mid-body; another is slow but complete.
     sim.faults(json!({"latency_ms": 200, "ops": ["create", "add_part", "get", "commit"]})).await;
@@ -251,12 +234,12 @@ async fn sigterm_lets_running_uploads_finish_then_cancels_and_deletes_the_rest()
     let mut stalled = send(PART * 3, PART + 1, 1).await;
     let mut complete = send(PART * 2, PART * 2, 2).await;
     sim.wait_stats(|st| st["created"] == 2).await;
-    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    gateway.signal("TERM");
 
     assert!(read_answer(&mut complete).await.starts_with("HTTP/1.1 200"), "finished within the grace period");
     let cancelled = read_answer(&mut stalled).await;
     assert!(cancelled.starts_with("HTTP/1.1 503") && cancelled.contains("SHUTTING_DOWN"), "{cancelled}");
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let status = gateway.wait().await;
     assert!(status.success(), "{status:?}");
     let st = sim.stats().await;
     assert_eq!((st["committed"].as_u64(), st["deleted"].as_u64(), st["open"].as_u64()), (Some(1), Some(1), Some(0)));

@@ -29,10 +29,6 @@ fn small_limits() -> SimConfig {
     c
 }
 
-fn code(r: &Resp) -> String {
-    r.json()["errorCode"].as_str().unwrap_or_default().to_owned()
-}
-
 #[tokio::test]
 async fn create_answers_201_with_the_whole_resource_in_strings() {
     let s = SimApi::start(SimConfig::default()).await;
@@ -468,29 +464,20 @@ async fn digest_storage_keeps_the_checksum_but_not_the_bytes() {
 
 #[tokio::test]
 async fn the_sim_command_prints_its_address_and_stops_on_sigterm() {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chunkgate"))
-        .args(["sim", "--listen", "127.0.0.1:0", "--dialect", "envelope"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url = line.trim().rsplit(' ').next().unwrap().to_owned();
-    assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+    let mut sim = Binary::start(&["sim", "--listen", "127.0.0.1:0", "--dialect", "envelope"], &[], false, 1);
+    assert!(sim.url.starts_with("http://127.0.0.1:"), "{}", sim.url);
     let r = Http::new()
         .send(
             Method::POST,
-            &format!("{url}/restapi/v2.1/accounts/1/chunked_uploads"),
+            &format!("{}/restapi/v2.1/accounts/1/chunked_uploads", sim.url),
             &[("authorization", "Bearer t"), ("content-type", "application/json")],
             part_body(b"hi"),
         )
         .await
         .unwrap();
     assert_eq!(r.json()["success"], true);
-    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    sim.signal("TERM");
+    let status = sim.wait().await;
     assert!(status.success(), "{status:?}");
 }
 

@@ -98,10 +98,6 @@ fn tls_sim(pki: &Pki, cert: &str, key: &str) -> SimConfig {
     SimConfig { tls_cert: Some(pki.path(cert)), tls_key: Some(pki.path(key)), ..SimConfig::default() }
 }
 
-fn code(r: &Resp) -> String {
-    r.json()["errorCode"].as_str().unwrap_or_default().to_owned()
-}
-
 #[tokio::test]
 async fn the_upstream_is_verified_against_an_extra_ca_and_refused_without_it() {
     let pki = Pki::new("upstream");

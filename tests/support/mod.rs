@@ -1,4 +1,8 @@
-//! Helpers shared by the integration tests: a plain HTTP client and typed calls on the simulator.
+//! The one support module of the tests (`tests/it` and `tests/ops.rs` include it): the simulator
+//! and the gateway started in process on 127.0.0.1:0, the real binary started and its addresses
+//! read, an HTTP client, an error code read in either dialect, tasks awaited together, and an
+//! upstream that lies.
+#![allow(dead_code)] // each test binary uses its own part
 
 use base64::Engine;
 use bytes::Bytes;
@@ -417,4 +421,92 @@ pub fn answer(status: &str, content_type: &str, body: &str) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
+}
+
+/// The error code of a gateway or simulator answer, in either dialect (empty when there is none).
+pub fn code(r: &Resp) -> String {
+    let v = r.json();
+    v["errorCode"].as_str().or(v["error"]["code"].as_str()).unwrap_or_default().to_owned()
+}
+
+/// Awaits every task, in order.
+pub async fn all<T: Send + 'static>(tasks: impl IntoIterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// The real `chunkgate` binary, running; stopped with SIGTERM when dropped.
+pub struct Binary {
+    pub child: std::process::Child,
+    /// The first address it prints (`serve`: the listener; `sim`: the simulator).
+    pub url: String,
+    /// `serve`'s admin address, from its second line.
+    pub admin: Option<String>,
+    /// Its stderr, when asked to keep it.
+    pub stderr: Option<std::process::ChildStderr>,
+}
+
+impl Binary {
+    /// `chunkgate ARGS` with `env`, its stderr kept when `logs`, and the addresses it prints read
+    /// (`lines` of them).
+    pub fn start(args: &[&str], env: &[(&str, &str)], logs: bool, lines: usize) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chunkgate"))
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(if logs { std::process::Stdio::piped() } else { std::process::Stdio::null() })
+            .spawn()
+            .expect("the binary starts");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut addresses = Vec::new();
+        for _ in 0..lines {
+            let mut line = String::new();
+            stdout.read_line(&mut line).unwrap();
+            let addr = line.split_whitespace().find(|w| w.starts_with("http://") || w.starts_with("https://"));
+            addresses.push(addr.unwrap_or_else(|| panic!("no address in {line:?}")).to_owned());
+        }
+        let stderr = child.stderr.take();
+        Self { child, url: addresses[0].clone(), admin: addresses.get(1).cloned(), stderr }
+    }
+
+    /// `chunkgate serve` in front of `sim`, on ports of its own, with `env` on top.
+    pub fn serve(sim: &SimApi, env: &[(&str, &str)], logs: bool) -> Self {
+        let upstream = sim.running.url();
+        let part = PART.to_string();
+        let mut all = vec![
+            ("CHUNKGATE_SERVER__LISTEN", "127.0.0.1:0"),
+            ("CHUNKGATE_ADMIN__LISTEN", "127.0.0.1:0"),
+            ("CHUNKGATE_UPSTREAM__BASE_URL", upstream.as_str()),
+            ("CHUNKGATE_UPSTREAM__ALLOW_PLAIN_HTTP", "true"),
+            ("CHUNKGATE_UPLOAD__PART_SIZE", part.as_str()),
+        ];
+        all.extend_from_slice(env);
+        Self::start(&["serve"], &all, logs, 2)
+    }
+
+    /// Sends the signal `name` (`TERM`, `HUP`, ...).
+    pub fn signal(&self, name: &str) {
+        std::process::Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status().unwrap();
+    }
+
+    /// Waits for the process to end.
+    pub async fn wait(&mut self) -> std::process::ExitStatus {
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
