@@ -237,7 +237,8 @@ async fn latency_bound(client: &HttpClient) -> Value {
     let out = Command::new("python3")
         .args([
             concat!(env!("CARGO_MANIFEST_DIR"), "/bench/sdk_upload.py"),
-            &s.url,
+            // The SDK's base path, as DocuSign's: the API is served under /restapi.
+            &format!("{}/restapi", s.url),
             ACCOUNT,
             "bench",
             &size.to_string(),

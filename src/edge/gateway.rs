@@ -321,6 +321,12 @@ fn request_id(req: &mut Request<Incoming>) -> http::HeaderValue {
     id
 }
 
+/// tower-http's body-limit and timeout layers are not used: a streamed document is bounded by its
+/// declared length, the upstream's limits and the upload's deadline, with errors that say which,
+/// and a passthrough body must stream whatever its size; a timeout over the whole request would
+/// cut off long uploads that are making progress. Those bounds are in the pipeline and the
+/// passthrough instead.
+///
 /// The gateway's handler, `inner`, inside tower-http's layers: a panic becomes 500
 /// `INTERNAL_ERROR` with nothing of it in the body (the log has it); `sensitive` headers
 /// (`Authorization` and the caller-key header) are marked so (never shown by `Debug`, never

@@ -327,7 +327,9 @@ where
 }
 
 /// Accepts and serves connections until `stopping` turns true, then waits for the connections it
-/// accepted to finish their requests and close.
+/// accepted to finish their requests and close. (Longer than most functions here: a connection's
+/// task is written out in it, because the same task in a function generic over the service trips
+/// the compiler's auto-trait inference over the service's boxed error type; see `Counted`.)
 async fn accept_loop<H, F, B>(listener: TcpListener, limits: &ConnLimits, handler: H, stopping: watch::Receiver<bool>)
 where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,

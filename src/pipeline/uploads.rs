@@ -20,7 +20,7 @@ use crate::{
     policy::{
         callers::{Caller, PerKey, Slot},
         pacing::Pacing,
-        quota::{Lease, Quota},
+        quota::{Holder, Lease, Quota},
         retry::RetryPolicy,
     },
     telemetry,
@@ -178,7 +178,9 @@ impl Uploads {
         metrics::counter!(telemetry::UPLOADS_STARTED).increment(1);
         let bytes = asked.declared.unwrap_or(self.config.max_document_bytes);
         let queued = std::time::Instant::now();
-        let lease = self.quota.lease(to.account, bytes, self.quota_wait).await;
+        let member = crate::upstream::resource::hex(&<sha2::Sha256 as sha2::Digest>::digest(asked.auth.as_bytes()));
+        let holder = Holder { account: to.account, member: &member };
+        let lease = self.quota.lease(holder, bytes, self.quota_wait).await;
         metrics::histogram!(telemetry::QUEUE_WAIT).record(queued.elapsed().as_secs_f64());
         let lease =
             lease.ok_or(GatewayError::GatewayBusy { retry_after: self.quota_wait.max(Duration::from_secs(1)) })?;

@@ -24,10 +24,18 @@ impl Lease {
     }
 }
 
+/// Whose quota an upload counts against: its account, and its member (the user behind the token,
+/// named by a digest of the token, never the token itself).
+#[derive(Clone, Copy, Debug)]
+pub struct Holder<'a> {
+    pub account: &'a str,
+    pub member: &'a str,
+}
+
 pub trait Quota: Send + Sync {
-    /// Waits up to `wait` for room for one more upload of `bytes` in `account`; `None` when the
+    /// Waits up to `wait` for room for one more upload of `bytes` for `holder`; `None` when the
     /// wait runs out.
-    fn lease<'a>(&'a self, account: &'a str, bytes: u64, wait: Duration) -> BoxFuture<'a, Option<Lease>>;
+    fn lease<'a>(&'a self, holder: Holder<'a>, bytes: u64, wait: Duration) -> BoxFuture<'a, Option<Lease>>;
 }
 
 /// Per account: uploads running and the KiB they hold, as semaphores.
@@ -37,7 +45,7 @@ struct AccountRoom {
     kib: Arc<Semaphore>,
 }
 
-/// This process's own counts.
+/// This process's own counts, per account (`quota.uploads_per_account`, `quota.bytes_per_account`).
 pub struct LocalQuota {
     config: QuotaConfig,
     accounts: Mutex<HashMap<String, Arc<AccountRoom>>>,
@@ -69,9 +77,9 @@ impl LocalQuota {
 }
 
 impl Quota for LocalQuota {
-    fn lease<'a>(&'a self, account: &'a str, bytes: u64, wait: Duration) -> BoxFuture<'a, Option<Lease>> {
+    fn lease<'a>(&'a self, holder: Holder<'a>, bytes: u64, wait: Duration) -> BoxFuture<'a, Option<Lease>> {
         Box::pin(async move {
-            let room = self.room(account);
+            let room = self.room(holder.account);
             let kib = bytes.min(self.config.bytes_per_account).div_ceil(1024).clamp(1, self.quota_kib()) as u32;
             let turn = tokio::time::timeout(wait, async {
                 let upload = room.uploads.clone().acquire_owned().await.expect("never closed");
@@ -91,13 +99,15 @@ mod tests {
     async fn an_account_gets_room_for_its_uploads_and_bytes_and_no_more() {
         let q = LocalQuota::new(QuotaConfig { uploads_per_account: 2, bytes_per_account: 10 * 1024, wait_secs: 0 });
         let short = Duration::from_millis(20);
-        let a = q.lease("1", 1024, short).await.expect("room");
-        let b = q.lease("1", 1024, short).await.expect("room");
-        assert!(q.lease("1", 1024, short).await.is_none(), "two uploads at most");
-        assert!(q.lease("2", 10 * 1024, short).await.is_some(), "accounts are counted apart");
+        let one = Holder { account: "1", member: "m" };
+        let a = q.lease(one, 1024, short).await.expect("room");
+        let b = q.lease(one, 1024, short).await.expect("room");
+        assert!(q.lease(one, 1024, short).await.is_none(), "two uploads at most");
+        let two = Holder { account: "2", member: "m" };
+        assert!(q.lease(two, 10 * 1024, short).await.is_some(), "accounts are counted apart");
         drop(a);
-        assert!(q.lease("1", 10 * 1024, short).await.is_none(), "10 KiB do not fit beside 1 KiB in 10");
+        assert!(q.lease(one, 10 * 1024, short).await.is_none(), "10 KiB do not fit beside 1 KiB in 10");
         drop(b);
-        assert!(q.lease("1", 10 * 1024, short).await.is_some());
+        assert!(q.lease(one, 10 * 1024, short).await.is_some());
     }
 }
