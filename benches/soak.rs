@@ -92,7 +92,7 @@ async fn main() {
     config.rate_limit.burst_limit = 400;
     config.rate_limit.burst_window_secs = 2;
     config.rate_limit.hourly_limit = 1_000_000;
-    config.quota.uploads_per_account = concurrency as u32;
+    config.quota.uploads_per_member = concurrency as u32;
     config.retry.base_backoff_ms = 10;
     config.retry.max_backoff_ms = 200;
     let gw = gateway::spawn(config).await.unwrap();

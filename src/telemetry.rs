@@ -113,6 +113,13 @@ pub fn count_throttle_wait(wait: Duration) {
     tracing::debug!(wait_ms = wait.as_millis() as u64, "waiting for a rate-limit permit");
 }
 
+/// An upload was refused for want of budget: `reason` is `plan` (its plan did not fit the
+/// account's hourly budget), `call` (a stream of unknown length outgrew it) or `quota` (the
+/// member's quota had no room in time).
+pub fn count_refusal(account: &str, reason: &'static str) {
+    metrics::counter!(BUDGET_REFUSALS, "account" => account.to_owned(), "reason" => reason).increment(1);
+}
+
 /// (retries, reconciliations, throttle waits) so far in this process.
 pub fn resilience_counts() -> (u64, u64, u64) {
     (RETRIES.load(Relaxed), RECONCILIATIONS.load(Relaxed), THROTTLE_WAITS.load(Relaxed))
@@ -136,6 +143,14 @@ pub const RATELIMIT_REMAINING: &str = "chunkgate_upstream_ratelimit_remaining";
 pub const PASSTHROUGH: &str = "chunkgate_passthrough_requests_total";
 pub const CHECKSUM_UNVERIFIED: &str = "chunkgate_checksum_unverified_total";
 pub const CONNECTIONS_OPEN: &str = "chunkgate_connections_open";
+pub const BUDGET_FREE: &str = "chunkgate_budget_calls_free";
+pub const BUDGET_RESERVED: &str = "chunkgate_budget_calls_reserved";
+pub const BUDGET_USED: &str = "chunkgate_budget_calls_used";
+pub const BUDGET_REFUSALS: &str = "chunkgate_budget_refusals_total";
+pub const QUOTA_UPLOADS: &str = "chunkgate_quota_uploads_held";
+pub const QUOTA_BYTES: &str = "chunkgate_quota_bytes_held";
+pub const CLUSTER_FALLBACK: &str = "chunkgate_cluster_fallback";
+pub const CLUSTER_OP: &str = "chunkgate_cluster_op_duration_seconds";
 
 /// Counts a passed-through answer by status. The counter handle of each status is looked up in the
 /// registry once and kept: a lookup per request cost more than the rest of the metrics together.

@@ -29,6 +29,7 @@ pub struct Config {
     pub retry: RetryConfig,
     pub rate_limit: RateLimitConfig,
     pub quota: QuotaConfig,
+    pub cluster: ClusterConfig,
     pub log: LogConfig,
     pub sim: SimConfig,
 }
@@ -318,22 +319,52 @@ impl Default for RateLimitConfig {
     }
 }
 
-/// Per-account caps matching the upstream's per-member quota, so uploads queue here instead of
-/// being refused upstream.
+/// The upstream's per-member quota, kept by the gateway's ledger so uploads wait here instead of
+/// being refused upstream: unused uploads (from create until used, deleted or expired) and their
+/// bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct QuotaConfig {
-    /// Uploads of one account running at once.
-    pub uploads_per_account: u32,
-    /// Bytes of those uploads (declared length, or upload.max_document_bytes when unknown).
-    pub bytes_per_account: u64,
-    /// How long an upload waits for its turn before 503 GATEWAY_BUSY.
+    /// Unused uploads one member may hold (DocuSign: 64).
+    pub uploads_per_member: u32,
+    /// Bytes in them (DocuSign: 1 GB; declared length, or upload.max_document_bytes when unknown).
+    pub bytes_per_member: u64,
+    /// How long an upload waits for room before 503 GATEWAY_BUSY.
     pub wait_secs: u64,
 }
 
 impl Default for QuotaConfig {
     fn default() -> Self {
-        Self { uploads_per_account: 10, bytes_per_account: 1_000_000_000, wait_secs: 30 }
+        Self { uploads_per_member: 64, bytes_per_member: 1_000_000_000, wait_secs: 30 }
+    }
+}
+
+/// Sidecars that share an account: its limits and its members' quotas are shared budgets.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ClusterConfig {
+    /// `redis://[user:password@]host:port[/db]`: share counts through Redis. Empty: no Redis.
+    pub redis_url: String,
+    /// Sidecars sharing each account. Without Redis, or while it cannot be reached, each keeps to
+    /// this share of the account's limits and quotas.
+    pub replicas: u32,
+    /// Prefix of every Redis key.
+    pub key_prefix: String,
+    /// A reservation or lease a sidecar stops renewing (it was killed) is freed after this long.
+    pub lease_ttl_secs: u64,
+    /// Longest one Redis operation may take before the sidecar falls back to its share.
+    pub op_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: String::new(),
+            replicas: 1,
+            key_prefix: "chunkgate".to_owned(),
+            lease_ttl_secs: 60,
+            op_timeout_ms: 50,
+        }
     }
 }
 
@@ -453,7 +484,23 @@ impl Config {
         self.zero_problems(&mut out);
         self.server_problems(&mut out);
         self.retry_and_log_problems(&mut out);
+        self.cluster_problems(&mut out);
         out
+    }
+
+    fn cluster_problems(&self, out: &mut Vec<String>) {
+        let c = &self.cluster;
+        let url = &c.redis_url;
+        if !url.is_empty() && (!url.starts_with("redis://") || redis::Client::open(url.as_str()).is_err()) {
+            // The URL may carry a password: it is not repeated.
+            out.push("cluster.redis_url must be a redis://[user:password@]host:port[/db] URL".into());
+        }
+        if c.key_prefix.is_empty() || c.key_prefix.len() > 64 || !c.key_prefix.bytes().all(|b| b.is_ascii_graphic()) {
+            out.push("cluster.key_prefix must be 1 to 64 printable characters without spaces".into());
+        }
+        if c.lease_ttl_secs < 5 && c.lease_ttl_secs > 0 {
+            out.push(format!("cluster.lease_ttl_secs ({}) must be at least 5", c.lease_ttl_secs));
+        }
     }
 
     fn upstream_problems(&self, out: &mut Vec<String>) {
@@ -521,8 +568,11 @@ impl Config {
             ("rate_limit.hourly_limit", self.rate_limit.hourly_limit as u64),
             ("rate_limit.burst_limit", self.rate_limit.burst_limit as u64),
             ("rate_limit.burst_window_secs", self.rate_limit.burst_window_secs),
-            ("quota.uploads_per_account", self.quota.uploads_per_account as u64),
-            ("quota.bytes_per_account", self.quota.bytes_per_account),
+            ("quota.uploads_per_member", self.quota.uploads_per_member as u64),
+            ("quota.bytes_per_member", self.quota.bytes_per_member),
+            ("cluster.replicas", self.cluster.replicas as u64),
+            ("cluster.lease_ttl_secs", self.cluster.lease_ttl_secs),
+            ("cluster.op_timeout_ms", self.cluster.op_timeout_ms),
             ("server.max_connections", s.max_connections as u64),
             ("server.header_read_timeout_ms", s.header_read_timeout_ms),
             ("server.max_uploads_per_caller", s.max_uploads_per_caller as u64),
@@ -590,11 +640,23 @@ pub fn part_cap(max_request_bytes: usize) -> usize {
     max_request_bytes.saturating_sub(PART_BODY_OVERHEAD) / 4 * 3
 }
 
+/// Keys of earlier releases, and what replaced them.
+fn renamed(key: &str) -> Option<&'static str> {
+    match key {
+        "quota.uploads_per_account" => Some("quota.uploads_per_member (the upstream's quota is per member)"),
+        "quota.bytes_per_account" => Some("quota.bytes_per_member (the upstream's quota is per member)"),
+        _ => None,
+    }
+}
+
 /// Deserializes `value`, recording every unknown key and any type error in `problems`.
 pub fn deserialize_strict<T: DeserializeOwned + Default>(value: toml::Value, problems: &mut Vec<String>) -> T {
     let mut unknown = Vec::new();
     let result = serde_ignored::deserialize(value, |path| unknown.push(path.to_string()));
-    problems.extend(unknown.into_iter().map(|key| format!("unknown key `{key}`")));
+    problems.extend(unknown.into_iter().map(|key| match renamed(&key) {
+        Some(now) => format!("unknown key `{key}`: it was replaced by `{now}`"),
+        None => format!("unknown key `{key}`"),
+    }));
     match result {
         Ok(value) => value,
         Err(err) => {

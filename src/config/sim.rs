@@ -192,7 +192,8 @@ impl SimConfig {
     }
 }
 
-/// The five operations of the upstream API.
+/// The operations of the upstream API the simulator serves: the five chunked-upload routes and
+/// envelope creation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Op {
@@ -201,6 +202,7 @@ pub enum Op {
     Get,
     Commit,
     Delete,
+    Envelope,
 }
 
 /// Fault settings. Rates are shares of matching requests (0.0..=1.0); `*_next` counters hit the

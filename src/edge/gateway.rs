@@ -25,7 +25,7 @@ use crate::{
     policy::{
         callers::{Caller, PerKey},
         pacing::{LocalPacing, Pacing},
-        quota::LocalQuota,
+        quota::{LocalQuota, Quota},
     },
     upstream::Upstream,
 };
@@ -36,6 +36,8 @@ pub struct Gateway {
     pub upstream: Arc<Upstream>,
     /// The pacing of the accounts' upstream calls, handed to the uploads and used by the passthrough.
     pub pacing: Arc<dyn Pacing>,
+    /// The members' quota ledger, handed to the uploads and told what the passthrough ends.
+    pub quota: Arc<dyn Quota>,
     pub uploads: Uploads,
     /// The main listener's open connections (readiness reports a full listener).
     pub connections: Arc<Connections>,
@@ -58,9 +60,10 @@ impl Gateway {
         // Installed before any traffic: what is recorded before a recorder exists is lost.
         crate::telemetry::metrics_handle();
         let upstream = Arc::new(Upstream::new(&config.upstream)?);
-        let pacing: Arc<dyn Pacing> = Arc::new(LocalPacing::new(config.rate_limit.clone()));
-        let quota = Arc::new(LocalQuota::new(config.quota.clone()));
-        let uploads = Uploads::new(&config, pacing.clone(), quota);
+        let replicas = config.cluster.replicas;
+        let pacing: Arc<dyn Pacing> = Arc::new(LocalPacing::new(config.rate_limit.clone(), replicas));
+        let quota: Arc<dyn Quota> = Arc::new(LocalQuota::new(&config.quota, replicas));
+        let uploads = Uploads::new(&config, pacing.clone(), quota.clone());
         let caller_keys = config.server.caller_keys.iter().map(|k| Sha256::digest(k.0.as_bytes()).into()).collect();
         let tls = config.server.tls_acceptor()?;
         let caller_key_header = HeaderName::from_bytes(config.server.caller_key_header.as_bytes()).map_err(|_| {
@@ -71,6 +74,7 @@ impl Gateway {
             config,
             upstream,
             pacing,
+            quota,
             uploads,
             connections,
             caller_keys,
@@ -149,7 +153,13 @@ impl Gateway {
         };
         let idle = Duration::from_millis(self.config.upload.client_idle_timeout_ms);
         let request_id = req.headers().get(crate::upstream::client::REQUEST_ID).cloned();
-        match proxy::forward(&self.upstream, self.pacing.as_ref(), req, account, idle).await {
+        let ends = match (req.method(), target.chunked) {
+            (&Method::DELETE, Some(Chunked { upload: Some(id), part: None })) => proxy::Ends::Upload(id),
+            (&Method::POST | &Method::PUT, _) if target.envelopes => proxy::Ends::Envelope,
+            _ => proxy::Ends::Nothing,
+        };
+        let policies = proxy::Policies { pacing: self.pacing.as_ref(), quota: self.quota.as_ref() };
+        match proxy::forward(&self.upstream, policies, req, (account, ends), idle).await {
             Ok(response) => response,
             Err(err) => {
                 tracing::warn!(request_id = ?request_id, code = err.code(), detail = err.detail(), "passthrough failed");

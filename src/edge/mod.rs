@@ -6,3 +6,4 @@ pub mod gateway; // the gateway: routing each request to an ingress or the passt
 pub mod listener; // accepting connections: limits, idle timers, graceful drain
 pub mod passthrough; // every other request, forwarded as is
 pub mod target; // the request target, screened and parsed once
+pub mod uses; // what a passed-through request does to the member's quota (envelopes, deletes)

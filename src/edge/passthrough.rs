@@ -1,6 +1,7 @@
 //! Passthrough: every request that is not a streamed upload goes to `upstream.base_url` + its path
 //! and query, streamed both ways, with hop-by-hop headers removed and the answer returned as is.
 //! A client body that breaks off or stops is the client's error (400, 408), not the upstream's.
+//! What the request does to the member's quota is told to the ledger (see `uses`).
 
 use std::{
     pin::Pin,
@@ -16,22 +17,45 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::{sync::Notify, time::Sleep};
 
+use super::uses::RemoteUrls;
 use crate::{
     body::{Body, BoxError},
     error::GatewayError,
-    policy::pacing::Pacing,
+    policy::{
+        pacing::{Draw, Pacing},
+        quota::Quota,
+    },
     upstream::{Upstream, client::strip_hop_by_hop},
 };
+
+/// What a passed-through request may end in the member's quota.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ends<'a> {
+    Nothing,
+    /// A DELETE of this upload: once answered 2xx (or 404, it is gone), it no longer counts.
+    Upload(&'a str),
+    /// A POST or PUT under the account's envelopes: the uploads its body names by `remoteUrl`
+    /// are used once it is answered 2xx.
+    Envelope,
+}
+
+/// The policies a passthrough request runs under.
+#[derive(Clone, Copy)]
+pub struct Policies<'a> {
+    pub pacing: &'a dyn Pacing,
+    pub quota: &'a dyn Quota,
+}
 
 /// Forwards `req`, paced under `account` (the one its path names), and returns the upstream's
 /// answer, or the gateway's error when there is none.
 pub async fn forward(
     upstream: &Upstream,
-    pacing: &dyn Pacing,
+    policies: Policies<'_>,
     req: Request<Incoming>,
-    account: &str,
+    (account, ends): (&str, Ends<'_>),
     idle: Duration,
 ) -> Result<Response<Body>, GatewayError> {
+    let pacing = policies.pacing;
     let (mut parts, incoming) = req.into_parts();
     parts.uri = upstream.forward_uri(&parts.uri);
     parts.version = http::Version::HTTP_11;
@@ -42,7 +66,10 @@ pub async fn forward(
     let watch = (!incoming.is_end_stream()).then(|| Arc::new(Watch::default()));
     let body = match &watch {
         None => incoming.map_err(Into::into).boxed_unsync(),
-        Some(w) => ClientBody::new(incoming, idle, w.clone()).boxed_unsync(),
+        Some(w) => {
+            let urls = (ends == Ends::Envelope).then(RemoteUrls::default);
+            ClientBody::new(incoming, idle, w.clone(), urls).boxed_unsync()
+        }
     };
     let sent = async {
         if let Some(w) = &watch {
@@ -50,7 +77,7 @@ pub async fn forward(
         }
     };
     pacing
-        .acquire(account, pacing.default_deadline())
+        .acquire(account, Draw::Free, pacing.default_deadline())
         .await
         .map_err(|wait| GatewayError::RateLimited { retry_after: wait })?;
     let answer = upstream.send(Request::from_parts(parts, body), sent).await;
@@ -63,6 +90,17 @@ pub async fn forward(
     // The body is streamed, not read: throttling is seen by its status and headers.
     pacing.observe(account, parts.status, &parts.headers, None);
     crate::telemetry::passthrough(parts.status);
+    let ended = match ends {
+        Ends::Upload(id) if parts.status.is_success() || parts.status == http::StatusCode::NOT_FOUND => {
+            vec![id.to_owned()]
+        }
+        Ends::Envelope if parts.status.is_success() => watch.as_ref().map(|w| w.used()).unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    if !ended.is_empty() {
+        tracing::info!(uploads = ended.len(), "uploads used or deleted through the passthrough no longer count");
+        policies.quota.forget(&ended).await;
+    }
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, incoming.map_err(Into::into).boxed_unsync()))
 }
@@ -73,9 +111,15 @@ struct Watch {
     /// Set once: the body's end, or the client's fault.
     outcome: Mutex<Option<Option<GatewayError>>>,
     notify: Notify,
+    /// The uploads the body names by `remoteUrl`, so far.
+    used: Mutex<Vec<String>>,
 }
 
 impl Watch {
+    fn used(&self) -> Vec<String> {
+        self.used.lock().unwrap().clone()
+    }
+
     fn end(&self, fault: Option<GatewayError>) {
         let mut outcome = self.outcome.lock().unwrap();
         if outcome.is_none() {
@@ -107,11 +151,13 @@ struct ClientBody {
     idle: Duration,
     timer: Pin<Box<Sleep>>,
     watch: Arc<Watch>,
+    /// Reads the uploads an envelope body names, as its frames go by.
+    urls: Option<RemoteUrls>,
 }
 
 impl ClientBody {
-    fn new(inner: Incoming, idle: Duration, watch: Arc<Watch>) -> Self {
-        Self { inner, idle, timer: Box::pin(tokio::time::sleep(idle)), watch }
+    fn new(inner: Incoming, idle: Duration, watch: Arc<Watch>, urls: Option<RemoteUrls>) -> Self {
+        Self { inner, idle, timer: Box::pin(tokio::time::sleep(idle)), watch, urls }
     }
 }
 
@@ -125,6 +171,14 @@ impl HttpBody for ClientBody {
             Poll::Ready(Some(Ok(frame))) => {
                 let deadline = tokio::time::Instant::now() + this.idle;
                 this.timer.as_mut().reset(deadline);
+                if let (Some(urls), Some(data)) = (&mut this.urls, frame.data_ref()) {
+                    let before = urls.len();
+                    urls.feed(data);
+                    if urls.len() != before {
+                        // Kept as found: the answer may come before the body's end is polled.
+                        *this.watch.used.lock().unwrap() = urls.ids();
+                    }
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(err))) => {

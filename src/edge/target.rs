@@ -14,6 +14,9 @@ pub struct ApiTarget<'a> {
     pub account: Option<&'a str>,
     /// The chunked-upload route the path is, if it is one.
     pub chunked: Option<Chunked<'a>>,
+    /// The path is under the account's envelopes (`.../accounts/{account}/envelopes[/...]`):
+    /// creating or changing an envelope may use chunked uploads.
+    pub envelopes: bool,
 }
 
 /// `{prefix}/{version}/accounts/{account}/chunked_uploads[/{upload}[/{part}]]`.
@@ -67,7 +70,7 @@ pub fn screen<'a>(method: &http::Method, uri: &'a http::Uri, version: http::Vers
     // `at` is where the version segment starts; the slash before it ends the prefix.
     let mut segments = path[at..].split('/');
     let version = segments.next().unwrap_or_default();
-    let mut target = ApiTarget { prefix: &path[..at - 1], version, account: None, chunked: None };
+    let mut target = ApiTarget { prefix: &path[..at - 1], version, account: None, chunked: None, envelopes: false };
     if segments.next() != Some("accounts") {
         return Ok(target);
     }
@@ -81,8 +84,10 @@ pub fn screen<'a>(method: &http::Method, uri: &'a http::Uri, version: http::Vers
         return Err(Refused::BadAccount);
     }
     target.account = Some(account);
-    if segments.next() == Some("chunked_uploads") {
-        target.chunked = chunked_route(segments)?;
+    match segments.next() {
+        Some("chunked_uploads") => target.chunked = chunked_route(segments)?,
+        Some("envelopes") => target.envelopes = true,
+        _ => {}
     }
     Ok(target)
 }
@@ -175,6 +180,9 @@ mod tests {
         let t = screen(&Method::POST, &uri, Version::HTTP_11).unwrap();
         assert_eq!((t.prefix, t.version, t.chunked), ("", "v2", Some(Chunked { upload: None, part: None })));
         assert_eq!(check("GET", "/v2.1/accounts/123/envelopes"), Ok((Some("123".into()), None)));
+        let envelopes = |t: &str| screen(&Method::POST, &t.parse().unwrap(), Version::HTTP_11).unwrap().envelopes;
+        assert!(envelopes("/restapi/v2.1/accounts/123/envelopes") && envelopes("/v2/accounts/1/envelopes/E/documents"));
+        assert!(!envelopes("/v2.1/accounts/123/templates") && !envelopes("/v2.1/accounts/123/x/envelopes"));
         assert_eq!(check("GET", "/v2.1/accounts/123/chunked_uploads/a/1/x"), Ok((Some("123".into()), None)));
         assert_eq!(check("GET", "/v2.1/login_information"), Ok((None, None)));
         assert_eq!(check("GET", "/v2.1/accounts/123/chunked_uploads//1"), Err(Refused::BadUploadId));

@@ -241,6 +241,7 @@ impl Driver {
 /// Feeds parts 1..n as the body arrives, with up to `max_in_flight` on the wire at once, each
 /// holding its share of the memory budget (backpressure: the body is read only when a part can go).
 async fn feed(admitted: &mut Admitted, chunker: &mut Chunker<Incoming>) -> Result<(), Abort> {
+    let declared = admitted.declared;
     let upload = &mut admitted.upload;
     let size = upload.size_parts(admitted.declared)?;
     let max_in_flight = upload.max_in_flight();
@@ -259,6 +260,7 @@ async fn feed(admitted: &mut Admitted, chunker: &mut Chunker<Incoming>) -> Resul
             next = chunker.next_part(size) => next.map_err(client_error)?,
         };
         let Some(part) = next else { break };
+        upload.plan_part(declared).await?;
         inflight.spawn(upload.feed(part, permit)?);
     }
     while let Some(done) = inflight.join_next().await {

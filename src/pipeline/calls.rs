@@ -17,7 +17,8 @@ use tokio::time::Instant;
 use crate::{
     error::GatewayError,
     policy::{
-        pacing::Pacing,
+        pacing::{Draw, Pacing, Plan},
+        quota::Quota,
         retry::{Class, RetryPolicy, classify, exhausted},
     },
     telemetry,
@@ -50,11 +51,17 @@ pub struct Calls {
     pub upstream: Arc<Upstream>,
     pub retry: Arc<RetryPolicy>,
     pub pacing: Arc<dyn Pacing>,
+    /// The member's ledger, told when a delete ends the upload.
+    pub quota: Arc<dyn Quota>,
     pub route: UploadRoute,
     /// Nothing is attempted after this (the upload's expiry, less a margin).
     pub deadline: Instant,
     /// Calls sent so far for this upload, by all its clones.
     pub used: Arc<AtomicU32>,
+    /// The upload's reserved calls, given back when the last clone is gone.
+    pub plan: Arc<Plan>,
+    /// Calls of the plan these calls leave for later stages (the finish, the delete).
+    pub keep: u32,
 }
 
 /// What an attempt's class says to do when no reconciliation applies.
@@ -79,7 +86,8 @@ impl Calls {
         call: impl Future<Output = Result<Answer, CallError>>,
     ) -> Result<Answer, CallError> {
         let account = &self.route.account;
-        self.pacing.acquire(account, deadline).await.map_err(CallError::RateLimited)?;
+        let draw = Draw::Plan { plan: self.plan.id(), keep: self.keep };
+        self.pacing.acquire(account, draw, deadline).await.map_err(CallError::RateLimited)?;
         self.used.fetch_add(1, Ordering::Relaxed);
         let result = call.await;
         if let Ok(answer) = &result {
@@ -251,9 +259,18 @@ impl Calls {
     }
 
     /// Deletes the upload after a failure, so it does not count against the member's quota,
-    /// trying until `deadline` (the upload's own may already be spent).
+    /// trying until `deadline` (the upload's own may already be spent). Its call is the one the
+    /// plan held back. Once the upload is gone, the member's ledger forgets it.
     pub async fn delete(&self, id: &str, deadline: Instant) -> bool {
-        let this = Calls { deadline, ..self.clone() };
+        let deleted = self.delete_once(id, deadline).await;
+        if deleted {
+            self.quota.forget(&[id.to_owned()]).await;
+        }
+        deleted
+    }
+
+    async fn delete_once(&self, id: &str, deadline: Instant) -> bool {
+        let this = Calls { deadline, keep: 0, ..self.clone() };
         let mut tries = this.retry.attempts(this.deadline);
         let mut maybe_applied = false;
         loop {

@@ -8,7 +8,7 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use http::{HeaderValue, header};
@@ -28,6 +28,7 @@ use crate::{
     config::UploadConfig,
     error::{Deletion, GatewayError},
     ids::valid_upload_id,
+    policy::quota::{Lease, unix_now},
     telemetry,
     upstream::{Answer, resource::ChunkedUpload},
 };
@@ -45,11 +46,41 @@ const DELETE_WINDOW: Duration = Duration::from_secs(30);
 pub struct Upload {
     pub state: UploadState,
     pub calls: Calls,
+    /// Its room in the member's quota: a lease until create, then the upload's own entry.
+    pub lease: Option<Lease>,
     config: UploadConfig,
     budget: Arc<Semaphore>,
     parts_in_flight: Arc<AtomicUsize>,
     /// Time the finish (checksum read, commit) may need before the upload expires.
     finish_reserve: Duration,
+    /// Calls the finish makes (checksum read, commit), held back in the plan with the delete.
+    finish: u32,
+}
+
+/// An upload's plan of calls, before it starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Planned {
+    /// Create, the parts, the finish and one delete held back for cleanup.
+    pub calls: u32,
+    /// The finish's calls: the checksum read (when verifying, or leaving the commit to the
+    /// client) and the commit (unless left to the client).
+    pub finish: u32,
+}
+
+/// The plan of an upload of `declared` bytes (unknown: part 0 alone, the plan grows as the stream
+/// does), committed by the gateway or not.
+pub fn planned(c: &UploadConfig, declared: Option<u64>, commit: bool) -> Planned {
+    let finish = u32::from(c.verify_upstream_checksum || !commit) + u32::from(commit);
+    let parts = match declared {
+        None => 1,
+        Some(len) => {
+            let first = fit(len, c.assumed_max_parts, c) as u64;
+            let rest = len.saturating_sub(first);
+            let size = fit(rest, c.assumed_max_parts.saturating_sub(1).max(1), c) as u64;
+            1 + rest.div_ceil(size) as u32
+        }
+    };
+    Planned { calls: parts + finish + 1, finish }
 }
 
 /// What create told about time.
@@ -80,8 +111,18 @@ impl Upload {
         budget: Arc<Semaphore>,
         parts_in_flight: Arc<AtomicUsize>,
         finish_reserve: Duration,
+        finish: u32,
     ) -> Self {
-        Self { state: UploadState::default(), calls, config, budget, parts_in_flight, finish_reserve }
+        Self {
+            state: UploadState::default(),
+            calls,
+            lease: None,
+            config,
+            budget,
+            parts_in_flight,
+            finish_reserve,
+            finish,
+        }
     }
 
     pub fn dialect(&self) -> crate::config::Dialect {
@@ -127,6 +168,9 @@ impl Upload {
         let margin = EXPIRY_MARGIN.min(self.finish_reserve);
         self.calls.deadline = expiry - margin.min(left);
         let part0_len = part0.len as u64;
+        if let Some(lease) = &mut self.lease {
+            lease.created(&resource.chunked_upload_id, unix_now() + left.as_secs()).await;
+        }
         let announced = Announced {
             max_parts: resource.max_parts().unwrap_or(self.config.assumed_max_parts),
             max_total: resource.max_total().unwrap_or(u64::MAX),
@@ -170,7 +214,9 @@ impl Upload {
                     return Err(GatewayError::PayloadTooLarge { limit: capacity }.into());
                 }
                 let left = len.saturating_sub(self.state.bytes);
-                fit(left, announced.max_parts.saturating_sub(1).max(1), &self.config)
+                // Never more parts than the plan counted with the parts assumed.
+                let parts = announced.max_parts.min(self.config.assumed_max_parts);
+                fit(left, parts.saturating_sub(1).max(1), &self.config)
             }
         };
         self.state.part_size = size;
@@ -201,6 +247,19 @@ impl Upload {
         Ok(send_part(calls, id, seq, part, (permit, gauge)).instrument(span))
     }
 
+    /// Makes room in the plan for one more part of a stream of unknown length, waiting for the
+    /// account's budget no longer than calls may wait; refused with RATE_LIMITED when it cannot.
+    pub async fn plan_part(&self, declared: Option<u64>) -> Result<(), Abort> {
+        if declared.is_some() {
+            return Ok(());
+        }
+        let deadline = self.calls.deadline.min(self.calls.pacing.default_deadline());
+        self.calls.plan.grow(1, deadline).await.map_err(|wait| {
+            telemetry::count_refusal(&self.calls.route.account, "call");
+            GatewayError::RateLimited { retry_after: wait }.into()
+        })
+    }
+
     /// A part the upstream acknowledged.
     pub fn acknowledged(&mut self, seq: u32) {
         self.state.accepted.push(seq);
@@ -210,7 +269,10 @@ impl Upload {
     /// Without a checksum in the answer the part sizes and the total are compared instead (or, with
     /// `upload.require_upstream_checksum`, nothing is committed).
     pub async fn verify(&mut self, ours: &str) -> Result<(Answer, Checked), Abort> {
+        // The commit (if planned) and the delete stay held back.
+        self.calls.keep = self.finish;
         let answer = self.calls.get(self.id(), true).await?;
+        self.calls.quota.resize(self.id(), self.state.bytes).await;
         let resource = answer.resource(self.dialect()).map_err(GatewayError::UpstreamBadResponse)?;
         if !self.config.verify_upstream_checksum {
             return Ok((answer, Checked::Skipped));
@@ -236,9 +298,13 @@ impl Upload {
         self.config.verify_upstream_checksum
     }
 
-    /// **Finish**, second half: commits.
+    /// **Finish**, second half: commits. The committed upload goes on counting against the
+    /// member's quota, for its real size, until an envelope uses it or it expires.
     pub async fn commit(&mut self) -> Result<Answer, Abort> {
-        self.calls.commit(self.id()).await
+        self.calls.keep = 1;
+        let answer = self.calls.commit(self.id()).await?;
+        self.calls.quota.resize(self.id(), self.state.bytes).await;
+        Ok(answer)
     }
 
     /// **Abort**: deletes the upload upstream, so it does not count against the member's quota.
@@ -330,10 +396,6 @@ fn time_to_live(expiration: &str, date: Option<&HeaderValue>) -> Duration {
     let Ok(expires) = humantime::parse_rfc3339_weak(expiration.trim()) else { return ASSUMED_LIFETIME };
     let now = date.and_then(|d| httpdate::parse_http_date(d.to_str().ok()?).ok()).unwrap_or_else(SystemTime::now);
     expires.duration_since(now).unwrap_or(Duration::ZERO)
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
 }
 
 /// Counts a part on the wire for as long as it lives.

@@ -13,13 +13,18 @@ use std::{
 use http::{HeaderMap, HeaderValue, header};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use super::{calls::Calls, digest, pool::BufferPool, stages::Upload};
+use super::{
+    calls::Calls,
+    digest,
+    pool::BufferPool,
+    stages::{self, Upload},
+};
 use crate::{
     config::{Config, UploadConfig},
     error::GatewayError,
     policy::{
         callers::{Caller, PerKey, Slot},
-        pacing::Pacing,
+        pacing::{Pacing, Plan},
         quota::{Holder, Lease, Quota},
         retry::RetryPolicy,
     },
@@ -64,8 +69,9 @@ pub struct Destination<'a> {
     pub account: &'a str,
 }
 
-/// An upload that may start: its stages, what the client asked for, and what it holds while it
-/// runs (an upload slot, its caller's slot, its account's quota).
+/// An upload that may start: its stages (holding its plan of calls and its room in the member's
+/// quota), what the client asked for, and what it holds while it runs (an upload slot, its
+/// caller's slot).
 pub struct Admitted {
     pub upload: Upload,
     /// The document's declared length.
@@ -81,7 +87,6 @@ pub struct Admitted {
 pub struct Held {
     _slot: OwnedSemaphorePermit,
     _caller: Slot<Caller>,
-    _quota: Lease,
 }
 
 /// What a request says of the upload it starts, before anything is held for it.
@@ -160,7 +165,8 @@ impl Uploads {
     }
 
     /// **Admit**: refuses at once what cannot succeed, takes the caller's and an upload slot, then
-    /// waits (bounded) for the account's quota. No upstream call is made.
+    /// waits (bounded) for room in the member's quota and for the account's hourly budget to hold
+    /// the upload's plan of calls. No upstream call is made.
     pub async fn admit(
         &self,
         upstream: Arc<Upstream>,
@@ -180,10 +186,20 @@ impl Uploads {
         let queued = std::time::Instant::now();
         let member = crate::upstream::resource::hex(&<sha2::Sha256 as sha2::Digest>::digest(asked.auth.as_bytes()));
         let holder = Holder { account: to.account, member: &member };
-        let lease = self.quota.lease(holder, bytes, self.quota_wait).await;
+        let lease = Lease::take(&self.quota, holder, bytes, self.quota_wait).await;
+        let Some(lease) = lease else {
+            metrics::histogram!(telemetry::QUEUE_WAIT).record(queued.elapsed().as_secs_f64());
+            telemetry::count_refusal(to.account, "quota");
+            return Err(GatewayError::GatewayBusy { retry_after: self.quota_wait.max(Duration::from_secs(1)) });
+        };
+        let planned = stages::planned(&self.config, asked.declared, asked.commit);
+        let plan = Plan::reserve(&self.pacing, to.account, planned.calls, self.pacing.default_deadline()).await;
         metrics::histogram!(telemetry::QUEUE_WAIT).record(queued.elapsed().as_secs_f64());
-        let lease =
-            lease.ok_or(GatewayError::GatewayBusy { retry_after: self.quota_wait.max(Duration::from_secs(1)) })?;
+        let plan = plan.map_err(|wait| {
+            telemetry::count_refusal(to.account, "plan");
+            tracing::info!(calls = planned.calls, "the account's hourly budget cannot hold the upload's plan");
+            GatewayError::RateLimited { retry_after: wait }
+        })?;
         let route = UploadRoute {
             prefix: to.prefix.to_owned(),
             version: to.version.to_owned(),
@@ -191,12 +207,14 @@ impl Uploads {
             auth: asked.auth,
             request_id: headers.get(crate::upstream::client::REQUEST_ID).cloned(),
         };
+        let mut upload = self.upload(upstream, route, Arc::new(plan), planned.finish);
+        upload.lease = Some(lease);
         Ok(Admitted {
-            upload: self.upload(upstream, route),
+            upload,
             declared: asked.declared,
             client_digest: asked.client_digest,
             commit: asked.commit,
-            held: Held { _slot: slot, _caller: caller_slot, _quota: lease },
+            held: Held { _slot: slot, _caller: caller_slot },
         })
     }
 
@@ -229,17 +247,28 @@ impl Uploads {
         Ok(Asked { auth, declared, client_digest, commit })
     }
 
-    /// A new upload along `route`, under the policies.
-    fn upload(&self, upstream: Arc<Upstream>, route: UploadRoute) -> Upload {
+    /// A new upload along `route`, under the policies, its calls drawn from `plan` (keeping
+    /// `finish` calls and the delete for the end).
+    fn upload(&self, upstream: Arc<Upstream>, route: UploadRoute, plan: Arc<Plan>, finish: u32) -> Upload {
         let calls = Calls {
             upstream,
             retry: self.retry.clone(),
             pacing: self.pacing.clone(),
+            quota: self.quota.clone(),
             route,
             // Until create announces the upload's expiry, the longest a call may wait.
             deadline: self.pacing.default_deadline(),
             used: Arc::new(AtomicU32::new(0)),
+            plan,
+            keep: finish + 1,
         };
-        Upload::new(calls, self.config.clone(), self.budget.clone(), self.parts_in_flight.clone(), self.finish_reserve)
+        Upload::new(
+            calls,
+            self.config.clone(),
+            self.budget.clone(),
+            self.parts_in_flight.clone(),
+            self.finish_reserve,
+            finish,
+        )
     }
 }

@@ -13,7 +13,7 @@ use super::{
     Sim,
     config::Limits,
     faults::{Action, Faults, Op},
-    path::{self, Route},
+    path::{self, Collection, Route},
     ratelimit::Announce,
     shape,
     store::Caller,
@@ -102,17 +102,20 @@ fn accept<'p>(
     path: &'p str,
 ) -> Result<(Op, Route<'p>, String), Box<Response<Body>>> {
     let refuse = |status, code, message| Box::new(reply(Reply::error(sim, status, code, message), None));
-    let Some(target) = path::chunked_upload(path, &sim.config.path_prefix) else {
-        let message = "The simulator serves only the chunked-upload routes.";
+    let served = path::api(path, &sim.config.path_prefix)
+        .filter(|t| t.collection == Collection::ChunkedUploads || req.method() == Method::POST);
+    let Some(target) = served else {
+        let message = "The simulator serves only the chunked-upload routes and envelope creation.";
         return Err(refuse(StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND", message));
     };
     let commit = path::query_has(req.uri().query(), "action", "commit");
-    let op = match (req.method(), target.upload, target.part) {
-        (&Method::POST, None, None) => Op::Create,
-        (&Method::GET, Some(_), None) => Op::Get,
-        (&Method::PUT, Some(_), None) if commit => Op::Commit,
-        (&Method::PUT, Some(_), Some(_)) => Op::AddPart,
-        (&Method::DELETE, Some(_), None) => Op::Delete,
+    let op = match (req.method(), target.collection, target.upload, target.part) {
+        (&Method::POST, Collection::Envelopes, None, None) => Op::Envelope,
+        (&Method::POST, Collection::ChunkedUploads, None, None) => Op::Create,
+        (&Method::GET, Collection::ChunkedUploads, Some(_), None) => Op::Get,
+        (&Method::PUT, Collection::ChunkedUploads, Some(_), None) if commit => Op::Commit,
+        (&Method::PUT, Collection::ChunkedUploads, Some(_), Some(_)) => Op::AddPart,
+        (&Method::DELETE, Collection::ChunkedUploads, Some(_), None) => Op::Delete,
         _ => {
             let message = "This method is not allowed on this resource.";
             return Err(refuse(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", message));
@@ -201,11 +204,66 @@ async fn api(sim: &Sim, op: Op, t: Route<'_>, owner: &str, req: Request<Incoming
         }
         Op::Commit => sim.store.commit(caller, id).map(|r| (StatusCode::OK, r)),
         Op::Delete => sim.store.delete(caller, id).map(|r| (StatusCode::OK, r)),
+        Op::Envelope => return envelope(sim, caller, req).await,
     };
     match result {
         Ok((status, resource)) => Reply { status, body: shape::success(sim.config.dialect, &resource), html: false },
         Err(refusal) => (sim, refusal).into(),
     }
+}
+
+/// The part of an envelope definition the simulator reads: its status and its documents' remote
+/// URLs. Everything else is accepted and ignored.
+#[derive(Deserialize)]
+struct EnvelopeDefinition {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    documents: Vec<EnvelopeDocument>,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeDocument {
+    #[serde(default, rename = "remoteUrl")]
+    remote_url: Option<String>,
+}
+
+const CHUNKED_UPLOAD_SCHEME: &str = "docusignchunkedupload://";
+
+/// `POST .../envelopes`: uses every upload its documents name by `remoteUrl`, all or none, and
+/// answers 201 with the new envelope. No other envelope semantics are simulated.
+async fn envelope(sim: &Sim, caller: Caller<'_>, req: Request<Incoming>) -> Reply {
+    let bad = |what: &str| {
+        let message = format!("The request body is missing or improperly formatted: {what}.");
+        Reply::error(sim, StatusCode::BAD_REQUEST, "INVALID_REQUEST_BODY", &message)
+    };
+    let cap = usize::try_from(sim.config.max_request_bytes).unwrap_or(usize::MAX);
+    let raw = match body::read_limited(req.into_body(), cap).await {
+        Ok(raw) => raw,
+        Err(ReadError::TooLarge { .. }) => return Reply::front_end(StatusCode::PAYLOAD_TOO_LARGE),
+        Err(ReadError::Io(_)) => return bad("it could not be read"),
+    };
+    let Ok(definition) = serde_json::from_slice::<EnvelopeDefinition>(&raw) else {
+        return bad("not an envelope definition");
+    };
+    let ids: Vec<String> = definition
+        .documents
+        .iter()
+        .filter_map(|d| d.remote_url.as_deref()?.strip_prefix(CHUNKED_UPLOAD_SCHEME))
+        .map(str::to_owned)
+        .collect();
+    if let Err(refusal) = sim.store.use_uploads(caller, &ids) {
+        return (sim, refusal).into();
+    }
+    let envelope_id = uuid::Uuid::from_u128(fastrand::u128(..)).hyphenated().to_string();
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(caller.now.max(0) as u64);
+    let summary = json!({
+        "envelopeId": envelope_id,
+        "uri": format!("/envelopes/{envelope_id}"),
+        "statusDateTime": humantime::format_rfc3339_millis(at).to_string(),
+        "status": definition.status.as_deref().unwrap_or("created"),
+    });
+    Reply { status: StatusCode::CREATED, body: shape::success(sim.config.dialect, &summary), html: false }
 }
 
 #[derive(Deserialize)]

@@ -41,6 +41,9 @@ pub enum Refusal {
     QuotaBytes(u64),
     #[error("The part carries no data.")]
     Empty,
+    /// An envelope names an upload it cannot use; nothing is used.
+    #[error("The document's remoteUrl names chunked upload {0}, which {1}; no upload was used.")]
+    Unusable(String, &'static str),
 }
 
 impl Refusal {
@@ -64,6 +67,7 @@ impl Refusal {
             Refusal::QuotaUploads(_) => "CHUNKED_UPLOAD_QUOTA_EXCEEDED",
             Refusal::QuotaBytes(_) => "CHUNKED_UPLOAD_QUOTA_EXCEEDED",
             Refusal::Empty => "CHUNKED_UPLOAD_EMPTY_PART",
+            Refusal::Unusable(..) => "CHUNKED_UPLOAD_NOT_USABLE",
         }
     }
 }
@@ -83,7 +87,7 @@ pub enum State {
     Open,
     Committed,
     Deleted,
-    /// Used by an envelope (`/__sim/uploads/{id}/consume`).
+    /// Used by an envelope (or `/__sim/uploads/{id}/consume`).
     Consumed,
 }
 
@@ -152,6 +156,9 @@ pub struct Counts {
     pub open: u64,
     /// Second PUTs of a part that was already there.
     pub duplicate_parts: u64,
+    /// Uploads used by envelopes.
+    pub used: u64,
+    pub envelopes: u64,
 }
 
 /// All uploads. Metadata sits under one lock (quota needs to see a member's uploads together);
@@ -327,6 +334,37 @@ impl Store {
             max_total_size: m.max_total.to_string(),
             checksum: checksum.then(|| m.content.lock().unwrap().sha256()),
         })
+    }
+
+    /// Uses the uploads an envelope names: each must be committed, unexpired, unused and the
+    /// caller's own, or none is used.
+    pub fn use_uploads(&self, c: Caller<'_>, ids: &[String]) -> Result<(), Refusal> {
+        let mut meta = self.meta.lock().unwrap();
+        for (i, id) in ids.iter().enumerate() {
+            let unusable = |why| Err(Refusal::Unusable(id.clone(), why));
+            if ids[..i].contains(id) {
+                return unusable("the envelope names twice");
+            }
+            match meta.get(id) {
+                None => return unusable("does not exist"),
+                Some(m) if m.owner != c.owner || m.account != c.account => return unusable("does not exist"),
+                Some(m) if m.state == State::Deleted => return unusable("was deleted"),
+                Some(m) if m.state == State::Consumed => return unusable("was already used"),
+                Some(m) if c.now >= m.expires => return unusable("has expired"),
+                Some(m) if m.state == State::Open => return unusable("is not committed"),
+                Some(_) => {}
+            }
+        }
+        for id in ids {
+            if let Some(m) = meta.get_mut(id) {
+                m.state = State::Consumed;
+            }
+        }
+        drop(meta);
+        let mut counts = self.counts.lock().unwrap();
+        counts.used += ids.len() as u64;
+        counts.envelopes += 1;
+        Ok(())
     }
 
     /// Marks a committed upload as used by an envelope.

@@ -603,18 +603,19 @@ async fn a_passthrough_answer_that_cannot_be_parsed_is_a_bad_response_not_an_out
 
 #[tokio::test]
 async fn uploads_queued_for_quota_on_an_http2_connection_do_not_stall_the_others() {
-    // Ten uploads of the account at once; the other two queue for their turn with their bodies
-    // unread, on the same connection as the ten. (Not a pacing test: the burst limit is roomy.)
+    // Twelve uploads of one member with room for ten; the other two queue for their turn with
+    // their bodies unread, on the same connection as the ten. Their turn comes when an envelope
+    // uses two of the ten. (Not a pacing test: the burst limit is roomy.)
     let mut sim = SimConfig::default();
     sim.limits.burst_limit = 100_000;
-    let s = Stack::start(sim, |c| c.quota.uploads_per_account = 10).await;
+    let s = Stack::start(sim, |c| c.quota.uploads_per_member = 10).await;
     s.sim.faults(json!({"latency_ms": 20, "ops": ["add_part"]})).await;
     let client = h2c();
-    let uploads: Vec<_> = (0..12)
+    let mut uploads: tokio::task::JoinSet<_> = (0..12)
         .map(|i| {
             let (client, url) = (client.clone(), s.upload_url(ACCOUNT));
             let data = bytes_of(2 * 1024 * 1024 + i, 500 + i as u64);
-            tokio::spawn(async move {
+            async move {
                 let req = Request::post(url)
                     .header("authorization", format!("Bearer {TOKEN}"))
                     .header("content-type", "application/pdf")
@@ -622,14 +623,21 @@ async fn uploads_queued_for_quota_on_an_http2_connection_do_not_stall_the_others
                     .body(chunkgate::body::full(data.clone()))
                     .unwrap();
                 (send(&client, req).await, data)
-            })
+            }
         })
         .collect();
-    for u in uploads {
-        let ((version, r), data) = tokio::time::timeout(Duration::from_secs(30), u).await.expect("stalled").unwrap();
+    let mut ids: Vec<String> = Vec::new();
+    for n in 0..12 {
+        if n == 10 {
+            let envelope = s.envelope(&[ids[0].as_str(), ids[1].as_str()]).await;
+            assert_eq!(envelope.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&envelope.body));
+        }
+        let next = tokio::time::timeout(Duration::from_secs(30), uploads.join_next()).await.expect("stalled");
+        let ((version, r), data) = next.unwrap().unwrap();
         assert_eq!(version, Version::HTTP_2);
-        s.assert_committed(&r, &data).await;
+        ids.push(s.assert_committed(&r, &data).await);
     }
+    assert_eq!(s.sim.stats().await["created"], 12);
 }
 
 #[tokio::test]

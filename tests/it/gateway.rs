@@ -367,7 +367,7 @@ async fn four_event_loops_serve_concurrent_connections_and_a_stop_drains_every_o
     sim.limits.burst_limit = 100_000;
     let mut s = Stack::start(sim, |c| {
         c.server.worker_threads = 4;
-        c.quota.uploads_per_account = 20;
+        c.quota.uploads_per_member = 20;
         c.server.scheduler = chunkgate::config::Scheduler::PerThread;
     })
     .await;

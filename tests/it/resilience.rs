@@ -173,9 +173,9 @@ async fn thirty_concurrent_uploads_are_paced_under_the_burst_limit_with_zero_thr
 }
 
 #[tokio::test]
-async fn an_account_past_its_upload_quota_waits_its_turn_then_gets_gateway_busy() {
+async fn a_member_past_its_upload_quota_waits_its_turn_then_gets_gateway_busy() {
     let s = Stack::start(roomy_sim(), |c| {
-        c.quota.uploads_per_account = 1;
+        c.quota.uploads_per_member = 1;
         c.quota.wait_secs = 1;
     })
     .await;
@@ -184,9 +184,17 @@ async fn an_account_past_its_upload_quota_waits_its_turn_then_gets_gateway_busy(
     let busy = s.upload(b"second", &[]).await;
     assert_eq!((busy.status, code(&busy)), (StatusCode::SERVICE_UNAVAILABLE, "GATEWAY_BUSY".into()));
     assert_eq!(busy.header("retry-after"), "1");
-    // The first finishes; then the account has room again.
+    // The first commits, and holds the quota until it is used: still no room.
     first.write_all(&bytes_of(PART - 5, 10)).await.unwrap();
-    assert!(read_answer(&mut first).await.starts_with("HTTP/1.1 200"));
+    let answer = read_answer(&mut first).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let busy = s.upload(b"third", &[]).await;
+    assert_eq!(code(&busy), "GATEWAY_BUSY", "a committed, unused upload still counts");
+    assert_eq!(s.sim.stats().await["created"], 1, "nothing was created for the refused ones");
+    // An envelope uses it; then the member has room again.
+    let id = answer.lines().find_map(|l| l.strip_prefix("x-chunkgate-upload-id: ")).unwrap().trim().to_owned();
+    let envelope = s.envelope(&[&id]).await;
+    assert_eq!(envelope.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&envelope.body));
     let data = bytes_of(100, 2);
     let r = s.upload(&data, &[]).await;
     s.assert_committed(&r, &data).await;

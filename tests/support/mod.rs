@@ -229,6 +229,20 @@ pub fn chunked(data: Bytes, frame: usize) -> Body {
     Frames(data, frame.max(1)).boxed_unsync()
 }
 
+/// Creates an envelope through the gateway at `gateway` whose documents use `ids` by `remoteUrl`.
+pub async fn envelope_via(http: &Http, gateway: &str, ids: &[&str]) -> Resp {
+    let documents: Vec<Value> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| json!({"documentId": (i + 1).to_string(), "name": "doc.pdf", "remoteUrl": format!("docusignchunkedupload://{id}")}))
+        .collect();
+    let body = json!({"emailSubject": "Please sign", "status": "sent", "documents": documents});
+    let auth = format!("Bearer {TOKEN}");
+    let url = format!("{gateway}/restapi/v2.1/accounts/{ACCOUNT}/envelopes");
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    http.send(Method::POST, &url, &headers, body.to_string()).await.unwrap()
+}
+
 /// Test part size: small, so a few hundred KiB make several parts.
 pub const PART: usize = 64 * 1024;
 
@@ -297,6 +311,11 @@ impl Stack {
             .send_body(Method::POST, &self.upload_url(ACCOUNT), &headers, chunked(Bytes::copy_from_slice(data), frame))
             .await
             .unwrap()
+    }
+
+    /// Creates an envelope through the gateway whose documents use `ids` by `remoteUrl`.
+    pub async fn envelope(&self, ids: &[&str]) -> Resp {
+        envelope_via(&self.http, &self.gw.url(), ids).await
     }
 
     /// Asserts the upload committed and the simulator holds exactly `data`.
