@@ -60,9 +60,15 @@ impl Gateway {
         // Installed before any traffic: what is recorded before a recorder exists is lost.
         crate::telemetry::metrics_handle();
         let upstream = Arc::new(Upstream::new(&config.upstream)?);
-        let replicas = config.cluster.replicas;
-        let pacing: Arc<dyn Pacing> = Arc::new(LocalPacing::new(config.rate_limit.clone(), replicas));
-        let quota: Arc<dyn Quota> = Arc::new(LocalQuota::new(&config.quota, replicas));
+        let (pacing, quota): (Arc<dyn Pacing>, Arc<dyn Quota>) = if config.cluster.redis_url.is_empty() {
+            let replicas = config.cluster.replicas;
+            (
+                Arc::new(LocalPacing::new(config.rate_limit.clone(), replicas)),
+                Arc::new(LocalQuota::new(&config.quota, replicas)),
+            )
+        } else {
+            crate::policy::shared::policies(&config)?
+        };
         let uploads = Uploads::new(&config, pacing.clone(), quota.clone());
         let caller_keys = config.server.caller_keys.iter().map(|k| Sha256::digest(k.0.as_bytes()).into()).collect();
         let tls = config.server.tls_acceptor()?;
@@ -214,6 +220,16 @@ impl crate::edge::admin::Status for Gateway {
         metrics::gauge!(crate::telemetry::PARTS_IN_FLIGHT).set(gw.uploads.parts_in_flight() as f64);
         metrics::gauge!(crate::telemetry::BYTES_IN_FLIGHT).set(gw.uploads.bytes_in_flight() as f64);
         metrics::gauge!(crate::telemetry::CONNECTIONS_OPEN).set(gw.connections.open() as f64);
+        for (account, budget) in gw.pacing.budgets() {
+            let a = account.clone();
+            metrics::gauge!(crate::telemetry::BUDGET_FREE, "account" => a.clone()).set(budget.free() as f64);
+            metrics::gauge!(crate::telemetry::BUDGET_RESERVED, "account" => a.clone()).set(budget.reserved as f64);
+            metrics::gauge!(crate::telemetry::BUDGET_USED, "account" => a).set(budget.used as f64);
+        }
+        for (member, held) in gw.quota.held() {
+            metrics::gauge!(crate::telemetry::QUOTA_UPLOADS, "member" => member.clone()).set(held.uploads as f64);
+            metrics::gauge!(crate::telemetry::QUOTA_BYTES, "member" => member).set(held.bytes as f64);
+        }
         for (account, remaining) in gw.pacing.remaining() {
             if let Some(v) = remaining.hourly {
                 metrics::gauge!(crate::telemetry::RATELIMIT_REMAINING, "account" => account.clone(), "window" => "hourly")
@@ -386,9 +402,16 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
             Box::pin(async move { Ok::<_, BoxError>(gw.handle(req, peer).await) })
         });
         let service = around(inner, dialect, sensitive.clone());
+        let unread_risk = req.version() <= http::Version::HTTP_11 && !hyper::body::Body::is_end_stream(req.body());
         async move {
             let mut answer = service.oneshot(req).await?;
             answer.headers_mut().insert(crate::upstream::client::REQUEST_ID, id);
+            if unread_risk && (answer.status().is_client_error() || answer.status().is_server_error()) {
+                // A refusal may leave the request's body unread: the connection cannot carry another
+                // request, and the client is told so (RFC 9112 §9.6), rather than finding out by
+                // sending one into a closing connection. (The unread rest is drained: see `linger`.)
+                answer.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
             Ok::<_, BoxError>(answer)
         }
     };

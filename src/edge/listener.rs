@@ -26,7 +26,10 @@ use tokio::{
 
 use crate::{
     body::BoxError,
-    edge::canned::{Canned, Render},
+    edge::{
+        canned::{Canned, Render},
+        linger::Linger,
+    },
 };
 
 /// Connection-level limits shared by every listener of the crate.
@@ -370,26 +373,27 @@ where
             // else; it counts against the time allowed before the first request.
             let result = match limits.tls.clone() {
                 None => {
-                    let io = TokioIo::new(Canned::new(stream, limits.render.clone()));
+                    let io = TokioIo::new(Canned::new(Linger::new(stream), limits.render.clone()));
                     let conn = builder.serve_connection_with_upgrades(io, service);
                     drive(conn, &activity, &limits, stopping).await
                 }
-                Some(acceptor) => match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await
-                {
-                    Ok(Ok(tls)) => {
-                        let io = TokioIo::new(Canned::new(tls, limits.render.clone()));
-                        let conn = builder.serve_connection_with_upgrades(io, service);
-                        drive(conn, &activity, &limits, stopping).await
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(Linger::new(stream))).await {
+                        Ok(Ok(tls)) => {
+                            let io = TokioIo::new(Canned::new(tls, limits.render.clone()));
+                            let conn = builder.serve_connection_with_upgrades(io, service);
+                            drive(conn, &activity, &limits, stopping).await
+                        }
+                        Ok(Err(err)) => {
+                            tracing::info!(%peer, error = %err, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::info!(%peer, "TLS handshake timed out");
+                            Ok(())
+                        }
                     }
-                    Ok(Err(err)) => {
-                        tracing::info!(%peer, error = %err, "TLS handshake failed");
-                        Ok(())
-                    }
-                    Err(_) => {
-                        tracing::info!(%peer, "TLS handshake timed out");
-                        Ok(())
-                    }
-                },
+                }
             };
             if let Err(err) = result {
                 tracing::debug!(%peer, error = %err, "connection ended with an error");

@@ -314,6 +314,11 @@ impl LocalPacing {
         self.hourly_limit
     }
 
+    /// Whether this process holds calls for `plan`.
+    pub fn holds(&self, plan: &PlanId) -> bool {
+        self.pace(&plan.account).hourly.lock().unwrap().plans.contains_key(&plan.id)
+    }
+
     fn pace(&self, account: &str) -> Arc<AccountPace> {
         let mut map = self.accounts.lock().unwrap();
         map.entry(account.to_owned())
@@ -355,6 +360,10 @@ impl LocalPacing {
                     h.reserved += calls;
                     *h.plans.entry(plan.id.clone()).or_default() += calls;
                     Look::Ready(())
+                } else if limit.saturating_sub(h.used) < calls {
+                    // Even if every reserved call came back, this hour cannot hold the plan:
+                    // only the next hour can, so wait for it only if the deadline reaches it.
+                    Look::Sleep(to_next_hour)
                 } else {
                     Look::Blocked { retry_after: to_next_hour }
                 };

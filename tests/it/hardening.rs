@@ -246,3 +246,25 @@ async fn one_caller_cannot_take_more_than_its_share_of_uploads() {
     assert!(answer.starts_with(b"HTTP/1.1 200"));
     assert_eq!(s.upload(b"third", &[]).await.status, StatusCode::OK, "the slot came back");
 }
+
+#[tokio::test]
+async fn an_answer_sent_before_the_body_was_read_reaches_a_client_that_writes_its_whole_body_first() {
+    // A client that writes all 24 MiB of a refused upload before it reads: the refusal is sent at
+    // once, and the gateway reads and throws away the rest rather than resetting the connection
+    // (which would destroy the answer before the client reads it).
+    let s = Stack::start(SimConfig::default(), |c| c.upload.max_document_bytes = 1 << 20).await;
+    let body = vec![7u8; 24 << 20];
+    let head = format!(
+        "POST /restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/pdf\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut tcp = TcpStream::connect(s.gw.addr).await.unwrap();
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&body).await.expect("the whole body is taken, not refused with a reset");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut out)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&out);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("PAYLOAD_TOO_LARGE"), "{answer}");
+    assert_eq!(s.sim.stats().await["requests"], 0);
+}

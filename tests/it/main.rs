@@ -1,5 +1,6 @@
 //! Integration tests: real servers on 127.0.0.1:0, in process.
 
+mod budgets;
 mod clients;
 #[path = "../support/mod.rs"]
 mod common;

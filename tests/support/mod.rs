@@ -229,6 +229,29 @@ pub fn chunked(data: Bytes, frame: usize) -> Body {
     Frames(data, frame.max(1)).boxed_unsync()
 }
 
+/// The tests' gateway settings in front of `sim` (reached at `upstream`), on ports of its own.
+pub fn gateway_config(sim: &SimApi, upstream: String) -> Config {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin.listen = "127.0.0.1:0".parse().unwrap();
+    config.upstream.base_url = upstream;
+    config.upstream.allow_plain_http = true;
+    config.upstream.dialect = sim.running.sim.dialect();
+    // Paced to the simulator's limits, as a deployment is to the account's.
+    let limits = sim.running.sim.limits_for(ACCOUNT);
+    config.rate_limit.hourly_limit = limits.hourly_limit;
+    config.rate_limit.burst_limit = limits.burst_limit;
+    config.rate_limit.burst_window_secs = limits.burst_window_secs;
+    // Quick retries: tests should not wait out production backoffs.
+    config.retry.base_backoff_ms = 5;
+    config.retry.max_backoff_ms = 50;
+    config.upload.part_size = PART;
+    config.upload.max_in_flight = 4;
+    config.upload.memory_budget_bytes = 64 * 1024 * 1024;
+    config.upload.max_document_bytes = 50 * 1024 * 1024;
+    config
+}
+
 /// Creates an envelope through the gateway at `gateway` whose documents use `ids` by `remoteUrl`.
 pub async fn envelope_via(http: &Http, gateway: &str, ids: &[&str]) -> Resp {
     let documents: Vec<Value> = ids
@@ -262,24 +285,7 @@ impl Stack {
 
     /// A gateway whose upstream is `upstream` (a proxy in front of `sim`, say).
     pub async fn in_front_of(sim: SimApi, upstream: String, tweak: impl FnOnce(&mut Config)) -> Self {
-        let mut config = Config::default();
-        config.server.listen = "127.0.0.1:0".parse().unwrap();
-        config.admin.listen = "127.0.0.1:0".parse().unwrap();
-        config.upstream.base_url = upstream;
-        config.upstream.allow_plain_http = true;
-        config.upstream.dialect = sim.running.sim.dialect();
-        // Paced to the simulator's limits, as a deployment is to the account's.
-        let limits = sim.running.sim.limits_for(ACCOUNT);
-        config.rate_limit.hourly_limit = limits.hourly_limit;
-        config.rate_limit.burst_limit = limits.burst_limit;
-        config.rate_limit.burst_window_secs = limits.burst_window_secs;
-        // Quick retries: tests should not wait out production backoffs.
-        config.retry.base_backoff_ms = 5;
-        config.retry.max_backoff_ms = 50;
-        config.upload.part_size = PART;
-        config.upload.max_in_flight = 4;
-        config.upload.memory_budget_bytes = 64 * 1024 * 1024;
-        config.upload.max_document_bytes = 50 * 1024 * 1024;
+        let mut config = gateway_config(&sim, upstream);
         tweak(&mut config);
         assert_eq!(config.problems(), Vec::<String>::new());
         let gw = gateway::spawn(config).await.unwrap();
@@ -450,8 +456,11 @@ pub fn code(r: &Resp) -> String {
 
 /// Awaits every task, in order.
 pub async fn all<T: Send + 'static>(tasks: impl IntoIterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
-    let mut out = Vec::new();
-    for t in tasks {
+    // Collect first: a lazy iterator (`map(|_| tokio::spawn(..))`) would otherwise spawn each
+    // task only after the one before it finished, and the tasks would run one at a time.
+    let handles: Vec<_> = tasks.into_iter().collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for t in handles {
         out.push(t.await.unwrap());
     }
     out
@@ -527,5 +536,75 @@ impl Drop for Binary {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A real `redis-server` (Debian's package) on 127.0.0.1 at a free port, without persistence;
+/// killed when dropped.
+pub struct RedisServer {
+    child: Option<std::process::Child>,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut server = Self { child: None, port };
+        server.restart().await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Starts it (again, on the same port) and waits until it answers.
+    pub async fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (.ci/run installs Debian's redis-server)");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if self.ping().await {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("redis-server did not answer on port {}", self.port);
+    }
+
+    /// Kills it, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+    }
+
+    async fn ping(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else { return false };
+        let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return false };
+        redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
+    }
+
+    /// Every key under `prefix`.
+    pub async fn keys(&self, prefix: &str) -> Vec<String> {
+        let mut conn = self.connection().await;
+        let mut keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(&mut conn).await.unwrap();
+        keys.sort();
+        keys
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

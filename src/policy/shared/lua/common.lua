@@ -1,0 +1,46 @@
+-- Shared by every script (prepended): the server's clock, the clock hour, and the account's
+-- hourly count and plans with expired plans dropped.
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_exact = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local hour = math.floor(tonumber(t[1]) / 3600)
+local to_next_hour_ms = (hour + 1) * 3600000 - now_ms
+
+-- The hourly count: {hour, used}, reset when the clock hour turns.
+local function used_this_hour(key)
+  local h = redis.call('HMGET', key, 'hour', 'used')
+  if tonumber(h[1]) ~= hour then
+    redis.call('HSET', key, 'hour', hour, 'used', 0)
+    redis.call('PEXPIRE', key, to_next_hour_ms + 60000)
+    return 0
+  end
+  return tonumber(h[2]) or 0
+end
+
+-- Drops entries whose expiry (the zset's score, ms) has passed; returns the hash's remaining total.
+local function live_total(hash, expiries)
+  local dead = redis.call('ZRANGEBYSCORE', expiries, '-inf', now_ms)
+  for _, id in ipairs(dead) do
+    redis.call('HDEL', hash, id)
+  end
+  if #dead > 0 then
+    redis.call('ZREMRANGEBYSCORE', expiries, '-inf', now_ms)
+  end
+  local total = 0
+  for _, v in ipairs(redis.call('HVALS', hash)) do
+    total = total + tonumber(v)
+  end
+  return total
+end
+
+-- Both keys live as long as their longest-lived entry.
+local function keep_until_last(hash, expiries)
+  local last = redis.call('ZRANGE', expiries, -1, -1, 'WITHSCORES')
+  if #last == 0 then
+    redis.call('DEL', hash, expiries)
+    return
+  end
+  local ttl = math.max(1000, math.ceil(tonumber(last[2]) - now_ms) + 1000)
+  redis.call('PEXPIRE', hash, ttl)
+  redis.call('PEXPIRE', expiries, ttl)
+end

@@ -1,0 +1,19 @@
+-- Uploads used or deleted: their room goes back to their members. Also a resize, when ARGV[2] is
+-- a byte count rather than "forget".
+-- KEYS: the owner key of each upload. ARGV: key prefix, "forget" | bytes, upload ids...
+local prefix, what = ARGV[1], ARGV[2]
+for i = 1, #KEYS do
+  local member = redis.call('GET', KEYS[i])
+  local id = ARGV[i + 2]
+  if member then
+    local entries, expiries = prefix .. ':m:' .. member .. ':e', prefix .. ':m:' .. member .. ':x'
+    if what == 'forget' then
+      redis.call('HDEL', entries, id)
+      redis.call('ZREM', expiries, id)
+      redis.call('DEL', KEYS[i])
+    elseif redis.call('HEXISTS', entries, id) == 1 then
+      redis.call('HSET', entries, id, tonumber(what))
+    end
+  end
+end
+return 1

@@ -1,0 +1,286 @@
+//! [`Pacing`] shared through Redis: the hourly count, the plans and the burst limiter of each
+//! account, and the pauses learned from the upstream, as one sidecar sees them and every other
+//! does. While Redis cannot be reached, this sidecar's share is counted by a [`LocalPacing`].
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use http::{HeaderMap, StatusCode};
+use tokio::{sync::Notify, time::Instant};
+
+use super::{Redis, fresh_id};
+use crate::{
+    config::{Config, RateLimitConfig},
+    policy::{
+        pacing::{BoxFuture, Budget, Draw, LocalPacing, Pacing, PlanId, Remaining, Seen, burst_quota, clock_hour},
+        wait::{self, Look},
+    },
+};
+
+pub struct SharedPacing {
+    redis: Arc<Redis>,
+    /// This sidecar's share, counted here while Redis cannot be reached.
+    local: LocalPacing,
+    config: RateLimitConfig,
+    /// The burst limiter: ms per call, and ms of burst.
+    period_ms: f64,
+    tau_ms: f64,
+    /// Plans this sidecar holds, per account: renewed while they live.
+    plans: Mutex<HashMap<String, HashSet<String>>>,
+    /// Each account's budget as Redis last told it.
+    budgets: Mutex<HashMap<String, Budget>>,
+    /// Notified when this sidecar gives calls back.
+    released: Notify,
+}
+
+/// What one look at the shared budget found.
+enum Found<T> {
+    Taken(T),
+    /// Redis did not answer: this sidecar's share decides.
+    Fallback,
+}
+
+// === impl SharedPacing ===
+
+impl SharedPacing {
+    pub fn new(redis: Arc<Redis>, config: &Config) -> Arc<Self> {
+        let c = &config.rate_limit;
+        let (burst, period) = burst_quota(c.burst_limit, Duration::from_secs(c.burst_window_secs));
+        let period_ms = period.as_secs_f64() * 1000.0;
+        Arc::new(Self {
+            redis,
+            local: LocalPacing::new(c.clone(), config.cluster.replicas),
+            config: c.clone(),
+            period_ms,
+            tau_ms: (burst.saturating_sub(1)) as f64 * period_ms,
+            plans: Mutex::new(HashMap::new()),
+            budgets: Mutex::new(HashMap::new()),
+            released: Notify::new(),
+        })
+    }
+
+    fn seen(&self, account: &str, used: i64, reserved: i64) {
+        let budget = Budget {
+            limit: self.config.hourly_limit,
+            used: used.clamp(0, u32::MAX as i64) as u32,
+            reserved: reserved.clamp(0, u32::MAX as i64) as u32,
+        };
+        self.budgets.lock().unwrap().insert(account.to_owned(), budget);
+    }
+
+    /// Reserves `calls` under `id` (a new plan, or one growing) in the shared budget.
+    async fn take(&self, account: &str, id: &str, calls: u32, deadline: Instant) -> Result<Found<()>, Duration> {
+        let r = &self.redis;
+        let (hour, plans, expiries) =
+            (r.account_key(account, "hour"), r.account_key(account, "plans"), r.account_key(account, "plans:x"));
+        wait::until(
+            deadline,
+            &self.released,
+            |_| {},
+            || async {
+                let mut inv = r.scripts.reserve.prepare_invoke();
+                inv.key(&hour).key(&plans).key(&expiries);
+                inv.arg(self.config.hourly_limit).arg(calls).arg(id).arg(r.ttl_ms());
+                match r.run::<(i64, i64, i64, i64)>(&inv).await {
+                    None => Look::Ready(Found::Fallback),
+                    Some((taken, used, reserved, to_next_hour_ms)) => {
+                        self.seen(account, used, reserved);
+                        let to_next_hour = Duration::from_millis(to_next_hour_ms.max(0) as u64);
+                        if taken == 1 {
+                            Look::Ready(Found::Taken(()))
+                        } else if (self.config.hourly_limit as i64) - used < calls as i64 {
+                            // Even if every reserved call came back, this hour cannot hold the plan.
+                            Look::Sleep(to_next_hour)
+                        } else {
+                            Look::Blocked { retry_after: to_next_hour }
+                        }
+                    }
+                }
+            },
+        )
+        .await
+    }
+
+    /// Renews the plans this sidecar holds.
+    pub async fn renew(&self) {
+        let held: Vec<(String, Vec<String>)> =
+            self.plans.lock().unwrap().iter().map(|(a, ids)| (a.clone(), ids.iter().cloned().collect())).collect();
+        let r = &self.redis;
+        for (account, ids) in held {
+            let mut inv = r.scripts.renew.prepare_invoke();
+            inv.key(r.account_key(&account, "plans")).key(r.account_key(&account, "plans:x")).arg(r.ttl_ms());
+            for id in &ids {
+                inv.arg(id);
+            }
+            if r.run::<i64>(&inv).await.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// One permit from the shared budget.
+    async fn shared_permit(&self, account: &str, draw: Draw<'_>, deadline: Instant) -> Result<Found<()>, Duration> {
+        let r = &self.redis;
+        let keys = ["hour", "plans", "plans:x", "gcra", "pause"].map(|k| r.account_key(account, k));
+        let (mode, id, keep) = match draw {
+            Draw::Free => ("free", "", 0),
+            Draw::Plan { plan, keep } => ("plan", plan.id.as_str(), keep),
+            Draw::Granted => ("granted", "", 0),
+        };
+        wait::until(deadline, &self.released, crate::telemetry::count_throttle_wait, || async {
+            let mut inv = r.scripts.acquire.prepare_invoke();
+            for k in &keys {
+                inv.key(k);
+            }
+            inv.arg(self.config.hourly_limit).arg(mode).arg(id).arg(keep).arg(self.period_ms).arg(self.tau_ms);
+            match r.run::<(i64, i64, i64, i64, i64)>(&inv).await {
+                None => Look::Ready(Found::Fallback),
+                Some((status, wait_ms, used, reserved, to_next_hour_ms)) => {
+                    self.seen(account, used, reserved);
+                    match status {
+                        0 => Look::Ready(Found::Taken(())),
+                        1 => Look::Sleep(Duration::from_millis(wait_ms.max(1) as u64)),
+                        _ => Look::Blocked { retry_after: Duration::from_millis(to_next_hour_ms.max(0) as u64) },
+                    }
+                }
+            }
+        })
+        .await
+    }
+}
+
+impl Pacing for SharedPacing {
+    fn reserve<'a>(
+        &'a self,
+        account: &'a str,
+        calls: u32,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<PlanId, Duration>> {
+        Box::pin(async move {
+            if !self.config.enabled {
+                return self.local.reserve(account, calls, deadline).await;
+            }
+            if calls > self.config.hourly_limit {
+                return Err(clock_hour().1.max(Duration::from_secs(1)));
+            }
+            let id = fresh_id("plan");
+            match self.take(account, &id, calls, deadline).await? {
+                Found::Taken(()) => {
+                    self.plans.lock().unwrap().entry(account.to_owned()).or_default().insert(id.clone());
+                    Ok(PlanId { account: account.to_owned(), id, shared: true })
+                }
+                Found::Fallback => self.local.reserve(account, calls, deadline).await,
+            }
+        })
+    }
+
+    fn grow<'a>(&'a self, plan: &'a PlanId, calls: u32, deadline: Instant) -> BoxFuture<'a, Result<(), Duration>> {
+        Box::pin(async move {
+            if !plan.shared || !self.config.enabled {
+                return self.local.grow(plan, calls, deadline).await;
+            }
+            match self.take(&plan.account, &plan.id, calls, deadline).await? {
+                Found::Taken(()) => Ok(()),
+                // Held in this sidecar's share under the same id until Redis answers.
+                Found::Fallback => self.local.grow(plan, calls, deadline).await,
+            }
+        })
+    }
+
+    fn release(&self, plan: &PlanId) {
+        self.local.release(plan);
+        if !plan.shared {
+            return;
+        }
+        if let Some(ids) = self.plans.lock().unwrap().get_mut(&plan.account) {
+            ids.remove(&plan.id);
+        }
+        let (redis, plan) = (self.redis.clone(), plan.clone());
+        // Given back in the background: a drop cannot wait. If Redis does not take it, the plan
+        // expires with its TTL.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let released = async move {
+                let mut inv = redis.scripts.release.prepare_invoke();
+                inv.key(redis.account_key(&plan.account, "plans")).key(redis.account_key(&plan.account, "plans:x"));
+                inv.arg(&plan.id);
+                redis.run::<i64>(&inv).await;
+            };
+            runtime.spawn(released);
+        }
+        self.released.notify_waiters();
+    }
+
+    fn acquire<'a>(
+        &'a self,
+        account: &'a str,
+        draw: Draw<'a>,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<(), Duration>> {
+        Box::pin(async move {
+            let local_plan = matches!(draw, Draw::Plan { plan, .. } if !plan.shared);
+            if !self.config.enabled || local_plan {
+                return self.local.acquire(account, draw, deadline).await;
+            }
+            match self.shared_permit(account, draw, deadline).await? {
+                Found::Taken(()) => Ok(()),
+                Found::Fallback => {
+                    // A plan reserved in the shared budget keeps its promise: its calls are
+                    // granted from this sidecar's share; unless it grew here meanwhile.
+                    let draw = match draw {
+                        Draw::Plan { plan, keep } if self.local.holds(plan) => Draw::Plan { plan, keep },
+                        Draw::Plan { .. } => Draw::Granted,
+                        other => other,
+                    };
+                    self.local.acquire(account, draw, deadline).await
+                }
+            }
+        })
+    }
+
+    fn observe(&self, account: &str, status: StatusCode, headers: &HeaderMap, code: Option<&str>) {
+        self.local.observe(account, status, headers, code);
+        if !self.config.enabled || self.redis.is_down() {
+            return;
+        }
+        let seen = Seen::read(headers, code, status);
+        let pause_ms = seen.pause_secs(self.config.burst_window_secs).map_or(0, |s| s * 1000);
+        let left = seen.remaining.hourly;
+        let known_used = self.budgets.lock().unwrap().get(account).map_or(0, |b| b.used as i64);
+        // Only when it changes something: a pause, or fewer calls left than counted.
+        let rebase = left.is_some_and(|l| self.config.hourly_limit as i64 - l > known_used);
+        if pause_ms == 0 && !rebase {
+            return;
+        }
+        let speaks_of = match seen.reset {
+            Some(reset) => reset.div_euclid(3600) - 1,
+            None => seen.now.div_euclid(3600),
+        };
+        let (redis, limit, account) = (self.redis.clone(), self.config.hourly_limit, account.to_owned());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let mut inv = redis.scripts.learn.prepare_invoke();
+                inv.key(redis.account_key(&account, "hour")).key(redis.account_key(&account, "pause"));
+                inv.arg(limit).arg(left.unwrap_or(-1)).arg(speaks_of).arg(pause_ms);
+                redis.run::<i64>(&inv).await;
+            });
+        }
+    }
+
+    fn default_deadline(&self) -> Instant {
+        self.local.default_deadline()
+    }
+
+    fn remaining(&self) -> Vec<(String, Remaining)> {
+        self.local.remaining()
+    }
+
+    fn budgets(&self) -> Vec<(String, Budget)> {
+        if self.redis.is_down() {
+            return self.local.budgets();
+        }
+        self.budgets.lock().unwrap().iter().map(|(a, b)| (a.clone(), *b)).collect()
+    }
+}

@@ -1,0 +1,180 @@
+//! [`Quota`] shared through Redis: each member's ledger of leases and unused uploads, as every
+//! sidecar sees it. While Redis cannot be reached, this sidecar's share is counted by a
+//! [`LocalQuota`], and what the upstream did meanwhile (uploads created, used, deleted) is kept to
+//! be written once Redis answers.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{sync::Notify, time::Instant};
+
+use super::{Pending, Redis, fresh_id};
+use crate::{
+    config::Config,
+    policy::{
+        pacing::BoxFuture,
+        quota::{Held, Holder, LeaseId, LocalQuota, Quota, member_label},
+        wait::{self, Look},
+    },
+};
+
+pub struct SharedQuota {
+    redis: Arc<Redis>,
+    /// This sidecar's share, counted here while Redis cannot be reached.
+    local: LocalQuota,
+    uploads: u64,
+    bytes: u64,
+    /// Leases this sidecar holds, per member: renewed while they live.
+    leases: Mutex<HashMap<String, HashSet<String>>>,
+    /// What each member held when Redis last said.
+    held: Mutex<HashMap<String, Held>>,
+    /// Notified when this sidecar gives room back.
+    freed: Notify,
+}
+
+enum Found {
+    Taken,
+    Fallback,
+}
+
+// === impl SharedQuota ===
+
+impl SharedQuota {
+    pub fn new(redis: Arc<Redis>, config: &Config) -> Arc<Self> {
+        Arc::new(Self {
+            redis,
+            local: LocalQuota::new(&config.quota, config.cluster.replicas),
+            uploads: config.quota.uploads_per_member as u64,
+            bytes: config.quota.bytes_per_member,
+            leases: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
+            freed: Notify::new(),
+        })
+    }
+
+    /// Renews the leases this sidecar holds.
+    pub async fn renew(&self) {
+        let held: Vec<(String, Vec<String>)> =
+            self.leases.lock().unwrap().iter().map(|(m, ids)| (m.clone(), ids.iter().cloned().collect())).collect();
+        let r = &self.redis;
+        for (member, ids) in held {
+            let (e, x) = r.member_keys(&member);
+            let mut inv = r.scripts.renew.prepare_invoke();
+            inv.key(e).key(x).arg(r.ttl_ms());
+            for id in &ids {
+                inv.arg(id);
+            }
+            if r.run::<i64>(&inv).await.is_none() {
+                return;
+            }
+        }
+    }
+
+    fn unregister(&self, lease: &LeaseId) {
+        let mut leases = self.leases.lock().unwrap();
+        if let Some(ids) = leases.get_mut(&lease.member) {
+            ids.remove(&lease.id);
+            if ids.is_empty() {
+                leases.remove(&lease.member);
+            }
+        }
+    }
+}
+
+impl Quota for SharedQuota {
+    fn lease<'a>(&'a self, holder: Holder<'a>, bytes: u64, wait: Duration) -> BoxFuture<'a, Option<LeaseId>> {
+        Box::pin(async move {
+            let bytes = bytes.clamp(1, self.bytes);
+            let id = fresh_id("lease");
+            let r = &self.redis;
+            let (e, x) = r.member_keys(holder.member);
+            let found = wait::until(
+                Instant::now() + wait,
+                &self.freed,
+                |_| {},
+                || async {
+                    let mut inv = r.scripts.lease.prepare_invoke();
+                    inv.key(&e).key(&x).arg(&id).arg(bytes).arg(self.uploads).arg(self.bytes).arg(r.ttl_ms());
+                    match r.run::<(i64, u64, u64)>(&inv).await {
+                        None => Look::Ready(Found::Fallback),
+                        Some((taken, uploads, bytes)) => {
+                            self.held.lock().unwrap().insert(holder.member.to_owned(), Held { uploads, bytes });
+                            if taken == 1 { Look::Ready(Found::Taken) } else { Look::Blocked { retry_after: wait } }
+                        }
+                    }
+                },
+            )
+            .await;
+            match found {
+                Err(_) => None,
+                Ok(Found::Taken) => {
+                    self.leases.lock().unwrap().entry(holder.member.to_owned()).or_default().insert(id.clone());
+                    Some(LeaseId { member: holder.member.to_owned(), id, bytes, shared: true })
+                }
+                Ok(Found::Fallback) => self.local.lease(holder, bytes, wait).await,
+            }
+        })
+    }
+
+    fn created<'a>(&'a self, lease: &'a LeaseId, upload_id: &'a str, expires: u64) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if !lease.shared {
+                return self.local.created(lease, upload_id, expires).await;
+            }
+            self.unregister(lease);
+            let expires_ms = expires.saturating_mul(1000);
+            if !self.redis.record_created(&lease.member, &lease.id, upload_id, lease.bytes, expires_ms).await {
+                // Counted here meanwhile, and written to Redis once it answers.
+                self.local.created(lease, upload_id, expires).await;
+                let (member, upload) = (lease.member.clone(), upload_id.to_owned());
+                self.redis.keep(Pending::Created { member, upload, bytes: lease.bytes, expires_ms });
+            }
+        })
+    }
+
+    fn resize<'a>(&'a self, upload_id: &'a str, bytes: u64) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            self.local.resize(upload_id, bytes).await;
+            self.redis.forget_or_resize(&[upload_id.to_owned()], Some(bytes)).await;
+            self.freed.notify_waiters();
+        })
+    }
+
+    fn release(&self, lease: &LeaseId) {
+        if !lease.shared {
+            return self.local.release(lease);
+        }
+        self.unregister(lease);
+        let (redis, lease) = (self.redis.clone(), lease.clone());
+        // In the background: a drop cannot wait. If Redis does not take it, the lease expires.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let (e, x) = redis.member_keys(&lease.member);
+                let mut inv = redis.scripts.release.prepare_invoke();
+                inv.key(e).key(x).arg(&lease.id);
+                redis.run::<i64>(&inv).await;
+            });
+        }
+        self.freed.notify_waiters();
+    }
+
+    fn forget<'a>(&'a self, upload_ids: &'a [String]) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            self.local.forget(upload_ids).await;
+            if !self.redis.forget_or_resize(upload_ids, None).await {
+                self.redis.keep(Pending::Forget(upload_ids.to_vec()));
+            }
+            self.freed.notify_waiters();
+        })
+    }
+
+    fn held(&self) -> Vec<(String, Held)> {
+        if self.redis.is_down() {
+            return self.local.held();
+        }
+        self.held.lock().unwrap().iter().map(|(m, h)| (member_label(m), *h)).collect()
+    }
+}

@@ -1,0 +1,359 @@
+//! One account, many sidecars: plan admission against the hourly budget, the member's quota
+//! ledger, and both shared through a real `redis-server` (started here on 127.0.0.1 at a free
+//! port). Several gateways stand in front of one simulator.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use chunkgate::{config::Config, edge::gateway, sim::SimConfig};
+use http::{Method, StatusCode};
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+
+use crate::common::*;
+
+const MIB: usize = 1024 * 1024;
+const OTHER_TOKEN: &str = "another-members-token";
+
+/// The account's limit in the scenario: 150 calls per hour.
+fn scenario_sim() -> SimConfig {
+    let mut sim = SimConfig::default();
+    sim.limits.hourly_limit = 150;
+    sim
+}
+
+/// A gateway of the scenario: 1 MiB parts (a 3 MiB upload is create, two parts, the checksum read
+/// and the commit: 5 calls, and a plan of 6 with the delete held back), a short wait for budget.
+fn scenario_gateway(sim: &SimApi, redis: Option<&RedisServer>, replicas: u32) -> Config {
+    let mut c = gateway_config(sim, sim.running.url());
+    c.upload.part_size = MIB;
+    c.upload.memory_budget_bytes = 128 * MIB;
+    // Long enough for the admitted uploads to finish under the burst pacing and give their
+    // held-back deletes back; a plan the hour can no longer hold is refused at once, not after it.
+    c.rate_limit.max_wait_secs = 30;
+    // All 40 uploads may run in one sidecar; the bounds on uploads at once are not under test.
+    c.server.max_uploads_per_caller = 64;
+    c.upload.max_uploads = 64;
+    c.cluster.replicas = replicas;
+    if let Some(redis) = redis {
+        c.cluster.redis_url = redis.url();
+        // Generous: the gateways, the simulator and the clients share the test's one thread, so an
+        // operation's time here is mostly waiting for that thread, not Redis.
+        c.cluster.op_timeout_ms = 50;
+    }
+    c
+}
+
+async fn start(configs: Vec<Config>) -> Vec<gateway::GatewayHandle> {
+    let mut out = Vec::new();
+    for c in configs {
+        assert_eq!(c.problems(), Vec::<String>::new());
+        out.push(gateway::spawn(c).await.unwrap());
+    }
+    out
+}
+
+async fn upload_via(http: &Http, gateway: &str, data: Bytes, token: &str) -> Resp {
+    let url = format!("{gateway}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads");
+    let auth = format!("Bearer {token}");
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/pdf")];
+    http.send(Method::POST, &url, &headers, data).await.unwrap()
+}
+
+/// 40 uploads of 3 MiB at once, spread over the gateways; every one must commit or be refused
+/// with RATE_LIMITED before anything is created for it. Returns how many committed.
+async fn hourly_scenario(sim: &SimApi, gateways: &[gateway::GatewayHandle]) -> u64 {
+    let data = Bytes::from(bytes_of(3 * MIB, 14));
+    let tasks = (0..40).map(|i| {
+        let (http, url, data) = (sim.http.clone(), gateways[i % gateways.len()].url(), data.clone());
+        tokio::spawn(async move { upload_via(&http, &url, data, TOKEN).await })
+    });
+    let answers = all(tasks).await;
+    let mut committed = 0;
+    for r in &answers {
+        match r.status {
+            StatusCode::OK => committed += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_eq!(code(r), "RATE_LIMITED");
+                let after: u64 = r.header("retry-after").parse().unwrap();
+                assert!((1..=3600).contains(&after), "Retry-After {after}: the seconds to the next hour");
+            }
+            other => panic!("neither committed nor refused for budget: {other} {}", String::from_utf8_lossy(&r.body)),
+        }
+    }
+    let st = sim.stats().await;
+    assert_eq!(st["throttled"], 0, "the upstream throttled a call: {st}");
+    assert_eq!(st["open"], 0, "an upload was left open upstream: {st}");
+    assert_eq!(st["created"], st["committed"], "an upload was created and not committed: {st}");
+    assert_eq!(st["committed"], committed);
+    committed
+}
+
+#[tokio::test]
+async fn four_sidecars_sharing_redis_keep_to_the_accounts_hourly_budget_and_leave_nothing_open() {
+    let redis = RedisServer::start().await;
+    let sim = SimApi::start(scenario_sim()).await;
+    let gateways = start((0..4).map(|_| scenario_gateway(&sim, Some(&redis), 4)).collect()).await;
+    let committed = hourly_scenario(&sim, &gateways).await;
+    assert!(committed >= 28, "only {committed} of the 30 the budget can carry committed");
+    // The hourly count lives in Redis, under the prefix, with an expiry.
+    let keys = redis.keys("chunkgate").await;
+    let hour = format!("chunkgate:a:{ACCOUNT}:hour");
+    assert!(keys.contains(&hour), "{keys:?}");
+    let mut conn = redis.connection().await;
+    let used: u64 = redis::cmd("HGET").arg(&hour).arg("used").query_async(&mut conn).await.unwrap();
+    assert_eq!(used, sim.stats().await["requests"].as_u64().unwrap(), "every upstream call counted once, shared");
+    for key in keys {
+        let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
+        assert!(ttl > 0, "{key} has no expiry");
+    }
+}
+
+#[tokio::test]
+async fn one_sidecar_without_redis_admits_by_plan_and_leaves_nothing_open() {
+    let sim = SimApi::start(scenario_sim()).await;
+    let gateways = start(vec![scenario_gateway(&sim, None, 1)]).await;
+    let committed = hourly_scenario(&sim, &gateways).await;
+    assert!(committed >= 28, "only {committed} of the 30 the budget can carry committed");
+}
+
+#[tokio::test]
+async fn without_redis_each_of_several_sidecars_keeps_to_its_share() {
+    // Two sidecars, no Redis: each takes half of the 150 calls, so neither can throttle the account.
+    let sim = SimApi::start(scenario_sim()).await;
+    let gateways = start((0..2).map(|_| scenario_gateway(&sim, None, 2)).collect()).await;
+    let committed = hourly_scenario(&sim, &gateways).await;
+    // 75 calls each: 12 plans of 6 at once, then two more as the first give their deletes back.
+    assert!((20..=28).contains(&committed), "{committed}");
+}
+
+/// The admin endpoint's metrics.
+async fn metrics(http: &Http, g: &gateway::GatewayHandle) -> String {
+    let r = http.send(Method::GET, &format!("http://{}/metrics", g.admin_addr), &[], "").await.unwrap();
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+fn gauge(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn when_redis_dies_mid_run_sidecars_fall_back_to_their_share_and_share_again_when_it_returns() {
+    let mut redis = RedisServer::start().await;
+    let sim = SimApi::start(scenario_sim()).await;
+    // The gateways' operation timeout stays generous (see `scenario_gateway`): a dead Redis
+    // refuses connections at once, so it is noticed without a timeout.
+    let gateways = start((0..2).map(|_| scenario_gateway(&sim, Some(&redis), 2)).collect()).await;
+    let http = sim.http.clone();
+    let run = |n: usize, seed: u64| {
+        let data = Bytes::from(bytes_of(3 * MIB, seed));
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let (http, url, data) = (http.clone(), gateways[i % 2].url(), data.clone());
+                tokio::spawn(async move { upload_via(&http, &url, data, TOKEN).await })
+            })
+            .collect();
+        async move {
+            for r in all(tasks).await {
+                assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+            }
+        }
+    };
+    run(4, 1).await;
+    assert_eq!(gauge(&metrics(&http, &gateways[0]).await, "chunkgate_cluster_fallback"), Some(0.0));
+    // Slow parts, so that uploads are running when Redis dies.
+    sim.faults(json!({"latency_ms": 150, "ops": ["add_part"]})).await;
+    let running = run(4, 2);
+    let killer = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        redis.kill();
+    };
+    tokio::join!(running, killer);
+    // Both fell back, stayed ready, and go on uploading within their share.
+    run(4, 3).await;
+    for g in &gateways {
+        assert_eq!(gauge(&metrics(&http, g).await, "chunkgate_cluster_fallback"), Some(1.0));
+        let ready = http.send(Method::GET, &format!("http://{}/readyz", g.admin_addr), &[], "").await.unwrap();
+        assert_eq!(ready.status, StatusCode::OK);
+    }
+    // Redis returns (empty): both go back to it within a few probes.
+    redis.restart().await;
+    for g in &gateways {
+        let mut back = false;
+        for _ in 0..50 {
+            if gauge(&metrics(&http, g).await, "chunkgate_cluster_fallback") == Some(0.0) {
+                back = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(back, "still in fallback after Redis returned");
+    }
+    sim.faults(json!({})).await;
+    run(2, 4).await;
+    let hour = format!("chunkgate:a:{ACCOUNT}:hour");
+    assert!(redis.keys("chunkgate").await.contains(&hour), "counts are shared again");
+    let st = sim.stats().await;
+    assert_eq!((st["open"].as_u64(), st["throttled"].as_u64()), (Some(0), Some(0)), "{st}");
+    assert_eq!(st["created"], st["committed"], "{st}");
+}
+
+/// A raw request whose body stops after `sent` of `declared` bytes: admitted, nothing created yet.
+async fn dripping_upload(addr: &str, declared: usize, sent: usize) -> tokio::net::TcpStream {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/pdf\r\nContent-Length: {declared}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&bytes_of(sent, 9)).await.unwrap();
+    tcp
+}
+
+#[tokio::test]
+async fn what_a_sidecar_killed_with_sigkill_held_comes_back_to_the_others_within_the_ttl() {
+    let redis = RedisServer::start().await;
+    let mut sim_config = SimConfig::default();
+    sim_config.limits.hourly_limit = 10;
+    let sim = SimApi::start(sim_config).await;
+    let url = redis.url();
+    let env = [
+        ("CHUNKGATE_CLUSTER__REDIS_URL", url.as_str()),
+        ("CHUNKGATE_CLUSTER__LEASE_TTL_SECS", "5"),
+        ("CHUNKGATE_CLUSTER__OP_TIMEOUT_MS", "2000"),
+        ("CHUNKGATE_RATE_LIMIT__HOURLY_LIMIT", "10"),
+        ("CHUNKGATE_QUOTA__UPLOADS_PER_MEMBER", "1"),
+    ];
+    let mut doomed = Binary::serve(&sim, &env, false);
+    // Three parts: a plan of 6 calls (create, two parts, checksum, commit, delete), and the
+    // member's one upload, held while the body drips.
+    let addr = doomed.url.trim_start_matches("http://").to_owned();
+    let _dripping = dripping_upload(&addr, PART * 3, 100).await;
+    let mut admitted = false;
+    for _ in 0..100 {
+        if redis.keys("chunkgate").await.iter().any(|k| k.starts_with("chunkgate:m:")) {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(admitted, "the doomed sidecar never took its lease");
+    let mut c = gateway_config(&sim, sim.running.url());
+    c.rate_limit.hourly_limit = 10;
+    c.rate_limit.max_wait_secs = 1;
+    c.quota.uploads_per_member = 1;
+    c.quota.wait_secs = 1;
+    c.cluster.redis_url = redis.url();
+    c.cluster.lease_ttl_secs = 5;
+    c.cluster.op_timeout_ms = 2000;
+    let survivor = start(vec![c.clone()]).await.remove(0);
+    let data = Bytes::from(bytes_of(PART * 3, 3));
+    // Held elsewhere: the member's quota is taken, and 6 of the account's 10 calls.
+    let busy = upload_via(&sim.http, &survivor.url(), data.clone(), TOKEN).await;
+    assert_eq!(code(&busy), "GATEWAY_BUSY");
+    let other = upload_via(&sim.http, &survivor.url(), data.clone(), OTHER_TOKEN).await;
+    assert_eq!(code(&other), "RATE_LIMITED", "6 + 6 calls do not fit in 10");
+    assert_eq!(sim.stats().await["created"], 0);
+    // Killed without a chance to give anything back.
+    doomed.child.kill().unwrap();
+    doomed.child.wait().unwrap();
+    c.rate_limit.max_wait_secs = 20;
+    c.quota.wait_secs = 20;
+    let patient = start(vec![c]).await.remove(0);
+    let r = upload_via(&sim.http, &patient.url(), data.clone(), TOKEN).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    let st = sim.stats().await;
+    assert_eq!(
+        (st["created"].as_u64(), st["committed"].as_u64(), st["throttled"].as_u64()),
+        (Some(1), Some(1), Some(0))
+    );
+}
+
+#[tokio::test]
+async fn the_ledger_counts_committed_uploads_until_an_envelope_uses_one_across_sidecars() {
+    let redis = RedisServer::start().await;
+    let sim = SimApi::start(SimConfig::default()).await;
+    let configs = (0..2)
+        .map(|_| {
+            let mut c = gateway_config(&sim, sim.running.url());
+            c.quota.uploads_per_member = 3;
+            c.quota.wait_secs = 30;
+            c.cluster.redis_url = redis.url();
+            c.cluster.op_timeout_ms = 50;
+            c.cluster.replicas = 2;
+            c
+        })
+        .collect();
+    let gateways = start(configs).await;
+    let mut ids = Vec::new();
+    for seed in 0..3 {
+        let r = upload_via(&sim.http, &gateways[0].url(), Bytes::from(bytes_of(PART * 2, seed)), TOKEN).await;
+        assert_eq!(r.status, StatusCode::OK);
+        ids.push(r.header("x-chunkgate-upload-id").to_owned());
+    }
+    // The fourth, on the other sidecar, waits for room without creating anything.
+    let fourth = {
+        let (http, url) = (sim.http.clone(), gateways[1].url());
+        tokio::spawn(async move { upload_via(&http, &url, Bytes::from(bytes_of(PART * 2, 4)), TOKEN).await })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!fourth.is_finished());
+    assert_eq!(sim.stats().await["created"], 3, "the fourth created nothing while it waited");
+    let m = metrics(&sim.http, &gateways[1]).await;
+    assert!(m.lines().any(|l| l.starts_with("chunkgate_quota_uploads_held{") && l.ends_with(" 3")), "{m}");
+    // An envelope through the first sidecar uses one; the fourth then commits.
+    let envelope = envelope_via(&sim.http, &gateways[0].url(), &[ids[1].as_str()]).await;
+    assert_eq!(envelope.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&envelope.body));
+    assert!(envelope.json()["envelopeId"].is_string());
+    let r = tokio::time::timeout(Duration::from_secs(20), fourth).await.expect("the fourth still waits").unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    let st = sim.stats().await;
+    assert_eq!((st["created"].as_u64(), st["committed"].as_u64(), st["used"].as_u64()), (Some(4), Some(4), Some(1)));
+    assert_eq!(sim.inspect(&ids[1]).await["state"], "consumed");
+}
+
+#[tokio::test]
+async fn a_delete_passed_through_frees_the_members_room() {
+    let sim = SimApi::start(SimConfig::default()).await;
+    let mut c = gateway_config(&sim, sim.running.url());
+    c.quota.uploads_per_member = 1;
+    c.quota.wait_secs = 1;
+    let g = start(vec![c]).await.remove(0);
+    let first = upload_via(&sim.http, &g.url(), Bytes::from(bytes_of(PART, 1)), TOKEN).await;
+    assert_eq!(first.status, StatusCode::OK);
+    let busy = upload_via(&sim.http, &g.url(), Bytes::from(bytes_of(PART, 2)), TOKEN).await;
+    assert_eq!(code(&busy), "GATEWAY_BUSY");
+    let id = first.header("x-chunkgate-upload-id");
+    let url = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads/{id}", g.url());
+    let auth = format!("Bearer {TOKEN}");
+    let deleted = sim.http.send(Method::DELETE, &url, &[("authorization", &auth)], "").await.unwrap();
+    assert_eq!(deleted.status, StatusCode::OK);
+    let second = upload_via(&sim.http, &g.url(), Bytes::from(bytes_of(PART, 2)), TOKEN).await;
+    assert_eq!(second.status, StatusCode::OK, "{}", String::from_utf8_lossy(&second.body));
+    // Another member was never held up.
+    let other = upload_via(&sim.http, &g.url(), Bytes::from(bytes_of(PART, 3)), OTHER_TOKEN).await;
+    assert_eq!(other.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_stream_of_unknown_length_grows_its_plan_and_is_deleted_when_the_budget_runs_out() {
+    let mut sim_config = SimConfig::default();
+    sim_config.limits.hourly_limit = 8;
+    let sim = SimApi::start(sim_config).await;
+    let mut c = gateway_config(&sim, sim.running.url());
+    c.rate_limit.hourly_limit = 8;
+    c.rate_limit.max_wait_secs = 1;
+    let g = start(vec![c]).await.remove(0);
+    // 8 calls: create, up to 4 more parts, checksum, commit, delete. A stream of 10 parts cannot fit.
+    let url = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads", g.url());
+    let auth = format!("Bearer {TOKEN}");
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/pdf")];
+    let long =
+        sim.http.send_body(Method::POST, &url, &headers, chunked(Bytes::from(bytes_of(PART * 10, 5)), 4096)).await;
+    let long = long.unwrap();
+    assert_eq!((long.status, code(&long)), (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED".into()));
+    let st = sim.wait_stats(|st| st["deleted"] == 1).await;
+    assert_eq!((st["open"].as_u64(), st["committed"].as_u64(), st["throttled"].as_u64()), (Some(0), Some(0), Some(0)));
+    // Create and four parts filled the budget the plan could grow into; the delete was the call
+    // held back (the finish's two were never needed).
+    assert_eq!(st["requests"], 6, "{st}");
+}
