@@ -1,5 +1,6 @@
 //! `chunkgate demo`: the simulator and the gateway in one process, a document streamed through
-//! them with a progress bar, and a report of what happened. Needs no config file and no network.
+//! them with a progress bar, an envelope created through the gateway that uses the upload, and a
+//! report of what happened. Needs no config file and no network.
 
 use std::{
     path::PathBuf,
@@ -64,11 +65,21 @@ pub struct Report {
     pub reconciliations: u64,
     pub throttle_waits: u64,
     pub body: String,
+    /// The envelope created through the gateway with the upload as its document: its status and
+    /// id, or why there is none.
+    pub envelope: Result<(String, String), String>,
+    /// The simulator holds the upload as used by that envelope.
+    pub upload_used: bool,
 }
 
 impl Report {
     pub fn checksum_matched(&self) -> bool {
         self.sent_sha256 == self.upstream_sha256
+    }
+
+    /// Everything the demo shows worked: committed byte-exact, then used by an envelope.
+    pub fn succeeded(&self) -> bool {
+        self.status.is_success() && self.checksum_matched() && self.envelope.is_ok() && self.upload_used
     }
 }
 
@@ -80,7 +91,44 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     let sim = start_simulator(&opts, size).await?;
     let gw = start_gateway(&opts, size, sim.url()).await?;
     let streamed = stream(&opts, size, &gw).await?;
-    Ok(report(&sim, streamed))
+    let mut report = report(&sim, streamed);
+    if report.committed {
+        report.envelope = envelope(&gw, &report.upload_id).await;
+        report.upload_used =
+            sim.sim.store().inspect(&report.upload_id, 0).is_some_and(|i| i.state == sim::store::State::Consumed);
+        report.sim_requests = sim.sim.stats_json()["requests"].as_u64().unwrap_or(0);
+    }
+    Ok(report)
+}
+
+/// Creates an envelope through the gateway (passed through to the simulator) whose one document
+/// is the committed upload, named by `remoteUrl`, as a service would next.
+async fn envelope(gw: &gateway::GatewayHandle, upload_id: &str) -> Result<(String, String), String> {
+    let definition = serde_json::json!({
+        "emailSubject": "Please sign the demo document",
+        "status": "created",
+        "documents": [{
+            "documentId": "1",
+            "name": "demo.pdf",
+            "remoteUrl": format!("docusignchunkedupload://{upload_id}"),
+        }],
+    });
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("{}/restapi/v2.1/accounts/{ACCOUNT}/envelopes", gw.url()))
+        .header(header::AUTHORIZATION, "Bearer demo-token")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(crate::body::full(definition.to_string()))
+        .expect("valid request");
+    let client: Client<_, Body> = Client::builder(TokioExecutor::new()).build_http();
+    let response = client.request(req).await.map_err(|e| format!("the envelope request failed: {e}"))?;
+    let status = response.status();
+    let answer = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+    match (status, json["envelopeId"].as_str(), json["status"].as_str()) {
+        (StatusCode::CREATED, Some(id), Some(state)) => Ok((state.to_owned(), id.to_owned())),
+        _ => Err(format!("{status} {}", String::from_utf8_lossy(&answer))),
+    }
 }
 
 async fn document_size(opts: &Options) -> Result<u64, String> {
@@ -201,6 +249,8 @@ fn report(sim: &sim::SimHandle, s: Streamed) -> Report {
         sim_faults: ["throttled", "injected_errors", "dropped"].iter().map(|k| stats[k].as_u64().unwrap_or(0)).sum(),
         upload_id,
         body: String::from_utf8_lossy(&s.answer).into_owned(),
+        envelope: Err("not tried: nothing was committed".into()),
+        upload_used: false,
     }
 }
 
@@ -226,6 +276,14 @@ pub fn print(report: &Report) {
     if !report.status.is_success() {
         println!("answer            {}", report.body);
     }
+    match &report.envelope {
+        Ok((state, id)) => println!("envelope          {id} ({state}), created through the gateway with the upload"),
+        Err(why) => println!("envelope          none: {why}"),
+    }
+    println!(
+        "upload used       {}",
+        if report.upload_used { "yes (no longer counts against the quota)" } else { "no" }
+    );
 }
 
 /// Feeds the document into the channel and returns the SHA-256 of what it fed.

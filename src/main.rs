@@ -168,7 +168,7 @@ async fn demo_command(opts: chunkgate::demo::Options) -> ExitCode {
     match chunkgate::demo::run(opts).await {
         Ok(report) => {
             chunkgate::demo::print(&report);
-            if report.status.is_success() && report.checksum_matched() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+            if report.succeeded() { ExitCode::SUCCESS } else { ExitCode::from(1) }
         }
         Err(err) => {
             eprintln!("chunkgate demo: {err}");

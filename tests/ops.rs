@@ -243,3 +243,23 @@ async fn sighup_and_sigquit_drain_like_sigterm_and_sigusr1_is_ignored() {
     assert_eq!(st["committed"].as_u64().unwrap(), committed_before + 2, "{st}");
     assert_eq!(st["open"], 0, "nothing left open: {st}");
 }
+
+#[test]
+fn the_demo_commits_a_byte_exact_upload_and_uses_it_in_an_envelope_through_the_gateway() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chunkgate"))
+        .args(["demo", "--size", "700KiB", "--part-size", "256KiB", "--latency-ms", "0"])
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let line = |name: &str| {
+        stdout.lines().find(|l| l.starts_with(name)).map(|l| l[name.len()..].trim().to_owned()).unwrap_or_default()
+    };
+    assert_eq!(line("status"), "200 OK");
+    assert_eq!(line("parts"), "3");
+    assert_eq!(line("checksum matched"), "yes");
+    assert!(line("envelope").ends_with("(created), created through the gateway with the upload"), "{stdout}");
+    assert!(line("upload used").starts_with("yes"), "{stdout}");
+    // Create, two parts, the checksum read, the commit, and the envelope.
+    assert_eq!(line("upstream calls"), "6 (0 answered with an injected fault)", "{stdout}");
+}

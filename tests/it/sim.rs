@@ -505,3 +505,88 @@ async fn the_front_end_answers_oversized_requests_and_chosen_faults_with_html_pa
     s.faults(json!({})).await;
     assert_eq!(s.get(&id, true).await.json()["checksum"], sha256_hex(&[7; 100]));
 }
+
+/// An envelope whose documents name `ids` by `remoteUrl`, sent to the simulator as `token`.
+async fn envelope_as(s: &SimApi, token: &str, ids: &[&str]) -> Resp {
+    let documents: Vec<Value> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| json!({"documentId": (i + 1).to_string(), "name": "d.pdf", "remoteUrl": format!("docusignchunkedupload://{id}")}))
+        .collect();
+    let body = json!({"emailSubject": "Please sign", "status": "sent", "documents": documents});
+    let auth = format!("Bearer {token}");
+    let url = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/envelopes", s.running.url());
+    s.http
+        .send(Method::POST, &url, &[("authorization", &auth), ("content-type", "application/json")], body.to_string())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn envelopes_use_the_callers_committed_uploads_and_refuse_any_other_using_nothing() {
+    let mut config = SimConfig::default();
+    config.limits.hourly_limit = 1000;
+    let s = SimApi::start(config).await;
+    let committed = |data: &'static [u8]| {
+        let s = &s;
+        async move {
+            let id = s.create_id(data).await;
+            assert_eq!(s.commit(&id).await.status, StatusCode::OK);
+            id
+        }
+    };
+    let (a, b, c) = (committed(b"first").await, committed(b"second").await, committed(b"third").await);
+    let open = s.create_id(b"open").await;
+    let deleted = committed(b"deleted").await;
+    assert_eq!(s.delete(&deleted).await.status, StatusCode::OK);
+    let theirs = {
+        let other = s.as_member("someone-else");
+        let id = other.create_id(b"theirs").await;
+        assert_eq!(other.commit(&id).await.status, StatusCode::OK);
+        id
+    };
+
+    // Used: 201 with the envelope's summary; both uploads are consumed.
+    let r = envelope_as(&s, TOKEN, &[&a, &b]).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    let envelope_id = v["envelopeId"].as_str().unwrap();
+    assert!(chunkgate::ids::is_guid(envelope_id), "{v}");
+    assert_eq!(v["uri"], format!("/envelopes/{envelope_id}"));
+    assert_eq!(v["status"], "sent");
+    assert!(humantime::parse_rfc3339(v["statusDateTime"].as_str().unwrap()).is_ok(), "{v}");
+    for id in [&a, &b] {
+        assert_eq!(s.inspect(id).await["state"], "consumed");
+    }
+    // An envelope naming a good upload beside a bad one is refused, and the good one stays unused.
+    for (bad, why) in [
+        (a.as_str(), "was already used"),
+        (open.as_str(), "is not committed"),
+        (deleted.as_str(), "was deleted"),
+        (theirs.as_str(), "does not exist"),
+        ("6D8A7F52-3D2B-4D91-9A62-1F2E3D4C5B6A", "does not exist"),
+        (c.as_str(), "names twice"),
+    ] {
+        let r = envelope_as(&s, TOKEN, &[&c, bad]).await;
+        assert_eq!((r.status, code(&r)), (StatusCode::BAD_REQUEST, "CHUNKED_UPLOAD_NOT_USABLE".into()), "{bad}");
+        assert!(r.json()["message"].as_str().unwrap().contains(why), "{bad}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(s.inspect(&c).await["state"], "committed", "{bad}");
+        // Every envelope call counts against the account's hourly limit, refused or not.
+        let remaining: i64 = r.header("x-ratelimit-remaining").parse().unwrap();
+        assert_eq!(remaining, 1000 - s.stats().await["requests"].as_i64().unwrap(), "{bad}");
+    }
+    // Expired: past the upload's twenty minutes, a committed upload can no longer be used.
+    s.advance_clock(1201).await;
+    let r = envelope_as(&s, TOKEN, &[&c]).await;
+    assert_eq!((r.status, code(&r)), (StatusCode::BAD_REQUEST, "CHUNKED_UPLOAD_NOT_USABLE".into()));
+    assert!(r.json()["message"].as_str().unwrap().contains("has expired"));
+    let st = s.stats().await;
+    assert_eq!((st["envelopes"].as_u64(), st["used"].as_u64()), (Some(1), Some(2)), "{st}");
+    // Only creation is simulated: other envelope routes are not found.
+    let url = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/envelopes/{envelope_id}", s.running.url());
+    let auth = format!("Bearer {TOKEN}");
+    assert_eq!(
+        s.http.send(Method::GET, &url, &[("authorization", &auth)], "").await.unwrap().status,
+        StatusCode::NOT_FOUND
+    );
+}
