@@ -416,7 +416,7 @@ async fn pacing(client: &HttpClient) -> Value {
             ("CHUNKGATE_RATE_LIMIT__BURST_WINDOW_SECS", "30".to_owned()),
             ("CHUNKGATE_RATE_LIMIT__MAX_WAIT_SECS", "600".to_owned()),
             ("CHUNKGATE_UPLOAD__PART_SIZE", (64 * 1024).to_string()),
-            ("CHUNKGATE_QUOTA__UPLOADS_PER_ACCOUNT", "40".to_owned()),
+            ("CHUNKGATE_QUOTA__UPLOADS_PER_MEMBER", "40".to_owned()),
             ("CHUNKGATE_SERVER__MAX_UPLOADS_PER_CALLER", "64".to_owned()),
             ("CHUNKGATE_UPLOAD__MAX_UPLOADS", "64".to_owned()),
             ("CHUNKGATE_QUOTA__WAIT_SECS", "600".to_owned()),

@@ -56,3 +56,41 @@ where
     }
     Ok(buf)
 }
+
+/// Longest a closed connection lingers (or an unread stream body is drained), in all.
+pub const LINGER_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest it waits for the client's next bytes.
+pub const LINGER_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
+/// Most bytes it reads and throws away.
+pub const LINGER_BYTES: u64 = 64 << 20;
+
+/// An HTTP/2 stream whose answer went out before its body was read (the stream's counterpart of
+/// `edge::linger`'s lingering close): dropping the
+/// body would make the server reset the stream (RST_STREAM with NO_ERROR, which RFC 9113 allows
+/// but some clients take as a failure: curl reports a framing error, httpx waits for its read
+/// timeout), so the body is read and thrown away in the background, within the same bounds as a
+/// lingering connection, and the client finishes sending and reads its answer.
+pub fn drain_stream<B>(body: B)
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: bytes::Buf + Send,
+{
+    use http_body_util::BodyExt;
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    runtime.spawn(async move {
+        let mut body = body;
+        let until = tokio::time::Instant::now() + LINGER_FOR;
+        let mut read = 0u64;
+        while read < LINGER_BYTES {
+            let wait = LINGER_IDLE.min(until.saturating_duration_since(tokio::time::Instant::now()));
+            match tokio::time::timeout(wait, body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        read += bytes::Buf::remaining(data) as u64;
+                    }
+                }
+                _ => return,
+            }
+        }
+    });
+}

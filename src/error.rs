@@ -89,6 +89,10 @@ pub enum GatewayError {
     ClientGone,
     #[error("The gateway is running as many requests as it allows; retry after the time given in Retry-After.")]
     GatewayBusy { retry_after: Duration },
+    #[error(
+        "The member's upload quota (unused uploads and their bytes, committed ones included) had no room within the time allowed; use or delete committed uploads, or retry after the time given in Retry-After."
+    )]
+    QuotaBusy { retry_after: Duration },
     #[error("The gateway is shutting down; retry against another instance or shortly.")]
     ShuttingDown,
     #[error("The gateway could not forward the request: {0}.")]
@@ -160,7 +164,7 @@ impl GatewayError {
             UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ClientBodyTimeout(_) | ClientBodyDeadline(_) => StatusCode::REQUEST_TIMEOUT,
-            GatewayBusy { .. } | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayBusy { .. } | QuotaBusy { .. } | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             UnsupportedTransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -190,7 +194,7 @@ impl GatewayError {
             ClientBodyTimeout(_) | ClientBodyDeadline(_) => "CLIENT_BODY_TIMEOUT",
             ClientBodyError => "CLIENT_BODY_ERROR",
             ClientGone => "CLIENT_GONE",
-            GatewayBusy { .. } => "GATEWAY_BUSY",
+            GatewayBusy { .. } | QuotaBusy { .. } => "GATEWAY_BUSY",
             ShuttingDown => "SHUTTING_DOWN",
             BadRequest(_) => "BAD_REQUEST",
             InvalidPath(_) => "INVALID_PATH",
@@ -216,7 +220,9 @@ impl GatewayError {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            GatewayError::RateLimited { retry_after } | GatewayError::GatewayBusy { retry_after } => Some(*retry_after),
+            GatewayError::RateLimited { retry_after }
+            | GatewayError::GatewayBusy { retry_after }
+            | GatewayError::QuotaBusy { retry_after } => Some(*retry_after),
             GatewayError::ShuttingDown => Some(Duration::from_secs(1)),
             _ => None,
         }

@@ -71,7 +71,27 @@ async fn metrics_count_what_an_upload_and_a_passthrough_did() {
     let remaining = v("chunkgate_upstream_ratelimit_remaining", &["account=\"1234567\"", "window=\"burst\""]);
     let calls = s.sim.stats().await["requests"].as_f64().unwrap();
     assert_eq!(remaining, 500.0 - calls);
+    // The account's hourly budget: every call counted, nothing reserved once the uploads ended.
+    assert_eq!(v("chunkgate_budget_calls_used", &["account=\"1234567\""]), calls);
+    assert_eq!(v("chunkgate_budget_calls_reserved", &["account=\"1234567\""]), 0.0);
+    assert_eq!(v("chunkgate_budget_calls_free", &["account=\"1234567\""]), 3000.0 - calls);
+    // The member holds the committed upload until it is used or deleted; labelled by a digest
+    // of the token, never the token.
     assert!(!text.contains(TOKEN), "the token is in the metrics");
+    let held = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("chunkgate_quota_uploads_held{member=\""))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+    };
+    assert_eq!(held(&text), Some(1.0), "{text}");
+    let deleted = s
+        .http
+        .send(Method::DELETE, &format!("{}/{id}", s.upload_url(ACCOUNT)), &[("authorization", &auth)], "")
+        .await
+        .unwrap();
+    assert_eq!(deleted.status, StatusCode::OK);
+    let after = get(&s.http, &format!("http://{}/metrics", s.gw.admin_addr)).await;
+    assert_eq!(held(&String::from_utf8_lossy(&after.body)), Some(0.0), "shown at 0 once it holds nothing");
 }
 
 #[tokio::test]

@@ -27,7 +27,7 @@ pub const ACCOUNT: &str = "1234567";
 /// The tests' support module: the real binary is started the same way in both.
 #[allow(unused_imports)]
 #[path = "../../tests/support/mod.rs"]
-mod test_support;
+pub mod test_support;
 
 /// The release binary, running (stopped when dropped), with its CPU time and memory.
 pub struct Proc {

@@ -25,7 +25,7 @@ use crate::{
     policy::{
         callers::{Caller, PerKey},
         pacing::{LocalPacing, Pacing},
-        quota::{LocalQuota, Quota},
+        quota::{LocalQuota, Quota, member_of},
     },
     upstream::Upstream,
 };
@@ -50,6 +50,9 @@ pub struct Gateway {
     /// Passthrough requests running per caller and per account.
     passthrough_callers: Arc<PerKey<Caller>>,
     passthrough_accounts: Arc<PerKey<String>>,
+    /// Members whose quota gauges the last scrape showed: one that holds nothing any more is
+    /// shown at 0 once, then left out.
+    quota_labels: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 // === impl Gateway ===
@@ -88,6 +91,7 @@ impl Gateway {
             tls,
             passthrough_callers: PerKey::new(),
             passthrough_accounts: PerKey::new(),
+            quota_labels: Default::default(),
         }))
     }
 
@@ -159,12 +163,19 @@ impl Gateway {
         };
         let idle = Duration::from_millis(self.config.upload.client_idle_timeout_ms);
         let request_id = req.headers().get(crate::upstream::client::REQUEST_ID).cloned();
-        let ends = match (req.method(), target.chunked) {
-            (&Method::DELETE, Some(Chunked { upload: Some(id), part: None })) => proxy::Ends::Upload(id),
-            (&Method::POST | &Method::PUT, _) if target.envelopes => proxy::Ends::Envelope,
+        let member = req.headers().get(http::header::AUTHORIZATION).map(|a| member_of(a.as_bytes()));
+        let ends = match (req.method(), target.chunked, &member) {
+            (&Method::DELETE, Some(Chunked { upload: Some(id), part: None }), _) => proxy::Ends::Upload(id),
+            (&Method::POST, Some(Chunked { upload: None, part: None }), Some(member)) => proxy::Ends::Create(member),
+            (&Method::POST | &Method::PUT, _, _) if target.envelopes => proxy::Ends::Envelope,
             _ => proxy::Ends::Nothing,
         };
-        let policies = proxy::Policies { pacing: self.pacing.as_ref(), quota: self.quota.as_ref() };
+        let policies = proxy::Policies {
+            pacing: self.pacing.as_ref(),
+            quota: self.quota.as_ref(),
+            quota_wait: Duration::from_secs(self.config.quota.wait_secs),
+            max_answer: self.config.upstream.max_response_bytes,
+        };
         match proxy::forward(&self.upstream, policies, req, (account, ends), idle).await {
             Ok(response) => response,
             Err(err) => {
@@ -226,9 +237,16 @@ impl crate::edge::admin::Status for Gateway {
             metrics::gauge!(crate::telemetry::BUDGET_RESERVED, "account" => a.clone()).set(budget.reserved as f64);
             metrics::gauge!(crate::telemetry::BUDGET_USED, "account" => a).set(budget.used as f64);
         }
+        let mut shown = std::collections::HashSet::new();
         for (member, held) in gw.quota.held() {
             metrics::gauge!(crate::telemetry::QUOTA_UPLOADS, "member" => member.clone()).set(held.uploads as f64);
-            metrics::gauge!(crate::telemetry::QUOTA_BYTES, "member" => member).set(held.bytes as f64);
+            metrics::gauge!(crate::telemetry::QUOTA_BYTES, "member" => member.clone()).set(held.bytes as f64);
+            shown.insert(member);
+        }
+        let before = std::mem::replace(&mut *gw.quota_labels.lock().unwrap(), shown.clone());
+        for member in before.difference(&shown) {
+            metrics::gauge!(crate::telemetry::QUOTA_UPLOADS, "member" => member.clone()).set(0.0);
+            metrics::gauge!(crate::telemetry::QUOTA_BYTES, "member" => member.clone()).set(0.0);
         }
         for (account, remaining) in gw.pacing.remaining() {
             if let Some(v) = remaining.hourly {

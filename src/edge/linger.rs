@@ -10,7 +10,6 @@
 use std::{
     pin::Pin,
     task::{Context, Poll},
-    time::Duration,
 };
 
 use tokio::{
@@ -19,12 +18,7 @@ use tokio::{
     time::Instant,
 };
 
-/// Longest a closed connection lingers, in all.
-const LINGER_FOR: Duration = Duration::from_secs(10);
-/// Longest it waits for the client's next bytes.
-const LINGER_IDLE: Duration = Duration::from_secs(2);
-/// Most bytes it reads and throws away.
-const LINGER_BYTES: u64 = 64 << 20;
+use crate::body::{LINGER_BYTES, LINGER_FOR, LINGER_IDLE};
 
 /// A connection's socket, closed by lingering when dropped.
 pub struct Linger {

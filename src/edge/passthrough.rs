@@ -23,7 +23,7 @@ use crate::{
     error::GatewayError,
     policy::{
         pacing::{Draw, Pacing},
-        quota::Quota,
+        quota::{Holder, LeaseId, Quota},
     },
     upstream::{Upstream, client::strip_hop_by_hop},
 };
@@ -32,11 +32,16 @@ use crate::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ends<'a> {
     Nothing,
-    /// A DELETE of this upload: once answered 2xx (or 404, it is gone), it no longer counts.
+    /// A DELETE of this upload: once answered 2xx, it no longer counts. (Not on 404: another
+    /// member's delete is answered 404 too, and the owner's upload still counts.)
     Upload(&'a str),
     /// A POST or PUT under the account's envelopes: the uploads its body names by `remoteUrl`
     /// are used once it is answered 2xx.
     Envelope,
+    /// A create sent as JSON (as the SDKs do), by this member: it waits for room in the member's
+    /// quota like a streamed upload, and the upload it makes counts until it is used, deleted or
+    /// expires.
+    Create(&'a str),
 }
 
 /// The policies a passthrough request runs under.
@@ -44,6 +49,24 @@ pub enum Ends<'a> {
 pub struct Policies<'a> {
     pub pacing: &'a dyn Pacing,
     pub quota: &'a dyn Quota,
+    /// How long a create waits for room in the member's quota.
+    pub quota_wait: Duration,
+    /// The largest create answer read (to learn the upload's id and expiry).
+    pub max_answer: usize,
+}
+
+/// Room in a member's quota taken for a create, given back unless the create made an upload.
+struct Leased<'a> {
+    quota: &'a dyn Quota,
+    id: Option<LeaseId>,
+}
+
+impl Drop for Leased<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.quota.release(&id);
+        }
+    }
 }
 
 /// Forwards `req`, paced under `account` (the one its path names), and returns the upstream's
@@ -56,6 +79,17 @@ pub async fn forward(
     idle: Duration,
 ) -> Result<Response<Body>, GatewayError> {
     let pacing = policies.pacing;
+    let mut leased = None;
+    if let Ends::Create(member) = ends {
+        // The part's bytes: about three quarters of the JSON that carries them in base64.
+        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let bytes = declared.map_or(1, |n| (n / 4 * 3).max(1));
+        let holder = Holder { account, member };
+        let Some(id) = policies.quota.lease(holder, bytes, policies.quota_wait).await else {
+            return Err(GatewayError::QuotaBusy { retry_after: policies.quota_wait.max(Duration::from_secs(1)) });
+        };
+        leased = Some(Leased { quota: policies.quota, id: Some(id) });
+    }
     let (mut parts, incoming) = req.into_parts();
     parts.uri = upstream.forward_uri(&parts.uri);
     parts.version = http::Version::HTTP_11;
@@ -91,9 +125,7 @@ pub async fn forward(
     pacing.observe(account, parts.status, &parts.headers, None);
     crate::telemetry::passthrough(parts.status);
     let ended = match ends {
-        Ends::Upload(id) if parts.status.is_success() || parts.status == http::StatusCode::NOT_FOUND => {
-            vec![id.to_owned()]
-        }
+        Ends::Upload(id) if parts.status.is_success() => vec![id.to_owned()],
         Ends::Envelope if parts.status.is_success() => watch.as_ref().map(|w| w.used()).unwrap_or_default(),
         _ => Vec::new(),
     };
@@ -102,7 +134,33 @@ pub async fn forward(
         policies.quota.forget(&ended).await;
     }
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(mut leased) = leased.filter(|_| parts.status.is_success()) {
+        // The answer is read (it is small) to learn the upload's id and expiry.
+        let limited = http_body_util::Limited::new(incoming, policies.max_answer);
+        let answer = limited
+            .collect()
+            .await
+            .map_err(|_| GatewayError::UpstreamBadResponse("the create's answer could not be read".into()))?;
+        let answer = answer.to_bytes();
+        if let (Some(id), Some(lease)) = (created_upload(&answer), leased.id.take()) {
+            policies.quota.created(&lease, &id.0, id.1).await;
+        }
+        return Ok(Response::from_parts(parts, crate::body::full(answer)));
+    }
     Ok(Response::from_parts(parts, incoming.map_err(Into::into).boxed_unsync()))
+}
+
+/// The id and expiry (Unix seconds) of the upload a create's answer describes, in either dialect.
+fn created_upload(answer: &[u8]) -> Option<(String, u64)> {
+    let v: serde_json::Value = serde_json::from_slice(answer).ok()?;
+    let resource = if v.get("chunkedUploadId").is_some() { &v } else { v.get("data")? };
+    let id = resource.get("chunkedUploadId")?.as_str()?.to_owned();
+    let expires = resource
+        .get("expirationDateTime")
+        .and_then(|e| humantime::parse_rfc3339_weak(e.as_str()?).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or_else(|| crate::policy::quota::unix_now() + 20 * 60, |d| d.as_secs());
+    Some((id, expires))
 }
 
 /// What became of a forwarded client body.

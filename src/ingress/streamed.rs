@@ -43,6 +43,10 @@ pub async fn handle(
         Err(err) => {
             metrics::counter!(telemetry::UPLOADS_FAILED, "reason" => err.code()).increment(1);
             tracing::info!(code = err.code(), "upload refused before any upstream call");
+            if req.version() == http::Version::HTTP_2 {
+                // Over HTTP/1.1 the connection closes and lingers; a stream must not be reset.
+                crate::body::drain_stream(req.into_body());
+            }
             return err.response(dialect);
         }
     };

@@ -184,13 +184,13 @@ impl Uploads {
         metrics::counter!(telemetry::UPLOADS_STARTED).increment(1);
         let bytes = asked.declared.unwrap_or(self.config.max_document_bytes);
         let queued = std::time::Instant::now();
-        let member = crate::upstream::resource::hex(&<sha2::Sha256 as sha2::Digest>::digest(asked.auth.as_bytes()));
+        let member = crate::policy::quota::member_of(asked.auth.as_bytes());
         let holder = Holder { account: to.account, member: &member };
         let lease = Lease::take(&self.quota, holder, bytes, self.quota_wait).await;
         let Some(lease) = lease else {
             metrics::histogram!(telemetry::QUEUE_WAIT).record(queued.elapsed().as_secs_f64());
             telemetry::count_refusal(to.account, "quota");
-            return Err(GatewayError::GatewayBusy { retry_after: self.quota_wait.max(Duration::from_secs(1)) });
+            return Err(GatewayError::QuotaBusy { retry_after: self.quota_wait.max(Duration::from_secs(1)) });
         };
         let planned = stages::planned(&self.config, asked.declared, asked.commit);
         let plan = Plan::reserve(&self.pacing, to.account, planned.calls, self.pacing.default_deadline()).await;

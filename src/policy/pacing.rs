@@ -222,6 +222,8 @@ struct AccountPace {
 /// sidecars share an account without sharing counts: each takes its part).
 pub struct LocalPacing {
     config: RateLimitConfig,
+    /// The sidecars this one shares each account with (itself included).
+    share: u32,
     hourly_limit: u32,
     burst_limit: u32,
     accounts: Mutex<HashMap<String, Arc<AccountPace>>>,
@@ -302,6 +304,7 @@ impl LocalPacing {
         Self {
             hourly_limit: (config.hourly_limit / share).max(1),
             burst_limit: (config.burst_limit / share).max(1),
+            share,
             config,
             accounts: Mutex::new(HashMap::new()),
             remaining: Mutex::new(HashMap::new()),
@@ -312,6 +315,15 @@ impl LocalPacing {
     /// The hourly limit this process keeps to.
     pub fn hourly_limit(&self) -> u32 {
         self.hourly_limit
+    }
+
+    /// Re-bases this process's count on what the whole account has left this hour: of those
+    /// calls, it may make its share.
+    pub fn rebase(&self, account: &str, account_left: u32) {
+        let pace = self.pace(account);
+        let mut h = pace.hourly.lock().unwrap();
+        h.roll(clock_hour().0);
+        h.used = h.used.max(self.hourly_limit.saturating_sub(account_left / self.share));
     }
 
     /// Whether this process holds calls for `plan`.
@@ -445,10 +457,8 @@ impl LocalPacing {
         }
         let pace = self.pace(account);
         if let Some(left) = seen.hourly_left_this_hour(clock_hour().0) {
-            let mut h = pace.hourly.lock().unwrap();
-            h.roll(clock_hour().0);
             // The upstream's count is the truth: other clients spend the account's calls too.
-            h.used = h.used.max(self.hourly_limit.saturating_sub(left));
+            self.rebase(account, left);
         }
         if let Some(secs) = seen.pause_secs(self.config.burst_window_secs) {
             let until = Instant::now() + Duration::from_secs(secs as u64);

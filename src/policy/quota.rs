@@ -116,6 +116,23 @@ pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
 }
 
+/// The member a request speaks for: the SHA-256 (hex) of its `Authorization` header, with the
+/// scheme's case and the whitespace around the credentials made uniform, so that `bearer  T` and
+/// `Bearer T` are one member, as they are one user upstream. Only the digest is kept.
+pub fn member_of(authorization: &[u8]) -> String {
+    use sha2::Digest;
+    let value = authorization.trim_ascii();
+    let (scheme, credentials) = match value.iter().position(u8::is_ascii_whitespace) {
+        Some(i) => (&value[..i], value[i..].trim_ascii()),
+        None => (value, &[][..]),
+    };
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(scheme.to_ascii_lowercase());
+    hasher.update(b" ");
+    hasher.update(credentials);
+    crate::upstream::resource::hex(&hasher.finalize())
+}
+
 /// The name a member goes by in metrics: the first 12 hex digits of its digest.
 pub fn member_label(member: &str) -> String {
     member.chars().take(12).collect()

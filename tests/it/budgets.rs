@@ -325,6 +325,13 @@ async fn a_delete_passed_through_frees_the_members_room() {
     let id = first.header("x-chunkgate-upload-id");
     let url = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads/{id}", g.url());
     let auth = format!("Bearer {TOKEN}");
+    // Another member's delete is answered 404 and frees nothing: the upload is still the owner's.
+    let theirs = format!("Bearer {OTHER_TOKEN}");
+    let refused = sim.http.send(Method::DELETE, &url, &[("authorization", &theirs)], "").await.unwrap();
+    assert_eq!(refused.status, StatusCode::NOT_FOUND);
+    let still = upload_via(&sim.http, &g.url(), Bytes::from(bytes_of(PART, 2)), TOKEN).await;
+    assert_eq!(code(&still), "GATEWAY_BUSY");
+    assert!(String::from_utf8_lossy(&still.body).contains("quota"), "the refusal names the member's quota");
     let deleted = sim.http.send(Method::DELETE, &url, &[("authorization", &auth)], "").await.unwrap();
     assert_eq!(deleted.status, StatusCode::OK);
     let second = upload_via(&sim.http, &g.url(), Bytes::from(bytes_of(PART, 2)), TOKEN).await;
@@ -356,4 +363,104 @@ async fn a_stream_of_unknown_length_grows_its_plan_and_is_deleted_when_the_budge
     // Create and four parts filled the budget the plan could grow into; the delete was the call
     // held back (the finish's two were never needed).
     assert_eq!(st["requests"], 6, "{st}");
+}
+
+#[tokio::test]
+async fn a_create_passed_through_as_json_waits_for_room_and_counts_until_deleted() {
+    let sim = SimApi::start(SimConfig::default()).await;
+    let mut c = gateway_config(&sim, sim.running.url());
+    c.quota.uploads_per_member = 1;
+    c.quota.wait_secs = 1;
+    let g = start(vec![c]).await.remove(0);
+    let url = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads", g.url());
+    // As the SDKs do: the JSON create, through the passthrough. The scheme's case and extra
+    // spaces make no other member.
+    let odd = format!("bearer   {TOKEN} ");
+    let json = [("authorization", odd.as_str()), ("content-type", "application/json")];
+    let created = sim.http.send(Method::POST, &url, &json, part_body(b"part zero")).await.unwrap();
+    assert_eq!(created.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&created.body));
+    let id = created.json()["chunkedUploadId"].as_str().unwrap().to_owned();
+    // The member's one upload is held: a streamed upload and a second JSON create wait, then 503,
+    // and nothing more is created upstream.
+    let busy = upload_via(&sim.http, &g.url(), Bytes::from(bytes_of(PART, 1)), TOKEN).await;
+    assert_eq!(code(&busy), "GATEWAY_BUSY");
+    let again = sim.http.send(Method::POST, &url, &json, part_body(b"again")).await.unwrap();
+    assert_eq!(code(&again), "GATEWAY_BUSY");
+    assert_eq!(sim.stats().await["created"], 1);
+    // Deleted through the passthrough: room again.
+    let auth = format!("Bearer {TOKEN}");
+    let deleted = sim.http.send(Method::DELETE, &format!("{url}/{id}"), &[("authorization", &auth)], "").await.unwrap();
+    assert_eq!(deleted.status, StatusCode::OK);
+    let r = upload_via(&sim.http, &g.url(), Bytes::from(bytes_of(PART, 1)), TOKEN).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+}
+
+#[tokio::test]
+async fn a_stalled_redis_leaves_no_lease_behind_and_learns_of_uploads_made_meanwhile() {
+    let redis = RedisServer::start().await;
+    let sim = SimApi::start(SimConfig::default()).await;
+    let mut c = gateway_config(&sim, sim.running.url());
+    c.cluster.redis_url = redis.url();
+    c.cluster.op_timeout_ms = 300;
+    let g = start(vec![c]).await.remove(0);
+    let first = upload_via(&sim.http, &g.url(), Bytes::from(bytes_of(PART * 2, 1)), TOKEN).await;
+    assert_eq!(first.status, StatusCode::OK);
+    // Stalled: the lease's script times out here, and runs once Redis goes on.
+    redis.pause();
+    let during = upload_via(&sim.http, &g.url(), Bytes::from(bytes_of(PART * 2, 2)), TOKEN).await;
+    redis.resume();
+    assert_eq!(during.status, StatusCode::OK, "{}", String::from_utf8_lossy(&during.body));
+    let ids = [first.header("x-chunkgate-upload-id").to_owned(), during.header("x-chunkgate-upload-id").to_owned()];
+    // Once the sidecar shares again, the member's ledger holds both uploads and no lease.
+    let mut conn = redis.connection().await;
+    let mut entries: Vec<String> = Vec::new();
+    for _ in 0..100 {
+        let keys = redis.keys("chunkgate:m").await;
+        let member = keys.iter().find(|k| k.ends_with(":e")).expect("the member's ledger");
+        entries = redis::cmd("HKEYS").arg(member).query_async(&mut conn).await.unwrap();
+        entries.sort();
+        if entries.len() == 2 && entries.iter().all(|e| ids.contains(e)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut want = ids.to_vec();
+    want.sort();
+    assert_eq!(entries, want, "the ledger in Redis after the stall");
+}
+
+#[tokio::test]
+async fn falling_back_late_in_the_hour_keeps_each_sidecar_to_its_share_of_what_is_left() {
+    let redis = RedisServer::start().await;
+    let sim = SimApi::start(scenario_sim()).await;
+    let gateways = start((0..2).map(|_| scenario_gateway(&sim, Some(&redis), 2)).collect()).await;
+    let fire = |n: usize, seed: u64| {
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let (http, url) = (sim.http.clone(), gateways[i % 2].url());
+                let data = Bytes::from(bytes_of(3 * MIB, seed + i as u64));
+                tokio::spawn(async move { upload_via(&http, &url, data, TOKEN).await })
+            })
+            .collect();
+        all(tasks)
+    };
+    // 100 of the hour's 150 calls, shared.
+    for r in fire(20, 0).await {
+        assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(sim.stats().await["requests"], 100);
+    // Redis gone: each sidecar may make half of the 50 left, not half of the 150.
+    drop(redis);
+    for r in fire(20, 100).await {
+        assert!(
+            r.status == StatusCode::OK || code(&r) == "RATE_LIMITED",
+            "{} {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    let st = sim.stats().await;
+    assert_eq!(st["throttled"], 0, "{st}");
+    assert_eq!(st["open"], 0, "{st}");
+    assert_eq!(st["created"], st["committed"], "refused before anything was created: {st}");
 }

@@ -12,7 +12,7 @@ use chunkgate::{
 use http::{Method, Request, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -663,4 +663,35 @@ async fn every_request_has_an_id_that_its_answer_echoes_and_its_upstream_calls_c
     // Errors the gateway makes carry it too.
     let r = s.http.send(Method::GET, &format!("{}/nope", s.gw.url()), &[], "").await.unwrap();
     assert_eq!((r.status, r.header("x-request-id").len()), (StatusCode::BAD_REQUEST, 29));
+}
+
+#[tokio::test]
+async fn an_http2_upload_refused_before_its_body_was_read_lets_the_client_finish_sending_and_read_the_answer() {
+    // An hourly budget of 2 calls cannot hold any upload's plan: refused at once, before the body.
+    let s = Stack::start(SimConfig::default(), |c| c.rate_limit.hourly_limit = 2).await;
+    let mut client = h2_raw(s.gw.addr).await;
+    let len = 2 * 1024 * 1024;
+    let req = Request::post(s.upload_url(ACCOUNT))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/pdf")
+        .header("content-length", len)
+        .body(())
+        .unwrap();
+    let (answer, mut stream) = client.send_request(req, false).unwrap();
+    // Well past the stream's window: the gateway must read what it will not use rather than
+    // reset the stream (clients such as curl and httpx take a reset as a failure).
+    let sending = tokio::spawn(async move { h2_send(&mut stream, Bytes::from(bytes_of(len, 9)), true).await });
+    let answer = answer.await.unwrap();
+    assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
+    let mut body = answer.into_body();
+    let mut read = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        read.extend_from_slice(&chunk);
+    }
+    let v: Value = serde_json::from_slice(&read).unwrap();
+    assert_eq!(v["errorCode"], "RATE_LIMITED");
+    tokio::time::timeout(Duration::from_secs(10), sending).await.expect("the body was taken").expect("not reset");
+    assert_eq!(s.sim.stats().await["requests"], 0);
 }

@@ -576,6 +576,24 @@ impl RedisServer {
         panic!("redis-server did not answer on port {}", self.port);
     }
 
+    /// Stops it (SIGSTOP), as a stalled server: connections stay open and nothing answers.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets it go on (SIGCONT): what it was sent meanwhile runs now.
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        if let Some(child) = &self.child {
+            let status =
+                std::process::Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status();
+            assert!(status.is_ok_and(|s| s.success()), "kill -{name}");
+        }
+    }
+
     /// Kills it, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

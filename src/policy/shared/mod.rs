@@ -91,8 +91,20 @@ pub struct Redis {
 /// Writes kept while Redis is down, replayed when it answers again.
 #[derive(Clone, Debug)]
 enum Pending {
-    Created { member: String, upload: String, bytes: u64, expires_ms: u64 },
+    Created {
+        member: String,
+        upload: String,
+        bytes: u64,
+        expires_ms: u64,
+    },
     Forget(Vec<String>),
+    /// A plan or lease under `id` in the hash and expiry set `keys`: a script that timed out may
+    /// still have run once Redis went on, and a release may not have reached it. Given back, so
+    /// that it does not withhold room until its TTL.
+    Release {
+        keys: (String, String),
+        id: String,
+    },
 }
 
 const PENDING_MAX: usize = 10_000;
@@ -161,7 +173,7 @@ impl Redis {
         match result {
             Ok(Ok(value)) => Some(value),
             Ok(Err(err)) => {
-                self.fell(&format!("Redis failed: {:?}", err.kind()));
+                self.fell(&format!("Redis failed: {err}"));
                 None
             }
             Err(_) => {
@@ -214,11 +226,24 @@ impl Redis {
                 Pending::Forget(ids) => {
                     self.forget_or_resize(&ids, None).await;
                 }
+                Pending::Release { keys, id } => {
+                    self.release(&keys, &id).await;
+                }
             }
         }
         if !self.is_down() {
             tracing::info!(replayed, "Redis answers again: sharing counts again");
             metrics::gauge!(telemetry::CLUSTER_FALLBACK).set(0.0);
+        }
+    }
+
+    /// Gives back the plan or lease `id` held in `keys` (its hash and its expiry set); kept for
+    /// later when Redis does not answer.
+    async fn release(&self, keys: &(String, String), id: &str) {
+        let mut inv = self.scripts.release.prepare_invoke();
+        inv.key(&keys.0).key(&keys.1).arg(id);
+        if self.run::<i64>(&inv).await.is_none() {
+            self.keep(Pending::Release { keys: keys.clone(), id: id.to_owned() });
         }
     }
 

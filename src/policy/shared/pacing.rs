@@ -11,7 +11,7 @@ use std::{
 use http::{HeaderMap, StatusCode};
 use tokio::{sync::Notify, time::Instant};
 
-use super::{Redis, fresh_id};
+use super::{Pending, Redis, fresh_id};
 use crate::{
     config::{Config, RateLimitConfig},
     policy::{
@@ -104,6 +104,22 @@ impl SharedPacing {
         .await
     }
 
+    /// Falling back: this sidecar's count starts from its share of what the account had left when
+    /// Redis last said, not from a fresh share.
+    fn seed(&self, account: &str) {
+        let last = self.budgets.lock().unwrap().get(account).copied();
+        if let Some(budget) = last {
+            self.local.rebase(account, budget.free());
+        }
+    }
+
+    /// A reservation that may have been made in Redis after its script timed out: given back
+    /// once Redis answers; and the count falls back to this sidecar's share.
+    fn fell_back(&self, account: &str, keys: (String, String), id: String) {
+        self.redis.keep(Pending::Release { keys, id });
+        self.seed(account);
+    }
+
     /// Renews the plans this sidecar holds.
     pub async fn renew(&self) {
         let held: Vec<(String, Vec<String>)> =
@@ -172,7 +188,14 @@ impl Pacing for SharedPacing {
                     self.plans.lock().unwrap().entry(account.to_owned()).or_default().insert(id.clone());
                     Ok(PlanId { account: account.to_owned(), id, shared: true })
                 }
-                Found::Fallback => self.local.reserve(account, calls, deadline).await,
+                Found::Fallback => {
+                    self.fell_back(
+                        account,
+                        (self.redis.account_key(account, "plans"), self.redis.account_key(account, "plans:x")),
+                        id,
+                    );
+                    self.local.reserve(account, calls, deadline).await
+                }
             }
         })
     }
@@ -203,10 +226,8 @@ impl Pacing for SharedPacing {
         // expires with its TTL.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let released = async move {
-                let mut inv = redis.scripts.release.prepare_invoke();
-                inv.key(redis.account_key(&plan.account, "plans")).key(redis.account_key(&plan.account, "plans:x"));
-                inv.arg(&plan.id);
-                redis.run::<i64>(&inv).await;
+                let keys = (redis.account_key(&plan.account, "plans"), redis.account_key(&plan.account, "plans:x"));
+                redis.release(&keys, &plan.id).await;
             };
             runtime.spawn(released);
         }
@@ -227,6 +248,7 @@ impl Pacing for SharedPacing {
             match self.shared_permit(account, draw, deadline).await? {
                 Found::Taken(()) => Ok(()),
                 Found::Fallback => {
+                    self.seed(account);
                     // A plan reserved in the shared budget keeps its promise: its calls are
                     // granted from this sidecar's share; unless it grew here meanwhile.
                     let draw = match draw {

@@ -114,18 +114,29 @@ impl Quota for SharedQuota {
                     self.leases.lock().unwrap().entry(holder.member.to_owned()).or_default().insert(id.clone());
                     Some(LeaseId { member: holder.member.to_owned(), id, bytes, shared: true })
                 }
-                Ok(Found::Fallback) => self.local.lease(holder, bytes, wait).await,
+                Ok(Found::Fallback) => {
+                    // The script may still run once Redis goes on: its lease is given back then.
+                    r.keep(Pending::Release { keys: (e.clone(), x.clone()), id });
+                    self.local.lease(holder, bytes, wait).await
+                }
             }
         })
     }
 
     fn created<'a>(&'a self, lease: &'a LeaseId, upload_id: &'a str, expires: u64) -> BoxFuture<'a, ()> {
         Box::pin(async move {
+            let expires_ms = expires.saturating_mul(1000);
             if !lease.shared {
-                return self.local.created(lease, upload_id, expires).await;
+                // Taken from this sidecar's share while Redis could not be reached: the upload
+                // counts in the shared ledger too, now or once Redis answers.
+                self.local.created(lease, upload_id, expires).await;
+                if !self.redis.record_created(&lease.member, "", upload_id, lease.bytes, expires_ms).await {
+                    let (member, upload) = (lease.member.clone(), upload_id.to_owned());
+                    self.redis.keep(Pending::Created { member, upload, bytes: lease.bytes, expires_ms });
+                }
+                return;
             }
             self.unregister(lease);
-            let expires_ms = expires.saturating_mul(1000);
             if !self.redis.record_created(&lease.member, &lease.id, upload_id, lease.bytes, expires_ms).await {
                 // Counted here meanwhile, and written to Redis once it answers.
                 self.local.created(lease, upload_id, expires).await;
@@ -152,10 +163,7 @@ impl Quota for SharedQuota {
         // In the background: a drop cannot wait. If Redis does not take it, the lease expires.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let (e, x) = redis.member_keys(&lease.member);
-                let mut inv = redis.scripts.release.prepare_invoke();
-                inv.key(e).key(x).arg(&lease.id);
-                redis.run::<i64>(&inv).await;
+                redis.release(&redis.member_keys(&lease.member), &lease.id).await;
             });
         }
         self.freed.notify_waiters();
