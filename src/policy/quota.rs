@@ -308,6 +308,16 @@ impl Quota for LocalQuota {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_member_is_its_token_whatever_the_schemes_case_and_spacing() {
+        let member = member_of(b"Bearer abc.def");
+        assert_eq!(member_of(b"bearer   abc.def "), member);
+        assert_eq!(member_of(b"BEARER\tabc.def"), member);
+        assert_ne!(member_of(b"Bearer abc.deF"), member, "the token itself is compared exactly");
+        assert_ne!(member_of(b"Basic abc.def"), member);
+        assert_eq!(member.len(), 64);
+    }
+
     fn quota(uploads: u32, bytes: u64) -> Arc<dyn Quota> {
         let config = QuotaConfig { uploads_per_member: uploads, bytes_per_member: bytes, wait_secs: 0 };
         Arc::new(LocalQuota::new(&config, 1))

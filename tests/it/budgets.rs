@@ -278,7 +278,8 @@ async fn the_ledger_counts_committed_uploads_until_an_envelope_uses_one_across_s
             c.quota.uploads_per_member = 3;
             c.quota.wait_secs = 30;
             c.cluster.redis_url = redis.url();
-            c.cluster.op_timeout_ms = 50;
+            // Generous: see `scenario_gateway`.
+            c.cluster.op_timeout_ms = 2000;
             c.cluster.replicas = 2;
             c
         })

@@ -11,7 +11,7 @@ use std::{
 
 use tokio::{sync::Notify, time::Instant};
 
-use super::{Pending, Redis, fresh_id};
+use super::store::{Pending, Redis, fresh_id};
 use crate::{
     config::Config,
     policy::{

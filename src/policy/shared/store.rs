@@ -1,0 +1,258 @@
+//! The connection to Redis, the scripts, the keys, and what waits for Redis to answer again.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use redis::{FromRedisValue, Script, ScriptInvocation, aio::ConnectionManager};
+
+use crate::{config::Config, telemetry};
+
+/// The Lua helpers every script starts with.
+const COMMON: &str = include_str!("lua/common.lua");
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{COMMON}\n{body}"))
+}
+
+/// The scripts, loaded once per process (by SHA; Redis is sent the source when it lacks it).
+pub(super) struct Scripts {
+    pub(super) reserve: Script,
+    pub(super) acquire: Script,
+    pub(super) release: Script,
+    pub(super) renew: Script,
+    pub(super) learn: Script,
+    pub(super) lease: Script,
+    pub(super) created: Script,
+    pub(super) forget: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            reserve: script(include_str!("lua/reserve.lua")),
+            acquire: script(include_str!("lua/acquire.lua")),
+            release: script(include_str!("lua/release.lua")),
+            renew: script(include_str!("lua/renew.lua")),
+            learn: script(include_str!("lua/learn.lua")),
+            lease: script(include_str!("lua/lease.lua")),
+            created: script(include_str!("lua/created.lua")),
+            forget: script(include_str!("lua/forget.lua")),
+        }
+    }
+}
+
+/// The connection to Redis, whether it answers, and the keys.
+pub struct Redis {
+    conn: ConnectionManager,
+    pub(super) scripts: Scripts,
+    prefix: String,
+    op_timeout: Duration,
+    /// Reservations and leases expire after this long unless renewed.
+    pub ttl: Duration,
+    /// Redis did not answer in time: counts are local until it does.
+    down: AtomicBool,
+    /// Operations to run again once Redis answers (what the upstream did meanwhile: uploads
+    /// created, used or deleted), at most [`PENDING_MAX`].
+    pending: Mutex<Vec<Pending>>,
+}
+
+/// Writes kept while Redis is down, replayed when it answers again.
+#[derive(Clone, Debug)]
+pub(super) enum Pending {
+    Created {
+        member: String,
+        upload: String,
+        bytes: u64,
+        expires_ms: u64,
+    },
+    Forget(Vec<String>),
+    /// A plan or lease under `id` in the hash and expiry set `keys`: a script that timed out may
+    /// still have run once Redis went on, and a release may not have reached it. Given back, so
+    /// that it does not withhold room until its TTL.
+    Release {
+        keys: (String, String),
+        id: String,
+    },
+}
+
+const PENDING_MAX: usize = 10_000;
+
+/// How often a sidecar in fallback looks whether Redis answers again.
+pub(super) const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+// === impl Redis ===
+
+impl Redis {
+    /// A lazy connection: the sidecar starts (and is ready) whether Redis answers or not.
+    pub(super) fn connect(config: &Config) -> Result<Arc<Self>, String> {
+        let c = &config.cluster;
+        let client = redis::Client::open(c.redis_url.as_str())
+            .map_err(|_| "cluster.redis_url is not a usable redis:// URL".to_owned())?;
+        let op_timeout = Duration::from_millis(c.op_timeout_ms);
+        let manager = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(op_timeout))
+            .set_connection_timeout(Some(op_timeout.max(Duration::from_millis(200))))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_lazy_with_config(client, manager)
+            .map_err(|e| format!("cluster.redis_url: {:?}", e.kind()))?;
+        metrics::gauge!(telemetry::CLUSTER_FALLBACK).set(0.0);
+        Ok(Arc::new(Self {
+            conn,
+            scripts: Scripts::new(),
+            prefix: c.key_prefix.clone(),
+            op_timeout,
+            ttl: Duration::from_secs(c.lease_ttl_secs),
+            down: AtomicBool::new(false),
+            pending: Mutex::new(Vec::new()),
+        }))
+    }
+
+    pub(super) fn account_key(&self, account: &str, what: &str) -> String {
+        format!("{}:a:{account}:{what}", self.prefix)
+    }
+
+    pub(super) fn member_keys(&self, member: &str) -> (String, String) {
+        (format!("{}:m:{member}:e", self.prefix), format!("{}:m:{member}:x", self.prefix))
+    }
+
+    pub(super) fn owner_key(&self, upload: &str) -> String {
+        format!("{}:u:{upload}", self.prefix)
+    }
+
+    pub(super) fn ttl_ms(&self) -> u64 {
+        self.ttl.as_millis() as u64
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    /// Runs a script within the operation timeout; `None` (and fallback) when Redis does not
+    /// answer in time or fails. Skipped at once while Redis is known to be down.
+    pub(super) async fn run<T: FromRedisValue>(&self, invocation: &ScriptInvocation<'_>) -> Option<T> {
+        if self.is_down() {
+            return None;
+        }
+        let started = Instant::now();
+        let mut conn = self.conn.clone();
+        let result = tokio::time::timeout(self.op_timeout, invocation.invoke_async::<T>(&mut conn)).await;
+        metrics::histogram!(telemetry::CLUSTER_OP).record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(err)) => {
+                self.fell(&format!("Redis failed: {err}"));
+                None
+            }
+            Err(_) => {
+                self.fell(&format!("Redis took longer than {} ms", self.op_timeout.as_millis()));
+                None
+            }
+        }
+    }
+
+    /// Redis did not answer: counts go local (each sidecar its share) until it does.
+    pub(super) fn fell(&self, why: &str) {
+        if !self.down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                reason = why,
+                "shared counts unavailable: falling back to this sidecar's share of the limits"
+            );
+            metrics::gauge!(telemetry::CLUSTER_FALLBACK).set(1.0);
+        }
+    }
+
+    /// Keeps a write for when Redis answers again.
+    pub(super) fn keep(&self, op: Pending) {
+        let mut pending = self.pending.lock().unwrap();
+        if pending.len() < PENDING_MAX {
+            pending.push(op);
+        }
+    }
+
+    /// While down: looks every second whether Redis answers, and if so replays what was kept and
+    /// shares counts again.
+    pub(super) async fn probe(self: &Arc<Self>) {
+        if !self.is_down() {
+            return;
+        }
+        let mut conn = self.conn.clone();
+        let ping = tokio::time::timeout(self.op_timeout.max(Duration::from_millis(200)), async {
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        });
+        if !matches!(ping.await, Ok(Ok(_))) {
+            return;
+        }
+        self.down.store(false, Ordering::Relaxed);
+        let kept = std::mem::take(&mut *self.pending.lock().unwrap());
+        let replayed = kept.len();
+        for op in kept {
+            match op {
+                Pending::Created { member, upload, bytes, expires_ms } => {
+                    self.record_created(&member, "", &upload, bytes, expires_ms).await;
+                }
+                Pending::Forget(ids) => {
+                    self.forget_or_resize(&ids, None).await;
+                }
+                Pending::Release { keys, id } => {
+                    self.release(&keys, &id).await;
+                }
+            }
+        }
+        if !self.is_down() {
+            tracing::info!(replayed, "Redis answers again: sharing counts again");
+            metrics::gauge!(telemetry::CLUSTER_FALLBACK).set(0.0);
+        }
+    }
+
+    /// Gives back the plan or lease `id` held in `keys` (its hash and its expiry set); kept for
+    /// later when Redis does not answer.
+    pub(super) async fn release(&self, keys: &(String, String), id: &str) {
+        let mut inv = self.scripts.release.prepare_invoke();
+        inv.key(&keys.0).key(&keys.1).arg(id);
+        if self.run::<i64>(&inv).await.is_none() {
+            self.keep(Pending::Release { keys: keys.clone(), id: id.to_owned() });
+        }
+    }
+
+    pub(super) async fn record_created(
+        &self,
+        member: &str,
+        lease: &str,
+        upload: &str,
+        bytes: u64,
+        expires_ms: u64,
+    ) -> bool {
+        let (e, x) = self.member_keys(member);
+        let mut inv = self.scripts.created.prepare_invoke();
+        inv.key(e).key(x).key(self.owner_key(upload));
+        inv.arg(lease).arg(upload).arg(bytes).arg(expires_ms).arg(member);
+        self.run::<i64>(&inv).await.is_some()
+    }
+
+    /// Forgets uploads (`bytes` None) or sets their size.
+    pub(super) async fn forget_or_resize(&self, ids: &[String], bytes: Option<u64>) -> bool {
+        if ids.is_empty() {
+            return true;
+        }
+        let mut inv = self.scripts.forget.prepare_invoke();
+        for id in ids {
+            inv.key(self.owner_key(id));
+        }
+        inv.arg(&self.prefix).arg(bytes.map_or_else(|| "forget".to_owned(), |b| b.to_string()));
+        for id in ids {
+            inv.arg(id);
+        }
+        self.run::<i64>(&inv).await.is_some()
+    }
+}
+
+/// A fresh id for a plan or lease, unique across sidecars.
+pub(super) fn fresh_id(kind: &str) -> String {
+    format!("{kind}:{:016x}{:08x}", fastrand::u64(..), std::process::id())
+}
