@@ -128,8 +128,8 @@ async fn without_redis_each_of_several_sidecars_keeps_to_its_share() {
 }
 
 /// The admin endpoint's metrics.
-async fn metrics(http: &Http, g: &gateway::GatewayHandle) -> String {
-    let r = http.send(Method::GET, &format!("http://{}/metrics", g.admin_addr), &[], "").await.unwrap();
+async fn metrics(http: &Http, admin: &str) -> String {
+    let r = http.send(Method::GET, &format!("http://{admin}/metrics"), &[], "").await.unwrap();
     String::from_utf8_lossy(&r.body).into_owned()
 }
 
@@ -141,15 +141,28 @@ fn gauge(metrics: &str, name: &str) -> Option<f64> {
 async fn when_redis_dies_mid_run_sidecars_fall_back_to_their_share_and_share_again_when_it_returns() {
     let mut redis = RedisServer::start().await;
     let sim = SimApi::start(scenario_sim()).await;
-    // The gateways' operation timeout stays generous (see `scenario_gateway`): a dead Redis
-    // refuses connections at once, so it is noticed without a timeout.
-    let gateways = start((0..2).map(|_| scenario_gateway(&sim, Some(&redis), 2)).collect()).await;
+    // Real binaries: the fallback gauge is process-wide, and other tests' gateways share this
+    // process.
+    let url = redis.url();
+    let part = MIB.to_string();
+    let env = [
+        ("CHUNKGATE_CLUSTER__REDIS_URL", url.as_str()),
+        ("CHUNKGATE_CLUSTER__REPLICAS", "2"),
+        ("CHUNKGATE_CLUSTER__OP_TIMEOUT_MS", "500"),
+        ("CHUNKGATE_RATE_LIMIT__HOURLY_LIMIT", "150"),
+        ("CHUNKGATE_RATE_LIMIT__MAX_WAIT_SECS", "30"),
+        ("CHUNKGATE_UPLOAD__PART_SIZE", part.as_str()),
+    ];
+    let gateways = [Binary::serve(&sim, &env, false), Binary::serve(&sim, &env, false)];
+    let admins: Vec<String> =
+        gateways.iter().map(|g| g.admin.clone().unwrap().trim_start_matches("http://").to_owned()).collect();
+    let urls: Vec<String> = gateways.iter().map(|g| g.url.clone()).collect();
     let http = sim.http.clone();
     let run = |n: usize, seed: u64| {
         let data = Bytes::from(bytes_of(3 * MIB, seed));
         let tasks: Vec<_> = (0..n)
             .map(|i| {
-                let (http, url, data) = (http.clone(), gateways[i % 2].url(), data.clone());
+                let (http, url, data) = (http.clone(), urls[i % 2].clone(), data.clone());
                 tokio::spawn(async move { upload_via(&http, &url, data, TOKEN).await })
             })
             .collect();
@@ -160,7 +173,9 @@ async fn when_redis_dies_mid_run_sidecars_fall_back_to_their_share_and_share_aga
         }
     };
     run(4, 1).await;
-    assert_eq!(gauge(&metrics(&http, &gateways[0]).await, "chunkgate_cluster_fallback"), Some(0.0));
+    for admin in &admins {
+        assert_eq!(gauge(&metrics(&http, admin).await, "chunkgate_cluster_fallback"), Some(0.0));
+    }
     // Slow parts, so that uploads are running when Redis dies.
     sim.faults(json!({"latency_ms": 150, "ops": ["add_part"]})).await;
     let running = run(4, 2);
@@ -171,17 +186,17 @@ async fn when_redis_dies_mid_run_sidecars_fall_back_to_their_share_and_share_aga
     tokio::join!(running, killer);
     // Both fell back, stayed ready, and go on uploading within their share.
     run(4, 3).await;
-    for g in &gateways {
-        assert_eq!(gauge(&metrics(&http, g).await, "chunkgate_cluster_fallback"), Some(1.0));
-        let ready = http.send(Method::GET, &format!("http://{}/readyz", g.admin_addr), &[], "").await.unwrap();
+    for admin in &admins {
+        assert_eq!(gauge(&metrics(&http, admin).await, "chunkgate_cluster_fallback"), Some(1.0));
+        let ready = http.send(Method::GET, &format!("http://{admin}/readyz"), &[], "").await.unwrap();
         assert_eq!(ready.status, StatusCode::OK);
     }
     // Redis returns (empty): both go back to it within a few probes.
     redis.restart().await;
-    for g in &gateways {
+    for admin in &admins {
         let mut back = false;
         for _ in 0..50 {
-            if gauge(&metrics(&http, g).await, "chunkgate_cluster_fallback") == Some(0.0) {
+            if gauge(&metrics(&http, admin).await, "chunkgate_cluster_fallback") == Some(0.0) {
                 back = true;
                 break;
             }
@@ -299,7 +314,7 @@ async fn the_ledger_counts_committed_uploads_until_an_envelope_uses_one_across_s
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(!fourth.is_finished());
     assert_eq!(sim.stats().await["created"], 3, "the fourth created nothing while it waited");
-    let m = metrics(&sim.http, &gateways[1]).await;
+    let m = metrics(&sim.http, &gateways[1].admin_addr.to_string()).await;
     assert!(m.lines().any(|l| l.starts_with("chunkgate_quota_uploads_held{") && l.ends_with(" 3")), "{m}");
     // An envelope through the first sidecar uses one; the fourth then commits.
     let envelope = envelope_via(&sim.http, &gateways[0].url(), &[ids[1].as_str()]).await;
