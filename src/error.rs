@@ -93,6 +93,9 @@ pub enum GatewayError {
         "The member's upload quota (unused uploads and their bytes, committed ones included) had no room within the time allowed; use or delete committed uploads, or retry after the time given in Retry-After."
     )]
     QuotaBusy { retry_after: Duration },
+    /// A tus request the protocol refuses: its status, code and message.
+    #[error("{message}")]
+    Tus { status: StatusCode, code: &'static str, message: String },
     #[error("The gateway is shutting down; retry against another instance or shortly.")]
     ShuttingDown,
     #[error("The gateway could not forward the request: {0}.")]
@@ -168,6 +171,7 @@ impl GatewayError {
             HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             UnsupportedTransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Tus { status, .. } => *status,
         }
     }
 
@@ -195,6 +199,7 @@ impl GatewayError {
             ClientBodyError => "CLIENT_BODY_ERROR",
             ClientGone => "CLIENT_GONE",
             GatewayBusy { .. } | QuotaBusy { .. } => "GATEWAY_BUSY",
+            Tus { code, .. } => code,
             ShuttingDown => "SHUTTING_DOWN",
             BadRequest(_) => "BAD_REQUEST",
             InvalidPath(_) => "INVALID_PATH",

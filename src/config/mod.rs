@@ -30,6 +30,7 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     pub quota: QuotaConfig,
     pub cluster: ClusterConfig,
+    pub tus: TusConfig,
     pub log: LogConfig,
     pub sim: SimConfig,
 }
@@ -368,6 +369,29 @@ impl Default for ClusterConfig {
     }
 }
 
+/// Resumable uploads with the tus 1.0 protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct TusConfig {
+    /// Where uploads' bytes are spooled and their state kept. Empty: tus is off (a tus request is
+    /// answered 501 `TUS_DISABLED`).
+    pub dir: String,
+    /// Bytes the spool may hold: each upload counts its `Upload-Length` (the largest document
+    /// while its length is deferred) from creation until it ends.
+    pub max_disk_bytes: u64,
+    /// An upload not finished this long after its creation expires (`Upload-Expires`) and is
+    /// reaped: deleted from disk and upstream.
+    pub session_ttl_secs: u64,
+    /// Browser origins allowed to use tus (CORS), e.g. `https://app.example.com`. Empty: none.
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for TusConfig {
+    fn default() -> Self {
+        Self { dir: String::new(), max_disk_bytes: 10 << 30, session_ttl_secs: 24 * 3600, cors_origins: Vec::new() }
+    }
+}
+
 /// Log output.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default)]
@@ -485,7 +509,24 @@ impl Config {
         self.server_problems(&mut out);
         self.retry_and_log_problems(&mut out);
         self.cluster_problems(&mut out);
+        self.tus_problems(&mut out);
         out
+    }
+
+    fn tus_problems(&self, out: &mut Vec<String>) {
+        let t = &self.tus;
+        if t.session_ttl_secs < 60 {
+            out.push(format!("tus.session_ttl_secs ({}) must be at least 60", t.session_ttl_secs));
+        }
+        for origin in &t.cors_origins {
+            let ok = (origin.starts_with("http://") || origin.starts_with("https://"))
+                && http::HeaderValue::from_str(origin).is_ok()
+                && !origin.trim_end_matches('/').contains(['?', '#', ' '])
+                && origin.matches('/').count() == 2;
+            if !ok {
+                out.push(format!("tus.cors_origins: {origin:?} is not an origin (scheme://host[:port])"));
+            }
+        }
     }
 
     fn cluster_problems(&self, out: &mut Vec<String>) {
