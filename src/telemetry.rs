@@ -151,6 +151,14 @@ pub const QUOTA_UPLOADS: &str = "chunkgate_quota_uploads_held";
 pub const QUOTA_BYTES: &str = "chunkgate_quota_bytes_held";
 pub const CLUSTER_FALLBACK: &str = "chunkgate_cluster_fallback";
 pub const CLUSTER_OP: &str = "chunkgate_cluster_op_duration_seconds";
+pub const TUS_SESSIONS: &str = "chunkgate_tus_sessions";
+pub const TUS_SPOOLED: &str = "chunkgate_tus_spooled_bytes";
+pub const TUS_CREATED: &str = "chunkgate_tus_created_total";
+pub const TUS_BYTES: &str = "chunkgate_tus_bytes_total";
+pub const TUS_RESUMES: &str = "chunkgate_tus_resumes_total";
+pub const TUS_RECREATED: &str = "chunkgate_tus_recreated_total";
+pub const TUS_REAPED: &str = "chunkgate_tus_reaped_total";
+pub const TUS_CHECKSUM_MISMATCH: &str = "chunkgate_tus_checksum_mismatches_total";
 
 /// Counts a passed-through answer by status. The counter handle of each status is looked up in the
 /// registry once and kept: a lookup per request cost more than the rest of the metrics together.

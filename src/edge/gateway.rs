@@ -20,7 +20,7 @@ use crate::{
         target::{self as route, ApiTarget, Chunked},
     },
     error::GatewayError,
-    ingress::streamed,
+    ingress::{streamed, tus::Tus},
     pipeline::uploads::{Destination, Uploads},
     policy::{
         callers::{Caller, PerKey},
@@ -38,7 +38,9 @@ pub struct Gateway {
     pub pacing: Arc<dyn Pacing>,
     /// The members' quota ledger, handed to the uploads and told what the passthrough ends.
     pub quota: Arc<dyn Quota>,
-    pub uploads: Uploads,
+    pub uploads: Arc<Uploads>,
+    /// Resumable uploads (tus), when `tus.dir` is set.
+    pub tus: Option<Arc<Tus>>,
     /// The main listener's open connections (readiness reports a full listener).
     pub connections: Arc<Connections>,
     /// SHA-256 of each accepted caller key.
@@ -72,7 +74,26 @@ impl Gateway {
         } else {
             crate::policy::shared::policies(&config)?
         };
-        let uploads = Uploads::new(&config, pacing.clone(), quota.clone());
+        let uploads = Arc::new(Uploads::new(&config, pacing.clone(), quota.clone()));
+        let tus = if config.tus.dir.is_empty() {
+            None
+        } else {
+            let up = &config.upstream;
+            let finish_wait = Duration::from_millis(up.commit_timeout_ms + up.call_timeout_ms);
+            let max_size = config.upload.max_document_bytes;
+            let tus = Tus::open(&config.tus, max_size, uploads.clone(), upstream.clone(), finish_wait)?;
+            // Expired uploads are reaped from disk and upstream, every half minute.
+            let weak = Arc::downgrade(&tus);
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(30));
+                loop {
+                    every.tick().await;
+                    let Some(tus) = weak.upgrade() else { return };
+                    tus.reap().await;
+                }
+            });
+            Some(tus)
+        };
         let caller_keys = config.server.caller_keys.iter().map(|k| Sha256::digest(k.0.as_bytes()).into()).collect();
         let tls = config.server.tls_acceptor()?;
         let caller_key_header = HeaderName::from_bytes(config.server.caller_key_header.as_bytes()).map_err(|_| {
@@ -85,6 +106,7 @@ impl Gateway {
             pacing,
             quota,
             uploads,
+            tus,
             connections,
             caller_keys,
             caller_key_header,
@@ -110,6 +132,19 @@ impl Gateway {
             response.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
             return response;
         }
+        if let Some(tus) = &self.tus {
+            if let Some(id) = req.uri().path().strip_prefix(crate::ingress::tus::PATH) {
+                if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    let id = id.to_owned();
+                    let caller = match self.caller(&req, peer) {
+                        Ok(caller) => caller,
+                        Err(err) => return err.response(dialect),
+                    };
+                    req.headers_mut().remove(&self.caller_key_header);
+                    return tus.upload(req, &id, caller).await;
+                }
+            }
+        }
         // The target is parsed once, here; everything after reads the account from this parse.
         // (A clone of the URI shares its bytes.)
         let uri = req.uri().clone();
@@ -134,10 +169,30 @@ impl Gateway {
         if !allowed.is_empty() && !target.account.is_some_and(|a| allowed.iter().any(|x| x == a)) {
             return GatewayError::AccountNotAllowed.response(dialect);
         }
-        if req.method() == Method::POST
-            && target.chunked == Some(Chunked { upload: None, part: None })
-            && is_document(req.headers())
+        let creation = target.chunked == Some(Chunked { upload: None, part: None });
+        if creation
+            && (req.headers().contains_key("tus-resumable") || (req.method() == Method::OPTIONS && self.tus.is_some()))
         {
+            let account = target.account.unwrap_or_default();
+            let to = Destination { prefix: target.prefix, version: target.version, account };
+            return match (&self.tus, req.method()) {
+                (Some(tus), &Method::OPTIONS) => tus.options(),
+                (Some(tus), &Method::POST) => tus.create(req, to, caller).await,
+                (Some(_), _) => GatewayError::Tus {
+                    status: http::StatusCode::METHOD_NOT_ALLOWED,
+                    code: "TUS_METHOD_NOT_ALLOWED",
+                    message: "A tus upload is created with POST.".into(),
+                }
+                .response(dialect),
+                (None, _) => GatewayError::Tus {
+                    status: http::StatusCode::NOT_IMPLEMENTED,
+                    code: "TUS_DISABLED",
+                    message: "Resumable uploads (tus) are not enabled on this gateway (tus.dir).".into(),
+                }
+                .response(dialect),
+            };
+        }
+        if req.method() == Method::POST && creation && is_document(req.headers()) {
             let Some(account) = target.account else { return GatewayError::InvalidAccountId.response(dialect) };
             let to = Destination { prefix: target.prefix, version: target.version, account };
             return streamed::handle(&self.uploads, self.upstream.clone(), req, to, caller).await;
@@ -380,6 +435,7 @@ fn around<S, B>(
     inner: S,
     dialect: crate::config::Dialect,
     sensitive: Arc<[HeaderName]>,
+    cors: Option<tower_http::cors::CorsLayer>,
 ) -> impl tower::Service<Request<B>, Response = Layered, Error = BoxError, Future: Send> + Clone
 where
     S: tower::Service<Request<B>, Response = Response<Body>, Error = BoxError> + Clone + Send + Sync + 'static,
@@ -394,6 +450,7 @@ where
     tower::ServiceBuilder::new()
         .layer(CatchPanicLayer::custom(panicked))
         .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive))
+        .option_layer(cors)
         .service(inner)
 }
 
@@ -407,6 +464,8 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
     let drain = Duration::from_secs(gateway.config.server.drain_secs);
     let (dialect, key) = (gateway.upstream.dialect, gateway.caller_key_header.clone());
     let sensitive: Arc<[HeaderName]> = Arc::from([header::AUTHORIZATION, key]);
+    // Browsers of the configured origins may use tus (and only they).
+    let cors = crate::ingress::tus::cors(&gateway.config.tus.cors_origins);
     let gw = gateway.clone();
     // The layers are put together for each request: they are plain values, cheaper to build
     // than to carry the connection's peer through the request's extensions.
@@ -419,7 +478,7 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
             let gw = gw.clone();
             Box::pin(async move { Ok::<_, BoxError>(gw.handle(req, peer).await) })
         });
-        let service = around(inner, dialect, sensitive.clone());
+        let service = around(inner, dialect, sensitive.clone(), cors.clone());
         let unread_risk = req.version() <= http::Version::HTTP_11 && !hyper::body::Body::is_end_stream(req.body());
         async move {
             let mut answer = service.oneshot(req).await?;
@@ -533,7 +592,7 @@ mod tests {
             Ok::<_, BoxError>(Response::new(crate::body::full(format!("sensitive={sensitive}"))))
         });
         let sensitive: Arc<[HeaderName]> = Arc::from([header::AUTHORIZATION]);
-        let svc = around(panicking, crate::config::Dialect::Docusign, sensitive);
+        let svc = around(panicking, crate::config::Dialect::Docusign, sensitive, None);
         let req = |path: &str| {
             Request::builder().uri(path).header(header::AUTHORIZATION, "Bearer t").body(String::new()).unwrap()
         };

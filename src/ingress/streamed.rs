@@ -50,7 +50,6 @@ pub async fn handle(
             return err.response(dialect);
         }
     };
-    let driver = Driver { admitted, cancel: uploads.cancellation(), client, began: Instant::now() };
     let request_id = req.headers().get(crate::upstream::client::REQUEST_ID).and_then(|v| v.to_str().ok());
     let span = tracing::info_span!(
         "upload",
@@ -59,8 +58,27 @@ pub async fn handle(
         upload_id = tracing::field::Empty,
         bytes = tracing::field::Empty,
     );
-    let (body, pool) = (req.into_body(), uploads.pool.clone());
     let idle = Duration::from_millis(uploads.config.client_idle_timeout_ms);
+    let answer = drive(admitted, uploads, req.into_body(), client, idle, span).await;
+    drop(present);
+    answer
+}
+
+/// Runs an admitted upload whose document is `body` to its answer, in a task of its own (so that
+/// a client going away cannot stop its cleanup). `client` says whether anyone still waits for the
+/// answer; `idle` is how long the body may send nothing. The streamed request and the tus spool
+/// both come this way.
+pub async fn drive<B: DocumentBody>(
+    admitted: Admitted,
+    uploads: &Uploads,
+    body: B,
+    client: Client,
+    idle: Duration,
+    span: tracing::Span,
+) -> Response<Body> {
+    let dialect = admitted.upload.dialect();
+    let driver = Driver { admitted, cancel: uploads.cancellation(), client, began: Instant::now() };
+    let pool = uploads.pool.clone();
     let task = tokio::spawn(
         async move {
             let chunker = Chunker::new(body, idle, pool).expect_len(driver.admitted.declared);
@@ -68,13 +86,15 @@ pub async fn handle(
         }
         .instrument(span),
     );
-    let answer = task.await.unwrap_or_else(|err| {
+    task.await.unwrap_or_else(|err| {
         tracing::error!(error = %err, "the upload task failed");
         GatewayError::Internal(err.to_string()).response(dialect)
-    });
-    drop(present);
-    answer
+    })
 }
+
+/// A document's body as the chunker reads it: a request's, or a spool's.
+pub trait DocumentBody: http_body::Body<Data = bytes::Bytes, Error: Send> + Unpin + Send + 'static {}
+impl<B: http_body::Body<Data = bytes::Bytes, Error: Send> + Unpin + Send + 'static> DocumentBody for B {}
 
 /// One streamed upload on its way: the upload and what its request asked, the drain's cancel
 /// switch, and the client.
@@ -96,7 +116,7 @@ async fn cancelled(cancel: &mut watch::Receiver<bool>) {
 // === impl Driver ===
 
 impl Driver {
-    async fn run(mut self, mut chunker: Chunker<Incoming>) -> Response<Body> {
+    async fn run<B: DocumentBody>(mut self, mut chunker: Chunker<B>) -> Response<Body> {
         // Until create announces the upload's expiry, the body is bounded by the lifetime assumed.
         chunker.set_deadline(self.admitted.upload.assumed_body_deadline(self.began), self.began);
         let opened = match self.open(&mut chunker).await {
@@ -124,7 +144,7 @@ impl Driver {
 
     /// Reads part 0 (holding its share of the memory budget) and opens the upload with it. The
     /// client's answer when it ends here: nothing exists upstream to delete.
-    async fn open(&mut self, chunker: &mut Chunker<Incoming>) -> Result<Opened, Response<Body>> {
+    async fn open<B: DocumentBody>(&mut self, chunker: &mut Chunker<B>) -> Result<Opened, Response<Body>> {
         let upload = &mut self.admitted.upload;
         let dialect = upload.dialect();
         let fail = |err: GatewayError| {
@@ -164,7 +184,7 @@ impl Driver {
 
     /// The integrity checks, then the commit (unless the client asked for none) while the client
     /// is still there to hear of it. Returns the upstream's final answer and what was checked.
-    async fn finish(&mut self, chunker: &mut Chunker<Incoming>) -> Result<(Answer, Checked), Abort> {
+    async fn finish<B: DocumentBody>(&mut self, chunker: &mut Chunker<B>) -> Result<(Answer, Checked), Abort> {
         let ours = hex(&chunker.sha256().await);
         if let Some(expected) = self.admitted.client_digest {
             if hex(&expected) != ours {
@@ -189,7 +209,12 @@ impl Driver {
 
     /// The client's answer for a finished upload: the upstream's, plus the gateway's headers. If
     /// the client left during the finish, nobody will learn the upload's id: it is deleted.
-    async fn succeeded(self, answer: Answer, checked: Checked, chunker: &mut Chunker<Incoming>) -> Response<Body> {
+    async fn succeeded<B: DocumentBody>(
+        self,
+        answer: Answer,
+        checked: Checked,
+        chunker: &mut Chunker<B>,
+    ) -> Response<Body> {
         let upload = &self.admitted.upload;
         let parts = upload.state.accepted.len();
         let bytes = chunker.total();
@@ -244,7 +269,7 @@ impl Driver {
 
 /// Feeds parts 1..n as the body arrives, with up to `max_in_flight` on the wire at once, each
 /// holding its share of the memory budget (backpressure: the body is read only when a part can go).
-async fn feed(admitted: &mut Admitted, chunker: &mut Chunker<Incoming>) -> Result<(), Abort> {
+async fn feed<B: DocumentBody>(admitted: &mut Admitted, chunker: &mut Chunker<B>) -> Result<(), Abort> {
     let declared = admitted.declared;
     let upload = &mut admitted.upload;
     let size = upload.size_parts(admitted.declared)?;

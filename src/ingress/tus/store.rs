@@ -1,0 +1,145 @@
+//! Where tus uploads live between requests and across restarts: each upload's bytes in a spool
+//! file (`{dir}/{id}.bin`), its state in an embedded database (`{dir}/sessions.redb`).
+//!
+//! The database is redb rather than SQLite: a key-value table of small JSON records is all this
+//! needs, redb is pure Rust (no C library to build, link or patch), and each write transaction is
+//! durable when its commit returns (fsync, copy-on-write, no write-ahead log to manage). An offset
+//! is written only after the spool's bytes up to it were synced, so after a crash (SIGKILL, power)
+//! the database never claims bytes the spool lacks; bytes past the recorded offset are cut off
+//! when the store opens.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+fn text(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+
+/// One tus upload, as kept on disk.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Session {
+    pub id: String,
+    /// Where it goes upstream: the API prefix, version and account its creation named.
+    pub prefix: String,
+    pub version: String,
+    pub account: String,
+    /// SHA-256 (hex) of the creating request's `Authorization` (see `quota::member_of`): later
+    /// requests must present the same token. The token itself is never written to disk.
+    pub token: String,
+    /// `Upload-Length`, once known.
+    pub length: Option<u64>,
+    /// Bytes durable in the spool.
+    pub offset: u64,
+    /// `Upload-Metadata`, as the client sent it.
+    pub metadata: Option<String>,
+    /// Unix seconds after which the upload is reaped.
+    pub expires: u64,
+    /// Spool bytes counted against `tus.max_disk_bytes`.
+    pub reserved: u64,
+    /// How it ended, once it has.
+    pub outcome: Option<Outcome>,
+}
+
+/// How a tus upload ended upstream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Committed { upload_id: String, uri: String },
+    Failed { status: u16, code: String, body: String },
+}
+
+/// The spool directory and the database.
+pub struct Store {
+    dir: PathBuf,
+    db: Arc<Database>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, cutting every spool back to its recorded offset.
+    pub fn open(dir: &Path) -> Result<(Self, Vec<Session>), String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("tus.dir {}: {e}", dir.display()))?;
+        let db = Database::create(dir.join("sessions.redb")).map_err(|e| format!("tus.dir: the database: {e}"))?;
+        let store = Self { dir: dir.to_owned(), db: Arc::new(db) };
+        let sessions = store.load().map_err(|e| format!("tus.dir: the database: {e}"))?;
+        for s in &sessions {
+            if s.outcome.is_none() {
+                let path = store.spool(&s.id);
+                let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path);
+                match file {
+                    Ok(f) => {
+                        let _ = f.set_len(s.offset);
+                        let _ = f.sync_all();
+                    }
+                    Err(e) => return Err(format!("tus.dir: {}: {e}", path.display())),
+                }
+            }
+        }
+        Ok((store, sessions))
+    }
+
+    fn load(&self) -> Result<Vec<Session>, String> {
+        let tx = self.db.begin_read().map_err(text)?;
+        let table = match tx.open_table(SESSIONS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.to_string()),
+        };
+        let mut out = Vec::new();
+        for row in table.iter().map_err(text)? {
+            let (_, v) = row.map_err(text)?;
+            if let Ok(s) = serde_json::from_slice::<Session>(v.value()) {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The spool file of upload `id`.
+    pub fn spool(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.bin"))
+    }
+
+    /// Writes a session durably (on a blocking thread).
+    pub async fn put(&self, session: &Session) -> Result<(), String> {
+        let (db, id, json) = (self.db.clone(), session.id.clone(), serde_json::to_vec(session).expect("serialisable"));
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let tx = db.begin_write().map_err(text)?;
+            {
+                let mut table = tx.open_table(SESSIONS).map_err(text)?;
+                table.insert(id.as_str(), json.as_slice()).map_err(text)?;
+            }
+            tx.commit().map_err(text)
+        })
+        .await
+        .map_err(text)?
+    }
+
+    /// Removes a session and its spool.
+    pub async fn remove(&self, id: &str) {
+        let (db, key) = (self.db.clone(), id.to_owned());
+        let removed = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let tx = db.begin_write().map_err(text)?;
+            {
+                let mut table = tx.open_table(SESSIONS).map_err(text)?;
+                table.remove(key.as_str()).map_err(text)?;
+            }
+            tx.commit().map_err(text)
+        })
+        .await;
+        if !matches!(removed, Ok(Ok(()))) {
+            tracing::warn!("tus: a session could not be removed from the database");
+        }
+        let _ = tokio::fs::remove_file(self.spool(id)).await;
+    }
+
+    /// Drops a finished upload's spooled bytes (its record stays until it expires).
+    pub async fn drop_spool(&self, id: &str) {
+        let _ = tokio::fs::remove_file(self.spool(id)).await;
+    }
+}
