@@ -59,7 +59,7 @@ pub async fn handle(
         bytes = tracing::field::Empty,
     );
     let idle = Duration::from_millis(uploads.config.client_idle_timeout_ms);
-    let answer = drive(admitted, uploads, req.into_body(), client, idle, span).await;
+    let answer = drive(admitted, uploads, req.into_body(), client, idle, span, None).await;
     drop(present);
     answer
 }
@@ -75,9 +75,10 @@ pub async fn drive<B: DocumentBody>(
     client: Client,
     idle: Duration,
     span: tracing::Span,
+    opened: Option<tokio::sync::oneshot::Sender<String>>,
 ) -> Response<Body> {
     let dialect = admitted.upload.dialect();
-    let driver = Driver { admitted, cancel: uploads.cancellation(), client, began: Instant::now() };
+    let driver = Driver { admitted, cancel: uploads.cancellation(), client, began: Instant::now(), opened };
     let pool = uploads.pool.clone();
     let task = tokio::spawn(
         async move {
@@ -104,6 +105,9 @@ struct Driver {
     client: Client,
     /// When the request reached the gateway.
     began: Instant,
+    /// Told the upstream upload's id once create has answered (the tus ingress keeps it, to
+    /// delete the upload after a crash).
+    opened: Option<tokio::sync::oneshot::Sender<String>>,
 }
 
 /// Resolves when `cancel` turns true; never when its sender is gone.
@@ -123,6 +127,9 @@ impl Driver {
             Ok(opened) => opened,
             Err(response) => return response,
         };
+        if let Some(tx) = self.opened.take() {
+            let _ = tx.send(self.admitted.upload.id().to_owned());
+        }
         if let Some(left) = opened.too_short {
             return self.aborted(GatewayError::UploadExpiring(left).into()).await;
         }

@@ -247,6 +247,18 @@ impl Uploads {
         Ok(Asked { auth, declared, client_digest, commit })
     }
 
+    /// Deletes upload `id`, which a previous run of this gateway created and could not finish
+    /// (the process was killed); its call comes from the account's free budget. Whether it
+    /// worked (or the upload was gone already).
+    pub async fn delete_left_open(&self, upstream: Arc<Upstream>, route: UploadRoute, id: &str) -> bool {
+        let Ok(plan) = Plan::reserve(&self.pacing, &route.account, 1, self.pacing.default_deadline()).await else {
+            return false;
+        };
+        let mut upload = self.upload(upstream, route, Arc::new(plan), 0);
+        upload.state.upstream_id = Some(id.to_owned());
+        upload.delete().await
+    }
+
     /// A new upload along `route`, under the policies, its calls drawn from `plan` (keeping
     /// `finish` calls and the delete for the end).
     fn upload(&self, upstream: Arc<Upstream>, route: UploadRoute, plan: Arc<Plan>, finish: u32) -> Upload {

@@ -11,3 +11,4 @@ mod resilience;
 mod sdk;
 mod sim;
 mod tls;
+mod tus;

@@ -44,7 +44,7 @@ use crate::{
     },
     policy::{callers::Caller, quota::member_of},
     telemetry,
-    upstream::Upstream,
+    upstream::{Upstream, client::UploadRoute},
 };
 
 pub const VERSION: &str = "1.0.0";
@@ -311,6 +311,7 @@ impl Tus {
             expires: unix_now() + self.config.session_ttl_secs,
             reserved: reserve,
             outcome: None,
+            upstream: None,
         };
         let live = Arc::new(Live::new(session.clone()));
         let created = async {
@@ -712,6 +713,23 @@ impl Tus {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         }
         let to = Destination { prefix: &s.prefix, version: &s.version, account: &s.account };
+        if let Some(stale) = s.upstream.clone() {
+            // Left open by a process that died (SIGKILL) while driving it: deleted before the
+            // upload starts again from the spool.
+            let route = UploadRoute {
+                prefix: s.prefix.clone(),
+                version: s.version.clone(),
+                account: s.account.clone(),
+                auth: auth.clone(),
+                request_id: None,
+            };
+            let deleted = self.uploads.delete_left_open(self.upstream.clone(), route, &stale).await;
+            tracing::info!(tus_id = %s.id, deleted, "tus: the upstream upload a previous run left open was deleted");
+            let mut rec = s.clone();
+            rec.upstream = None;
+            self.store.put(&rec).await.map_err(GatewayError::Internal)?;
+            metrics::counter!(telemetry::TUS_RECREATED).increment(1);
+        }
         let admitted = self.uploads.admit(self.upstream.clone(), &headers, to, caller).await?;
         let (present, client) = presence::pair();
         {
@@ -723,12 +741,26 @@ impl Tus {
         }
         let (this, live) = (self.clone(), live.clone());
         let id = s.id.clone();
+        let (opened_tx, opened_rx) = tokio::sync::oneshot::channel::<String>();
+        {
+            // The upstream id is kept as soon as create answers (see `Session::upstream`).
+            let (this, live) = (self.clone(), live.clone());
+            tokio::spawn(async move {
+                if let Ok(upstream_id) = opened_rx.await {
+                    let mut s = live.session.lock().await;
+                    if s.outcome.is_none() {
+                        s.upstream = Some(upstream_id);
+                        let _ = this.store.put(&s).await;
+                    }
+                }
+            });
+        }
         tokio::spawn(async move {
             let body = SpoolBody::open(this.store.spool(&id), &live).await;
             let idle = Duration::from_secs(this.config.session_ttl_secs);
             let span = tracing::info_span!("tus", tus_id = %id, upload_id = tracing::field::Empty, bytes = tracing::field::Empty);
             let answer = match body {
-                Ok(body) => streamed::drive(admitted, &this.uploads, body, client, idle, span).await,
+                Ok(body) => streamed::drive(admitted, &this.uploads, body, client, idle, span, Some(opened_tx)).await,
                 Err(e) => GatewayError::Internal(format!("tus: the spool: {e}")).response(this.dialect),
             };
             this.finished(&id, &live, answer).await;
@@ -739,6 +771,13 @@ impl Tus {
     /// What the upstream upload ended in.
     async fn finished(&self, id: &str, live: &Arc<Live>, answer: Response<Body>) {
         let stopped = live.running.lock().unwrap().take().is_none();
+        {
+            // The upload the driver made has ended: committed, or deleted on its way out.
+            let mut s = live.session.lock().await;
+            if s.upstream.take().is_some() {
+                let _ = self.store.put(&s).await;
+            }
+        }
         let (parts, incoming) = answer.into_parts();
         let text = incoming.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         let code = parts.headers.get("x-chunkgate-upload-id").and_then(|v| v.to_str().ok()).map(str::to_owned);

@@ -45,6 +45,10 @@ pub struct Session {
     pub reserved: u64,
     /// How it ended, once it has.
     pub outcome: Option<Outcome>,
+    /// The upstream upload now being driven, once created: deleted on the next start if this
+    /// process died before it ended.
+    #[serde(default)]
+    pub upstream: Option<String>,
 }
 
 /// How a tus upload ended upstream.

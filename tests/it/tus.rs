@@ -1,0 +1,419 @@
+//! Resumable uploads (tus 1.0): the protocol's statuses and headers, and real clients nobody here
+//! wrote (tuspy, tus-js-client in Node), each ending byte-exact in the simulator with nothing left
+//! open upstream; clients and the gateway killed half-way and resumed.
+
+use base64::Engine;
+use chunkgate::sim::SimConfig;
+use http::{Method, StatusCode};
+use sha2::Digest;
+
+use crate::common::*;
+
+/// A fresh spool directory.
+fn spool_dir(name: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("chunkgate-tus-{name}-{}-{}", std::process::id(), fastrand::u64(..)));
+    dir.to_string_lossy().into_owned()
+}
+
+async fn tus_stack(name: &str) -> Stack {
+    let dir = spool_dir(name);
+    Stack::start(SimConfig::default(), move |c| c.tus.dir = dir).await
+}
+
+fn creation_url(s: &Stack) -> String {
+    s.upload_url(ACCOUNT)
+}
+
+/// Sends a tus request: `Tus-Resumable: 1.0.0`, the token, and `extra`.
+async fn tus(s: &Stack, method: Method, url: &str, extra: &[(&str, &str)], body: Vec<u8>) -> Resp {
+    let auth = format!("Bearer {TOKEN}");
+    let mut headers = vec![("tus-resumable", "1.0.0"), ("authorization", auth.as_str())];
+    headers.extend_from_slice(extra);
+    s.http.send(method, url, &headers, body).await.unwrap()
+}
+
+fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// Creates an upload of `length` bytes and returns its absolute URL.
+async fn create(s: &Stack, length: usize) -> String {
+    let len = length.to_string();
+    let r = tus(s, Method::POST, &creation_url(s), &[("upload-length", &len)], Vec::new()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+    format!("{}{}", s.gw.url(), r.header("location"))
+}
+
+async fn patch(s: &Stack, url: &str, offset: usize, chunk: &[u8], extra: &[(&str, &str)]) -> Resp {
+    let off = offset.to_string();
+    let mut h = vec![("content-type", "application/offset+octet-stream"), ("upload-offset", off.as_str())];
+    h.extend_from_slice(extra);
+    tus(s, Method::PATCH, url, &h, chunk.to_vec()).await
+}
+
+/// The upstream upload an answer names is committed and holds exactly `data`.
+async fn assert_upstream(s: &Stack, r: &Resp, data: &[u8]) {
+    let id = r.header("x-chunkgate-upload-id");
+    assert!(!id.is_empty(), "no upstream id: {:?}", r.headers);
+    assert_eq!(r.header("x-chunkgate-upload-uri"), format!("docusignchunkedupload://{id}"));
+    let v = s.sim.inspect(id).await;
+    assert_eq!(v["state"], "committed", "{v}");
+    assert_eq!(v["sha256"], sha256_hex(data), "{v}");
+}
+
+#[tokio::test]
+async fn tus_discovery_creation_head_patch_and_the_protocols_refusals() {
+    let s = tus_stack("conformance").await;
+    // Discovery.
+    let o = s.http.send(Method::OPTIONS, &creation_url(&s), &[], "").await.unwrap();
+    assert_eq!(o.status, StatusCode::NO_CONTENT);
+    assert_eq!(o.header("tus-version"), "1.0.0");
+    assert_eq!(o.header("tus-max-size"), (50 * 1024 * 1024).to_string());
+    assert_eq!(o.header("tus-checksum-algorithm"), "sha1,sha256");
+    for ext in ["creation", "creation-with-upload", "creation-defer-length", "termination", "checksum", "expiration"] {
+        assert!(o.header("tus-extension").split(',').any(|e| e == ext), "{ext}");
+    }
+    // Creation's refusals.
+    let old = s
+        .http
+        .send(
+            Method::POST,
+            &creation_url(&s),
+            &[("tus-resumable", "0.2.2"), ("upload-length", "10"), ("authorization", "Bearer x")],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!((old.status, old.header("tus-version")), (StatusCode::PRECONDITION_FAILED, "1.0.0"));
+    let big = tus(&s, Method::POST, &creation_url(&s), &[("upload-length", "52428801")], Vec::new()).await;
+    assert_eq!((big.status, code(&big)), (StatusCode::PAYLOAD_TOO_LARGE, "TUS_TOO_LARGE".into()));
+    let neither = tus(&s, Method::POST, &creation_url(&s), &[], Vec::new()).await;
+    assert_eq!(neither.status, StatusCode::BAD_REQUEST);
+    let anonymous = s
+        .http
+        .send(Method::POST, &creation_url(&s), &[("tus-resumable", "1.0.0"), ("upload-length", "10")], "")
+        .await
+        .unwrap();
+    assert_eq!((anonymous.status, code(&anonymous)), (StatusCode::UNAUTHORIZED, "MISSING_TOKEN".into()));
+
+    let data = bytes_of(PART * 3 + 5, 1);
+    let meta = format!("filename {},private", b64(b"contract.pdf"));
+    let len = data.len().to_string();
+    let r =
+        tus(&s, Method::POST, &creation_url(&s), &[("upload-length", &len), ("upload-metadata", &meta)], Vec::new())
+            .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert!(r.header("location").starts_with("/tus/uploads/"));
+    assert!(httpdate::parse_http_date(r.header("upload-expires")).is_ok());
+    let url = format!("{}{}", s.gw.url(), r.header("location"));
+    // HEAD: offset, length, metadata, never cached; another member's token finds nothing.
+    let h = tus(&s, Method::HEAD, &url, &[], Vec::new()).await;
+    assert_eq!(h.status, StatusCode::OK);
+    assert_eq!((h.header("upload-offset"), h.header("upload-length")), ("0", len.as_str()));
+    assert_eq!((h.header("upload-metadata"), h.header("cache-control")), (meta.as_str(), "no-store"));
+    let theirs = s
+        .http
+        .send(Method::HEAD, &url, &[("tus-resumable", "1.0.0"), ("authorization", "Bearer someone-else")], "")
+        .await
+        .unwrap();
+    assert_eq!(theirs.status, StatusCode::NOT_FOUND);
+    // PATCH's refusals: content type, offset, checksum (the chunk discarded), algorithm.
+    let wrong_type = tus(
+        &s,
+        Method::PATCH,
+        &url,
+        &[("upload-offset", "0"), ("content-type", "application/pdf")],
+        data[..10].to_vec(),
+    )
+    .await;
+    assert_eq!(wrong_type.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let wrong_offset = patch(&s, &url, 7, &data[..10], &[]).await;
+    assert_eq!((wrong_offset.status, code(&wrong_offset)), (StatusCode::CONFLICT, "TUS_OFFSET_MISMATCH".into()));
+    let first = &data[..PART + 1];
+    let bad_sum = format!("sha1 {}", b64(&sha1::Sha1::digest(b"other bytes")));
+    let mismatch = patch(&s, &url, 0, first, &[("upload-checksum", &bad_sum)]).await;
+    assert_eq!(mismatch.status.as_u16(), 460);
+    assert_eq!(tus(&s, Method::HEAD, &url, &[], Vec::new()).await.header("upload-offset"), "0");
+    let md5 = patch(&s, &url, 0, first, &[("upload-checksum", "md5 AAAA")]).await;
+    assert_eq!(md5.status, StatusCode::BAD_REQUEST);
+    // Two chunks, each checked: sha256, then sha1.
+    let sum = format!("sha256 {}", b64(&sha2::Sha256::digest(first)));
+    let one = patch(&s, &url, 0, first, &[("upload-checksum", &sum)]).await;
+    assert_eq!((one.status, one.header("upload-offset")), (StatusCode::NO_CONTENT, (PART + 1).to_string().as_str()));
+    let rest = &data[PART + 1..];
+    let sum = format!("sha1 {}", b64(&sha1::Sha1::digest(rest)));
+    let last = patch(&s, &url, PART + 1, rest, &[("upload-checksum", &sum)]).await;
+    assert_eq!((last.status, last.header("upload-offset")), (StatusCode::NO_CONTENT, len.as_str()));
+    assert_upstream(&s, &last, &data).await;
+    let after = tus(&s, Method::HEAD, &url, &[], Vec::new()).await;
+    assert_eq!(after.header("x-chunkgate-upload-id"), last.header("x-chunkgate-upload-id"));
+    // A complete upload takes no more bytes.
+    assert_eq!(patch(&s, &url, data.len(), b"x", &[]).await.status, StatusCode::CONFLICT);
+    // Past Upload-Length: refused, nothing kept.
+    let small = create(&s, 100).await;
+    let over = patch(&s, &small, 0, &[7u8; 101], &[]).await;
+    assert_eq!(over.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(tus(&s, Method::HEAD, &small, &[], Vec::new()).await.header("upload-offset"), "0");
+    // Termination: 204, then not found; its upstream upload is deleted.
+    let doomed = create(&s, PART * 3).await;
+    assert_eq!(patch(&s, &doomed, 0, &bytes_of(PART * 2, 5), &[]).await.status, StatusCode::NO_CONTENT);
+    let gone = tus(&s, Method::DELETE, &doomed, &[], Vec::new()).await;
+    assert_eq!(gone.status, StatusCode::NO_CONTENT);
+    assert_eq!(tus(&s, Method::HEAD, &doomed, &[], Vec::new()).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(tus(&s, Method::DELETE, &small, &[], Vec::new()).await.status, StatusCode::NO_CONTENT);
+    let st = s.sim.wait_stats(|st| st["open"] == 0).await;
+    assert_eq!((st["committed"].as_u64(), st["duplicate_parts"].as_u64()), (Some(1), Some(0)), "{st}");
+}
+
+#[tokio::test]
+async fn tus_creation_with_upload_deferred_length_and_method_override() {
+    let s = tus_stack("extensions").await;
+    // creation-with-upload: the first chunk rides on the POST.
+    let data = bytes_of(PART * 2 + 9, 2);
+    let len = data.len().to_string();
+    let r = tus(
+        &s,
+        Method::POST,
+        &creation_url(&s),
+        &[("upload-length", &len), ("content-type", "application/offset+octet-stream")],
+        data[..PART].to_vec(),
+    )
+    .await;
+    assert_eq!((r.status, r.header("upload-offset")), (StatusCode::CREATED, PART.to_string().as_str()));
+    let url = format!("{}{}", s.gw.url(), r.header("location"));
+    // X-HTTP-Method-Override: a POST that is a PATCH (as tus-js-client can send).
+    let off = PART.to_string();
+    let over = tus(
+        &s,
+        Method::POST,
+        &url,
+        &[
+            ("x-http-method-override", "PATCH"),
+            ("upload-offset", &off),
+            ("content-type", "application/offset+octet-stream"),
+        ],
+        data[PART..].to_vec(),
+    )
+    .await;
+    assert_eq!(over.status, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&over.body));
+    assert_upstream(&s, &over, &data).await;
+    // creation-defer-length: the length comes with the last PATCH.
+    let data = bytes_of(PART * 3 + 1, 3);
+    let r = tus(&s, Method::POST, &creation_url(&s), &[("upload-defer-length", "1")], Vec::new()).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let url = format!("{}{}", s.gw.url(), r.header("location"));
+    assert_eq!(tus(&s, Method::HEAD, &url, &[], Vec::new()).await.header("upload-defer-length"), "1");
+    assert_eq!(patch(&s, &url, 0, &data[..PART * 2], &[]).await.status, StatusCode::NO_CONTENT);
+    let len = data.len().to_string();
+    let last = patch(&s, &url, PART * 2, &data[PART * 2..], &[("upload-length", &len)]).await;
+    assert_eq!(last.status, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&last.body));
+    assert_upstream(&s, &last, &data).await;
+    // Without tus.dir, tus is off and says so.
+    let off = Stack::default().await;
+    let r = tus(&off, Method::POST, &creation_url(&off), &[("upload-length", "10")], Vec::new()).await;
+    assert_eq!((r.status, code(&r)), (StatusCode::NOT_IMPLEMENTED, "TUS_DISABLED".into()));
+    assert_eq!(s.sim.stats().await["open"], 0);
+}
+
+/// Runs the tuspy client on a blocking thread (the simulator runs on the test's own thread).
+async fn python_client(
+    endpoint: &str,
+    file: &std::path::Path,
+    storage: &std::path::Path,
+    stop_after: Option<u32>,
+) -> String {
+    let (endpoint, file, storage) = (endpoint.to_owned(), file.to_owned(), storage.to_owned());
+    tokio::task::spawn_blocking(move || python_client_blocking(&endpoint, &file, &storage, stop_after)).await.unwrap()
+}
+
+fn python_client_blocking(
+    endpoint: &str,
+    file: &std::path::Path,
+    storage: &std::path::Path,
+    stop_after: Option<u32>,
+) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/tus_client.py");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args([script, endpoint, TOKEN, file.to_str().unwrap(), storage.to_str().unwrap(), "262144"]);
+    if let Some(n) = stop_after {
+        cmd.args(["--stop-after", &n.to_string()]);
+    }
+    let out = cmd.output().expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if stop_after.is_none() {
+        assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    stdout
+}
+
+/// The upload URL and offset a client printed.
+fn printed(stdout: &str, key: &str) -> String {
+    stdout.lines().find_map(|l| l.strip_prefix(&format!("{key} "))).unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn tuspy_resumes_after_the_client_is_killed_and_after_the_gateway_is_killed() {
+    let sim = SimApi::start(SimConfig::default()).await;
+    let dir = spool_dir("tuspy");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let env = [("CHUNKGATE_TUS__DIR", dir.as_str()), ("CHUNKGATE_SERVER__LISTEN", listen.as_str())];
+    let mut gateway = Binary::serve(&sim, &env, false);
+    let endpoint = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads", gateway.url);
+    let work = std::path::PathBuf::from(spool_dir("tuspy-client"));
+    std::fs::create_dir_all(&work).unwrap();
+    let head = |url: String| {
+        // A client of its own each time: a pooled connection to the killed gateway is dead.
+        let http = Http::new();
+        async move {
+            let auth = format!("Bearer {TOKEN}");
+            http.send(Method::HEAD, &url, &[("tus-resumable", "1.0.0"), ("authorization", &auth)], "").await.unwrap()
+        }
+    };
+
+    // 1. The client is killed after two chunks, then resumes from its stored URL.
+    let data = bytes_of(1_500_000, 21);
+    let file = work.join("one.pdf");
+    std::fs::write(&file, &data).unwrap();
+    let storage = work.join("urls.json");
+    let killed = python_client(&endpoint, &file, &storage, Some(2)).await;
+    assert_eq!(printed(&killed, "offset"), "524288", "{killed}");
+    let resumed = python_client(&endpoint, &file, &storage, None).await;
+    assert_eq!(printed(&resumed, "url"), printed(&killed, "url"), "resumed the same upload");
+    assert_eq!(printed(&resumed, "offset"), data.len().to_string());
+    let r = head(printed(&resumed, "url")).await;
+    let id = r.header("x-chunkgate-upload-id").to_owned();
+    assert!(!id.is_empty(), "{:?} {resumed}", r.headers);
+    let v = sim.inspect(&id).await;
+    assert_eq!((v["state"].as_str(), v["sha256"].as_str()), (Some("committed"), Some(sha256_hex(&data).as_str())));
+
+    // 2. The gateway is killed (SIGKILL) half-way, started again on the same port and spool.
+    let data = bytes_of(1_300_000, 22);
+    let file = work.join("two.pdf");
+    std::fs::write(&file, &data).unwrap();
+    let storage = work.join("urls-two.json");
+    let first = python_client(&endpoint, &file, &storage, Some(3)).await;
+    assert_eq!(printed(&first, "offset"), "786432");
+    gateway.child.kill().unwrap();
+    gateway.child.wait().unwrap();
+    let gateway = Binary::serve(&sim, &env, false);
+    assert_eq!(gateway.url, format!("http://{listen}"));
+    let url = printed(&first, "url");
+    assert_eq!(head(url.clone()).await.header("upload-offset"), "786432", "the durable offset survived");
+    let resumed = python_client(&endpoint, &file, &storage, None).await;
+    assert_eq!(printed(&resumed, "offset"), data.len().to_string());
+    let id = head(url).await.header("x-chunkgate-upload-id").to_owned();
+    let v = sim.inspect(&id).await;
+    assert_eq!((v["state"].as_str(), v["sha256"].as_str()), (Some("committed"), Some(sha256_hex(&data).as_str())));
+    // The upload the killed gateway had made was deleted before the new one was created.
+    let st = sim.wait_stats(|st| st["open"] == 0).await;
+    assert_eq!((st["committed"].as_u64(), st["duplicate_parts"].as_u64()), (Some(2), Some(0)), "{st}");
+    drop(gateway);
+}
+
+fn node_client(endpoint: &str, file: &std::path::Path, mode: &str, chunk: usize) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/node/tus_upload.js");
+    let out = std::process::Command::new("node")
+        .args([script, endpoint, TOKEN, file.to_str().unwrap(), mode])
+        .env("CHUNK", chunk.to_string())
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+#[tokio::test]
+async fn tus_js_client_uploads_with_data_during_creation_and_with_a_deferred_length() {
+    let s = tus_stack("tus-js").await;
+    let work = std::path::PathBuf::from(spool_dir("tus-js-client"));
+    std::fs::create_dir_all(&work).unwrap();
+    let endpoint = creation_url(&s);
+    for (i, mode) in ["plain", "create", "deferred"].into_iter().enumerate() {
+        let data = bytes_of(PART * 4 + 100 + i, 30 + i as u64);
+        let file = work.join(format!("{mode}.pdf"));
+        std::fs::write(&file, &data).unwrap();
+        let out = tokio::task::spawn_blocking({
+            let (endpoint, file) = (endpoint.clone(), file.clone());
+            move || node_client(&endpoint, &file, mode, PART + 7)
+        })
+        .await
+        .unwrap();
+        assert_eq!(printed(&out, "done"), data.len().to_string(), "{mode}: {out}");
+        let r = tus(&s, Method::HEAD, &printed(&out, "url"), &[], Vec::new()).await;
+        assert_upstream(&s, &r, &data).await;
+    }
+    let st = s.sim.stats().await;
+    assert_eq!((st["open"].as_u64(), st["duplicate_parts"].as_u64()), (Some(0), Some(0)), "{st}");
+}
+
+#[tokio::test]
+async fn tus_js_client_retries_through_connections_cut_mid_patch_and_ends_byte_exact() {
+    let s = tus_stack("tus-js-cut").await;
+    // A proxy that cuts the first two connections once 150 KB of their requests have passed.
+    let proxy = cutting_proxy(s.gw.addr, 150_000, 2).await;
+    let work = std::path::PathBuf::from(spool_dir("tus-js-cut"));
+    std::fs::create_dir_all(&work).unwrap();
+    let data = bytes_of(PART * 8 + 3, 40);
+    let file = work.join("cut.pdf");
+    std::fs::write(&file, &data).unwrap();
+    let endpoint = format!("http://{proxy}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads");
+    let out = tokio::task::spawn_blocking(move || node_client(&endpoint, &file, "plain", 300_000)).await.unwrap();
+    assert!(out.lines().any(|l| l.starts_with("retry ")), "the client retried: {out}");
+    assert_eq!(printed(&out, "done"), data.len().to_string(), "{out}");
+    let url = printed(&out, "url").replace(&proxy.to_string(), &s.gw.addr.to_string());
+    let r = tus(&s, Method::HEAD, &url, &[], Vec::new()).await;
+    assert_upstream(&s, &r, &data).await;
+    let st = s.sim.stats().await;
+    assert_eq!((st["open"].as_u64(), st["duplicate_parts"].as_u64()), (Some(0), Some(0)), "{st}");
+}
+
+/// A TCP proxy to `to` that cuts its first `cuts` connections once `after` bytes of requests
+/// have gone through them (a network that drops a PATCH half-way).
+async fn cutting_proxy(to: std::net::SocketAddr, after: usize, cuts: usize) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let left = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(cuts));
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else { return };
+            let left = left.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(to).await else { return };
+                let cut = left
+                    .fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |n| {
+                        n.checked_sub(1)
+                    })
+                    .is_ok();
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = async {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let mut passed = 0usize;
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                        passed += n;
+                        if cut && passed >= after {
+                            return;
+                        }
+                    }
+                };
+                let down = async {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                };
+                tokio::select! {
+                    () = up => {}
+                    () = down => {}
+                }
+            });
+        }
+    });
+    addr
+}
