@@ -417,3 +417,19 @@ async fn cutting_proxy(to: std::net::SocketAddr, after: usize, cuts: usize) -> s
     });
     addr
 }
+
+#[tokio::test]
+async fn an_upload_whose_upstream_upload_expired_meanwhile_is_created_again_from_the_spool() {
+    let s = tus_stack("expiry").await;
+    let data = bytes_of(PART * 3 + 11, 50);
+    let url = create(&s, data.len()).await;
+    assert_eq!(patch(&s, &url, 0, &data[..PART * 2], &[]).await.status, StatusCode::NO_CONTENT);
+    s.sim.wait_stats(|st| st["created"] == 1).await;
+    // The client pauses past the upstream upload's 20 minutes (the simulator's clock).
+    s.sim.advance_clock(1201).await;
+    let last = patch(&s, &url, PART * 2, &data[PART * 2..], &[]).await;
+    assert_eq!(last.status, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&last.body));
+    assert_upstream(&s, &last, &data).await;
+    let st = s.sim.stats().await;
+    assert_eq!((st["created"].as_u64(), st["committed"].as_u64()), (Some(2), Some(1)), "{st}");
+}

@@ -136,6 +136,9 @@ struct Live {
     outcome: watch::Sender<Option<Outcome>>,
     /// Held while the upstream upload runs; dropped to stop it (it is then deleted upstream).
     running: Mutex<Option<presence::Present>>,
+    /// The token and caller of the latest request, to start the upload again without one (in
+    /// memory only).
+    last: Mutex<Option<(HeaderValue, Caller)>>,
 }
 
 fn unix_now() -> u64 {
@@ -672,6 +675,37 @@ impl Tus {
         live.offset.send_replace(u64::MAX);
     }
 
+    /// Starts an upload again (boxed: it runs in the task of the upload it replaces).
+    fn restart(
+        self: Arc<Self>,
+        live: Arc<Live>,
+        s: Session,
+        auth: HeaderValue,
+        caller: Caller,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            if let Err(err) = self.start(&live, &s, &auth, caller).await {
+                self.fail(&s.id, &live, &err).await;
+            }
+        })
+    }
+
+    /// Records a failure that has no upstream answer (a refused admission when starting again).
+    async fn fail(&self, id: &str, live: &Live, err: &GatewayError) {
+        let response = err.response(self.dialect);
+        let status = response.status().as_u16();
+        let text = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let outcome =
+            Outcome::Failed { status, code: err.code().to_owned(), body: String::from_utf8_lossy(&text).into_owned() };
+        let mut s = live.session.lock().await;
+        s.outcome = Some(outcome.clone());
+        self.reserved.fetch_sub(s.reserved, Ordering::AcqRel);
+        let _ = self.store.put(&s).await;
+        drop(s);
+        self.store.drop_spool(id).await;
+        live.outcome.send_replace(Some(outcome));
+    }
+
     fn stop(&self, live: &Live) {
         live.running.lock().unwrap().take();
     }
@@ -701,6 +735,7 @@ impl Tus {
         auth: &HeaderValue,
         caller: Caller,
     ) -> Result<(), GatewayError> {
+        *live.last.lock().unwrap() = Some((auth.clone(), caller));
         if s.outcome.is_some() || live.running.lock().unwrap().is_some() {
             return Ok(());
         }
@@ -769,7 +804,7 @@ impl Tus {
     }
 
     /// What the upstream upload ended in.
-    async fn finished(&self, id: &str, live: &Arc<Live>, answer: Response<Body>) {
+    async fn finished(self: &Arc<Self>, id: &str, live: &Arc<Live>, answer: Response<Body>) {
         let stopped = live.running.lock().unwrap().take().is_none();
         {
             // The upload the driver made has ended: committed, or deleted on its way out.
@@ -798,13 +833,19 @@ impl Tus {
                 tracing::info!(tus_id = %id, code = %error, "tus: upstream upload stopped");
                 return;
             }
-            // The upstream upload ran out of time while the client was slow: it starts again
-            // from the spool once the client has sent everything (a slow client is not bound by
-            // the upstream's 20 minutes).
-            if error == "CLIENT_BODY_TIMEOUT" {
-                tracing::info!(tus_id = %id, "tus: the upstream upload expired before the client finished; re-created once it has");
+            // The upstream upload ran out of time while the client was slow (the gateway's own
+            // deadline, or the upstream's: expired, or gone): it is created again from the spool
+            // once every byte is there, so a slow client is not bound by the upstream's 20
+            // minutes; at once if they are.
+            if ["CLIENT_BODY_TIMEOUT", "CHUNKED_UPLOAD_EXPIRED", "CHUNKED_UPLOAD_NOT_FOUND"].contains(&error.as_str()) {
+                tracing::info!(tus_id = %id, code = %error, "tus: the upstream upload expired before the client finished; created again from the spool");
                 metrics::counter!(telemetry::TUS_RECREATED).increment(1);
                 live.whole_first.store(true, Ordering::Relaxed);
+                let s = live.session.lock().await.clone();
+                let last = live.last.lock().unwrap().clone();
+                if let (true, Some((auth, caller))) = (s.length == Some(s.offset), last) {
+                    tokio::spawn(self.clone().restart(live.clone(), s, auth, caller));
+                }
                 return;
             }
             Outcome::Failed {
@@ -834,6 +875,7 @@ impl Live {
             length: watch::Sender::new(s.length),
             outcome: watch::Sender::new(s.outcome.clone()),
             running: Mutex::new(None),
+            last: Mutex::new(None),
             session: tokio::sync::Mutex::new(s),
         }
     }
