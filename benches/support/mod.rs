@@ -49,13 +49,13 @@ impl Proc {
         Proc { url: bin.url.clone(), bin }
     }
 
-    fn id(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.bin.child.id()
     }
 
     /// Peak resident set (VmHWM) in bytes.
     pub fn peak_rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.id())).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         let kb: u64 = status
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
@@ -66,7 +66,7 @@ impl Proc {
 
     /// CPU time (user + system) the process has used so far, in seconds.
     pub fn cpu_secs(&self) -> f64 {
-        cpu_secs(self.id())
+        cpu_secs(self.pid())
     }
 }
 
