@@ -433,3 +433,129 @@ async fn an_upload_whose_upstream_upload_expired_meanwhile_is_created_again_from
     let st = s.sim.stats().await;
     assert_eq!((st["created"].as_u64(), st["committed"].as_u64()), (Some(2), Some(1)), "{st}");
 }
+
+/// The document the browser page generates, byte for byte.
+fn page_bytes(n: usize) -> Vec<u8> {
+    (0..n).map(|i| ((i * 7 + (i >> 8)) & 255) as u8).collect()
+}
+
+/// A tiny web server for the page's own origin, on `listener`: `/` (the page), `/tus.min.js`
+/// (tus-js-client's browser bundle), and `/done?...`, whose query it hands to `done`.
+fn page_server(listener: tokio::net::TcpListener, html: String, done: tokio::sync::mpsc::Sender<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let bundle = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/sdk/node/node_modules/tus-js-client/dist/tus.min.js"
+    ))
+    .expect("npm ci --prefix tests/sdk/node installs tus-js-client");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else { return };
+            let (html, bundle, done) = (html.clone(), bundle.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_owned();
+                let path = line.split(' ').nth(1).unwrap_or("/").to_owned();
+                let (kind, body) = if path == "/" {
+                    ("text/html", html.into_bytes())
+                } else if path == "/tus.min.js" {
+                    ("text/javascript", bundle)
+                } else if let Some(query) = path.strip_prefix("/done?") {
+                    let _ = done.send(query.to_owned()).await;
+                    ("text/plain", b"ok".to_vec())
+                } else {
+                    ("text/plain", b"not found".to_vec())
+                };
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = tcp.write_all(answer.as_bytes()).await;
+                let _ = tcp.write_all(&body).await;
+            });
+        }
+    });
+}
+
+#[tokio::test]
+async fn a_headless_browser_uploads_from_another_origin_through_tus_js_client() {
+    // The page's own origin, another port than the gateway's: the upload is cross-origin (CORS).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let dir = spool_dir("browser");
+    let allowed = origin.clone();
+    let s = Stack::start(SimConfig::default(), move |c| {
+        c.tus.dir = dir;
+        c.tus.cors_origins = vec![allowed];
+    })
+    .await;
+    let size = PART * 5 + 123;
+    let html = format!(
+        r#"<!doctype html><meta charset="utf-8"><script src="/tus.min.js"></script><script>
+const n = {size}; const data = new Uint8Array(n);
+for (let i = 0; i < n; i++) data[i] = (i * 7 + (i >> 8)) & 255;
+const upload = new tus.Upload(new Blob([data], {{type: "application/pdf"}}), {{
+  endpoint: "{endpoint}",
+  headers: {{ Authorization: "Bearer {TOKEN}" }},
+  chunkSize: {chunk},
+  retryDelays: [0, 500],
+  metadata: {{ filename: "browser.pdf" }},
+  onError: (e) => fetch("/done?error=" + encodeURIComponent(String(e))),
+  onSuccess: () => fetch("/done?url=" + encodeURIComponent(upload.url)),
+}});
+upload.start();
+</script>"#,
+        endpoint = creation_url(&s),
+        chunk = PART * 2,
+    );
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel(4);
+    page_server(listener, html, done_tx);
+    let profile = spool_dir("chromium-profile");
+    let mut browser = std::process::Command::new("chromium")
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-dev-shm-usage",
+            &format!("--user-data-dir={profile}"),
+            &format!("{origin}/"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("chromium is installed (.ci/run installs Debian's chromium)");
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(90), done_rx.recv()).await;
+    let _ = browser.kill();
+    let _ = browser.wait();
+    let _ = std::fs::remove_dir_all(&profile);
+    let query = outcome.expect("the page reported back").unwrap();
+    let url = query.strip_prefix("url=").unwrap_or_else(|| panic!("the browser's upload failed: {query}"));
+    let url = url.replace("%3A", ":").replace("%2F", "/");
+    let r = tus(&s, Method::HEAD, &url, &[], Vec::new()).await;
+    assert_upstream(&s, &r, &page_bytes(size)).await;
+    // The preflight is answered for the configured origin only.
+    let preflight = |from: String| {
+        let (http, url) = (s.http.clone(), creation_url(&s));
+        async move {
+            let h = [
+                ("origin", from.as_str()),
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "tus-resumable,upload-length"),
+            ];
+            http.send(Method::OPTIONS, &url, &h, "").await.unwrap()
+        }
+    };
+    let ok = preflight(origin.clone()).await;
+    assert_eq!(ok.header("access-control-allow-origin"), origin);
+    let other = preflight("http://127.0.0.1:1".into()).await;
+    assert_eq!(other.header("access-control-allow-origin"), "");
+    assert_eq!(s.sim.stats().await["open"], 0);
+}
