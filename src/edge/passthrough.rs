@@ -114,7 +114,21 @@ pub async fn forward(
         .acquire(account, Draw::Free, pacing.default_deadline())
         .await
         .map_err(|wait| GatewayError::RateLimited { retry_after: wait })?;
-    let answer = upstream.send(Request::from_parts(parts, body), sent).await;
+    // A bodiless request of an idempotent method can be sent again if its connection broke (most
+    // often a pooled connection the upstream had closed as idle just as it was reused).
+    let again = (watch.is_none() && parts.method.is_idempotent()).then(|| {
+        let mut copy = Request::new(crate::body::empty());
+        *copy.method_mut() = parts.method.clone();
+        *copy.uri_mut() = parts.uri.clone();
+        *copy.version_mut() = parts.version;
+        *copy.headers_mut() = parts.headers.clone();
+        copy
+    });
+    let mut answer = upstream.send(Request::from_parts(parts, body), sent).await;
+    if let (Err(crate::upstream::CallError::Broken(why)), Some(copy)) = (&answer, again) {
+        tracing::info!(reason = %why, "passthrough connection broke before an answer; sending the idempotent request once more");
+        answer = upstream.send(copy, std::future::ready(())).await;
+    }
     let response = match answer {
         Ok(response) => response,
         // The client's body failed first: that is the cause, whatever the upstream call saw.

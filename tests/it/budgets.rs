@@ -40,7 +40,7 @@ fn scenario_gateway(sim: &SimApi, redis: Option<&RedisServer>, replicas: u32) ->
         c.cluster.redis_url = redis.url();
         // Generous: the gateways, the simulator and the clients share the test's one thread, so an
         // operation's time here is mostly waiting for that thread, not Redis.
-        c.cluster.op_timeout_ms = 50;
+        c.cluster.op_timeout_ms = 5000;
     }
     c
 }

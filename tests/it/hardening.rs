@@ -268,3 +268,55 @@ async fn an_answer_sent_before_the_body_was_read_reaches_a_client_that_writes_it
     assert!(answer.contains("PAYLOAD_TOO_LARGE"), "{answer}");
     assert_eq!(s.sim.stats().await["requests"], 0);
 }
+
+/// An upstream that answers the first request of each connection and closes the connection,
+/// unanswered, on its second (as a server does with a keep-alive connection it has just timed out).
+async fn closes_on_reuse() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut seen = Vec::new();
+                let mut answered = 0;
+                loop {
+                    let n = match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        if answered == 1 {
+                            return; // closed, unanswered
+                        }
+                        answered += 1;
+                        let _ = tcp
+                            .write_all(
+                                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+                            )
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn an_idempotent_passthrough_request_is_sent_again_when_a_reused_connection_breaks() {
+    let sim = SimApi::start(SimConfig::default()).await;
+    let upstream = closes_on_reuse().await;
+    let s = Stack::in_front_of(sim, upstream, |_| {}).await;
+    let auth = format!("Bearer {TOKEN}");
+    let url = format!("{}/6D8A7F52-3D2B-4D91-9A62-1F2E3D4C5B6A", s.upload_url(ACCOUNT));
+    let first = s.http.send(Method::GET, &url, &[("authorization", &auth)], "").await.unwrap();
+    assert_eq!(first.status, StatusCode::OK);
+    // The pooled connection is reused and breaks: a bodiless DELETE is sent again on a new one.
+    let second = s.http.send(Method::DELETE, &url, &[("authorization", &auth)], "").await.unwrap();
+    assert_eq!(second.status, StatusCode::OK, "{}", String::from_utf8_lossy(&second.body));
+}

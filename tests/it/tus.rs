@@ -559,3 +559,21 @@ upload.start();
     assert_eq!(other.header("access-control-allow-origin"), "");
     assert_eq!(s.sim.stats().await["open"], 0);
 }
+
+#[tokio::test]
+async fn creations_that_the_disk_budget_cannot_hold_are_refused_until_room_comes_back() {
+    let dir = spool_dir("budget");
+    let s = Stack::start(SimConfig::default(), move |c| {
+        c.tus.dir = dir;
+        c.tus.max_disk_bytes = 1000;
+    })
+    .await;
+    let first = create(&s, 600).await;
+    let full = tus(&s, Method::POST, &creation_url(&s), &[("upload-length", "600")], Vec::new()).await;
+    assert_eq!((full.status, code(&full)), (StatusCode::INSUFFICIENT_STORAGE, "TUS_STORAGE_FULL".into()));
+    // A deferred length counts as the largest document: it cannot fit at all here.
+    let deferred = tus(&s, Method::POST, &creation_url(&s), &[("upload-defer-length", "1")], Vec::new()).await;
+    assert_eq!(deferred.status, StatusCode::INSUFFICIENT_STORAGE);
+    assert_eq!(tus(&s, Method::DELETE, &first, &[], Vec::new()).await.status, StatusCode::NO_CONTENT);
+    create(&s, 600).await;
+}
