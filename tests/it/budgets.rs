@@ -45,7 +45,19 @@ fn scenario_gateway(sim: &SimApi, redis: Option<&RedisServer>, replicas: u32) ->
     c
 }
 
+/// These tests count an account's calls in one clock hour, as the upstream does: one that ran
+/// across the top of the hour would see both counts reset half-way. Within two minutes of it,
+/// wait for the new hour.
+async fn clear_of_the_hour() {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let left = 3600 - now % 3600;
+    if left < 120 {
+        tokio::time::sleep(Duration::from_secs(left + 1)).await;
+    }
+}
+
 async fn start(configs: Vec<Config>) -> Vec<gateway::GatewayHandle> {
+    clear_of_the_hour().await;
     let mut out = Vec::new();
     for c in configs {
         assert_eq!(c.problems(), Vec::<String>::new());
@@ -142,6 +154,7 @@ fn gauge(metrics: &str, name: &str) -> Option<f64> {
 async fn when_redis_dies_mid_run_sidecars_fall_back_to_their_share_and_share_again_when_it_returns() {
     let mut redis = RedisServer::start().await;
     let sim = SimApi::start(scenario_sim()).await;
+    clear_of_the_hour().await;
     // Real binaries: the fallback gauge is process-wide, and other tests' gateways share this
     // process.
     let url = redis.url();
@@ -239,6 +252,7 @@ async fn what_a_sidecar_killed_with_sigkill_held_comes_back_to_the_others_within
         ("CHUNKGATE_RATE_LIMIT__HOURLY_LIMIT", "10"),
         ("CHUNKGATE_QUOTA__UPLOADS_PER_MEMBER", "1"),
     ];
+    clear_of_the_hour().await;
     let mut doomed = Binary::serve(&sim, &env, false);
     // Three parts: a plan of 6 calls (create, two parts, checksum, commit, delete), and the
     // member's one upload, held while the body drips.

@@ -125,6 +125,10 @@ pub struct Tus {
 struct Live {
     /// The creating token's digest (never changes).
     token: String,
+    /// Terminated or reaped: nothing may start or be recorded for it any more.
+    ended: std::sync::atomic::AtomicBool,
+    /// The task driving the upstream upload, while it runs.
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// After the upstream upload ran out of time while the client was slow: start again only
     /// once every byte is spooled.
     whole_first: std::sync::atomic::AtomicBool,
@@ -285,6 +289,7 @@ impl Tus {
             Some(v) => Some(parse_metadata(v)?),
         };
         let with_upload = !is_end(&req) && content_type_is_offset(h);
+        let checksum = Checksum::read(h)?;
         if !is_end(&req) && !with_upload {
             return Err(tus_error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -327,12 +332,14 @@ impl Tus {
             self.reserved.fetch_sub(reserve, Ordering::AcqRel);
             return Err(GatewayError::Internal(format!("tus: the upload could not be spooled: {e}")));
         }
-        // Admitted like a streamed upload before any byte is taken: a refusal (quota, budget)
-        // reaches the client now, not at its last PATCH.
-        if let Err(err) = self.start(&live, &session, &auth, caller).await {
-            self.store.remove(&id).await;
-            self.reserved.fetch_sub(reserve, Ordering::AcqRel);
-            return Err(err);
+        // With data, the upload is admitted (like a streamed one) and starts now; without, at its
+        // first PATCH: an upload waiting for its client holds no upload slot, quota or calls.
+        if with_upload {
+            if let Err(err) = self.start(&live, &session, &auth, caller).await {
+                self.store.remove(&id).await;
+                self.reserved.fetch_sub(reserve, Ordering::AcqRel);
+                return Err(err);
+            }
         }
         self.sessions.lock().unwrap().insert(id.clone(), live.clone());
         metrics::counter!(telemetry::TUS_CREATED).increment(1);
@@ -346,7 +353,7 @@ impl Tus {
             .expect("valid response");
         if with_upload {
             let mut guard = live.session.lock().await;
-            let appended = self.append(&live, &mut guard, req.into_body(), req_checksum_none()).await;
+            let appended = self.append(&live, &mut guard, req.into_body(), checksum, true).await;
             let s = guard.clone();
             drop(guard);
             match appended {
@@ -356,7 +363,11 @@ impl Tus {
                         return Ok(failed);
                     }
                 }
-                Err(err) => return Ok(self.respond(err)),
+                // The client gets no URL: nothing of the upload may remain.
+                Err(err) => {
+                    self.end(&id, &live, None).await;
+                    return Ok(self.respond(err));
+                }
             }
         }
         Ok(response)
@@ -409,8 +420,9 @@ impl Tus {
         if s.outcome.is_none() && s.expires <= unix_now() {
             return Err(tus_error(StatusCode::GONE, "TUS_UPLOAD_EXPIRED", "The upload expired."));
         }
-        // After a restart, the upload goes on once its client is back with its token.
-        if s.outcome.is_none() {
+        // Complete on disk but not committed (the process died during the finish): it finishes
+        // now, as its client may never PATCH again.
+        if s.outcome.is_none() && s.length == Some(s.offset) {
             if let Some(auth) = req.headers().get(header::AUTHORIZATION) {
                 self.start(&live, &s, auth, caller).await?;
             }
@@ -474,6 +486,7 @@ impl Tus {
                 return Err(tus_error(StatusCode::LOCKED, "TUS_LOCKED", "Another PATCH of this upload is running."));
             }
         };
+        let length_before = s.length;
         if s.outcome.is_some() || s.length == Some(s.offset) {
             return Err(tus_error(StatusCode::CONFLICT, "TUS_OFFSET_MISMATCH", "The upload is already complete."));
         }
@@ -500,6 +513,7 @@ impl Tus {
                         format!("Upload-Length exceeds Tus-Max-Size ({} bytes).", self.max_size),
                     ));
                 }
+                None if len == 0 => return Err(GatewayError::EmptyDocument),
                 None if len < s.offset => {
                     return Err(tus_error(
                         StatusCode::BAD_REQUEST,
@@ -508,9 +522,8 @@ impl Tus {
                     ));
                 }
                 None => {
+                    // Kept with the PATCH's bytes (recorded with its offset by `append`).
                     s.length = Some(len);
-                    self.store.put(&s).await.map_err(GatewayError::Internal)?;
-                    live.length.send_replace(Some(len));
                 }
             }
         }
@@ -520,7 +533,17 @@ impl Tus {
         if let Some(auth) = &auth {
             self.start(&live, &s, auth, caller).await?;
         }
-        self.append(&live, &mut s, req.into_body(), checksum).await?;
+        let appended = self.append(&live, &mut s, req.into_body(), checksum, new_length.is_none()).await;
+        match &appended {
+            // Refused (past the length, a checksum): nothing was recorded, the length included.
+            Err(e) if !matches!(e, GatewayError::ClientBodyError) => s.length = length_before,
+            _ => {
+                if s.length.is_some() && live.length.borrow().is_none() {
+                    live.length.send_replace(s.length);
+                }
+            }
+        }
+        appended?;
         if let (Some(auth), true) = (&auth, s.length == Some(s.offset)) {
             // Complete: the upload must be running to finish (one held back until now).
             self.start(&live, &s, auth, caller).await?;
@@ -578,7 +601,11 @@ impl Tus {
         s: &mut Session,
         mut incoming: Incoming,
         checksum: Option<Checksum>,
+        progressive: bool,
     ) -> Result<(), GatewayError> {
+        // A long PATCH is made durable (and readable upstream) every so often, so that its parts
+        // go up while it is still arriving; not one with a checksum, which must be whole first.
+        const DURABLE_EVERY: u64 = 8 << 20;
         let io = |e: std::io::Error| GatewayError::Internal(format!("tus: the spool: {e}"));
         let path = self.store.spool(&s.id);
         let mut file = tokio::fs::OpenOptions::new().write(true).open(&path).await.map_err(io)?;
@@ -590,6 +617,8 @@ impl Tus {
         let idle = Duration::from_millis(self.uploads.config.client_idle_timeout_ms);
         let mut broken = false;
         let mut too_long = false;
+        let progressive = progressive && checksum.is_none();
+        let mut durable = start;
         loop {
             let frame = match tokio::time::timeout(idle, incoming.frame()).await {
                 Ok(Some(Ok(frame))) => frame,
@@ -609,16 +638,23 @@ impl Tus {
                 h.update(&data);
             }
             written += data.len() as u64;
+            if progressive && start + written - durable >= DURABLE_EVERY {
+                file.sync_data().await.map_err(io)?;
+                durable = start + written;
+                s.offset = durable;
+                self.store.put(s).await.map_err(GatewayError::Internal)?;
+                live.offset.send_replace(durable);
+            }
         }
         let rollback = |why: GatewayError| async {
-            let _ = file.set_len(start).await;
+            let _ = file.set_len(durable).await;
             Err(why)
         };
         if too_long {
             return rollback(tus_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "TUS_TOO_LARGE",
-                "The PATCH goes past Upload-Length.",
+                "The data goes past Upload-Length.",
             ))
             .await;
         }
@@ -653,7 +689,7 @@ impl Tus {
     /// `DELETE`: the upload ends at once: its upstream upload is deleted, its spool removed.
     async fn terminate(&self, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, GatewayError> {
         let live = self.find(req.headers(), id)?;
-        self.end(id, &live).await;
+        self.end(id, &live, req.headers().get(header::AUTHORIZATION)).await;
         Ok(Response::builder()
             .status(StatusCode::NO_CONTENT)
             .header("tus-resumable", VERSION)
@@ -661,18 +697,41 @@ impl Tus {
             .expect("valid response"))
     }
 
-    /// Stops an upload and forgets it (terminated or reaped).
-    async fn end(&self, id: &str, live: &Arc<Live>) {
+    /// Stops an upload and forgets it (terminated or reaped). With the client's token (`auth`), an
+    /// upstream upload a previous run left open is deleted too; without one it expires upstream.
+    async fn end(&self, id: &str, live: &Arc<Live>, auth: Option<&HeaderValue>) {
+        if live.ended.swap(true, Ordering::AcqRel) {
+            return;
+        }
         self.stop(live);
         let s = live.session.lock().await;
         if s.outcome.is_none() {
             self.reserved.fetch_sub(s.reserved, Ordering::AcqRel);
         }
+        let stale = s.upstream.clone().filter(|_| s.outcome.is_none());
+        let route = auth.map(|auth| UploadRoute {
+            prefix: s.prefix.clone(),
+            version: s.version.clone(),
+            account: s.account.clone(),
+            auth: auth.clone(),
+            request_id: None,
+        });
         drop(s);
+        // A final PATCH waiting for the outcome hears that the upload is gone.
+        let gone = tus_error(StatusCode::NOT_FOUND, "TUS_UPLOAD_NOT_FOUND", "The upload was terminated.");
+        let body = String::from_utf8_lossy(&self.dialect.error(gone.code(), &gone.to_string())).into_owned();
+        live.outcome.send_replace(Some(Outcome::Failed { status: 404, code: gone.code().to_owned(), body }));
+        // Whoever reads the spool learns it is gone (an upload still waiting for part 0 too).
+        live.offset.send_replace(u64::MAX);
+        let running = live.task.lock().unwrap().take();
+        if let Some(task) = running {
+            // Its upstream upload is deleted on its way out.
+            let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+        } else if let (Some(stale), Some(route)) = (stale, route) {
+            self.uploads.delete_left_open(self.upstream.clone(), route, &stale).await;
+        }
         self.sessions.lock().unwrap().remove(id);
         self.store.remove(id).await;
-        // Whoever reads the spool learns it is gone.
-        live.offset.send_replace(u64::MAX);
     }
 
     /// Starts an upload again (boxed: it runs in the task of the upload it replaces).
@@ -710,6 +769,31 @@ impl Tus {
         live.running.lock().unwrap().take();
     }
 
+    /// On shutdown: every running upstream upload is stopped (and deleted upstream on its way
+    /// out), bounded by `within`; the uploads stay on disk and go on after the restart.
+    pub async fn shutdown(&self, within: Duration) {
+        let all: Vec<Arc<Live>> = self.sessions.lock().unwrap().values().cloned().collect();
+        let mut tasks = Vec::new();
+        for live in all {
+            self.stop(&live);
+            // The spool's reader stops too (an upload still waiting for its part 0).
+            live.offset.send_replace(u64::MAX);
+            if let Some(task) = live.task.lock().unwrap().take() {
+                tasks.push(task);
+            }
+        }
+        let count = tasks.len();
+        let _ = tokio::time::timeout(within, async {
+            for task in tasks {
+                let _ = task.await;
+            }
+        })
+        .await;
+        if count > 0 {
+            tracing::info!(uploads = count, "tus: running upstream uploads stopped for the shutdown");
+        }
+    }
+
     /// Reaps expired uploads: from disk, and upstream (a running upload is stopped and deleted).
     pub async fn reap(&self) {
         let now = unix_now();
@@ -720,7 +804,7 @@ impl Tus {
             if expired {
                 tracing::info!(tus_id = %id, "tus: upload expired; reaped");
                 metrics::counter!(telemetry::TUS_REAPED).increment(1);
-                self.end(&id, &live).await;
+                self.end(&id, &live, None).await;
             }
         }
         self.record_gauges();
@@ -736,6 +820,9 @@ impl Tus {
         caller: Caller,
     ) -> Result<(), GatewayError> {
         *live.last.lock().unwrap() = Some((auth.clone(), caller));
+        if live.ended.load(Ordering::Acquire) {
+            return Err(tus_error(StatusCode::NOT_FOUND, "TUS_UPLOAD_NOT_FOUND", "No such upload."));
+        }
         if s.outcome.is_some() || live.running.lock().unwrap().is_some() {
             return Ok(());
         }
@@ -774,7 +861,7 @@ impl Tus {
             }
             *running = Some(present);
         }
-        let (this, live) = (self.clone(), live.clone());
+        let (this, live, live2) = (self.clone(), live.clone(), live.clone());
         let id = s.id.clone();
         let (opened_tx, opened_rx) = tokio::sync::oneshot::channel::<String>();
         {
@@ -790,9 +877,11 @@ impl Tus {
                 }
             });
         }
-        tokio::spawn(async move {
+        let handle = tokio::spawn(async move {
             let body = SpoolBody::open(this.store.spool(&id), &live).await;
-            let idle = Duration::from_secs(this.config.session_ttl_secs);
+            // A client that sends nothing for the upload's idle time lets its slot go (its upstream
+            // upload is deleted, and created again from the spool once every byte is there).
+            let idle = Duration::from_millis(this.uploads.config.client_idle_timeout_ms);
             let span = tracing::info_span!("tus", tus_id = %id, upload_id = tracing::field::Empty, bytes = tracing::field::Empty);
             let answer = match body {
                 Ok(body) => streamed::drive(admitted, &this.uploads, body, client, idle, span, Some(opened_tx)).await,
@@ -800,12 +889,16 @@ impl Tus {
             };
             this.finished(&id, &live, answer).await;
         });
+        *live2.task.lock().unwrap() = Some(handle);
         Ok(())
     }
 
     /// What the upstream upload ended in.
     async fn finished(self: &Arc<Self>, id: &str, live: &Arc<Live>, answer: Response<Body>) {
         let stopped = live.running.lock().unwrap().take().is_none();
+        if live.ended.load(Ordering::Acquire) {
+            return;
+        }
         {
             // The upload the driver made has ended: committed, or deleted on its way out.
             let mut s = live.session.lock().await;
@@ -871,6 +964,8 @@ impl Live {
         Self {
             token: s.token.clone(),
             whole_first: std::sync::atomic::AtomicBool::new(false),
+            ended: std::sync::atomic::AtomicBool::new(false),
+            task: Mutex::new(None),
             offset: watch::Sender::new(s.offset),
             length: watch::Sender::new(s.length),
             outcome: watch::Sender::new(s.outcome.clone()),
@@ -942,10 +1037,6 @@ fn parse_metadata(v: &HeaderValue) -> Result<String, GatewayError> {
         keys.push(key);
     }
     Ok(text.to_owned())
-}
-
-fn req_checksum_none() -> Option<Checksum> {
-    None
 }
 
 /// The error code of an error body, in either dialect.

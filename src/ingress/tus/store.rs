@@ -70,18 +70,29 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(|e| format!("tus.dir {}: {e}", dir.display()))?;
         let db = Database::create(dir.join("sessions.redb")).map_err(|e| format!("tus.dir: the database: {e}"))?;
         let store = Self { dir: dir.to_owned(), db: Arc::new(db) };
-        let sessions = store.load().map_err(|e| format!("tus.dir: the database: {e}"))?;
-        for s in &sessions {
-            if s.outcome.is_none() {
-                let path = store.spool(&s.id);
-                let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path);
-                match file {
-                    Ok(f) => {
-                        let _ = f.set_len(s.offset);
-                        let _ = f.sync_all();
-                    }
-                    Err(e) => return Err(format!("tus.dir: {}: {e}", path.display())),
-                }
+        let mut sessions = store.load().map_err(|e| format!("tus.dir: the database: {e}"))?;
+        for s in &mut sessions {
+            if s.outcome.is_some() {
+                continue;
+            }
+            let path = store.spool(&s.id);
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| format!("tus.dir: {}: {e}", path.display()))?;
+            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            if len < s.offset {
+                // The spool lost bytes the record counts (removed or cut by hand): the offset goes
+                // back to what is there, never forward over zeros.
+                tracing::warn!(tus_id = %s.id, recorded = s.offset, spooled = len, "tus: a spool is shorter than its record; the upload resumes from what it holds");
+                s.offset = len;
+                store.put_now(s).map_err(|e| format!("tus.dir: the database: {e}"))?;
+            } else if len > s.offset {
+                // Bytes past the last durable offset (a crash mid-PATCH) were never acknowledged.
+                let _ = file.set_len(s.offset);
+                let _ = file.sync_all();
             }
         }
         Ok((store, sessions))
@@ -107,6 +118,17 @@ impl Store {
     /// The spool file of upload `id`.
     pub fn spool(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}.bin"))
+    }
+
+    /// Writes a session durably, on this thread.
+    fn put_now(&self, session: &Session) -> Result<(), String> {
+        let json = serde_json::to_vec(session).expect("serialisable");
+        let tx = self.db.begin_write().map_err(text)?;
+        {
+            let mut table = tx.open_table(SESSIONS).map_err(text)?;
+            table.insert(session.id.as_str(), json.as_slice()).map_err(text)?;
+        }
+        tx.commit().map_err(text)
     }
 
     /// Writes a session durably (on a blocking thread).
