@@ -498,6 +498,12 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
             shutdown.await;
             tracing::info!(active_uploads = gw.uploads.active(), "draining");
             gw.uploads.start_draining();
+            // tus uploads are driven without a client connection: their upstream uploads are
+            // stopped and deleted now, while the event loops that run them still run (the uploads
+            // stay spooled, and go on after the restart).
+            if let Some(tus) = &gw.tus {
+                tus.shutdown(Duration::from_secs(10)).await;
+            }
         }
     };
     // Past the drain period, running uploads are cancelled: each deletes its upstream upload and
@@ -512,13 +518,7 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
             gw.uploads.cancel_all();
         }
     };
-    let tus = gateway.tus.clone();
     server::serve(listener, limits, handler, draining, drain, overrun).await;
-    // tus uploads are driven without a client connection: their upstream uploads are stopped and
-    // deleted here (the uploads stay spooled, and go on after the restart).
-    if let Some(tus) = tus {
-        tus.shutdown(Duration::from_secs(10)).await;
-    }
 }
 
 /// Serves the gateway and its admin listener until `shutdown` resolves and the drain is over;
