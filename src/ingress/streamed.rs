@@ -59,7 +59,7 @@ pub async fn handle(
         bytes = tracing::field::Empty,
     );
     let idle = Duration::from_millis(uploads.config.client_idle_timeout_ms);
-    let answer = drive(admitted, uploads, req.into_body(), client, idle, span, None).await;
+    let answer = drive(admitted, uploads, req.into_body(), client, idle, span, Hooks::default()).await;
     drop(present);
     answer
 }
@@ -75,10 +75,11 @@ pub async fn drive<B: DocumentBody>(
     client: Client,
     idle: Duration,
     span: tracing::Span,
-    opened: Option<tokio::sync::oneshot::Sender<String>>,
+    hooks: Hooks,
 ) -> Response<Body> {
     let dialect = admitted.upload.dialect();
-    let driver = Driver { admitted, cancel: uploads.cancellation(), client, began: Instant::now(), opened };
+    let Hooks { opened, resume } = hooks;
+    let driver = Driver { admitted, cancel: uploads.cancellation(), client, began: Instant::now(), opened, resume };
     let pool = uploads.pool.clone();
     let task = tokio::spawn(
         async move {
@@ -91,6 +92,17 @@ pub async fn drive<B: DocumentBody>(
         tracing::error!(error = %err, "the upload task failed");
         GatewayError::Internal(err.to_string()).response(dialect)
     })
+}
+
+/// What an ingress that outlives its requests (tus) asks of an upload's run.
+#[derive(Default)]
+pub struct Hooks {
+    /// Told the upstream upload's id once create has answered (kept, to delete the upload after
+    /// a crash).
+    pub opened: Option<tokio::sync::oneshot::Sender<String>>,
+    /// An upload an earlier run created and fed: adopted (reconciled with a GET of its parts)
+    /// and continued, else deleted and a new one opened.
+    pub resume: Option<String>,
 }
 
 /// A document's body as the chunker reads it: a request's, or a spool's.
@@ -108,6 +120,9 @@ struct Driver {
     /// Told the upstream upload's id once create has answered (the tus ingress keeps it, to
     /// delete the upload after a crash).
     opened: Option<tokio::sync::oneshot::Sender<String>>,
+    /// An upload an earlier run created and fed (it died): adopted and continued if the
+    /// upstream still holds it whole, else deleted and a new one opened.
+    resume: Option<String>,
 }
 
 /// Resolves when `cancel` turns true; never when its sender is gone.
@@ -123,9 +138,24 @@ impl Driver {
     async fn run<B: DocumentBody>(mut self, mut chunker: Chunker<B>) -> Response<Body> {
         // Until create announces the upload's expiry, the body is bounded by the lifetime assumed.
         chunker.set_deadline(self.admitted.upload.assumed_body_deadline(self.began), self.began);
-        let opened = match self.open(&mut chunker).await {
-            Ok(opened) => opened,
-            Err(response) => return response,
+        let adopted = match self.resume.take() {
+            Some(id) => self.admitted.upload.adopt(&id).await,
+            None => None,
+        };
+        let opened = match adopted {
+            Some(opened) => {
+                // Its first bytes are upstream already: read (and hashed) past, not sent again.
+                let (bytes, parts) = (self.admitted.upload.state.bytes, self.admitted.upload.state.next_seq);
+                if let Err(err) = chunker.skip(bytes).await {
+                    return self.aborted(client_error(err).into()).await;
+                }
+                tracing::info!(bytes, parts, "an upload an earlier run left goes on from the parts the upstream holds");
+                opened
+            }
+            None => match self.open(&mut chunker).await {
+                Ok(opened) => opened,
+                Err(response) => return response,
+            },
         };
         if let Some(tx) = self.opened.take() {
             let _ = tx.send(self.admitted.upload.id().to_owned());

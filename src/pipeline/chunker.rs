@@ -137,6 +137,35 @@ where
         }
     }
 
+    /// Reads and hashes the body's first `n` bytes without cutting them into parts (the parts an
+    /// earlier run of an upload already sent). Fails as `next_part` does when the body ends,
+    /// breaks or stops first.
+    pub async fn skip(&mut self, n: u64) -> Result<(), ChunkError> {
+        let mut left = n;
+        loop {
+            let take = left.min(self.pending.len() as u64) as usize;
+            self.pending.advance(take);
+            left -= take as u64;
+            if left == 0 {
+                return Ok(());
+            }
+            match tokio::time::timeout(self.idle, self.body.frame()).await {
+                Err(_) => return Err(ChunkError::Idle(self.idle)),
+                Ok(None) | Ok(Some(Err(_))) => return Err(ChunkError::Broken),
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.total += data.len() as u64;
+                        if self.declared.is_some_and(|len| self.total > len) {
+                            return Err(ChunkError::Broken);
+                        }
+                        self.pending = data.clone();
+                        self.hasher.update(data).await;
+                    }
+                }
+            }
+        }
+    }
+
     /// Bytes read from the body so far.
     pub fn total(&self) -> u64 {
         self.total

@@ -193,6 +193,64 @@ impl Upload {
         Ok(Opened { body_deadline, too_short: (left <= margin).then_some(left.as_secs()) })
     }
 
+    /// **Adopt**: takes over upload `id`, which an earlier run of this gateway created and fed
+    /// (it died), from where the upstream holds it: parts 0..k, contiguous, reconciled with a GET
+    /// of the upload. None when it cannot go on (gone, committed, a gap, too little time left): it
+    /// is then deleted if it exists, and the caller opens a new one.
+    pub async fn adopt(&mut self, id: &str) -> Option<Opened> {
+        let found = self.calls.get(id, false).await.ok()?;
+        let usable = found.resource(self.dialect()).ok().filter(|r| r.chunked_upload_id == id && !r.is_committed());
+        let left = usable
+            .as_ref()
+            .map_or(Duration::ZERO, |r| time_to_live(&r.expiration_date_time, found.headers.get(header::DATE)));
+        let sizes: Vec<u64> = match &usable {
+            Some(r) => (0..).map_while(|seq| r.part_size(seq)).collect(),
+            None => Vec::new(),
+        };
+        let margin = EXPIRY_MARGIN.min(self.finish_reserve);
+        let whole = usable.as_ref().is_some_and(|r| sizes.len() == r.chunked_upload_parts.len());
+        let (Some(resource), true, false, true) =
+            (usable, whole, sizes.is_empty(), left > margin + self.finish_reserve)
+        else {
+            self.discard(id).await;
+            return None;
+        };
+        tracing::Span::current().record("upload_id", id);
+        let expiry = Instant::now() + left;
+        self.calls.deadline = expiry - margin;
+        if let Some(lease) = &mut self.lease {
+            lease.created(id, unix_now() + left.as_secs()).await;
+        }
+        let bytes: u64 = sizes.iter().sum();
+        let parts = sizes.len() as u32;
+        self.state = UploadState {
+            upstream_id: Some(id.to_owned()),
+            deadline_unix: unix_now() + left.saturating_sub(margin).as_secs(),
+            announced: Some(Announced {
+                max_parts: resource.max_parts().unwrap_or(self.config.assumed_max_parts),
+                max_total: resource.max_total().unwrap_or(u64::MAX),
+                part0: sizes[0],
+            }),
+            expires: resource.expiration_date_time,
+            part_size: if parts > 1 { sizes[1] as usize } else { 0 },
+            next_seq: parts,
+            accepted: (0..parts).collect(),
+            bytes,
+            hashed: bytes,
+            sizes,
+            ..UploadState::default()
+        };
+        Some(Opened { body_deadline: expiry - self.finish_reserve.min(left / 2), too_short: None })
+    }
+
+    /// Deletes upload `id` (one that cannot be adopted), if it is there.
+    async fn discard(&mut self, id: &str) {
+        self.state.upstream_id = Some(id.to_owned());
+        let deleted = self.delete().await;
+        tracing::info!(deleted, "an upload an earlier run left could not be continued; deleted");
+        self.state = UploadState::default();
+    }
+
     /// The upstream's id of the upload (set by open).
     pub fn id(&self) -> &str {
         self.state.upstream_id.as_deref().unwrap_or_default()
@@ -205,6 +263,10 @@ impl Upload {
     /// The size of parts 1..n: with a declared length, fitted into the parts the upstream allows;
     /// refused when the document cannot fit at all.
     pub fn size_parts(&mut self, declared: Option<u64>) -> Result<usize, Abort> {
+        if self.state.part_size > 0 {
+            // Sized already (an adopted upload keeps the size its parts were sent with).
+            return Ok(self.state.part_size);
+        }
         let size = match declared {
             None => self.config.part_size,
             Some(len) => {

@@ -835,23 +835,6 @@ impl Tus {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         }
         let to = Destination { prefix: &s.prefix, version: &s.version, account: &s.account };
-        if let Some(stale) = s.upstream.clone() {
-            // Left open by a process that died (SIGKILL) while driving it: deleted before the
-            // upload starts again from the spool.
-            let route = UploadRoute {
-                prefix: s.prefix.clone(),
-                version: s.version.clone(),
-                account: s.account.clone(),
-                auth: auth.clone(),
-                request_id: None,
-            };
-            let deleted = self.uploads.delete_left_open(self.upstream.clone(), route, &stale).await;
-            tracing::info!(tus_id = %s.id, deleted, "tus: the upstream upload a previous run left open was deleted");
-            let mut rec = s.clone();
-            rec.upstream = None;
-            self.store.put(&rec).await.map_err(GatewayError::Internal)?;
-            metrics::counter!(telemetry::TUS_RECREATED).increment(1);
-        }
         let admitted = self.uploads.admit(self.upstream.clone(), &headers, to, caller).await?;
         let (present, client) = presence::pair();
         {
@@ -861,6 +844,9 @@ impl Tus {
             }
             *running = Some(present);
         }
+        // An upstream upload a dead process was driving: reconciled with a GET of its parts and
+        // continued if the upstream still holds it whole, else deleted and created again.
+        let resume = s.upstream.clone();
         let (this, live, live2) = (self.clone(), live.clone(), live.clone());
         let id = s.id.clone();
         let (opened_tx, opened_rx) = tokio::sync::oneshot::channel::<String>();
@@ -884,7 +870,10 @@ impl Tus {
             let idle = Duration::from_millis(this.uploads.config.client_idle_timeout_ms);
             let span = tracing::info_span!("tus", tus_id = %id, upload_id = tracing::field::Empty, bytes = tracing::field::Empty);
             let answer = match body {
-                Ok(body) => streamed::drive(admitted, &this.uploads, body, client, idle, span, Some(opened_tx)).await,
+                Ok(body) => {
+                    let hooks = streamed::Hooks { opened: Some(opened_tx), resume };
+                    streamed::drive(admitted, &this.uploads, body, client, idle, span, hooks).await
+                }
                 Err(e) => GatewayError::Internal(format!("tus: the spool: {e}")).response(this.dialect),
             };
             this.finished(&id, &live, answer).await;
