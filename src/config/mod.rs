@@ -515,8 +515,8 @@ impl Config {
 
     fn tus_problems(&self, out: &mut Vec<String>) {
         let t = &self.tus;
-        if t.session_ttl_secs < 60 {
-            out.push(format!("tus.session_ttl_secs ({}) must be at least 60", t.session_ttl_secs));
+        if t.session_ttl_secs < 5 {
+            out.push(format!("tus.session_ttl_secs ({}) must be at least 5", t.session_ttl_secs));
         }
         for origin in &t.cors_origins {
             let ok = (origin.starts_with("http://") || origin.starts_with("https://"))

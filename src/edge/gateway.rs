@@ -82,10 +82,12 @@ impl Gateway {
             let finish_wait = Duration::from_millis(up.commit_timeout_ms + up.call_timeout_ms);
             let max_size = config.upload.max_document_bytes;
             let tus = Tus::open(&config.tus, max_size, uploads.clone(), upstream.clone(), finish_wait)?;
-            // Expired uploads are reaped from disk and upstream, every half minute.
+            // Expired uploads are reaped from disk and upstream, every half minute (or half the
+            // uploads' lifetime, if shorter).
             let weak = Arc::downgrade(&tus);
+            let every = Duration::from_secs((config.tus.session_ttl_secs / 2).clamp(1, 30));
             tokio::spawn(async move {
-                let mut every = tokio::time::interval(Duration::from_secs(30));
+                let mut every = tokio::time::interval(every);
                 loop {
                     every.tick().await;
                     let Some(tus) = weak.upgrade() else { return };

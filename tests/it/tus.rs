@@ -671,3 +671,53 @@ async fn sigterm_deletes_the_upstream_uploads_of_running_tus_uploads_and_a_lost_
     let v = sim.inspect(done.header("x-chunkgate-upload-id")).await;
     assert_eq!((v["state"].as_str(), v["sha256"].as_str()), (Some("committed"), Some(sha256_hex(&data).as_str())));
 }
+
+#[tokio::test]
+async fn an_expired_upload_is_gone_410_then_reaped_from_disk_and_upstream() {
+    let dir = spool_dir("expiry-reap");
+    let s = Stack::start(SimConfig::default(), move |c| {
+        c.tus.dir = dir;
+        c.tus.session_ttl_secs = 5;
+    })
+    .await;
+    let url = create(&s, PART * 3).await;
+    assert_eq!(patch(&s, &url, 0, &bytes_of(PART * 2, 61), &[]).await.status, StatusCode::NO_CONTENT);
+    s.sim.wait_stats(|st| st["created"] == 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(5200)).await;
+    // Expired: 410 until the reaper has been (every half TTL here), then not found; its upstream
+    // upload deleted.
+    let mut statuses = Vec::new();
+    for _ in 0..60 {
+        let status = tus(&s, Method::HEAD, &url, &[], Vec::new()).await.status;
+        if statuses.last() != Some(&status) {
+            statuses.push(status);
+        }
+        if status == StatusCode::NOT_FOUND {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(statuses.last(), Some(&StatusCode::NOT_FOUND), "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == StatusCode::GONE || *s == StatusCode::NOT_FOUND), "{statuses:?}");
+    let st = s.sim.wait_stats(|st| st["open"] == 0).await;
+    assert_eq!(st["deleted"], 1, "{st}");
+}
+
+#[tokio::test]
+async fn a_second_patch_while_one_runs_waits_then_gets_423() {
+    use tokio::io::AsyncWriteExt;
+    let s = tus_stack("locked").await;
+    let url = create(&s, 1000).await;
+    let path = url.trim_start_matches(&s.gw.url()).to_owned();
+    // A PATCH that stops half-way and holds the upload.
+    let mut tcp = tokio::net::TcpStream::connect(s.gw.addr).await.unwrap();
+    let head = format!(
+        "PATCH {path} HTTP/1.1\r\nHost: gw\r\nTus-Resumable: 1.0.0\r\nAuthorization: Bearer {TOKEN}\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: 1000\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&[7u8; 100]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let second = patch(&s, &url, 0, &[7u8; 10], &[]).await;
+    assert_eq!((second.status, code(&second)), (StatusCode::LOCKED, "TUS_LOCKED".into()));
+    drop(tcp);
+}
