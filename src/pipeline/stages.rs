@@ -198,7 +198,12 @@ impl Upload {
     /// of the upload. None when it cannot go on (gone, committed, a gap, too little time left): it
     /// is then deleted if it exists, and the caller opens a new one.
     pub async fn adopt(&mut self, id: &str) -> Option<Opened> {
-        let found = self.calls.get(id, false).await.ok()?;
+        let Ok(found) = self.calls.get(id, false).await else {
+            // Not to be read (gone, expired, or the upstream failing): not continued, and deleted
+            // if it is there at all, rather than left open and forgotten.
+            self.discard(id).await;
+            return None;
+        };
         let usable = found.resource(self.dialect()).ok().filter(|r| r.chunked_upload_id == id && !r.is_committed());
         let left = usable
             .as_ref()

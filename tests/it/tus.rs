@@ -760,3 +760,55 @@ async fn an_upstream_upload_that_expired_while_the_gateway_was_down_is_created_a
     let st = sim.stats().await;
     assert_eq!((st["created"].as_u64(), st["committed"].as_u64()), (Some(2), Some(1)), "{st}");
 }
+
+#[tokio::test]
+async fn an_upload_left_by_a_killed_gateway_that_cannot_be_read_back_is_deleted_not_forgotten() {
+    let sim = SimApi::start(SimConfig::default()).await;
+    let dir = spool_dir("adopt-unreadable");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let env = [
+        ("CHUNKGATE_TUS__DIR", dir.as_str()),
+        ("CHUNKGATE_SERVER__LISTEN", listen.as_str()),
+        ("CHUNKGATE_RETRY__BASE_BACKOFF_MS", "5"),
+        ("CHUNKGATE_RETRY__MAX_BACKOFF_MS", "20"),
+    ];
+    let mut gateway = Binary::serve(&sim, &env, false);
+    let send = |method: Method, url: String, extra: Vec<(&'static str, String)>, body: Vec<u8>| async move {
+        let auth = format!("Bearer {TOKEN}");
+        let mut h: Vec<(&str, &str)> = vec![("tus-resumable", "1.0.0"), ("authorization", auth.as_str())];
+        h.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
+        Http::new().send(method, &url, &h, body).await.unwrap()
+    };
+    let endpoint = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads", gateway.url);
+    let data = bytes_of(PART * 4, 81);
+    let created = send(Method::POST, endpoint, vec![("upload-length", data.len().to_string())], Vec::new()).await;
+    let url = format!("{}{}", gateway.url, created.header("location"));
+    let offset =
+        |o: usize| vec![("upload-offset", o.to_string()), ("content-type", "application/offset+octet-stream".into())];
+    assert_eq!(
+        send(Method::PATCH, url.clone(), offset(0), data[..PART * 2].to_vec()).await.status,
+        StatusCode::NO_CONTENT
+    );
+    sim.wait_stats(|st| st["created"] == 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    gateway.child.kill().unwrap();
+    gateway.child.wait().unwrap();
+    // After the restart every GET fails: the upload cannot be reconciled, so it is deleted.
+    sim.faults(serde_json::json!({"error_rate": 1.0, "ops": ["get"]})).await;
+    let _gateway = Binary::serve(&sim, &env, false);
+    let more = send(Method::PATCH, url.clone(), offset(PART * 2), data[PART * 2..PART * 3].to_vec()).await;
+    assert_eq!(more.status, StatusCode::NO_CONTENT);
+    sim.wait_stats(|st| st["deleted"] == 1).await;
+    sim.faults(serde_json::json!({})).await;
+    let done = send(Method::PATCH, url, offset(PART * 3), data[PART * 3..].to_vec()).await;
+    assert_eq!(done.status, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&done.body));
+    let v = sim.inspect(done.header("x-chunkgate-upload-id")).await;
+    assert_eq!((v["state"].as_str(), v["sha256"].as_str()), (Some("committed"), Some(sha256_hex(&data).as_str())));
+    let st = sim.stats().await;
+    assert_eq!(
+        (st["created"].as_u64(), st["deleted"].as_u64(), st["open"].as_u64()),
+        (Some(2), Some(1), Some(0)),
+        "{st}"
+    );
+}
