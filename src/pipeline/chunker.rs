@@ -105,34 +105,40 @@ where
                 }
                 return Ok(Some(Part { body: self.pool.seal(body.finish()), len }));
             }
-            let wait = match self.deadline {
-                Some((deadline, _)) => self.idle.min(deadline.saturating_duration_since(Instant::now())),
-                None => self.idle,
-            };
-            match tokio::time::timeout(wait, self.body.frame()).await {
-                Err(_) => {
-                    return Err(match self.deadline {
-                        Some((deadline, began)) if Instant::now() >= deadline => ChunkError::Deadline(deadline - began),
-                        _ => ChunkError::Idle(self.idle),
-                    });
+            self.read_frame().await?;
+        }
+    }
+
+    /// Reads the body's next frame into `pending` (hashed and counted), within the idle time and
+    /// the deadline; at the end, marks the body done (checking its declared length).
+    async fn read_frame(&mut self) -> Result<(), ChunkError> {
+        let wait = match self.deadline {
+            Some((deadline, _)) => self.idle.min(deadline.saturating_duration_since(Instant::now())),
+            None => self.idle,
+        };
+        match tokio::time::timeout(wait, self.body.frame()).await {
+            Err(_) => Err(match self.deadline {
+                Some((deadline, began)) if Instant::now() >= deadline => ChunkError::Deadline(deadline - began),
+                _ => ChunkError::Idle(self.idle),
+            }),
+            Ok(None) => {
+                if self.declared.is_some_and(|len| len != self.total) {
+                    return Err(ChunkError::Broken);
                 }
-                Ok(None) => {
-                    if self.declared.is_some_and(|len| len != self.total) {
+                self.done = true;
+                Ok(())
+            }
+            Ok(Some(Err(_))) => Err(ChunkError::Broken),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    self.total += data.len() as u64;
+                    if self.declared.is_some_and(|len| self.total > len) {
                         return Err(ChunkError::Broken);
                     }
-                    self.done = true;
+                    self.pending = data.clone();
+                    self.hasher.update(data).await;
                 }
-                Ok(Some(Err(_))) => return Err(ChunkError::Broken),
-                Ok(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.total += data.len() as u64;
-                        if self.declared.is_some_and(|len| self.total > len) {
-                            return Err(ChunkError::Broken);
-                        }
-                        self.pending = data.clone();
-                        self.hasher.update(data).await;
-                    }
-                }
+                Ok(())
             }
         }
     }
@@ -149,20 +155,10 @@ where
             if left == 0 {
                 return Ok(());
             }
-            match tokio::time::timeout(self.idle, self.body.frame()).await {
-                Err(_) => return Err(ChunkError::Idle(self.idle)),
-                Ok(None) | Ok(Some(Err(_))) => return Err(ChunkError::Broken),
-                Ok(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.total += data.len() as u64;
-                        if self.declared.is_some_and(|len| self.total > len) {
-                            return Err(ChunkError::Broken);
-                        }
-                        self.pending = data.clone();
-                        self.hasher.update(data).await;
-                    }
-                }
+            if self.done {
+                return Err(ChunkError::Broken);
             }
+            self.read_frame().await?;
         }
     }
 

@@ -629,44 +629,91 @@ async fn uploads_waiting_for_their_clients_hold_no_upload_slot_and_creation_data
     assert_eq!(s.sim.stats().await["created"], 1, "only the streamed upload reached the upstream");
 }
 
+/// A `chunkgate serve` binary with tus on, on a port and spool of its own that a restart keeps.
+struct TusGateway {
+    env: Vec<(String, String)>,
+    bin: Binary,
+}
+
+impl TusGateway {
+    fn start(sim: &SimApi, name: &str, extra: &[(&str, &str)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut env = vec![
+            ("CHUNKGATE_TUS__DIR".to_owned(), spool_dir(name)),
+            ("CHUNKGATE_SERVER__LISTEN".to_owned(), format!("127.0.0.1:{port}")),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let bin = Self::spawn(sim, &env);
+        Self { env, bin }
+    }
+
+    fn spawn(sim: &SimApi, env: &[(String, String)]) -> Binary {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Binary::serve(sim, &env, false)
+    }
+
+    /// Killed (SIGKILL; a no-op if it is gone already), then started again on the same port and
+    /// spool.
+    fn kill_and_restart(&mut self, sim: &SimApi) {
+        self.kill();
+        self.bin = Self::spawn(sim, &self.env);
+    }
+
+    fn kill(&mut self) {
+        let _ = self.bin.child.kill();
+        let _ = self.bin.child.wait();
+    }
+
+    fn dir(&self) -> &str {
+        &self.env[0].1
+    }
+
+    fn endpoint(&self) -> String {
+        format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads", self.bin.url)
+    }
+}
+
+/// A tus request to an absolute URL, on a connection of its own (the gateway may have been
+/// restarted on the same port).
+async fn send_to(method: Method, url: &str, extra: &[(&str, String)], body: Vec<u8>) -> Resp {
+    let auth = format!("Bearer {TOKEN}");
+    let mut h: Vec<(&str, &str)> = vec![("tus-resumable", "1.0.0"), ("authorization", auth.as_str())];
+    h.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
+    Http::new().send(method, url, &h, body).await.unwrap()
+}
+
+/// `Upload-Offset` and the PATCH content type.
+fn at(offset: usize) -> Vec<(&'static str, String)> {
+    vec![("upload-offset", offset.to_string()), ("content-type", "application/offset+octet-stream".into())]
+}
+
+/// Creates an upload of `len` bytes on `gw`; its absolute URL.
+async fn create_on(gw: &TusGateway, len: usize) -> String {
+    let created = send_to(Method::POST, &gw.endpoint(), &[("upload-length", len.to_string())], Vec::new()).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    format!("{}{}", gw.bin.url, created.header("location"))
+}
+
 #[tokio::test]
 async fn sigterm_deletes_the_upstream_uploads_of_running_tus_uploads_and_a_lost_spool_is_not_zero_filled() {
     let sim = SimApi::start(SimConfig::default()).await;
-    let dir = spool_dir("sigterm");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
-    let listen = format!("127.0.0.1:{port}");
-    let env = [("CHUNKGATE_TUS__DIR", dir.as_str()), ("CHUNKGATE_SERVER__LISTEN", listen.as_str())];
-    let mut gateway = Binary::serve(&sim, &env, false);
-    let endpoint = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads", gateway.url);
-    let send = |method: Method, url: String, extra: Vec<(&'static str, String)>, body: Vec<u8>| async move {
-        let auth = format!("Bearer {TOKEN}");
-        let mut h: Vec<(&str, &str)> = vec![("tus-resumable", "1.0.0"), ("authorization", auth.as_str())];
-        h.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
-        // A client of its own each time: the gateway is restarted on the same port.
-        Http::new().send(method, &url, &h, body).await.unwrap()
-    };
-    let created =
-        send(Method::POST, endpoint.clone(), vec![("upload-length", (PART * 4).to_string())], Vec::new()).await;
-    let url = format!("{}{}", gateway.url, created.header("location"));
-    let offset =
-        |o: usize| vec![("upload-offset", o.to_string()), ("content-type", "application/offset+octet-stream".into())];
-    let patched = send(Method::PATCH, url.clone(), offset(0), bytes_of(PART * 2, 3)).await;
-    assert_eq!(patched.status, StatusCode::NO_CONTENT);
+    let mut gw = TusGateway::start(&sim, "sigterm", &[]);
+    let url = create_on(&gw, PART * 4).await;
+    assert_eq!(send_to(Method::PATCH, &url, &at(0), bytes_of(PART * 2, 3)).await.status, StatusCode::NO_CONTENT);
     sim.wait_stats(|st| st["created"] == 1).await;
     // SIGTERM: the running upstream upload is deleted on the way out; the upload stays spooled.
-    gateway.signal("TERM");
-    assert!(gateway.wait().await.success());
+    gw.bin.signal("TERM");
+    assert!(gw.bin.wait().await.success());
     let st = sim.stats().await;
     assert_eq!((st["open"].as_u64(), st["deleted"].as_u64()), (Some(0), Some(1)), "{st}");
     // Its spool lost (removed by hand): after the restart the offset is what the spool holds, 0,
     // not the recorded one over zeros.
     let id = url.rsplit('/').next().unwrap();
-    std::fs::remove_file(std::path::Path::new(&dir).join(format!("{id}.bin"))).unwrap();
-    let _gateway = Binary::serve(&sim, &env, false);
-    let head = send(Method::HEAD, url.clone(), Vec::new(), Vec::new()).await;
-    assert_eq!(head.header("upload-offset"), "0");
+    std::fs::remove_file(std::path::Path::new(gw.dir()).join(format!("{id}.bin"))).unwrap();
+    gw.kill_and_restart(&sim);
+    assert_eq!(send_to(Method::HEAD, &url, &[], Vec::new()).await.header("upload-offset"), "0");
     let data = bytes_of(PART * 4, 4);
-    let done = send(Method::PATCH, url.clone(), offset(0), data.clone()).await;
+    let done = send_to(Method::PATCH, &url, &at(0), data.clone()).await;
     assert_eq!(done.status, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&done.body));
     let v = sim.inspect(done.header("x-chunkgate-upload-id")).await;
     assert_eq!((v["state"].as_str(), v["sha256"].as_str()), (Some("committed"), Some(sha256_hex(&data).as_str())));
@@ -725,35 +772,17 @@ async fn a_second_patch_while_one_runs_waits_then_gets_423() {
 #[tokio::test]
 async fn an_upstream_upload_that_expired_while_the_gateway_was_down_is_created_anew_from_the_spool() {
     let sim = SimApi::start(SimConfig::default()).await;
-    let dir = spool_dir("adopt-expired");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
-    let listen = format!("127.0.0.1:{port}");
-    let env = [("CHUNKGATE_TUS__DIR", dir.as_str()), ("CHUNKGATE_SERVER__LISTEN", listen.as_str())];
-    let mut gateway = Binary::serve(&sim, &env, false);
-    let send = |method: Method, url: String, extra: Vec<(&'static str, String)>, body: Vec<u8>| async move {
-        let auth = format!("Bearer {TOKEN}");
-        let mut h: Vec<(&str, &str)> = vec![("tus-resumable", "1.0.0"), ("authorization", auth.as_str())];
-        h.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
-        Http::new().send(method, &url, &h, body).await.unwrap()
-    };
-    let endpoint = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads", gateway.url);
+    let mut gw = TusGateway::start(&sim, "adopt-expired", &[]);
     let data = bytes_of(PART * 4, 71);
-    let created = send(Method::POST, endpoint, vec![("upload-length", data.len().to_string())], Vec::new()).await;
-    let url = format!("{}{}", gateway.url, created.header("location"));
-    let offset =
-        |o: usize| vec![("upload-offset", o.to_string()), ("content-type", "application/offset+octet-stream".into())];
-    assert_eq!(
-        send(Method::PATCH, url.clone(), offset(0), data[..PART * 2].to_vec()).await.status,
-        StatusCode::NO_CONTENT
-    );
+    let url = create_on(&gw, data.len()).await;
+    assert_eq!(send_to(Method::PATCH, &url, &at(0), data[..PART * 2].to_vec()).await.status, StatusCode::NO_CONTENT);
     sim.wait_stats(|st| st["created"] == 1).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    gateway.child.kill().unwrap();
-    gateway.child.wait().unwrap();
     // Down past the upstream upload's 20 minutes (the simulator's clock).
+    gw.kill();
     sim.advance_clock(1201).await;
-    let _gateway = Binary::serve(&sim, &env, false);
-    let done = send(Method::PATCH, url, offset(PART * 2), data[PART * 2..].to_vec()).await;
+    gw.kill_and_restart(&sim);
+    let done = send_to(Method::PATCH, &url, &at(PART * 2), data[PART * 2..].to_vec()).await;
     assert_eq!(done.status, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&done.body));
     let v = sim.inspect(done.header("x-chunkgate-upload-id")).await;
     assert_eq!((v["state"].as_str(), v["sha256"].as_str()), (Some("committed"), Some(sha256_hex(&data).as_str())));
@@ -764,44 +793,22 @@ async fn an_upstream_upload_that_expired_while_the_gateway_was_down_is_created_a
 #[tokio::test]
 async fn an_upload_left_by_a_killed_gateway_that_cannot_be_read_back_is_deleted_not_forgotten() {
     let sim = SimApi::start(SimConfig::default()).await;
-    let dir = spool_dir("adopt-unreadable");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
-    let listen = format!("127.0.0.1:{port}");
-    let env = [
-        ("CHUNKGATE_TUS__DIR", dir.as_str()),
-        ("CHUNKGATE_SERVER__LISTEN", listen.as_str()),
-        ("CHUNKGATE_RETRY__BASE_BACKOFF_MS", "5"),
-        ("CHUNKGATE_RETRY__MAX_BACKOFF_MS", "20"),
-    ];
-    let mut gateway = Binary::serve(&sim, &env, false);
-    let send = |method: Method, url: String, extra: Vec<(&'static str, String)>, body: Vec<u8>| async move {
-        let auth = format!("Bearer {TOKEN}");
-        let mut h: Vec<(&str, &str)> = vec![("tus-resumable", "1.0.0"), ("authorization", auth.as_str())];
-        h.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
-        Http::new().send(method, &url, &h, body).await.unwrap()
-    };
-    let endpoint = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads", gateway.url);
+    let quick = [("CHUNKGATE_RETRY__BASE_BACKOFF_MS", "5"), ("CHUNKGATE_RETRY__MAX_BACKOFF_MS", "20")];
+    let mut gw = TusGateway::start(&sim, "adopt-unreadable", &quick);
     let data = bytes_of(PART * 4, 81);
-    let created = send(Method::POST, endpoint, vec![("upload-length", data.len().to_string())], Vec::new()).await;
-    let url = format!("{}{}", gateway.url, created.header("location"));
-    let offset =
-        |o: usize| vec![("upload-offset", o.to_string()), ("content-type", "application/offset+octet-stream".into())];
-    assert_eq!(
-        send(Method::PATCH, url.clone(), offset(0), data[..PART * 2].to_vec()).await.status,
-        StatusCode::NO_CONTENT
-    );
+    let url = create_on(&gw, data.len()).await;
+    assert_eq!(send_to(Method::PATCH, &url, &at(0), data[..PART * 2].to_vec()).await.status, StatusCode::NO_CONTENT);
     sim.wait_stats(|st| st["created"] == 1).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    gateway.child.kill().unwrap();
-    gateway.child.wait().unwrap();
     // After the restart every GET fails: the upload cannot be reconciled, so it is deleted.
+    gw.kill();
     sim.faults(serde_json::json!({"error_rate": 1.0, "ops": ["get"]})).await;
-    let _gateway = Binary::serve(&sim, &env, false);
-    let more = send(Method::PATCH, url.clone(), offset(PART * 2), data[PART * 2..PART * 3].to_vec()).await;
+    gw.kill_and_restart(&sim);
+    let more = send_to(Method::PATCH, &url, &at(PART * 2), data[PART * 2..PART * 3].to_vec()).await;
     assert_eq!(more.status, StatusCode::NO_CONTENT);
     sim.wait_stats(|st| st["deleted"] == 1).await;
     sim.faults(serde_json::json!({})).await;
-    let done = send(Method::PATCH, url, offset(PART * 3), data[PART * 3..].to_vec()).await;
+    let done = send_to(Method::PATCH, &url, &at(PART * 3), data[PART * 3..].to_vec()).await;
     assert_eq!(done.status, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&done.body));
     let v = sim.inspect(done.header("x-chunkgate-upload-id")).await;
     assert_eq!((v["state"].as_str(), v["sha256"].as_str()), (Some("committed"), Some(sha256_hex(&data).as_str())));
