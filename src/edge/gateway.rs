@@ -288,6 +288,9 @@ impl crate::edge::admin::Status for Gateway {
         metrics::gauge!(crate::telemetry::PARTS_IN_FLIGHT).set(gw.uploads.parts_in_flight() as f64);
         metrics::gauge!(crate::telemetry::BYTES_IN_FLIGHT).set(gw.uploads.bytes_in_flight() as f64);
         metrics::gauge!(crate::telemetry::CONNECTIONS_OPEN).set(gw.connections.open() as f64);
+        if let Some(tus) = &gw.tus {
+            tus.record_gauges();
+        }
         for (account, budget) in gw.pacing.budgets() {
             let a = account.clone();
             metrics::gauge!(crate::telemetry::BUDGET_FREE, "account" => a.clone()).set(budget.free() as f64);

@@ -215,10 +215,18 @@ impl Tus {
         r
     }
 
-    fn record_gauges(&self) {
+    /// The tus gauges, as of now (at each scrape, and after each reaping).
+    pub fn record_gauges(&self) {
         let map = self.sessions.lock().unwrap();
         metrics::gauge!(telemetry::TUS_SESSIONS).set(map.len() as f64);
-        let spooled: u64 = map.values().map(|l| *l.offset.borrow()).sum();
+        // Bytes still in spools: not those of finished uploads (their spool is removed), nor of
+        // ended ones (their offset reads u64::MAX until they leave the map).
+        let spooled: u64 = map
+            .values()
+            .filter(|l| l.outcome.borrow().is_none())
+            .map(|l| *l.offset.borrow())
+            .filter(|o| *o != u64::MAX)
+            .fold(0, u64::saturating_add);
         metrics::gauge!(telemetry::TUS_SPOOLED).set(spooled as f64);
     }
 

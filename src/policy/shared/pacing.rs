@@ -113,10 +113,14 @@ impl SharedPacing {
         }
     }
 
-    /// A reservation that may have been made in Redis after its script timed out: given back
-    /// once Redis answers; and the count falls back to this sidecar's share.
-    fn fell_back(&self, account: &str, keys: (String, String), id: String) {
-        self.redis.keep(Pending::Release { keys, id });
+    /// Falling back: the count goes to this sidecar's share; and a reservation whose script was
+    /// sent (Redis was not known to be down) may have been made after it timed out, so it is given
+    /// back once Redis answers. (While Redis is known down no script is sent: nothing to give back,
+    /// and the kept writes stay for what the upstream did.)
+    fn fell_back(&self, account: &str, keys: (String, String), id: String, sent: bool) {
+        if sent {
+            self.redis.keep(Pending::Release { keys, id });
+        }
         self.seed(account);
     }
 
@@ -183,6 +187,7 @@ impl Pacing for SharedPacing {
                 return Err(clock_hour().1.max(Duration::from_secs(1)));
             }
             let id = fresh_id("plan");
+            let sent = !self.redis.is_down();
             match self.take(account, &id, calls, deadline).await? {
                 Found::Taken(()) => {
                     self.plans.lock().unwrap().entry(account.to_owned()).or_default().insert(id.clone());
@@ -193,6 +198,7 @@ impl Pacing for SharedPacing {
                         account,
                         (self.redis.account_key(account, "plans"), self.redis.account_key(account, "plans:x")),
                         id,
+                        sent,
                     );
                     self.local.reserve(account, calls, deadline).await
                 }

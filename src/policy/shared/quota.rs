@@ -91,6 +91,8 @@ impl Quota for SharedQuota {
             let id = fresh_id("lease");
             let r = &self.redis;
             let (e, x) = r.member_keys(holder.member);
+            // While Redis is known down no script is sent (see `fell_back` in the pacing).
+            let sent = !r.is_down();
             let found = wait::until(
                 Instant::now() + wait,
                 &self.freed,
@@ -115,8 +117,11 @@ impl Quota for SharedQuota {
                     Some(LeaseId { member: holder.member.to_owned(), id, bytes, shared: true })
                 }
                 Ok(Found::Fallback) => {
-                    // The script may still run once Redis goes on: its lease is given back then.
-                    r.keep(Pending::Release { keys: (e.clone(), x.clone()), id });
+                    // A script that was sent may still run once Redis goes on: its lease is given
+                    // back then.
+                    if sent {
+                        r.keep(Pending::Release { keys: (e.clone(), x.clone()), id });
+                    }
                     self.local.lease(holder, bytes, wait).await
                 }
             }
