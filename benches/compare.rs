@@ -60,6 +60,9 @@ fn gateway(upstream: &str, extra: &[(&str, String)]) -> Proc {
         ("CHUNKGATE_UPLOAD__ASSUMED_MAX_PARTS", "256".to_owned()),
         ("CHUNKGATE_UPLOAD__MAX_DOCUMENT_BYTES", (5 * 1024 * MIB).to_string()),
         ("CHUNKGATE_RATE_LIMIT__ENABLED", "false".to_owned()),
+        // Every upload here stays committed and unused: the member's quota must hold them all.
+        ("CHUNKGATE_QUOTA__UPLOADS_PER_MEMBER", "100000".to_owned()),
+        ("CHUNKGATE_QUOTA__BYTES_PER_MEMBER", (1024 * 1024 * MIB).to_string()),
     ];
     for (k, v) in extra {
         env.retain(|(key, _)| key != k);
@@ -270,8 +273,6 @@ async fn concurrency(client: &HttpClient, block: &Bytes) -> Value {
             ("CHUNKGATE_UPLOAD__PART_SIZE", (8 * MIB).to_string()),
             ("CHUNKGATE_UPLOAD__MAX_UPLOADS", "128".to_owned()),
             ("CHUNKGATE_SERVER__MAX_UPLOADS_PER_CALLER", "128".to_owned()),
-            ("CHUNKGATE_QUOTA__UPLOADS_PER_ACCOUNT", "100".to_owned()),
-            ("CHUNKGATE_QUOTA__BYTES_PER_ACCOUNT", (4096 * MIB).to_string()),
         ],
     );
     let size = 10 * MIB;
@@ -302,30 +303,71 @@ const ONE_THREAD: &str = "chunkgate, one thread";
 /// Seconds each wrk run lasts.
 const WRK_SECS: f64 = 8.0;
 
-/// wrk's requests/s and p99 (ms) for GETs of `url`.
+/// wrk's requests/s and p99 (ms) for GETs of `url` (2 threads, 32 connections).
 fn wrk(url: &str) -> (f64, f64) {
+    let [rps, _, p99] = wrk_with(url, 2, 32);
+    (rps, p99)
+}
+
+/// wrk's requests/s, p50 and p99 (ms) for GETs of `url` with `threads` and `conns`.
+fn wrk_with(url: &str, threads: u32, conns: u32) -> [f64; 3] {
     let out = Command::new("wrk")
-        .args(["-t2", "-c32", &format!("-d{WRK_SECS}s"), "--latency", "-H", "Authorization: Bearer bench", url])
+        .args([
+            &format!("-t{threads}"),
+            &format!("-c{conns}"),
+            &format!("-d{WRK_SECS}s"),
+            "--latency",
+            "-H",
+            "Authorization: Bearer bench",
+            url,
+        ])
         .output()
         .expect("wrk from Debian (apt-get install wrk)");
     let text = String::from_utf8_lossy(&out.stdout);
     let rps =
         text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0);
-    let p99 = text
+    let ms = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .map(|v| {
+                let v = v.trim();
+                let (num, unit) = v.split_at(v.find(|c: char| c.is_alphabetic()).unwrap_or(v.len()));
+                let n: f64 = num.parse().unwrap_or(0.0);
+                match unit {
+                    "us" => n / 1000.0,
+                    "s" => n * 1000.0,
+                    _ => n,
+                }
+            })
+            .unwrap_or(0.0)
+    };
+    [rps, ms("50%"), ms("99%")]
+}
+
+/// h2load's requests/s for GETs of `url`: 2 threads, 32 connections, one request at a time on
+/// each; HTTP/2 (prior knowledge) or, with `h1`, HTTP/1.1.
+fn h2load(url: &str, h1: bool) -> f64 {
+    let mut args = vec![
+        "-t2".to_owned(),
+        "-c32".to_owned(),
+        "-m1".to_owned(),
+        format!("-D{WRK_SECS}"),
+        "-H".to_owned(),
+        "Authorization: Bearer bench".to_owned(),
+    ];
+    if h1 {
+        args.push("--h1".to_owned());
+    }
+    args.push(url.to_owned());
+    let out = Command::new("h2load").args(&args).output().expect("h2load from Debian (apt-get install nghttp2-client)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "finished in 8.00s, 41234.50 req/s, 5.12MB/s"
+    let rps = text
         .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .map(|v| {
-            let v = v.trim();
-            let (num, unit) = v.split_at(v.find(|c: char| c.is_alphabetic()).unwrap_or(v.len()));
-            let n: f64 = num.parse().unwrap_or(0.0);
-            match unit {
-                "us" => n / 1000.0,
-                "s" => n * 1000.0,
-                _ => n,
-            }
-        })
-        .unwrap_or(0.0);
-    (rps, p99)
+        .find_map(|l| l.strip_prefix("finished in "))
+        .and_then(|l| l.split(", ").nth(1)?.strip_suffix(" req/s")?.parse().ok());
+    let failed = text.lines().find_map(|l| l.trim().strip_prefix("requests: ")).unwrap_or("");
+    rps.unwrap_or_else(|| panic!("h2load printed no rate ({failed}): {text}"))
 }
 
 async fn passthrough(client: &HttpClient) -> Value {
@@ -524,6 +566,147 @@ async fn upstream_protocol(client: &HttpClient, block: &Bytes) -> Value {
     json!({"rows": rows})
 }
 
+
+/// An HTTP/2 client without TLS (h2c, prior knowledge), as a service in a mesh may speak it.
+fn h2c_client() -> HttpClient {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).http2_only(true).build_http()
+}
+
+/// Clients over HTTP/2 (h2c) against HTTP/1.1: 1 GiB streamed (3 interleaved rounds, medians) and
+/// passthrough GETs with h2load (the same tool for both protocols, 32 connections).
+async fn client_protocol(client: &HttpClient, block: &Bytes) -> Value {
+    let s = sim(&[]);
+    let gw = gateway(&s.url, &[]);
+    let h2 = h2c_client();
+    let size = 1024 * MIB;
+    let (mut r1, mut r2) = (Vec::new(), Vec::new());
+    let (mut c1, mut c2) = (0.0, 0.0);
+    for _ in 0..3 {
+        let before = gw.cpu_secs();
+        r1.push(mibps(size, through_gateway(client, &gw.url, size, block).await.secs));
+        let mid = gw.cpu_secs();
+        r2.push(mibps(size, through_gateway(&h2, &gw.url, size, block).await.secs));
+        c1 += mid - before;
+        c2 += gw.cpu_secs() - mid;
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (up1, up2) = (median(r1.clone()), median(r2.clone()));
+    let id = direct(client, &s.url, 1000, 1000, 1).await.upload_id;
+    let url = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads/{id}", gw.url);
+    let (mut p1, mut p2) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        p1.push(h2load(&url, true));
+        p2.push(h2load(&url, false));
+    }
+    let (pt1, pt2) = (median(p1.clone()), median(p2.clone()));
+    println!(
+        "8. clients over h2c: upload {up2:.0} MiB/s vs HTTP/1.1 {up1:.0} ({:.2}x, target 0.9; CPU s/GiB {:.2} vs {:.2}; rounds {r2:.0?} vs {r1:.0?}); passthrough {pt2:.0} req/s vs {pt1:.0} ({:.2}x, target 0.9; rounds {p2:.0?} vs {p1:.0?})",
+        up2 / up1,
+        c2 / 3.0,
+        c1 / 3.0,
+        pt2 / pt1
+    );
+    json!({
+        "upload": {"h2c_mibps": up2, "http1_mibps": up1, "ratio": up2 / up1, "h2c_cpu_per_gib": c2 / 3.0, "http1_cpu_per_gib": c1 / 3.0},
+        "passthrough": {"h2c_rps": pt2, "http1_rps": pt1, "ratio": pt2 / pt1},
+    })
+}
+
+/// The sidecar's footprint at the default settings: RSS idle, its peak for one 50 MB upload, and
+/// how it falls back once idle (sampled every second for 30 s).
+async fn footprint(client: &HttpClient) -> Value {
+    let s = sim(&[]);
+    let gw = Proc::start(
+        &["serve"],
+        &[
+            ("CHUNKGATE_SERVER__LISTEN", "127.0.0.1:0".to_owned()),
+            ("CHUNKGATE_ADMIN__LISTEN", "127.0.0.1:0".to_owned()),
+            ("CHUNKGATE_UPSTREAM__BASE_URL", s.url.clone()),
+            ("CHUNKGATE_UPSTREAM__ALLOW_PLAIN_HTTP", "true".to_owned()),
+        ],
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mib = |b: u64| b as f64 / MIB as f64;
+    let idle = mib(gw.rss());
+    let block = Bytes::from(random(MIB as usize));
+    let secs = through_gateway(client, &gw.url, 50_000_000, &block).await.secs;
+    let peak = mib(gw.peak_rss());
+    let mut after = vec![mib(gw.rss())];
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        after.push(mib(gw.rss()));
+    }
+    let under = after.iter().position(|&r| r < 24.0);
+    println!(
+        "9. footprint at the defaults: idle {idle:.1} MiB (target 16), peak for a 50 MB upload {peak:.1} MiB (target 72, upload {secs:.2} s), then {:.1} MiB, after 30 s idle {:.1} MiB ({}; target under 24 within 30 s)",
+        after[0],
+        after[30],
+        under.map_or("never under 24 MiB".to_owned(), |s| format!("under 24 MiB after {s} s"))
+    );
+    json!({"idle_mib": idle, "peak_mib": peak, "rss_after_secs": after, "under_24_after_secs": under})
+}
+
+/// What sharing the limits through Redis costs passthrough: requests/s with 32 connections
+/// (3 interleaved rounds, medians), latency with one connection at a time (the Redis call added
+/// per upstream call), and the sidecar's own measure of each Redis operation.
+async fn redis_cost() -> Value {
+    let redis = test_support::RedisServer::start().await;
+    let s = sim(&[]);
+    let paced = |redis_url: Option<String>, admin: u16| {
+        let mut env = vec![
+            ("CHUNKGATE_RATE_LIMIT__ENABLED", "true".to_owned()),
+            ("CHUNKGATE_RATE_LIMIT__HOURLY_LIMIT", "1000000000".to_owned()),
+            ("CHUNKGATE_RATE_LIMIT__BURST_LIMIT", "1000000000".to_owned()),
+            ("CHUNKGATE_ADMIN__LISTEN", format!("127.0.0.1:{admin}")),
+        ];
+        if let Some(url) = redis_url {
+            env.push(("CHUNKGATE_CLUSTER__REDIS_URL", url));
+        }
+        gateway(&s.url, &env)
+    };
+    let admin = free_port();
+    let (with, without) = (paced(Some(redis.url()), admin), paced(None, free_port()));
+    let client = client();
+    let id = direct(&client, &s.url, 1000, 1000, 1).await.upload_id;
+    let path = format!("/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads/{id}");
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (mut rw, mut ro) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        rw.push(wrk(&format!("{}{path}", with.url)).0);
+        ro.push(wrk(&format!("{}{path}", without.url)).0);
+    }
+    let (rps_with, rps_without) = (median(rw.clone()), median(ro.clone()));
+    // One request at a time: the latency each passthrough call carries, with and without Redis.
+    let (mut lw, mut lo) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        lw.push(wrk_with(&format!("{}{path}", with.url), 1, 1));
+        lo.push(wrk_with(&format!("{}{path}", without.url), 1, 1));
+    }
+    let pick = |v: &[[f64; 3]], k: usize| median(v.iter().map(|r| r[k]).collect());
+    let (p50_with, p99_with, p50_without, p99_without) = (pick(&lw, 1), pick(&lw, 2), pick(&lo, 1), pick(&lo, 2));
+    let page = get_text(&client, &format!("http://127.0.0.1:{admin}/metrics")).await;
+    let op = |p: f64| quantile(std::slice::from_ref(&page), "chunkgate_cluster_op_duration_seconds", p).map(|s| s * 1000.0);
+    let (op50, op99) = (op(0.5), op(0.99));
+    println!(
+        "10. Redis: passthrough {rps_with:.0} req/s with vs {rps_without:.0} without ({:.2}x, target 0.8; rounds {rw:.0?} vs {ro:.0?}); one connection: p50 {p50_with:.3} vs {p50_without:.3} ms, p99 {p99_with:.3} vs {p99_without:.3} ms (+{:.3} ms p99, target 0.3); each Redis operation p50 {:.3} ms, p99 {:.3} ms",
+        rps_with / rps_without,
+        p99_with - p99_without,
+        op50.unwrap_or(f64::NAN),
+        op99.unwrap_or(f64::NAN)
+    );
+    json!({
+        "rps_with": rps_with, "rps_without": rps_without, "ratio": rps_with / rps_without,
+        "one_connection": {"p50_with_ms": p50_with, "p50_without_ms": p50_without, "p99_with_ms": p99_with, "p99_without_ms": p99_without, "added_p99_ms": p99_with - p99_without},
+        "op_p50_ms": op50, "op_p99_ms": op99,
+    })
+}
+
 #[tokio::main]
 async fn main() {
     let only = std::env::args().skip_while(|a| a != "--only").nth(1);
@@ -558,6 +741,18 @@ async fn main() {
     }
     if want("protocol") {
         results["protocol"] = upstream_protocol(&client, &block).await;
+    }
+    if want("clients") {
+        results["clients"] = client_protocol(&client, &block).await;
+    }
+    if want("footprint") {
+        results["footprint"] = footprint(&client).await;
+    }
+    if want("redis") {
+        results["redis"] = redis_cost().await;
+    }
+    if want("tus") {
+        results["tus"] = support::tus::tus_vs_streamed(&client, &block).await;
     }
     std::fs::create_dir_all(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/results")).unwrap();
     std::fs::write(file, serde_json::to_string_pretty(&results).unwrap()).unwrap();

@@ -83,12 +83,6 @@ fn sidecar(setup: &Setup, upstream: &str, redis: &str) -> (Proc, String) {
     (Proc::start(&["serve"], &env), format!("http://127.0.0.1:{admin_port}"))
 }
 
-async fn get_text(client: &HttpClient, url: &str) -> String {
-    let req = Request::get(url).body(chunkgate::body::empty()).unwrap();
-    let resp = client.request(req).await.unwrap();
-    String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned()
-}
-
 /// One upload; what it ended as, and whether the account's hour is spent.
 async fn upload(client: &HttpClient, gw: &str, block: &Bytes) -> (StatusCode, Option<u64>) {
     let size = 3 * PART;
@@ -105,41 +99,6 @@ async fn upload(client: &HttpClient, gw: &str, block: &Bytes) -> (StatusCode, Op
     let after = resp.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()?.parse().ok());
     let _ = resp.into_body().collect().await;
     (status, after)
-}
-
-/// The p-quantile (0..1) of a Prometheus histogram summed over several pages, interpolated
-/// linearly within its bucket, in seconds.
-fn quantile(pages: &[String], name: &str, p: f64) -> Option<f64> {
-    let mut buckets: Vec<(f64, f64)> = Vec::new();
-    for page in pages {
-        for line in page.lines().filter(|l| l.starts_with(&format!("{name}_bucket{{"))) {
-            let le = line.split("le=\"").nth(1)?.split('"').next()?;
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
-            let count: f64 = line.rsplit(' ').next()?.parse().ok()?;
-            match buckets.iter_mut().find(|(b, _)| *b == le) {
-                Some((_, c)) => *c += count,
-                None => buckets.push((le, count)),
-            }
-        }
-    }
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let total = buckets.last()?.1;
-    if total == 0.0 {
-        return None;
-    }
-    let target = p * total;
-    let (mut lower, mut below) = (0.0, 0.0);
-    for (le, count) in buckets {
-        if count >= target {
-            if le.is_infinite() {
-                return Some(lower);
-            }
-            let within = if count > below { (target - below) / (count - below) } else { 1.0 };
-            return Some(lower + (le - lower) * within);
-        }
-        (lower, below) = (le, count);
-    }
-    None
 }
 
 async fn run(setup: Setup, redis: String) -> Value {

@@ -8,132 +8,14 @@
 
 mod support;
 
-use std::time::Instant;
-
 use bytes::Bytes;
-use http::{Method, Request, StatusCode, header};
-use http_body_util::BodyExt;
-use serde_json::json;
 use support::*;
-
-const SIZE: u64 = 50_000_000;
-const PATCH: u64 = 5 * MIB;
-const ROUNDS: usize = 3;
-
-fn gateway(sim: &str, dir: &str) -> Proc {
-    let env = [
-        ("CHUNKGATE_SERVER__LISTEN", "127.0.0.1:0".to_owned()),
-        ("CHUNKGATE_ADMIN__LISTEN", "127.0.0.1:0".to_owned()),
-        ("CHUNKGATE_UPSTREAM__BASE_URL", sim.to_owned()),
-        ("CHUNKGATE_UPSTREAM__ALLOW_PLAIN_HTTP", "true".to_owned()),
-        ("CHUNKGATE_RATE_LIMIT__ENABLED", "false".to_owned()),
-        ("CHUNKGATE_TUS__DIR", dir.to_owned()),
-    ];
-    Proc::start(&["serve"], &env)
-}
-
-/// Bytes the process has written to storage so far (`/proc/PID/io`, `write_bytes`).
-fn disk_writes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/io"))
-        .ok()
-        .and_then(|io| io.lines().find_map(|l| l.strip_prefix("write_bytes:").map(|v| v.trim().parse().unwrap_or(0))))
-        .unwrap_or(0)
-}
-
-async fn send(client: &HttpClient, req: Request<chunkgate::body::Body>) -> (StatusCode, http::HeaderMap) {
-    let resp = client.request(req).await.expect("the gateway answers");
-    let (parts, body) = resp.into_parts();
-    let _ = body.collect().await;
-    (parts.status, parts.headers)
-}
-
-/// One document through tus: the creation, then 5 MiB PATCHes; the upstream id from the last.
-async fn through_tus(client: &HttpClient, gw: &str, block: &Bytes) -> (f64, String) {
-    let started = Instant::now();
-    let create = Request::builder()
-        .method(Method::POST)
-        .uri(format!("{gw}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads"))
-        .header("tus-resumable", "1.0.0")
-        .header("upload-length", SIZE)
-        .header(header::AUTHORIZATION, "Bearer bench")
-        .body(chunkgate::body::empty())
-        .unwrap();
-    let (status, headers) = send(client, create).await;
-    assert_eq!(status, StatusCode::CREATED);
-    let url = format!("{gw}{}", headers[header::LOCATION].to_str().unwrap());
-    let mut offset = 0;
-    let mut last = http::HeaderMap::new();
-    while offset < SIZE {
-        let n = PATCH.min(SIZE - offset);
-        let req = Request::builder()
-            .method(Method::PATCH)
-            .uri(&url)
-            .header("tus-resumable", "1.0.0")
-            .header("upload-offset", offset)
-            .header(header::CONTENT_TYPE, "application/offset+octet-stream")
-            .header(header::CONTENT_LENGTH, n)
-            .header(header::AUTHORIZATION, "Bearer bench")
-            .body(Repeat { block: block.clone(), left: n }.boxed_unsync())
-            .unwrap();
-        let (status, headers) = send(client, req).await;
-        assert_eq!(status, StatusCode::NO_CONTENT, "PATCH at {offset}");
-        offset += n;
-        last = headers;
-    }
-    let id = last.get("x-chunkgate-upload-id").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
-    assert!(!id.is_empty(), "the final PATCH names the upstream upload");
-    (started.elapsed().as_secs_f64(), id)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 #[tokio::main]
 async fn main() {
     let client = client();
     let block = Bytes::from(random(MIB as usize));
-    let sim = Proc::start(
-        &["sim", "--listen", "127.0.0.1:0", "--storage", "digest"],
-        &[
-            ("CHUNKGATE_SIM__LIMITS__HOURLY_LIMIT", "100000000".to_owned()),
-            ("CHUNKGATE_SIM__LIMITS__BURST_LIMIT", "100000000".to_owned()),
-            ("CHUNKGATE_SIM__LIMITS__QUOTA_UPLOADS", "100000".to_owned()),
-            ("CHUNKGATE_SIM__LIMITS__QUOTA_BYTES", (1024 * MIB).to_string()),
-        ],
-    );
-    let mut rows = Vec::new();
-    for path in ["streamed", "tus"] {
-        let dir = std::env::temp_dir().join(format!("chunkgate-bench-tus-{}-{path}", std::process::id()));
-        let gw = gateway(&sim.url, dir.to_str().unwrap());
-        let pid = gw.pid();
-        let (cpu0, disk0) = (gw.cpu_secs(), disk_writes(pid));
-        let mut times = Vec::new();
-        for _ in 0..ROUNDS {
-            let secs = match path {
-                "streamed" => through_gateway(&client, &gw.url, SIZE, &block).await.secs,
-                _ => through_tus(&client, &gw.url, &block).await.0,
-            };
-            times.push(secs);
-        }
-        let cpu = (gw.cpu_secs() - cpu0) / ROUNDS as f64;
-        let disk = (disk_writes(pid) - disk0) / ROUNDS as u64;
-        let secs = median(times);
-        let mibps = SIZE as f64 / MIB as f64 / secs;
-        let rss = gw.peak_rss() as f64 / MIB as f64;
-        println!(
-            "{path:>8}: 50 MB in {secs:.2} s ({mibps:.0} MiB/s), gateway CPU {cpu:.2} s per document, {:.1} MB written to disk per document ({:.2}× the document), peak RSS {rss:.1} MiB",
-            disk as f64 / 1e6,
-            disk as f64 / SIZE as f64
-        );
-        rows.push(json!({"path": path, "secs": secs, "mibps": mibps, "cpu_secs": cpu, "disk_bytes": disk, "peak_rss_mib": rss}));
-        drop(gw);
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    let ratio = rows[1]["mibps"].as_f64().unwrap() / rows[0]["mibps"].as_f64().unwrap();
-    println!("tus / streamed throughput: {ratio:.2}× (issue 16's target: ≥ 0.8×)");
+    let result = support::tus::tus_vs_streamed(&client, &block).await;
     let out = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/results/tus.json");
-    std::fs::write(out, serde_json::to_string_pretty(&json!({"rows": rows, "tus_vs_streamed": ratio})).unwrap())
-        .unwrap();
+    std::fs::write(out, serde_json::to_string_pretty(&result).unwrap()).unwrap();
 }

@@ -24,6 +24,8 @@ pub fn client() -> HttpClient {
 pub const MIB: u64 = 1024 * 1024;
 pub const ACCOUNT: &str = "1234567";
 
+pub mod tus;
+
 /// The tests' support module: the real binary is started the same way in both.
 #[allow(unused_imports)]
 #[path = "../../tests/support/mod.rs"]
@@ -55,19 +57,28 @@ impl Proc {
 
     /// Peak resident set (VmHWM) in bytes.
     pub fn peak_rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap();
-        kb * 1024
+        status_kib(self.pid(), "VmHWM:") * 1024
+    }
+
+    /// Resident set now (VmRSS) in bytes.
+    pub fn rss(&self) -> u64 {
+        status_kib(self.pid(), "VmRSS:") * 1024
     }
 
     /// CPU time (user + system) the process has used so far, in seconds.
     pub fn cpu_secs(&self) -> f64 {
         cpu_secs(self.pid())
     }
+}
+
+/// A figure in KiB from /proc/PID/status (`VmHWM:`, `VmRSS:`).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
 }
 
 /// CPU time (user + system) of process `pid` so far, in seconds; 0 once it is gone.
@@ -258,4 +269,45 @@ pub async fn sim_sha(client: &HttpClient, sim: &str, id: &str) -> serde_json::Va
     let req = Request::get(format!("{sim}/__sim/uploads/{id}")).body(chunkgate::body::empty()).unwrap();
     let body = client.request(req).await.unwrap().into_body().collect().await.unwrap().to_bytes();
     serde_json::from_slice(&body).unwrap()
+}
+
+pub async fn get_text(client: &HttpClient, url: &str) -> String {
+    let req = Request::get(url).body(chunkgate::body::empty()).unwrap();
+    let resp = client.request(req).await.unwrap();
+    String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned()
+}
+
+/// The p-quantile (0..1) of a Prometheus histogram summed over several pages, interpolated
+/// linearly within its bucket, in seconds.
+pub fn quantile(pages: &[String], name: &str, p: f64) -> Option<f64> {
+    let mut buckets: Vec<(f64, f64)> = Vec::new();
+    for page in pages {
+        for line in page.lines().filter(|l| l.starts_with(&format!("{name}_bucket{{"))) {
+            let le = line.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let count: f64 = line.rsplit(' ').next()?.parse().ok()?;
+            match buckets.iter_mut().find(|(b, _)| *b == le) {
+                Some((_, c)) => *c += count,
+                None => buckets.push((le, count)),
+            }
+        }
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    if total == 0.0 {
+        return None;
+    }
+    let target = p * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for (le, count) in buckets {
+        if count >= target {
+            if le.is_infinite() {
+                return Some(lower);
+            }
+            let within = if count > below { (target - below) / (count - below) } else { 1.0 };
+            return Some(lower + (le - lower) * within);
+        }
+        (lower, below) = (le, count);
+    }
+    None
 }

@@ -138,7 +138,7 @@ impl Default for ServerConfig {
             max_uploads_per_caller: 32,
             max_passthrough_per_caller: 64,
             http2_max_streams: 100,
-            http2_stream_window_bytes: 256 * 1024,
+            http2_stream_window_bytes: 1024 * 1024,
             max_passthrough_per_account: 512,
             tls_cert: None,
             tls_key: None,

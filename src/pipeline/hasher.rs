@@ -10,7 +10,8 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
-/// Below this many bytes waiting, hashing here costs less than handing them to another thread.
+/// Frames are handed to another thread once this many bytes wait (a hand-over costs about what
+/// hashing a few KiB does).
 const OFFLOAD_MIN: usize = 64 * 1024;
 
 /// Most bytes of frames left waiting while a hash job runs; past it, the reader waits for the job.
@@ -41,21 +42,21 @@ impl StreamHash {
     pub async fn update(&mut self, frame: Bytes) {
         self.waiting_bytes += frame.len();
         self.waiting.push(frame);
-        if self.job.as_ref().is_some_and(|job| !job.is_finished()) && self.waiting_bytes < MAX_WAITING {
+        // Small frames (HTTP/2 DATA frames are 16 KiB from most clients) are gathered until there
+        // are enough to hand over; the rest is hashed by `digest`. Hashing each one here as it
+        // came put the hash back on the upload's own thread (h2c uploads ran at 0.76x HTTP/1.1).
+        let running = self.job.as_ref().is_some_and(|job| !job.is_finished());
+        if self.waiting_bytes < OFFLOAD_MIN || (running && self.waiting_bytes < MAX_WAITING) {
             return;
         }
         self.settle().await;
         let mut state = self.state.take().expect("settled above");
         let frames = mem::take(&mut self.waiting);
-        if mem::take(&mut self.waiting_bytes) < OFFLOAD_MIN {
+        self.waiting_bytes = 0;
+        self.job = Some(tokio::task::spawn_blocking(move || {
             frames.iter().for_each(|f| state.update(f));
-            self.state = Some(state);
-        } else {
-            self.job = Some(tokio::task::spawn_blocking(move || {
-                frames.iter().for_each(|f| state.update(f));
-                (state, frames)
-            }));
-        }
+            (state, frames)
+        }));
     }
 
     /// The digest of every frame added so far.
