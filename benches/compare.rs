@@ -566,7 +566,6 @@ async fn upstream_protocol(client: &HttpClient, block: &Bytes) -> Value {
     json!({"rows": rows})
 }
 
-
 /// An HTTP/2 client without TLS (h2c, prior knowledge), as a service in a mesh may speak it.
 fn h2c_client() -> HttpClient {
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).http2_only(true).build_http()
@@ -691,7 +690,8 @@ async fn redis_cost() -> Value {
     let pick = |v: &[[f64; 3]], k: usize| median(v.iter().map(|r| r[k]).collect());
     let (p50_with, p99_with, p50_without, p99_without) = (pick(&lw, 1), pick(&lw, 2), pick(&lo, 1), pick(&lo, 2));
     let page = get_text(&client, &format!("http://127.0.0.1:{admin}/metrics")).await;
-    let op = |p: f64| quantile(std::slice::from_ref(&page), "chunkgate_cluster_op_duration_seconds", p).map(|s| s * 1000.0);
+    let op =
+        |p: f64| quantile(std::slice::from_ref(&page), "chunkgate_cluster_op_duration_seconds", p).map(|s| s * 1000.0);
     let (op50, op99) = (op(0.5), op(0.99));
     println!(
         "10. Redis: passthrough {rps_with:.0} req/s with vs {rps_without:.0} without ({:.2}x, target 0.8; rounds {rw:.0?} vs {ro:.0?}); one connection: p50 {p50_with:.3} vs {p50_without:.3} ms, p99 {p99_with:.3} vs {p99_without:.3} ms (+{:.3} ms p99, target 0.3); each Redis operation p50 {:.3} ms, p99 {:.3} ms",

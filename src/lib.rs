@@ -12,6 +12,7 @@ pub mod edge; // listeners, the request target, callers, routing, passthrough, a
 pub mod error; // errors the gateway originates: status, code, advice
 pub mod ids; // the shapes of the upstream's identifiers
 mod ingress; // the streamed upload: one request drives an upload through the pipeline's stages
+pub mod memory; // what the allocator holds for nobody goes back to the system when idle
 pub mod pipeline; // an upload's state and stages: chunker, hashing, part bodies, memory
 pub mod policy; // retry, pacing and quota, behind small traits
 pub mod sim; // the upstream simulator

@@ -80,7 +80,14 @@ enum Command {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Frees the calling thread's empty mimalloc pages and returns their memory to the system.
+fn collect_heap() {
+    // SAFETY: mi_collect takes no pointers; it walks the calling thread's own heap.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 fn main() -> ExitCode {
+    chunkgate::memory::install(collect_heap);
     match Cli::parse().command {
         Command::Serve { config } => serve_command(config),
         Command::Sim { config, listen, dialect, storage, throttle_status, tls_cert, tls_key } => {
@@ -123,13 +130,15 @@ fn runtime(workers: usize) -> tokio::runtime::Runtime {
             b
         }
     };
-    builder.enable_all().build().expect("a tokio runtime")
+    builder.enable_all().on_thread_park(chunkgate::memory::on_thread_park).build().expect("a tokio runtime")
 }
 
 async fn serve(cfg: Config) -> ExitCode {
     // First of all: a signal that came before its handler would end the process at once.
     let stop = telemetry::shutdown_signal();
     telemetry::init(&cfg.log);
+    // The allocator's idle memory goes back to the system (see `memory`).
+    let _ticker = tokio::spawn(chunkgate::memory::ticker());
     for warning in cfg.warnings() {
         tracing::warn!("{warning}");
     }

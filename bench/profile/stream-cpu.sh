@@ -27,7 +27,8 @@ CHUNKGATE_SERVER__LISTEN=127.0.0.1:0 CHUNKGATE_ADMIN__LISTEN=127.0.0.1:0 \
 CHUNKGATE_UPSTREAM__BASE_URL=$(awk '{print $NF}' "$work/sim.out") CHUNKGATE_UPSTREAM__ALLOW_PLAIN_HTTP=true \
 CHUNKGATE_UPLOAD__PART_SIZE=$((16 << 20)) CHUNKGATE_UPLOAD__MAX_PART_BYTES=$((64 << 20)) \
 CHUNKGATE_UPLOAD__ASSUMED_MAX_PARTS=256 CHUNKGATE_UPLOAD__MAX_DOCUMENT_BYTES=$((5 << 30)) \
-CHUNKGATE_RATE_LIMIT__ENABLED=false "$bin" serve > "$work/gw.out" &
+CHUNKGATE_RATE_LIMIT__ENABLED=false CHUNKGATE_QUOTA__BYTES_PER_MEMBER=$((1 << 40)) CHUNKGATE_QUOTA__UPLOADS_PER_MEMBER=100000 \
+  "$bin" serve > "$work/gw.out" &
 gw=$!
 until grep -q http "$work/gw.out" 2>/dev/null; do sleep 0.1; done
 url=$(head -1 "$work/gw.out" | awk '{print $NF}')/restapi/v2.1/accounts/1234567/chunked_uploads

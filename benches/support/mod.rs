@@ -7,7 +7,7 @@ use std::{process::Command, time::Instant};
 use bytes::Bytes;
 use chunkgate::{
     body::{Body, BoxError},
-    pipeline::part::{self, PartBody},
+    pipeline::part::PartJson,
 };
 use http::{Method, Request, header};
 use http_body::Frame;
@@ -238,9 +238,7 @@ pub async fn direct_with(client: &HttpClient, sim: &str, size: u64, part: usize,
 
 /// A part's JSON body, written by the gateway's own encoder (base64-simd, no zero-fill).
 pub fn chunkgate_part_json(raw: &[u8]) -> Bytes {
-    let mut body = PartBody::new(Vec::with_capacity(part::encoded_len(raw.len())));
-    body.push(raw);
-    Bytes::from(body.finish())
+    PartJson::new(Bytes::copy_from_slice(raw)).to_bytes()
 }
 
 pub fn random(len: usize) -> Vec<u8> {

@@ -104,7 +104,7 @@ pub async fn tus_vs_streamed(client: &HttpClient, block: &Bytes) -> Value {
         .collect();
     let gws: Vec<Proc> = dirs.iter().map(|dir| gateway(&sim.url, dir.to_str().unwrap())).collect();
     let before: Vec<(f64, u64)> = gws.iter().map(|gw| (gw.cpu_secs(), disk_writes(gw.pid()))).collect();
-    let mut times = vec![Vec::new(), Vec::new()];
+    let mut times = [Vec::new(), Vec::new()];
     for _ in 0..ROUNDS {
         times[0].push(through_gateway(client, &gws[0].url, SIZE, block).await.secs);
         times[1].push(through_tus(client, &gws[1].url, block).await.0);

@@ -312,17 +312,22 @@ where
     // free first takes the next connection.
     let dup = std::net::TcpListener::from(std::os::fd::AsFd::as_fd(listener).try_clone_to_owned()?);
     dup.set_nonblocking(true)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .on_thread_park(crate::memory::on_thread_park)
+        .build()?;
     let (done, closed) = oneshot::channel();
     let (limits, handler, stopping) = (limits.clone(), handler.clone(), stopping.clone());
     // Named for the port it serves and its number (at most 15 characters show in /proc and top).
     let port = listener.local_addr().map_or(0, |a| a.port());
     std::thread::Builder::new().name(format!("loop-{port}-{i}")).spawn(move || {
         runtime.block_on(async move {
+            let ticker = tokio::spawn(crate::memory::ticker());
             match TcpListener::from_std(dup) {
                 Ok(listener) => accept_loop(listener, &limits, handler, stopping).await,
                 Err(err) => tracing::warn!(error = %err, "event loop cannot use the listener"),
             }
+            ticker.abort();
         });
         let _ = done.send(());
     })?;

@@ -80,10 +80,9 @@ pub async fn drive<B: DocumentBody>(
     let dialect = admitted.upload.dialect();
     let Hooks { opened, resume } = hooks;
     let driver = Driver { admitted, cancel: uploads.cancellation(), client, began: Instant::now(), opened, resume };
-    let pool = uploads.pool.clone();
     let task = tokio::spawn(
         async move {
-            let chunker = Chunker::new(body, idle, pool).expect_len(driver.admitted.declared);
+            let chunker = Chunker::new(body, idle).expect_len(driver.admitted.declared);
             driver.run(chunker).await
         }
         .instrument(span),

@@ -10,12 +10,12 @@ use std::{
     },
 };
 
-use bytes::Bytes;
 use http::StatusCode;
 use tokio::time::Instant;
 
 use crate::{
     error::GatewayError,
+    pipeline::part::PartJson,
     policy::{
         pacing::{Draw, Pacing, Plan},
         quota::Quota,
@@ -134,7 +134,7 @@ impl Calls {
     /// call: an attempt that may have been applied is never repeated, because the upload it may
     /// have made cannot be found again (no id was seen and the API cannot list uploads). One client
     /// request so makes at most one upload whose fate is unknown; it expires upstream.
-    pub async fn create(&self, json: &Bytes) -> Result<Answer, Abort> {
+    pub async fn create(&self, json: &PartJson) -> Result<Answer, Abort> {
         let mut tries = self.retry.attempts(self.deadline);
         loop {
             let result = self.paced(self.upstream.create(&self.route, json.clone())).await;
@@ -171,7 +171,7 @@ impl Calls {
 
     /// Part `seq`, `len` raw bytes, already encoded as `json`. The same bytes go out under the same
     /// sequence on every attempt.
-    pub async fn put_part(&self, id: &str, seq: u32, json: &Bytes, len: u64) -> Result<(), Abort> {
+    pub async fn put_part(&self, id: &str, seq: u32, json: &PartJson, len: u64) -> Result<(), Abort> {
         let dialect = self.upstream.dialect;
         let mut tries = self.retry.attempts(self.deadline);
         let mut maybe_applied = false;

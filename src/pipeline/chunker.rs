@@ -1,9 +1,9 @@
 //! Cuts the client's body into parts of a requested size, hashing every byte as it passes (beside
-//! the I/O, see `hasher`) and encoding it straight into the part's JSON body (no raw copy of the
-//! part is kept).
+//! the I/O, see `hasher`) and keeping each part's raw bytes as the frames they came in; the JSON
+//! body is made from them as the part is sent (see `part`).
 //! Reading is cancel-safe: all state lives in the chunker, so it can sit in a `select!`.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -13,15 +13,15 @@ use http_body_util::BodyExt;
 
 use super::{
     hasher::StreamHash,
-    part::{self, PartBody},
-    pool::BufferPool,
+    part::{Gather, PartJson},
 };
 
 /// One part, ready to send.
 #[derive(Debug)]
 pub struct Part {
-    /// The JSON body `{"data":"<base64>"}`, in a pooled buffer that returns when the last clone drops.
-    pub body: Bytes,
+    /// The raw bytes (the body's own frames, shared), and the JSON body
+    /// `{"data":"<base64>"}` made from them.
+    pub body: PartJson,
     /// Raw bytes of the document in this part.
     pub len: usize,
 }
@@ -40,9 +40,8 @@ pub enum ChunkError {
 
 pub struct Chunker<B> {
     body: B,
-    pool: Arc<BufferPool>,
     /// The part being filled; kept here so a cancelled `next_part` loses nothing.
-    current: Option<PartBody>,
+    current: Option<Gather>,
     /// What is left of the last frame read.
     pending: Bytes,
     hasher: StreamHash,
@@ -62,10 +61,9 @@ impl<B> Chunker<B>
 where
     B: HttpBody<Data = Bytes> + Unpin,
 {
-    pub fn new(body: B, idle: Duration, pool: Arc<BufferPool>) -> Self {
+    pub fn new(body: B, idle: Duration) -> Self {
         Self {
             body,
-            pool,
             current: None,
             pending: Bytes::new(),
             hasher: StreamHash::new(),
@@ -89,21 +87,21 @@ where
     }
 
     /// The next part of exactly `size` bytes (the last one may be shorter), or `None` at the end.
-    /// Part bodies are written into buffers from the pool, which get them back when dropped.
+    /// Parts hold the body's frames themselves (small ones gathered), not copies.
     pub async fn next_part(&mut self, size: usize) -> Result<Option<Part>, ChunkError> {
         loop {
-            let pool = &self.pool;
-            let body = self.current.get_or_insert_with(|| PartBody::new(pool.take(part::encoded_len(size))));
-            let take = (size.saturating_sub(body.raw_len())).min(self.pending.len());
-            body.push(&self.pending[..take]);
-            self.pending.advance(take);
-            if body.raw_len() >= size || (self.done && self.pending.is_empty()) {
-                let body = self.current.take().expect("filled above");
-                let len = body.raw_len();
+            let gather = self.current.get_or_insert_with(Gather::default);
+            let take = (size.saturating_sub(gather.len())).min(self.pending.len());
+            if take > 0 {
+                gather.push(self.pending.split_to(take));
+            }
+            if gather.len() >= size || (self.done && self.pending.is_empty()) {
+                let gather = self.current.take().expect("filled above");
+                let len = gather.len();
                 if len == 0 {
                     return Ok(None);
                 }
-                return Ok(Some(Part { body: self.pool.seal(body.finish()), len }));
+                return Ok(Some(Part { body: gather.finish(), len }));
             }
             self.read_frame().await?;
         }
@@ -169,7 +167,7 @@ where
 
     /// Bytes handed out in parts so far (read bytes not yet cut into a part are not counted).
     pub fn emitted(&self) -> u64 {
-        self.total - self.pending.len() as u64 - self.current.as_ref().map_or(0, |b| b.raw_len() as u64)
+        self.total - self.pending.len() as u64 - self.current.as_ref().map_or(0, |b| b.len() as u64)
     }
 
     /// The SHA-256 of every byte read.
@@ -195,7 +193,7 @@ mod tests {
 
     /// The raw bytes a part body carries.
     fn raw(part: &Part) -> Bytes {
-        let v: serde_json::Value = serde_json::from_slice(&part.body).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&part.body.to_bytes()).unwrap();
         let raw = base64::engine::general_purpose::STANDARD.decode(v["data"].as_str().unwrap()).unwrap();
         assert_eq!(raw.len(), part.len);
         raw.into()
@@ -213,14 +211,13 @@ mod tests {
     }
 
     async fn cut(frames: Vec<Bytes>, sizes: &[usize]) -> (Vec<Bytes>, [u8; 32], u64) {
-        let pool = BufferPool::new(1 << 20);
-        let mut c = Chunker::new(Frames(frames.into()), Duration::from_secs(5), pool.clone());
+        let mut c = Chunker::new(Frames(frames.into()), Duration::from_secs(5));
         let mut parts = Vec::new();
         let mut i = 0;
         while let Some(p) = c.next_part(sizes[i.min(sizes.len() - 1)]).await.unwrap() {
             parts.push(raw(&p));
             assert_eq!(c.emitted(), parts.iter().map(|p| p.len() as u64).sum::<u64>());
-            drop(p); // buffers are reused: later parts must not alias earlier ones
+            drop(p);
             i += 1;
         }
         (parts, c.sha256().await, c.total())
@@ -251,9 +248,8 @@ mod tests {
     async fn a_body_that_ends_short_of_or_past_its_declared_length_is_broken() {
         let data = Bytes::from(vec![7u8; 1000]);
         for (declared, ok) in [(1000, true), (1001, false), (999, false)] {
-            let pool = BufferPool::new(1 << 20);
             let frames = Frames(vec![data.slice(..600), data.slice(600..)].into());
-            let mut c = Chunker::new(frames, Duration::from_secs(5), pool).expect_len(Some(declared));
+            let mut c = Chunker::new(frames, Duration::from_secs(5)).expect_len(Some(declared));
             let mut result = Ok(());
             loop {
                 match c.next_part(300).await {

@@ -5,7 +5,6 @@ pub mod chunker; // the body cut into parts, hashed and encoded as it passes
 pub(crate) mod digest; // the client's Content-Digest
 mod hasher; // the SHA-256 beside the I/O
 pub mod part; // a part's request body
-pub mod pool; // reused part buffers
 pub(crate) mod presence; // whether the client is still there
 pub mod stages; // one upload driven through open, feed, finish or abort
 pub mod state; // an upload's state, serialisable

@@ -491,7 +491,6 @@ async fn send_part(
     held: (OwnedSemaphorePermit, InFlight),
 ) -> Result<u32, Abort> {
     let outcome = calls.put_part(&id, seq, &part.body, part.len as u64).await;
-    // The budget first, so that the buffer, going back to the pool, finds the room it held.
     drop(held);
     drop(part);
     outcome.map(|()| seq)
@@ -504,9 +503,9 @@ fn fit(len: u64, parts: u32, c: &UploadConfig) -> usize {
     need.max(c.part_size).min(c.max_part_bytes).max(1)
 }
 
-/// KiB of the memory budget one part holds: its body (the raw bytes are never held apart from it).
+/// KiB of the memory budget one part holds: its raw bytes, and the slice of its body being encoded.
 fn budget_cost(size: usize, c: &UploadConfig) -> u32 {
-    let bytes = part::encoded_len(size);
+    let bytes = part::held_len(size);
     let cap = (c.memory_budget_bytes / 1024).clamp(1, u32::MAX as usize);
     (bytes.div_ceil(1024)).min(cap) as u32
 }

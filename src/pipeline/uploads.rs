@@ -16,7 +16,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use super::{
     calls::Calls,
     digest,
-    pool::BufferPool,
     stages::{self, Upload},
 };
 use crate::{
@@ -49,7 +48,6 @@ pub struct Uploads {
     budget: Arc<Semaphore>,
     /// Part PUTs on the wire now, over all uploads.
     parts_in_flight: Arc<AtomicUsize>,
-    pub pool: Arc<BufferPool>,
     draining: AtomicBool,
     cancel: watch::Sender<bool>,
     /// Uploads running per caller.
@@ -113,7 +111,6 @@ impl Uploads {
             budget: budget.clone(),
             parts_in_flight: Arc::new(AtomicUsize::new(0)),
             // Idle buffers are memory too: at most a quarter of the budget, and only what it has free.
-            pool: BufferPool::within(c.memory_budget_bytes / 4, budget.clone()),
             retry: Arc::new(RetryPolicy::new(config.retry.clone())),
             quota_wait: Duration::from_secs(config.quota.wait_secs),
             pacing,

@@ -21,6 +21,7 @@ use crate::{
     body::{self, Body, ReadError},
     config::UpstreamConfig,
     error::GatewayError,
+    pipeline::part::PartJson,
     tls,
     upstream::{
         dialect::{Dialect, ErrorBody},
@@ -341,7 +342,7 @@ impl Upstream {
         method: Method,
         route: &UploadRoute,
         tail: &str,
-        json: Option<Bytes>,
+        json: Option<PartJson>,
         timeout: Duration,
         op: &'static str,
     ) -> Result<Answer, CallError> {
@@ -362,7 +363,7 @@ impl Upstream {
         if let Some(id) = &route.request_id {
             req = req.header(REQUEST_ID, id.clone());
         }
-        let req = req.body(json.map_or_else(body::empty, body::full)).expect("valid request");
+        let req = req.body(json.map_or_else(body::empty, |json| json.body())).expect("valid request");
         let exchange = async {
             let response = match self.clients.with(|c| c.request(req)).await {
                 Ok(r) => r,
@@ -380,11 +381,11 @@ impl Upstream {
         answer?
     }
 
-    pub async fn create(&self, route: &UploadRoute, json: Bytes) -> Result<Answer, CallError> {
+    pub async fn create(&self, route: &UploadRoute, json: PartJson) -> Result<Answer, CallError> {
         self.call(Method::POST, route, "", Some(json), self.part_timeout, "create").await
     }
 
-    pub async fn add_part(&self, route: &UploadRoute, id: &str, seq: u32, json: Bytes) -> Result<Answer, CallError> {
+    pub async fn add_part(&self, route: &UploadRoute, id: &str, seq: u32, json: PartJson) -> Result<Answer, CallError> {
         self.call(Method::PUT, route, &format!("/{id}/{seq}"), Some(json), self.part_timeout, "add_part").await
     }
 
