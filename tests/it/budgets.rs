@@ -495,3 +495,75 @@ async fn falling_back_late_in_the_hour_keeps_each_sidecar_to_its_share_of_what_i
     assert_eq!(st["open"], 0, "{st}");
     assert_eq!(st["created"], st["committed"], "refused before anything was created: {st}");
 }
+
+/// Calls of `command` Redis has served so far (`INFO commandstats`).
+async fn redis_calls(redis: &RedisServer, command: &str) -> u64 {
+    let mut conn = redis.connection().await;
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Passthrough calls take their permits from Redis a batch at a time: far fewer scripts than
+/// calls, nothing throttled, and what a batch did not spend goes back, so that the shared hourly
+/// count comes to the calls the upstream saw.
+#[tokio::test]
+async fn passthrough_calls_draw_from_redis_in_batches_and_give_back_what_they_did_not_spend() {
+    let redis = RedisServer::start().await;
+    let mut sim_config = SimConfig::default();
+    sim_config.limits.burst_limit = 20_000;
+    let sim = SimApi::start(sim_config).await;
+    let configs = (0..2)
+        .map(|_| {
+            let mut c = gateway_config(&sim, sim.running.url());
+            c.rate_limit.burst_limit = 20_000;
+            c.cluster.redis_url = redis.url();
+            c.cluster.op_timeout_ms = 5000;
+            // Renewed (and lapsed batches given back) every 2 s.
+            c.cluster.lease_ttl_secs = 6;
+            c.cluster.replicas = 2;
+            c
+        })
+        .collect();
+    let gateways = start(configs).await;
+    let id = sim.create_id(b"hello").await;
+    let scripts_before = redis_calls(&redis, "evalsha").await;
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let (http, url) = (sim.http.clone(), gateways[i % 2].url());
+            let id = id.clone();
+            tokio::spawn(async move {
+                let url = format!("{url}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads/{id}");
+                let auth = format!("Bearer {TOKEN}");
+                let mut statuses = Vec::new();
+                for _ in 0..12 {
+                    statuses.push(http.send(Method::GET, &url, &[("authorization", &auth)], "").await.unwrap().status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    let statuses: Vec<StatusCode> = all(tasks).await.into_iter().flatten().collect();
+    assert_eq!(statuses.len(), 384);
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+    let scripts = redis_calls(&redis, "evalsha").await - scripts_before;
+    assert!(scripts * 3 < 384, "{scripts} scripts for 384 calls: not taken in batches");
+    let st = sim.stats().await;
+    assert_eq!(st["throttled"].as_u64(), Some(0), "{st}");
+    // The GETs, and the create made straight to the simulator.
+    let upstream_calls = st["requests"].as_u64().unwrap() - 1;
+    assert_eq!(upstream_calls, 384, "{st}");
+    let mut conn = redis.connection().await;
+    let hour = format!("chunkgate:a:{ACCOUNT}:hour");
+    let mut used = 0;
+    for _ in 0..100 {
+        used = redis::cmd("HGET").arg(&hour).arg("used").query_async::<u64>(&mut conn).await.unwrap();
+        if used == upstream_calls {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(used, upstream_calls, "calls taken ahead and not spent were not given back");
+}

@@ -34,7 +34,32 @@ pub struct SharedPacing {
     budgets: Mutex<HashMap<String, Budget>>,
     /// Notified when this sidecar gives calls back.
     released: Notify,
+    /// Free calls (passthrough) taken from Redis ahead, per account: a call from the batch costs no
+    /// round trip.
+    batches: Mutex<HashMap<String, Batch>>,
+    /// One refill at a time: the others wait for it and take from the new batch.
+    refill: tokio::sync::Mutex<()>,
+    /// Most calls one batch takes.
+    max_batch: u32,
 }
+
+/// Free calls this sidecar took from the shared budget ahead of need. They count as used there from
+/// the moment they are taken; what is left when the batch lapses is given back with the next look
+/// at Redis (the next refill, or the plans' renewal).
+#[derive(Clone, Copy, Debug)]
+struct Batch {
+    /// Calls left, and how many the batch had.
+    left: u32,
+    size: u32,
+    /// Until when its calls may be spent.
+    until: Instant,
+    /// The clock hour Redis counted them in.
+    hour: i64,
+}
+
+/// How long a batch's calls may be spent: short, so that calls held by one sidecar are soon
+/// free again for the others.
+const BATCH_LIFE: Duration = Duration::from_millis(100);
 
 /// What one look at the shared budget found.
 enum Found<T> {
@@ -50,6 +75,9 @@ impl SharedPacing {
         let c = &config.rate_limit;
         let (burst, period) = burst_quota(c.burst_limit, Duration::from_secs(c.burst_window_secs));
         let period_ms = period.as_secs_f64() * 1000.0;
+        // A fifth of the burst at most, and 64: enough that a busy passthrough asks Redis about
+        // once per 64 calls, little enough that one sidecar never holds a large share of a burst.
+        let max_batch = (burst / 5).clamp(1, 64);
         Arc::new(Self {
             redis,
             local: LocalPacing::new(c.clone(), config.cluster.replicas),
@@ -59,6 +87,9 @@ impl SharedPacing {
             plans: Mutex::new(HashMap::new()),
             budgets: Mutex::new(HashMap::new()),
             released: Notify::new(),
+            batches: Mutex::new(HashMap::new()),
+            refill: tokio::sync::Mutex::new(()),
+            max_batch,
         })
     }
 
@@ -124,8 +155,76 @@ impl SharedPacing {
         self.seed(account);
     }
 
+    /// A free call from this sidecar's batch for `account`, if it has one left.
+    fn take_batched(&self, account: &str) -> bool {
+        let mut batches = self.batches.lock().unwrap();
+        match batches.get_mut(account) {
+            Some(b) if b.left > 0 && Instant::now() < b.until => {
+                b.left -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A free call (passthrough): from the batch, or from a new batch taken from Redis. A batch
+    /// spent before it lapsed makes the next one twice as large (up to `max_batch`); one that
+    /// lapsed with calls left, as large as what was spent, plus one.
+    async fn free_permit(&self, account: &str, deadline: Instant) -> Result<Found<()>, Duration> {
+        if self.take_batched(account) {
+            return Ok(Found::Taken(()));
+        }
+        let _refilling = self.refill.lock().await;
+        if self.take_batched(account) {
+            return Ok(Found::Taken(()));
+        }
+        let last = self.batches.lock().unwrap().remove(account);
+        let count = match last {
+            None => 1,
+            Some(b) if b.left == 0 => (b.size * 2).min(self.max_batch),
+            Some(b) => (b.size - b.left + 1).min(self.max_batch),
+        };
+        let unused = last.filter(|b| b.left > 0);
+        match self.shared_permits(account, Draw::Free, (count, unused), deadline).await? {
+            Found::Taken((taken, hour)) => {
+                let batch = Batch { left: taken - 1, size: taken, until: Instant::now() + BATCH_LIFE, hour };
+                self.batches.lock().unwrap().insert(account.to_owned(), batch);
+                Ok(Found::Taken(()))
+            }
+            Found::Fallback => Ok(Found::Fallback),
+        }
+    }
+
+    /// Gives back the calls of lapsed batches (those of accounts no longer busy).
+    async fn return_lapsed(&self) {
+        let now = Instant::now();
+        let lapsed: Vec<(String, Batch)> = {
+            let mut batches = self.batches.lock().unwrap();
+            let accounts: Vec<String> =
+                batches.iter().filter(|(_, b)| b.until <= now).map(|(a, _)| a.clone()).collect();
+            accounts
+                .into_iter()
+                .filter_map(|a| batches.remove(&a).map(|b| (a, b)))
+                .filter(|(_, b)| b.left > 0)
+                .collect()
+        };
+        let r = &self.redis;
+        for (account, batch) in lapsed {
+            let keys = ["hour", "plans", "plans:x", "gcra", "pause"].map(|k| r.account_key(&account, k));
+            let mut inv = r.scripts.giveback.prepare_invoke();
+            for k in &keys {
+                inv.key(k);
+            }
+            inv.arg(self.period_ms).arg(batch.left).arg(batch.hour);
+            if r.run::<i64>(&inv).await.is_none() {
+                return;
+            }
+        }
+    }
+
     /// Renews the plans this sidecar holds.
     pub async fn renew(&self) {
+        self.return_lapsed().await;
         let held: Vec<(String, Vec<String>)> =
             self.plans.lock().unwrap().iter().map(|(a, ids)| (a.clone(), ids.iter().cloned().collect())).collect();
         let r = &self.redis;
@@ -143,6 +242,22 @@ impl SharedPacing {
 
     /// One permit from the shared budget.
     async fn shared_permit(&self, account: &str, draw: Draw<'_>, deadline: Instant) -> Result<Found<()>, Duration> {
+        let taken = self.shared_permits(account, draw, (1, None), deadline).await?;
+        Ok(match taken {
+            Found::Taken(_) => Found::Taken(()),
+            Found::Fallback => Found::Fallback,
+        })
+    }
+
+    /// Permits from the shared budget: up to `count` for a free draw (one otherwise), giving back
+    /// the calls a lapsed batch left. Returns how many were taken and the clock hour they count in.
+    async fn shared_permits(
+        &self,
+        account: &str,
+        draw: Draw<'_>,
+        (count, unused): (u32, Option<Batch>),
+        deadline: Instant,
+    ) -> Result<Found<(u32, i64)>, Duration> {
         let r = &self.redis;
         let keys = ["hour", "plans", "plans:x", "gcra", "pause"].map(|k| r.account_key(account, k));
         let (mode, id, keep) = match draw {
@@ -150,18 +265,23 @@ impl SharedPacing {
             Draw::Plan { plan, keep } => ("plan", plan.id.as_str(), keep),
             Draw::Granted => ("granted", "", 0),
         };
+        let unused = Mutex::new(unused);
+        let unused = &unused;
         wait::until(deadline, &self.released, crate::telemetry::count_throttle_wait, || async {
             let mut inv = r.scripts.acquire.prepare_invoke();
             for k in &keys {
                 inv.key(k);
             }
             inv.arg(self.config.hourly_limit).arg(mode).arg(id).arg(keep).arg(self.period_ms).arg(self.tau_ms);
-            match r.run::<(i64, i64, i64, i64, i64)>(&inv).await {
+            // Given back with the first look only, whatever it finds.
+            let back = unused.lock().unwrap().take().map_or((0, -1), |b| (b.left, b.hour));
+            inv.arg(count).arg(back.0).arg(back.1);
+            match r.run::<(i64, i64, i64, i64, i64, i64, i64)>(&inv).await {
                 None => Look::Ready(Found::Fallback),
-                Some((status, wait_ms, used, reserved, to_next_hour_ms)) => {
+                Some((status, wait_ms, used, reserved, to_next_hour_ms, taken, hour)) => {
                     self.seen(account, used, reserved);
                     match status {
-                        0 => Look::Ready(Found::Taken(())),
+                        0 => Look::Ready(Found::Taken((taken.clamp(1, count as i64) as u32, hour))),
                         1 => Look::Sleep(Duration::from_millis(wait_ms.max(1) as u64)),
                         _ => Look::Blocked { retry_after: Duration::from_millis(to_next_hour_ms.max(0) as u64) },
                     }
@@ -251,7 +371,11 @@ impl Pacing for SharedPacing {
             if !self.config.enabled || local_plan {
                 return self.local.acquire(account, draw, deadline).await;
             }
-            match self.shared_permit(account, draw, deadline).await? {
+            let found = match draw {
+                Draw::Free => self.free_permit(account, deadline).await?,
+                _ => self.shared_permit(account, draw, deadline).await?,
+            };
+            match found {
                 Found::Taken(()) => Ok(()),
                 Found::Fallback => {
                     self.seed(account);

@@ -23,6 +23,7 @@ fn script(body: &str) -> Script {
 pub(super) struct Scripts {
     pub(super) reserve: Script,
     pub(super) acquire: Script,
+    pub(super) giveback: Script,
     pub(super) release: Script,
     pub(super) renew: Script,
     pub(super) learn: Script,
@@ -36,6 +37,7 @@ impl Scripts {
         Self {
             reserve: script(include_str!("lua/reserve.lua")),
             acquire: script(include_str!("lua/acquire.lua")),
+            giveback: script(include_str!("lua/giveback.lua")),
             release: script(include_str!("lua/release.lua")),
             renew: script(include_str!("lua/renew.lua")),
             learn: script(include_str!("lua/learn.lua")),
