@@ -220,7 +220,11 @@ impl Gateway {
         };
         let idle = Duration::from_millis(self.config.upload.client_idle_timeout_ms);
         let request_id = req.headers().get(crate::upstream::client::REQUEST_ID).cloned();
-        let member = req.headers().get(http::header::AUTHORIZATION).map(|a| member_of(a.as_bytes()));
+        // The member (a SHA-256 of the token) only where a create needs it: not on every GET.
+        let creates =
+            req.method() == Method::POST && matches!(target.chunked, Some(Chunked { upload: None, part: None }));
+        let member =
+            creates.then(|| req.headers().get(http::header::AUTHORIZATION).map(|a| member_of(a.as_bytes()))).flatten();
         let ends = match (req.method(), target.chunked, &member) {
             (&Method::DELETE, Some(Chunked { upload: Some(id), part: None }), _) => proxy::Ends::Upload(id),
             (&Method::POST, Some(Chunked { upload: None, part: None }), Some(member)) => proxy::Ends::Create(member),
