@@ -227,7 +227,8 @@ impl Gateway {
             creates.then(|| req.headers().get(http::header::AUTHORIZATION).map(|a| member_of(a.as_bytes()))).flatten();
         let ends = match (req.method(), target.chunked, &member) {
             (&Method::DELETE, Some(Chunked { upload: Some(id), part: None }), _) => proxy::Ends::Upload(id),
-            (&Method::POST, Some(Chunked { upload: None, part: None }), Some(member)) => proxy::Ends::Create(member),
+            // Taken for creates only.
+            (_, _, Some(member)) => proxy::Ends::Create(member),
             (&Method::POST | &Method::PUT, _, _) if target.envelopes => proxy::Ends::Envelope,
             _ => proxy::Ends::Nothing,
         };

@@ -14,6 +14,9 @@ use tokio::task::JoinHandle;
 /// hashing a few KiB does).
 const OFFLOAD_MIN: usize = 64 * 1024;
 
+/// Most frames left waiting, whatever their size.
+const MAX_FRAMES_WAITING: usize = 1024;
+
 /// Most bytes of frames left waiting while a hash job runs; past it, the reader waits for the job.
 /// Frames are slices of the connection's read buffers: this bounds what they keep alive.
 const MAX_WAITING: usize = 4 << 20;
@@ -45,14 +48,21 @@ impl StreamHash {
         // Small frames (HTTP/2 DATA frames are 16 KiB from most clients) are gathered until there
         // are enough to hand over; the rest is hashed by `digest`. Hashing each one here as it
         // came put the hash back on the upload's own thread (h2c uploads ran at 0.76x HTTP/1.1).
+        // Bounded in count too: a client dripping tiny frames must not queue millions of them.
         let running = self.job.as_ref().is_some_and(|job| !job.is_finished());
-        if self.waiting_bytes < OFFLOAD_MIN || (running && self.waiting_bytes < MAX_WAITING) {
+        let many = self.waiting.len() >= MAX_FRAMES_WAITING;
+        if !many && (self.waiting_bytes < OFFLOAD_MIN || (running && self.waiting_bytes < MAX_WAITING)) {
             return;
         }
         self.settle().await;
         let mut state = self.state.take().expect("settled above");
         let frames = mem::take(&mut self.waiting);
-        self.waiting_bytes = 0;
+        if mem::take(&mut self.waiting_bytes) < OFFLOAD_MIN {
+            // Many tiny frames: fewer bytes than a hand-over is worth.
+            frames.iter().for_each(|f| state.update(f));
+            self.state = Some(state);
+            return;
+        }
         self.job = Some(tokio::task::spawn_blocking(move || {
             frames.iter().for_each(|f| state.update(f));
             (state, frames)

@@ -72,6 +72,9 @@ impl Gather {
     pub fn push(&mut self, bytes: Bytes) {
         self.len += bytes.len();
         if bytes.len() < SMALL {
+            if self.small.is_empty() {
+                self.small.reserve(GATHERED + SMALL);
+            }
             self.small.extend_from_slice(&bytes);
             if self.small.len() >= GATHERED {
                 self.frames.push(self.small.split().freeze());
@@ -156,7 +159,8 @@ impl Encoding {
         if self.left == 0 {
             return None;
         }
-        let mut out = Vec::with_capacity(self.left.min(SLICE + 8));
+        // The slice, plus a carried group, the head or the tail and its padding.
+        let mut out = Vec::with_capacity(self.left.min(SLICE + 16));
         if !self.started {
             out.extend_from_slice(HEAD);
             self.started = true;

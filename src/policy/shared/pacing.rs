@@ -37,8 +37,9 @@ pub struct SharedPacing {
     /// Free calls (passthrough) taken from Redis ahead, per account: a call from the batch costs no
     /// round trip.
     batches: Mutex<HashMap<String, Batch>>,
-    /// One refill at a time: the others wait for it and take from the new batch.
-    refill: tokio::sync::Mutex<()>,
+    /// One refill at a time per account (a refill may wait out the account's pause or burst; other
+    /// accounts do not wait behind it): the others wait for it and take from the new batch.
+    refills: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Most calls one batch takes.
     max_batch: u32,
 }
@@ -88,7 +89,7 @@ impl SharedPacing {
             budgets: Mutex::new(HashMap::new()),
             released: Notify::new(),
             batches: Mutex::new(HashMap::new()),
-            refill: tokio::sync::Mutex::new(()),
+            refills: Mutex::new(HashMap::new()),
             max_batch,
         })
     }
@@ -174,7 +175,8 @@ impl SharedPacing {
         if self.take_batched(account) {
             return Ok(Found::Taken(()));
         }
-        let _refilling = self.refill.lock().await;
+        let refill = self.refills.lock().unwrap().entry(account.to_owned()).or_default().clone();
+        let _refilling = refill.lock().await;
         if self.take_batched(account) {
             return Ok(Found::Taken(()));
         }
