@@ -130,7 +130,12 @@ fn runtime(workers: usize) -> tokio::runtime::Runtime {
             b
         }
     };
-    builder.enable_all().on_thread_park(chunkgate::memory::on_thread_park).build().expect("a tokio runtime")
+    builder
+        .enable_all()
+        .on_thread_park(chunkgate::memory::on_thread_park)
+        .on_thread_unpark(chunkgate::memory::on_thread_unpark)
+        .build()
+        .expect("a tokio runtime")
 }
 
 async fn serve(cfg: Config) -> ExitCode {

@@ -315,6 +315,7 @@ where
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .on_thread_park(crate::memory::on_thread_park)
+        .on_thread_unpark(crate::memory::on_thread_unpark)
         .build()?;
     let (done, closed) = oneshot::channel();
     let (limits, handler, stopping) = (limits.clone(), handler.clone(), stopping.clone());

@@ -22,13 +22,13 @@ use std::{
 };
 
 use base64::Engine;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::{
-    io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt},
+    io::{AsyncSeekExt, AsyncWriteExt},
     sync::{mpsc, watch},
 };
 
@@ -1118,7 +1118,7 @@ struct SpoolBody {
 
 impl SpoolBody {
     async fn open(path: std::path::PathBuf, live: &Live) -> std::io::Result<Self> {
-        let file = tokio::fs::File::open(path).await?;
+        let file = tokio::fs::File::open(path).await?.into_std().await;
         let (tx, rx) = mpsc::channel(4);
         let (offset, length) = (live.offset.subscribe(), live.length.subscribe());
         let left = *length.borrow();
@@ -1127,14 +1127,17 @@ impl SpoolBody {
     }
 }
 
-/// Feeds the spool's durable bytes into `tx`, in order, until the length is reached.
+/// Feeds the spool's durable bytes into `tx`, in order, until the length is reached. Each frame is
+/// read on the blocking pool straight into a buffer of its own (no zero-fill, no copy through an
+/// intermediate buffer), which the parts then hold as they are (see `pipeline::part`).
 async fn read_spool(
-    mut file: tokio::fs::File,
+    file: std::fs::File,
     mut offset: watch::Receiver<u64>,
     mut length: watch::Receiver<Option<u64>>,
     tx: mpsc::Sender<Result<Bytes, BoxError>>,
 ) {
-    const FRAME: u64 = 256 * 1024;
+    const FRAME: u64 = 1 << 20;
+    let file = Arc::new(file);
     let mut pos = 0u64;
     loop {
         let durable = *offset.borrow_and_update();
@@ -1147,14 +1150,28 @@ async fn read_spool(
             return;
         }
         if pos < durable {
-            let want = (durable - pos).min(FRAME) as usize;
-            let mut buf = BytesMut::zeroed(want);
-            if let Err(e) = file.read_exact(&mut buf).await {
-                let _ = tx.send(Err(e.into())).await;
-                return;
-            }
-            pos += want as u64;
-            if tx.send(Ok(buf.freeze())).await.is_err() {
+            let want = (durable - pos).min(FRAME);
+            let from = file.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buf = Vec::with_capacity(want as usize);
+                std::io::Read::read_to_end(&mut std::io::Read::take(&*from, want), &mut buf)?;
+                if buf.len() as u64 != want {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the spool is shorter than its offset",
+                    ));
+                }
+                Ok(buf)
+            });
+            let buf = match read.await.map_err(BoxError::from).and_then(|r| r.map_err(BoxError::from)) {
+                Ok(buf) => buf,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            pos += want;
+            if tx.send(Ok(Bytes::from(buf))).await.is_err() {
                 return;
             }
             continue;
