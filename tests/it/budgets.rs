@@ -567,3 +567,54 @@ async fn passthrough_calls_draw_from_redis_in_batches_and_give_back_what_they_di
     }
     assert_eq!(used, upstream_calls, "calls taken ahead and not spent were not given back");
 }
+
+/// Redis comes back empty after the sidecars ran on their shares: the shared burst limiter learns
+/// of the calls they made meanwhile, rather than granting a whole burst window on top of them
+/// (the upstream throttled 2–3 calls in a row right after Redis returned).
+#[tokio::test]
+async fn a_burst_limiter_that_comes_back_empty_counts_the_calls_made_without_it() {
+    let mut redis = RedisServer::start().await;
+    let mut sim_config = SimConfig::default();
+    sim_config.limits.burst_limit = 120;
+    sim_config.limits.burst_window_secs = 10;
+    let sim = SimApi::start(sim_config).await;
+    let configs = (0..2)
+        .map(|_| {
+            let mut c = gateway_config(&sim, sim.running.url());
+            c.rate_limit.burst_limit = 120;
+            c.rate_limit.burst_window_secs = 10;
+            c.cluster.redis_url = redis.url();
+            c.cluster.replicas = 2;
+            c
+        })
+        .collect();
+    let gateways = start(configs).await;
+    let id = sim.create_id(b"hello").await;
+    let load = |secs: u64| {
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let (http, url, id) = (sim.http.clone(), gateways[i % 2].url(), id.clone());
+                tokio::spawn(async move {
+                    let url = format!("{url}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads/{id}");
+                    let auth = format!("Bearer {TOKEN}");
+                    let until = tokio::time::Instant::now() + Duration::from_secs(secs);
+                    let mut statuses = Vec::new();
+                    while tokio::time::Instant::now() < until {
+                        statuses
+                            .push(http.send(Method::GET, &url, &[("authorization", &auth)], "").await.unwrap().status);
+                    }
+                    statuses
+                })
+            })
+            .collect();
+        async move { all(tasks).await.into_iter().flatten().collect::<Vec<StatusCode>>() }
+    };
+    redis.kill();
+    // A whole burst window on the sidecars' shares, then Redis back, empty.
+    let alone = load(10).await;
+    redis.restart().await;
+    let shared = load(5).await;
+    assert!(alone.iter().chain(&shared).all(|s| *s == StatusCode::OK), "{alone:?} {shared:?}");
+    let st = sim.stats().await;
+    assert_eq!(st["throttled"].as_u64(), Some(0), "{st}");
+}

@@ -3,7 +3,7 @@
 //! does. While Redis cannot be reached, this sidecar's share is counted by a [`LocalPacing`].
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -42,6 +42,10 @@ pub struct SharedPacing {
     refills: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Most calls one batch takes.
     max_batch: u32,
+    /// When this sidecar made calls from its own share while Redis could not be reached, per
+    /// account, within the last burst window: told to the shared burst limiter once Redis answers
+    /// again, so that a limiter that came back empty does not grant a whole burst on top of them.
+    unshared: Mutex<HashMap<String, VecDeque<Instant>>>,
 }
 
 /// Free calls this sidecar took from the shared budget ahead of need. They count as used there from
@@ -91,6 +95,7 @@ impl SharedPacing {
             batches: Mutex::new(HashMap::new()),
             refills: Mutex::new(HashMap::new()),
             max_batch,
+            unshared: Mutex::new(HashMap::new()),
         })
     }
 
@@ -154,6 +159,43 @@ impl SharedPacing {
             self.redis.keep(Pending::Release { keys, id });
         }
         self.seed(account);
+    }
+
+    fn burst_window(&self) -> Duration {
+        Duration::from_secs(self.config.burst_window_secs)
+    }
+
+    /// A call made from this sidecar's own share (Redis could not be reached).
+    fn spent_alone(&self, account: &str) {
+        let now = Instant::now();
+        let mut unshared = self.unshared.lock().unwrap();
+        let times = unshared.entry(account.to_owned()).or_default();
+        while times.front().is_some_and(|t| now.duration_since(*t) >= self.burst_window()) {
+            times.pop_front();
+        }
+        times.push_back(now);
+    }
+
+    /// Tells the shared burst limiter of the calls this sidecar made on its own within the last
+    /// burst window, once Redis answers again. Kept for the next time if Redis does not take it.
+    async fn report_unshared(&self, account: &str) {
+        let now = Instant::now();
+        let calls = {
+            let mut unshared = self.unshared.lock().unwrap();
+            let Some(times) = unshared.remove(account) else { return };
+            times.iter().filter(|t| now.duration_since(**t) < self.burst_window()).count()
+        };
+        if calls == 0 {
+            return;
+        }
+        let r = &self.redis;
+        let mut inv = r.scripts.spent.prepare_invoke();
+        inv.key(r.account_key(account, "gcra")).arg(self.period_ms).arg(calls);
+        if r.run::<i64>(&inv).await.is_none() {
+            let mut unshared = self.unshared.lock().unwrap();
+            let times = unshared.entry(account.to_owned()).or_default();
+            times.extend(std::iter::repeat_n(now, calls));
+        }
     }
 
     /// A free call from this sidecar's batch for `account`, if it has one left.
@@ -370,8 +412,18 @@ impl Pacing for SharedPacing {
     ) -> BoxFuture<'a, Result<(), Duration>> {
         Box::pin(async move {
             let local_plan = matches!(draw, Draw::Plan { plan, .. } if !plan.shared);
-            if !self.config.enabled || local_plan {
+            if !self.config.enabled {
                 return self.local.acquire(account, draw, deadline).await;
+            }
+            if local_plan {
+                let taken = self.local.acquire(account, draw, deadline).await;
+                if taken.is_ok() {
+                    self.spent_alone(account);
+                }
+                return taken;
+            }
+            if !self.redis.is_down() {
+                self.report_unshared(account).await;
             }
             let found = match draw {
                 Draw::Free => self.free_permit(account, deadline).await?,
@@ -388,7 +440,11 @@ impl Pacing for SharedPacing {
                         Draw::Plan { .. } => Draw::Granted,
                         other => other,
                     };
-                    self.local.acquire(account, draw, deadline).await
+                    let taken = self.local.acquire(account, draw, deadline).await;
+                    if taken.is_ok() {
+                        self.spent_alone(account);
+                    }
+                    taken
                 }
             }
         })
