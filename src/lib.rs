@@ -19,3 +19,8 @@ pub mod sim; // the upstream simulator
 pub mod telemetry; // logs, metrics and signals
 mod tls; // rustls configurations
 pub mod upstream; // the upstream: transport, dialects, the upload resource, answers
+
+/// The maps every request looks into (running requests per caller and account, pacing per
+/// account): foldhash, seeded per map, hashes a short key in a fraction of SipHash's time. Their
+/// keys are screened ids and addresses, and the maps hold only what is running or known.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

@@ -163,7 +163,7 @@ pub const TUS_CHECKSUM_MISMATCH: &str = "chunkgate_tus_checksum_mismatches_total
 /// Counts a passed-through answer by status. The counter handle of each status is looked up in the
 /// registry once and kept: a lookup per request cost more than the rest of the metrics together.
 pub fn passthrough(status: http::StatusCode) {
-    static COUNTERS: OnceLock<std::sync::RwLock<std::collections::HashMap<u16, metrics::Counter>>> = OnceLock::new();
+    static COUNTERS: OnceLock<std::sync::RwLock<crate::FastMap<u16, metrics::Counter>>> = OnceLock::new();
     let counters = COUNTERS.get_or_init(Default::default);
     if let Some(counter) = counters.read().unwrap().get(&status.as_u16()) {
         counter.increment(1);

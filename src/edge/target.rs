@@ -68,7 +68,7 @@ pub fn screen<'a>(method: &http::Method, uri: &'a http::Uri, version: http::Vers
     let path = origin_path(method, uri, version)?;
     let at = version_at(path)?;
     // `at` is where the version segment starts; the slash before it ends the prefix.
-    let mut segments = path[at..].split('/');
+    let mut segments = Segments::new(&path[at..]);
     let version = segments.next().unwrap_or_default();
     let mut target = ApiTarget { prefix: &path[..at - 1], version, account: None, chunked: None, envelopes: false };
     if segments.next() != Some("accounts") {
@@ -77,7 +77,7 @@ pub fn screen<'a>(method: &http::Method, uri: &'a http::Uri, version: http::Vers
     let account = match segments.next() {
         // `/v2.1/accounts` (account creation) names none.
         None => return Ok(target),
-        Some("") if segments.clone().next().is_none() => return Ok(target),
+        Some("") if segments.0.is_none() => return Ok(target),
         Some(account) => account,
     };
     if !valid_account(account) {
@@ -90,6 +90,36 @@ pub fn screen<'a>(method: &http::Method, uri: &'a http::Uri, version: http::Vers
         _ => {}
     }
     Ok(target)
+}
+
+/// The `/`-separated segments of a path, as `str::split('/')` yields them, found byte by byte:
+/// segments are short, and every request's path is walked here.
+#[derive(Clone)]
+struct Segments<'a>(Option<&'a str>);
+
+impl<'a> Segments<'a> {
+    fn new(path: &'a str) -> Self {
+        Self(Some(path))
+    }
+}
+
+impl<'a> Iterator for Segments<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let rest = self.0?;
+        match rest.bytes().position(|b| b == b'/') {
+            Some(i) => {
+                self.0 = Some(&rest[i + 1..]);
+                Some(&rest[..i])
+            }
+            None => {
+                // The last segment: after it, none.
+                self.0 = None;
+                Some(rest)
+            }
+        }
+    }
 }
 
 /// The path of an origin-form target, without dot segments, encoded separators or backslashes.
@@ -110,7 +140,7 @@ fn origin_path<'a>(method: &http::Method, uri: &'a http::Uri, version: http::Ver
 fn version_at(path: &str) -> Result<usize, Refused> {
     let mut at = None;
     let mut offset = 0;
-    for segment in path.split('/') {
+    for segment in Segments::new(path) {
         match segment {
             "." | ".." => return Err(Refused::Traversal),
             "v2" | "v2.1" if at.is_some() => return Err(Refused::AmbiguousVersion),
@@ -126,9 +156,19 @@ fn version_at(path: &str) -> Result<usize, Refused> {
 /// well-formed ids. Anything longer is not a route of the resource (`None`: passed through for the
 /// upstream to refuse).
 fn chunked_route<'a>(segments: impl Iterator<Item = &'a str>) -> Result<Option<Chunked<'a>>, Refused> {
+    // At most three segments matter (upload, part, and a trailing slash's empty one): more is
+    // not a route of the resource.
+    let mut tail = [""; 3];
+    let mut n = 0;
+    for segment in segments {
+        if n == tail.len() {
+            return Ok(None);
+        }
+        tail[n] = segment;
+        n += 1;
+    }
     // A trailing slash names the same route.
-    let tail: Vec<&str> = segments.collect();
-    let tail = match tail.as_slice() {
+    let tail = match &tail[..n] {
         [head @ .., ""] => head,
         all => all,
     };
@@ -219,6 +259,13 @@ mod tests {
         assert_eq!(check("POST", "/v2.1/accounts"), Ok((None, None)));
         assert_eq!(check("GET", "/v2.1/accounts/42/chunked_uploads/a_b"), Err(Refused::BadUploadId));
         assert_eq!(check("PUT", "/v2.1/accounts/42/chunked_uploads/ab/99999999"), Err(Refused::BadSequence));
+    }
+
+    #[test]
+    fn segments_are_those_split_finds() {
+        for path in ["", "/", "//", "/a", "/a/", "a/b//c/", "/restapi/v2.1/accounts/42/chunked_uploads/AB/3", "///x"] {
+            assert_eq!(Segments::new(path).collect::<Vec<_>>(), path.split('/').collect::<Vec<_>>(), "{path:?}");
+        }
     }
 
     #[test]

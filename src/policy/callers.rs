@@ -3,7 +3,6 @@
 //! an account's rate limiter that everyone else of that account starves.
 
 use std::{
-    collections::HashMap,
     fmt,
     hash::Hash,
     net::IpAddr,
@@ -29,7 +28,7 @@ impl fmt::Display for Caller {
 
 /// Requests running per key (a caller, an account), each key held to a maximum.
 pub struct PerKey<K> {
-    map: Mutex<HashMap<K, usize>>,
+    map: Mutex<crate::FastMap<K, usize>>,
 }
 
 /// One running request of a key, counted until dropped.
@@ -42,7 +41,7 @@ pub struct Slot<K: Hash + Eq> {
 
 impl<K: Hash + Eq + Clone> PerKey<K> {
     pub fn new() -> Arc<Self> {
-        Arc::new(Self { map: Mutex::new(HashMap::new()) })
+        Arc::new(Self { map: Mutex::new(crate::FastMap::default()) })
     }
 
     /// A slot for `key`, unless it already runs `max`.

@@ -33,7 +33,7 @@ use governor::{
     clock::{Clock, DefaultClock},
     state::{InMemoryState, NotKeyed},
 };
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderName, StatusCode};
 use tokio::{sync::Notify, time::Instant};
 
 use super::wait::{self, Look};
@@ -226,8 +226,8 @@ pub struct LocalPacing {
     share: u32,
     hourly_limit: u32,
     burst_limit: u32,
-    accounts: Mutex<HashMap<String, Arc<AccountPace>>>,
-    remaining: Mutex<HashMap<String, Remaining>>,
+    accounts: Mutex<crate::FastMap<String, Arc<AccountPace>>>,
+    remaining: Mutex<crate::FastMap<String, Remaining>>,
     next_plan: AtomicU64,
 }
 
@@ -306,8 +306,8 @@ impl LocalPacing {
             burst_limit: (config.burst_limit / share).max(1),
             share,
             config,
-            accounts: Mutex::new(HashMap::new()),
-            remaining: Mutex::new(HashMap::new()),
+            accounts: Mutex::default(),
+            remaining: Mutex::default(),
             next_plan: AtomicU64::new(1),
         }
     }
@@ -333,6 +333,10 @@ impl LocalPacing {
 
     fn pace(&self, account: &str) -> Arc<AccountPace> {
         let mut map = self.accounts.lock().unwrap();
+        // Looked up before an entry is made: the entry API would copy the name on every call.
+        if let Some(pace) = map.get(account) {
+            return pace.clone();
+        }
         map.entry(account.to_owned())
             .or_insert_with(|| {
                 let (burst, period) = burst_quota(self.burst_limit, Duration::from_secs(self.config.burst_window_secs));
@@ -480,7 +484,8 @@ pub struct Seen {
     pub remaining: Remaining,
     /// `X-RateLimit-Reset`, Unix seconds.
     pub reset: Option<i64>,
-    /// The upstream's clock (its `Date`), else ours, Unix seconds.
+    /// The upstream's clock (its `Date`) where it decides something (see `read`), else ours,
+    /// Unix seconds.
     pub now: i64,
     pub throttled: bool,
     pub hourly_out: bool,
@@ -489,23 +494,29 @@ pub struct Seen {
 
 impl Seen {
     pub fn read(headers: &HeaderMap, code: Option<&str>, status: StatusCode) -> Self {
-        let num =
-            |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<i64>().ok());
-        let remaining = Remaining { hourly: num("x-ratelimit-remaining"), burst: num("x-burstlimit-remaining") };
+        // Looked up by names made once: every proxied answer passes here.
+        static REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+        static BURST_REMAINING: HeaderName = HeaderName::from_static("x-burstlimit-remaining");
+        static RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+        let num = |name: &HeaderName| {
+            headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<i64>().ok())
+        };
+        let remaining = Remaining { hourly: num(&REMAINING), burst: num(&BURST_REMAINING) };
+        let reset = num(&RESET);
         let throttled = is_throttle_status(status) || code.is_some_and(is_throttle_code);
+        let hourly_out = code == Some(HOURLY_LIMIT_CODE) || remaining.hourly == Some(0);
+        let burst_out = code == Some(BURST_LIMIT_CODE) || remaining.burst == Some(0) || throttled;
         // The upstream's own clock, from its Date header, so that skew between the clocks cannot
-        // stretch or cut a pause; ours when it sends none.
-        let server_now = headers.get(http::header::DATE).and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok());
+        // stretch or cut a pause; ours when it sends none. Read only where it decides something
+        // (a pause, or which hour a count without a reset speaks of): parsing a date on every
+        // answer cost a proxied GET more than the rest of this.
+        let decides = hourly_out || burst_out || (remaining.hourly.is_some() && reset.is_none());
+        let server_now = decides
+            .then(|| headers.get(http::header::DATE).and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok()))
+            .flatten();
         let now =
             server_now.unwrap_or_else(SystemTime::now).duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
-        Self {
-            remaining,
-            reset: num("x-ratelimit-reset"),
-            now,
-            throttled,
-            hourly_out: code == Some(HOURLY_LIMIT_CODE) || remaining.hourly == Some(0),
-            burst_out: code == Some(BURST_LIMIT_CODE) || remaining.burst == Some(0) || throttled,
-        }
+        Self { remaining, reset, now, throttled, hourly_out, burst_out }
     }
 
     /// The calls the upstream says are left, when it speaks of the clock hour `hour` (its reset

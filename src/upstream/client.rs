@@ -74,7 +74,7 @@ pub enum CallError {
 }
 
 /// The header that names a request, from the client through the gateway to the upstream.
-pub const REQUEST_ID: &str = "x-request-id";
+pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// The upstream's throttling error codes.
 pub const HOURLY_LIMIT_CODE: &str = "HOURLY_APIINVOCATION_LIMIT_EXCEEDED";
