@@ -4,7 +4,8 @@
 //! 3. a 50 MB document with 80 ms upstream latency: chunkgate at 1, 4 and 8 parts in flight vs the
 //!    official Python SDK doing the chunked upload itself;
 //! 4. 100 concurrent 10 MiB uploads: throughput, p50/p99 upload time, peak RSS;
-//! 5. passthrough of small GETs with wrk: chunkgate, nginx, direct;
+//! 5. passthrough of small GETs with wrk: chunkgate, nginx, a bare hyper proxy (the libraries'
+//!    floor), direct;
 //! 6. pacing: 40 concurrent uploads against 200 calls per 30 s;
 //! 7. the upstream over TLS in HTTP/2 and in HTTP/1.1: streaming and passthrough.
 //!
@@ -22,7 +23,7 @@ use std::{
 
 use bytes::Bytes;
 use serde_json::{Value, json};
-use support::*;
+use support::{hyper_floor::HyperFloor, *};
 
 const PART: u64 = 16 * MIB;
 
@@ -337,6 +338,7 @@ async fn concurrency(client: &HttpClient, block: &Bytes) -> Value {
 /// The gateway with `server.scheduler = "work-stealing"`, and on one thread (both before/after rows).
 const WORK_STEALING: &str = "chunkgate, work-stealing";
 const ONE_THREAD: &str = "chunkgate, one thread";
+const HYPER_FLOOR: &str = "hyper, bare proxy";
 
 /// Seconds each wrk run lasts.
 const WRK_SECS: f64 = 8.0;
@@ -414,6 +416,7 @@ async fn passthrough(client: &HttpClient) -> Value {
     let gws = gateway(&s.url, &[("CHUNKGATE_SERVER__SCHEDULER", "work-stealing".to_owned())]);
     let gw1 = gateway(&s.url, &[("CHUNKGATE_SERVER__WORKER_THREADS", "1".to_owned())]);
     let nginx = Nginx::start(&s.url);
+    let floor = HyperFloor::start(&s.url);
     // One upload to read back.
     let id = direct(client, &s.url, 1000, 1000, 1).await.upload_id;
     let path = format!("/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads/{id}");
@@ -422,6 +425,7 @@ async fn passthrough(client: &HttpClient) -> Value {
     let paths = [
         ("direct", &s.url),
         ("nginx", &nginx.url),
+        (HYPER_FLOOR, &floor.url),
         ("chunkgate", &gw.url),
         (WORK_STEALING, &gws.url),
         (ONE_THREAD, &gw1.url),
@@ -432,6 +436,7 @@ async fn passthrough(client: &HttpClient) -> Value {
         for (i, (name, base)) in paths.iter().enumerate() {
             let proxy_cpu = || match *name {
                 "nginx" => nginx_cpu(),
+                HYPER_FLOOR => cpu_secs(floor.child.id()),
                 "chunkgate" => gw.cpu_secs(),
                 WORK_STEALING => gws.cpu_secs(),
                 ONE_THREAD => gw1.cpu_secs(),
@@ -462,8 +467,9 @@ async fn passthrough(client: &HttpClient) -> Value {
         (get("chunkgate", "rps") / get("nginx", "rps"), get("chunkgate", "p99_ms") - get("direct", "p99_ms"));
     let vs = |n: &str| (get(n, "rps") / get("nginx", "rps"), get(n, "p99_ms") - get("direct", "p99_ms"));
     let ((ratio_ws, added_ws), (ratio1, added1)) = (vs(WORK_STEALING), vs(ONE_THREAD));
+    let (floor_ratio, _) = vs(HYPER_FLOOR);
     println!(
-        "5. passthrough GETs, medians of 3: {} -> chunkgate {ratio:.2}x nginx's requests/s (target 0.8), +{added:.2} ms p99 over direct (target 1 ms); work-stealing: {ratio_ws:.2}x, +{added_ws:.2} ms; one thread: {ratio1:.2}x, +{added1:.2} ms",
+        "5. passthrough GETs, medians of 3: {} -> chunkgate {ratio:.2}x nginx's requests/s (target 1.0), +{added:.2} ms p99 over direct; work-stealing: {ratio_ws:.2}x, +{added_ws:.2} ms; one thread: {ratio1:.2}x, +{added1:.2} ms; the bare hyper proxy (the libraries' floor) {floor_ratio:.2}x nginx, chunkgate {:.2}x it",
         rows.iter()
             .map(|r| format!(
                 "{} {:.0} req/s p99 {:.2} ms (proxy CPU {:.1} us/req)",
@@ -473,12 +479,14 @@ async fn passthrough(client: &HttpClient) -> Value {
                 r["proxy_cpu_us"].as_f64().unwrap()
             ))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        ratio / floor_ratio,
     );
     json!({
         "rows": rows, "vs_nginx": ratio, "added_p99_ms": added,
         "work_stealing": {"vs_nginx": ratio_ws, "added_p99_ms": added_ws},
         "one_thread": {"vs_nginx": ratio1, "added_p99_ms": added1},
+        "hyper_floor": {"vs_nginx": floor_ratio, "chunkgate_vs_floor": ratio / floor_ratio},
     })
 }
 
@@ -807,6 +815,8 @@ fn histogram_change(before: &str, after: &str, name: &str) -> String {
 
 #[tokio::main]
 async fn main() {
+    // Run again as the passthrough section's bare hyper proxy, it serves until killed.
+    hyper_floor::serve_if_asked();
     let only = std::env::args().skip_while(|a| a != "--only").nth(1);
     let want = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == name));
     let client = client();

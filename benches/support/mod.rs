@@ -24,6 +24,7 @@ pub fn client() -> HttpClient {
 pub const MIB: u64 = 1024 * 1024;
 pub const ACCOUNT: &str = "1234567";
 
+pub mod hyper_floor;
 pub mod tus;
 
 /// The tests' support module: the real binary is started the same way in both.
