@@ -27,10 +27,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::{
-    io::{AsyncSeekExt, AsyncWriteExt},
-    sync::{mpsc, watch},
-};
+use tokio::sync::{mpsc, watch};
 
 use self::store::{Outcome, Session, Store};
 use crate::{
@@ -615,9 +612,7 @@ impl Tus {
         // go up while it is still arriving; not one with a checksum, which must be whole first.
         const DURABLE_EVERY: u64 = 8 << 20;
         let io = |e: std::io::Error| GatewayError::Internal(format!("tus: the spool: {e}"));
-        let path = self.store.spool(&s.id);
-        let mut file = tokio::fs::OpenOptions::new().write(true).open(&path).await.map_err(io)?;
-        file.seek(std::io::SeekFrom::Start(s.offset)).await.map_err(io)?;
+        let mut file = store::SpoolWriter::open(self.store.spool(&s.id), s.offset).await.map_err(io)?;
         let start = s.offset;
         let limit = s.length.unwrap_or(self.max_size);
         let mut written = 0u64;
@@ -641,48 +636,44 @@ impl Tus {
                 too_long = true;
                 break;
             }
-            file.write_all(&data).await.map_err(io)?;
             if let Some(h) = hasher.as_mut() {
                 h.update(&data);
             }
             written += data.len() as u64;
+            file.write(data).await.map_err(io)?;
             if progressive && start + written - durable >= DURABLE_EVERY {
-                file.sync_data().await.map_err(io)?;
+                file.sync().await.map_err(io)?;
                 durable = start + written;
                 s.offset = durable;
                 self.store.put(s).await.map_err(GatewayError::Internal)?;
                 live.offset.send_replace(durable);
             }
         }
-        let rollback = |why: GatewayError| async {
-            let _ = file.set_len(durable).await;
-            Err(why)
-        };
-        if too_long {
-            return rollback(tus_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "TUS_TOO_LARGE",
-                "The data goes past Upload-Length.",
-            ))
-            .await;
-        }
-        if let (Some(expected), Some(h)) = (checksum, hasher) {
+        let refused = if too_long {
+            Some(tus_error(StatusCode::PAYLOAD_TOO_LARGE, "TUS_TOO_LARGE", "The data goes past Upload-Length."))
+        } else if let (Some(expected), Some(h)) = (checksum, hasher) {
             if broken {
                 // A chunk that did not arrive whole cannot be checked: nothing of it is kept.
-                return rollback(tus_error(StatusCode::BAD_REQUEST, "CLIENT_BODY_ERROR", "The PATCH body broke off."))
-                    .await;
-            }
-            if h.finish() != expected.digest {
+                Some(tus_error(StatusCode::BAD_REQUEST, "CLIENT_BODY_ERROR", "The PATCH body broke off."))
+            } else if h.finish() != expected.digest {
                 metrics::counter!(telemetry::TUS_CHECKSUM_MISMATCH).increment(1);
-                return rollback(tus_error(
+                Some(tus_error(
                     StatusCode::from_u16(460).expect("valid"),
                     "TUS_CHECKSUM_MISMATCH",
                     "Upload-Checksum does not match the PATCH body; the chunk was discarded.",
                 ))
-                .await;
+            } else {
+                None
             }
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            // Back to the last durable offset: nothing of this chunk is kept.
+            let _ = file.truncate(durable).await;
+            return Err(why);
         }
-        file.sync_data().await.map_err(io)?;
+        file.sync().await.map_err(io)?;
         drop(file);
         s.offset = start + written;
         self.store.put(s).await.map_err(GatewayError::Internal)?;

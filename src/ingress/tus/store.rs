@@ -169,3 +169,89 @@ impl Store {
         let _ = tokio::fs::remove_file(self.spool(id)).await;
     }
 }
+
+/// Appends a PATCH's bytes to a spool on the blocking pool, a batch of frames at a time, with one
+/// batch being written while the next is gathered. The frames are written as they came (tokio's
+/// `File` copies each into a buffer of its own first), and the pool is handed one job per batch
+/// rather than one per frame.
+pub struct SpoolWriter {
+    /// `None` while a batch is being written (the job has it).
+    file: Option<std::fs::File>,
+    writing: Option<tokio::task::JoinHandle<(std::fs::File, std::io::Result<()>)>>,
+    batch: Vec<bytes::Bytes>,
+    batched: usize,
+}
+
+impl SpoolWriter {
+    /// Bytes gathered before they are handed to the pool.
+    const BATCH: usize = 1 << 20;
+
+    /// The spool at `path`, written from `at` on.
+    pub async fn open(path: PathBuf, at: u64) -> std::io::Result<Self> {
+        let file = tokio::task::spawn_blocking(move || {
+            let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
+            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(at))?;
+            Ok::<_, std::io::Error>(file)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        Ok(Self { file: Some(file), writing: None, batch: Vec::new(), batched: 0 })
+    }
+
+    pub async fn write(&mut self, data: bytes::Bytes) -> std::io::Result<()> {
+        self.batched += data.len();
+        self.batch.push(data);
+        if self.batched >= Self::BATCH {
+            self.send(false).await?;
+        }
+        Ok(())
+    }
+
+    /// Everything written so far is on disk when this returns: written, then `fdatasync`.
+    pub async fn sync(&mut self) -> std::io::Result<()> {
+        self.send(true).await?;
+        self.settle().await
+    }
+
+    /// Cuts the spool back to `len`; what was gathered and not yet written is dropped.
+    pub async fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        self.batch.clear();
+        self.batched = 0;
+        // A write that failed does not stop the cut.
+        let _ = self.settle().await;
+        let file = self.file.take().ok_or_else(|| std::io::Error::other("the spool's writer was lost"))?;
+        let (file, cut) = tokio::task::spawn_blocking(move || {
+            let cut = file.set_len(len);
+            (file, cut)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        self.file = Some(file);
+        cut
+    }
+
+    /// Waits for the batch being written, then hands the gathered one to the pool (synced after
+    /// it, if `sync`).
+    async fn send(&mut self, sync: bool) -> std::io::Result<()> {
+        self.settle().await?;
+        let batch = std::mem::take(&mut self.batch);
+        self.batched = 0;
+        let mut file = self.file.take().ok_or_else(|| std::io::Error::other("the spool's writer was lost"))?;
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            let written = batch.iter().try_for_each(|frame| std::io::Write::write_all(&mut file, frame));
+            let done = written.and_then(|()| if sync { file.sync_data() } else { Ok(()) });
+            (file, done)
+        }));
+        Ok(())
+    }
+
+    /// Waits for the batch being written, if any.
+    async fn settle(&mut self) -> std::io::Result<()> {
+        if let Some(writing) = self.writing.take() {
+            let (file, done) = writing.await.map_err(std::io::Error::other)?;
+            self.file = Some(file);
+            done?;
+        }
+        Ok(())
+    }
+}
