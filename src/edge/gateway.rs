@@ -378,11 +378,13 @@ fn framing_answer(dialect: crate::upstream::dialect::Dialect, limit: usize) -> c
             ),
         };
         let body = dialect.error(err.code(), &err.to_string());
+        // The request's head could not be read, so a client's own id cannot be echoed: a new one.
         let head = format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\ndate: {}\r\n\r\n",
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\nx-request-id: {}\r\ndate: {}\r\n\r\n",
             status.as_u16(),
             status.canonical_reason().unwrap_or(""),
             body.len(),
+            new_request_id().to_str().expect("hex"),
             httpdate::fmt_http_date(std::time::SystemTime::now()),
         );
         let mut answer = bytes::BytesMut::from(head.as_bytes());
@@ -408,6 +410,13 @@ fn request_id(req: &mut Request<Incoming>) -> http::HeaderValue {
     if let Some(id) = req.headers().get(crate::upstream::client::REQUEST_ID) {
         return id.clone();
     }
+    let id = new_request_id();
+    req.headers_mut().insert(crate::upstream::client::REQUEST_ID, id.clone());
+    id
+}
+
+/// A new request id: a random prefix for this process and a count, in hex.
+fn new_request_id() -> http::HeaderValue {
     static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     // A random prefix for this process and a count, in hex: as unique as a UUID for the purpose,
@@ -423,9 +432,7 @@ fn request_id(req: &mut Request<Incoming>) -> http::HeaderValue {
     for (i, slot) in text[17..].iter_mut().enumerate() {
         *slot = HEX[(n >> (44 - 4 * i) & 15) as usize];
     }
-    let id = http::HeaderValue::from_bytes(&text).expect("hex is a header value");
-    req.headers_mut().insert(crate::upstream::client::REQUEST_ID, id.clone());
-    id
+    http::HeaderValue::from_bytes(&text).expect("hex is a header value")
 }
 
 /// tower-http's body-limit and timeout layers are not used: a streamed document is bounded by its
@@ -504,14 +511,14 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
         // Boxed once: the handler's future is large, and each wrapper would otherwise copy it as
         // it wraps it.
         let answer: Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>> = match &cors {
-            None => Box::pin(async move { Ok(gw.handle(req, peer).await) }),
-            Some(cors) => {
+            Some(cors) if crate::ingress::tus::cors_applies(&req) => {
                 let inner = tower::service_fn(move |req| {
                     let gw = gw.clone();
                     async move { Ok::<_, BoxError>(gw.handle(req, peer).await) }
                 });
                 Box::pin(tower::Layer::layer(cors, inner).oneshot(req))
             }
+            _ => Box::pin(async move { Ok(gw.handle(req, peer).await) }),
         };
         async move {
             let mut answer = unpanicked(answer, dialect).await?;

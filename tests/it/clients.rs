@@ -458,7 +458,9 @@ async fn errors_name_what_happened_and_always_carry_a_body() {
         let answer = raw(s.gw.addr, head.as_bytes()).await;
         let (status_line, rest) = answer.split_once("\r\n").unwrap();
         assert!(status_line.starts_with("HTTP/1.1 4"), "{answer}");
-        let body = rest.split_once("\r\n\r\n").unwrap().1;
+        let (head, body) = rest.split_once("\r\n\r\n").unwrap();
+        // Every answer names a request id, these too (a new one: the client's could not be read).
+        assert!(head.to_ascii_lowercase().contains("x-request-id: "), "{answer}");
         let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
         assert!(v["errorCode"].as_str().is_some_and(|c| c == "BAD_REQUEST" || c == "HEADERS_TOO_LARGE"), "{answer}");
     }

@@ -570,6 +570,48 @@ upload.start();
 }
 
 #[tokio::test]
+async fn cors_covers_tus_alone_and_leaves_other_options_requests_alone() {
+    let origin = "http://127.0.0.1:1";
+    let dir = spool_dir("cors");
+    let s = Stack::start(SimConfig::default(), move |c| {
+        c.tus.dir = dir;
+        c.tus.cors_origins = vec![origin.into()];
+    })
+    .await;
+    let auth = format!("Bearer {TOKEN}");
+    // tus discovery (an OPTIONS that is no preflight) is answered by tus, with its headers.
+    let discovery = s
+        .http
+        .send(Method::OPTIONS, &creation_url(&s), &[("origin", origin), ("tus-resumable", "1.0.0")], "")
+        .await
+        .unwrap();
+    assert_eq!(discovery.status, StatusCode::NO_CONTENT);
+    assert_eq!(discovery.header("tus-version"), "1.0.0");
+    assert!(discovery.header("tus-extension").contains("creation"));
+    // A preflight for a tus request is answered by the CORS layer, for the configured origin.
+    let h = [
+        ("origin", origin),
+        ("access-control-request-method", "PATCH"),
+        ("access-control-request-headers", "Tus-Resumable, Upload-Offset, Content-Type"),
+    ];
+    let url = format!("{}/tus/uploads/{}", s.gw.url(), "0".repeat(32));
+    let preflight = s.http.send(Method::OPTIONS, &url, &h, "").await.unwrap();
+    assert_eq!(preflight.header("access-control-allow-origin"), origin);
+    assert!(preflight.header("access-control-allow-methods").contains("PATCH"));
+    // Anything else is the upstream's: an OPTIONS reaches it, and its answers carry no CORS
+    // headers, so the configured origin cannot read the account's other API answers.
+    let before = s.sim.stats().await["requests"].as_u64().unwrap_or(0);
+    let envelopes = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/envelopes", s.gw.url());
+    let h = [("origin", origin), ("access-control-request-method", "GET"), ("authorization", auth.as_str())];
+    let options = s.http.send(Method::OPTIONS, &envelopes, &h, "").await.unwrap();
+    assert_eq!(options.header("access-control-allow-origin"), "", "{}", options.status);
+    let get = s.http.send(Method::GET, &envelopes, &[("origin", origin), ("authorization", &auth)], "").await.unwrap();
+    assert_eq!(get.header("access-control-allow-origin"), "");
+    let after = s.sim.stats().await["requests"].as_u64().unwrap_or(0);
+    assert!(after >= before + 2, "both requests reached the upstream ({before} -> {after})");
+}
+
+#[tokio::test]
 async fn creations_that_the_disk_budget_cannot_hold_are_refused_until_room_comes_back() {
     let dir = spool_dir("budget");
     let s = Stack::start(SimConfig::default(), move |c| {

@@ -102,6 +102,30 @@ pub fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     )
 }
 
+/// Whether CORS applies to a request: browsers of the configured origins may use tus, and nothing
+/// else through the gateway. That is an upload's URL, or the creation URL asked with
+/// `Tus-Resumable` or by a preflight for a request that will carry it. A preflight (an `OPTIONS`
+/// with `Access-Control-Request-Method`) is answered by the CORS layer; any other `OPTIONS` (tus
+/// discovery, or one for the upstream) is not one and goes where it would without CORS. The
+/// upstream's other answers get no CORS headers: a configured origin cannot read them.
+pub fn cors_applies<B>(req: &Request<B>) -> bool {
+    let headers = req.headers();
+    let preflight = req.method() == Method::OPTIONS && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    if req.method() == Method::OPTIONS && !preflight {
+        return false;
+    }
+    let path = req.uri().path();
+    if path.starts_with(PATH) {
+        return true;
+    }
+    let asks_tus = headers.contains_key("tus-resumable")
+        || (preflight
+            && headers.get_all(header::ACCESS_CONTROL_REQUEST_HEADERS).iter().any(|v| {
+                v.to_str().is_ok_and(|names| names.split(',').any(|n| n.trim().eq_ignore_ascii_case("tus-resumable")))
+            }));
+    asks_tus && path.trim_end_matches('/').ends_with("/chunked_uploads")
+}
+
 /// The tus uploads of this gateway.
 pub struct Tus {
     config: TusConfig,
