@@ -812,6 +812,48 @@ async fn a_second_patch_while_one_runs_waits_then_gets_423() {
 }
 
 #[tokio::test]
+async fn a_gateway_killed_in_the_middle_of_a_patch_leaves_nothing_open_upstream_and_head_does_not_wait_for_it() {
+    use tokio::io::AsyncWriteExt;
+    let sim = SimApi::start(SimConfig::default()).await;
+    let mut gw = TusGateway::start(&sim, "kill-mid-patch", &[]);
+    let data = bytes_of(10 << 20, 91);
+    let url = create_on(&gw, data.len()).await;
+    // One PATCH of the whole document: 8.5 MiB sent, then the client goes quiet. The gateway makes
+    // the first 8 MiB durable on the way (and readable upstream), so the upstream upload is
+    // created while the PATCH still holds the upload.
+    let path = url.trim_start_matches(&gw.bin.url).to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(gw.bin.url.trim_start_matches("http://")).await.unwrap();
+    let head = format!(
+        "PATCH {path} HTTP/1.1\r\nHost: gw\r\nTus-Resumable: 1.0.0\r\nAuthorization: Bearer {TOKEN}\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {}\r\n\r\n",
+        data.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&data[..(8 << 20) + (512 << 10)]).await.unwrap();
+    sim.wait_stats(|st| st["created"] == 1).await;
+    // HEAD answers at once with what is durable, not after the quiet PATCH's idle timeout.
+    let started = std::time::Instant::now();
+    let during = tokio::time::timeout(std::time::Duration::from_secs(5), send_to(Method::HEAD, &url, &[], Vec::new()))
+        .await
+        .expect("HEAD does not wait for the running PATCH");
+    let durable: usize = during.header("upload-offset").parse().unwrap();
+    // Made durable as frames arrived: at least the first 8 MiB, at most what was sent.
+    assert!((8 << 20..=(8 << 20) + (512 << 10)).contains(&durable), "{durable} after {:?}", started.elapsed());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Killed mid-PATCH: the upstream upload's id was recorded when its create answered, so the
+    // restarted gateway continues it (or deletes it) rather than leaving it open.
+    gw.kill_and_restart(&sim);
+    drop(tcp);
+    let offset: usize = send_to(Method::HEAD, &url, &[], Vec::new()).await.header("upload-offset").parse().unwrap();
+    assert_eq!(offset, durable);
+    let done = send_to(Method::PATCH, &url, &at(offset), data[offset..].to_vec()).await;
+    assert_eq!(done.status, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&done.body));
+    let v = sim.inspect(done.header("x-chunkgate-upload-id")).await;
+    assert_eq!((v["state"].as_str(), v["sha256"].as_str()), (Some("committed"), Some(sha256_hex(&data).as_str())));
+    let st = sim.wait_stats(|st| st["open"] == 0).await;
+    assert_eq!(st["committed"], 1, "{st}");
+}
+
+#[tokio::test]
 async fn an_upstream_upload_that_expired_while_the_gateway_was_down_is_created_anew_from_the_spool() {
     let sim = SimApi::start(SimConfig::default()).await;
     let mut gw = TusGateway::start(&sim, "adopt-expired", &[]);

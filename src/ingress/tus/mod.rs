@@ -164,6 +164,30 @@ struct Live {
     /// The token and caller of the latest request, to start the upload again without one (in
     /// memory only).
     last: Mutex<Option<(HeaderValue, Caller)>>,
+    /// The upstream upload's id as soon as its create answers. A PATCH holds the session across
+    /// its whole body, so it records this itself as it goes (see `append`): waiting for the PATCH
+    /// to end would leave the id unrecorded, and the upload open upstream, if the process died
+    /// meanwhile.
+    opened: watch::Sender<Option<String>>,
+    /// The session as the running PATCH found it (offset aside: `offset` has it), for a HEAD that
+    /// must not wait for that PATCH to end.
+    patching: Mutex<Option<Session>>,
+}
+
+/// The running PATCH's session, shown to HEAD (see `Live::patching`) until dropped.
+struct Patching<'a>(&'a Live);
+
+impl<'a> Patching<'a> {
+    fn new(live: &'a Live, s: &Session) -> Self {
+        *live.patching.lock().unwrap() = Some(s.clone());
+        Self(live)
+    }
+}
+
+impl Drop for Patching<'_> {
+    fn drop(&mut self) {
+        *self.0.patching.lock().unwrap() = None;
+    }
 }
 
 fn unix_now() -> u64 {
@@ -445,7 +469,21 @@ impl Tus {
         caller: Caller,
     ) -> Result<Response<Body>, GatewayError> {
         let live = self.find(req.headers(), id)?;
-        let s = live.session.lock().await.clone();
+        let s = match live.session.try_lock() {
+            Ok(s) => s.clone(),
+            // A PATCH is running (perhaps stalled): what it has made durable so far, not a wait
+            // for its end.
+            Err(_) => {
+                let running = live.patching.lock().unwrap().clone();
+                match running {
+                    Some(mut s) => {
+                        s.offset = *live.offset.borrow();
+                        s
+                    }
+                    None => live.session.lock().await.clone(),
+                }
+            }
+        };
         if s.outcome.is_none() && s.expires <= unix_now() {
             return Err(tus_error(StatusCode::GONE, "TUS_UPLOAD_EXPIRED", "The upload expired."));
         }
@@ -562,10 +600,13 @@ impl Tus {
         if let Some(auth) = &auth {
             self.start(&live, &s, auth, caller).await?;
         }
+        let patching = Patching::new(&live, &s);
         let appended = self.append(&live, &mut s, req.into_body(), checksum, new_length.is_none()).await;
         match &appended {
             // Refused (past the length, a checksum): nothing was recorded, the length included.
-            Err(e) if !matches!(e, GatewayError::ClientBodyError) => s.length = length_before,
+            Err(e) if !matches!(e, GatewayError::ClientBodyError | GatewayError::ClientBodyTimeout(_)) => {
+                s.length = length_before
+            }
             _ => {
                 if s.length.is_some() && live.length.borrow().is_none() {
                     live.length.send_replace(s.length);
@@ -580,6 +621,7 @@ impl Tus {
         // The upload's end is recorded under the lock: let go of it before waiting for that.
         let guard = s;
         let s = guard.clone();
+        drop(patching);
         drop(guard);
         let mut r = Response::builder()
             .status(StatusCode::NO_CONTENT)
@@ -646,12 +688,33 @@ impl Tus {
         let mut too_long = false;
         let progressive = progressive && checksum.is_none();
         let mut durable = start;
+        let mut stalled = false;
+        let mut opened = live.opened.subscribe();
         loop {
-            let frame = match tokio::time::timeout(idle, incoming.frame()).await {
+            // The upstream upload's id, once its create answers, recorded now (see `Live::opened`),
+            // also while the client is quiet.
+            let next = tokio::time::timeout(idle, incoming.frame());
+            tokio::pin!(next);
+            let next = loop {
+                let id = opened.borrow_and_update().clone();
+                if let Some(id) = id.filter(|id| s.outcome.is_none() && s.upstream.as_ref() != Some(id)) {
+                    s.upstream = Some(id);
+                    self.store.put(s).await.map_err(GatewayError::Internal)?;
+                }
+                tokio::select! {
+                    next = &mut next => break next,
+                    _ = opened.changed() => {}
+                }
+            };
+            let frame = match next {
                 Ok(Some(Ok(frame))) => frame,
                 Ok(None) => break,
-                Ok(Some(Err(_))) | Err(_) => {
+                Ok(Some(Err(_))) => {
                     broken = true;
+                    break;
+                }
+                Err(_) => {
+                    (broken, stalled) = (true, true);
                     break;
                 }
             };
@@ -703,6 +766,9 @@ impl Tus {
         self.store.put(s).await.map_err(GatewayError::Internal)?;
         live.offset.send_replace(s.offset);
         metrics::counter!(telemetry::TUS_BYTES).increment(written);
+        if stalled {
+            return Err(GatewayError::ClientBodyTimeout(idle));
+        }
         if broken {
             return Err(GatewayError::ClientBodyError);
         }
@@ -878,8 +944,9 @@ impl Tus {
             let (this, live) = (self.clone(), live.clone());
             tokio::spawn(async move {
                 if let Ok(upstream_id) = opened_rx.await {
+                    live.opened.send_replace(Some(upstream_id.clone()));
                     let mut s = live.session.lock().await;
-                    if s.outcome.is_none() {
+                    if s.outcome.is_none() && s.upstream.as_deref() != Some(upstream_id.as_str()) {
                         s.upstream = Some(upstream_id);
                         let _ = this.store.put(&s).await;
                     }
@@ -914,6 +981,7 @@ impl Tus {
         {
             // The upload the driver made has ended: committed, or deleted on its way out.
             let mut s = live.session.lock().await;
+            live.opened.send_replace(None);
             if s.upstream.take().is_some() {
                 let _ = self.store.put(&s).await;
             }
@@ -983,6 +1051,8 @@ impl Live {
             outcome: watch::Sender::new(s.outcome.clone()),
             running: Mutex::new(None),
             last: Mutex::new(None),
+            opened: watch::Sender::new(None),
+            patching: Mutex::new(None),
             session: tokio::sync::Mutex::new(s),
         }
     }
