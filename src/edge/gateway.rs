@@ -144,6 +144,8 @@ impl Gateway {
                     req.headers_mut().remove(&self.caller_key_header);
                     return Box::pin(tus.upload(req, &id, caller)).await;
                 }
+                // Under the upload URLs, but no upload's: not a path of the upstream's either.
+                return tus.unknown();
             }
         }
         // The target is parsed once, here; everything after reads the account from this parse.
@@ -167,7 +169,8 @@ impl Gateway {
         // The caller's key is for the gateway alone.
         req.headers_mut().remove(&self.caller_key_header);
         let allowed = &self.config.server.allowed_accounts;
-        if !allowed.is_empty() && !target.account.is_some_and(|a| allowed.iter().any(|x| x == a)) {
+        // Account ids are numbers or GUIDs, and a GUID is the same in either case.
+        if !allowed.is_empty() && !target.account.is_some_and(|a| allowed.iter().any(|x| x.eq_ignore_ascii_case(a))) {
             return GatewayError::AccountNotAllowed.response(dialect);
         }
         let creation = target.chunked == Some(Chunked { upload: None, part: None });

@@ -320,3 +320,16 @@ async fn an_idempotent_passthrough_request_is_sent_again_when_a_reused_connectio
     let second = s.http.send(Method::DELETE, &url, &[("authorization", &auth)], "").await.unwrap();
     assert_eq!(second.status, StatusCode::OK, "{}", String::from_utf8_lossy(&second.body));
 }
+
+#[tokio::test]
+async fn an_allowed_guid_account_is_allowed_in_either_case() {
+    let guid = "3216e4b2-0a1b-4c2d-8e3f-34cc91813ea2";
+    let s = Stack::start(SimConfig::default(), move |c| c.server.allowed_accounts = vec![guid.into()]).await;
+    let auth = format!("Bearer {TOKEN}");
+    for (account, allowed) in [(guid.to_owned(), true), (guid.to_uppercase(), true), ("1234567".to_owned(), false)] {
+        let url = format!("{}/restapi/v2.1/accounts/{account}/envelopes", s.gw.url());
+        let r = s.http.send(Method::GET, &url, &[("authorization", &auth)], "").await.unwrap();
+        let refused = r.status == StatusCode::FORBIDDEN && r.json()["errorCode"] == "ACCOUNT_NOT_ALLOWED";
+        assert_eq!(!refused, allowed, "{account}: {}", r.status);
+    }
+}

@@ -570,6 +570,24 @@ upload.start();
 }
 
 #[tokio::test]
+async fn a_doubled_upload_length_and_an_upload_url_with_no_upload_are_refused() {
+    let s = tus_stack("doubled").await;
+    let auth = format!("Bearer {TOKEN}");
+    let h = [
+        ("tus-resumable", "1.0.0"),
+        ("authorization", auth.as_str()),
+        ("upload-length", "10"),
+        ("upload-length", "20"),
+    ];
+    let doubled = s.http.send(Method::POST, &creation_url(&s), &h, "").await.unwrap();
+    assert_eq!((doubled.status, code(&doubled)), (StatusCode::BAD_REQUEST, "TUS_BAD_HEADER".into()));
+    let h = [("upload-offset", "0"), ("content-type", "application/offset+octet-stream")];
+    let nowhere = tus(&s, Method::PATCH, &format!("{}/tus/uploads/zz", s.gw.url()), &h, vec![1]).await;
+    assert_eq!((nowhere.status, code(&nowhere)), (StatusCode::NOT_FOUND, "TUS_UPLOAD_NOT_FOUND".into()));
+    assert_eq!(s.sim.stats().await["requests"], 0, "nothing reached the upstream");
+}
+
+#[tokio::test]
 async fn cors_covers_tus_alone_and_leaves_other_options_requests_alone() {
     let origin = "http://127.0.0.1:1";
     let dir = spool_dir("cors");

@@ -200,9 +200,13 @@ fn tus_error(status: StatusCode, code: &'static str, message: impl Into<String>)
 
 /// A request's `Upload-*` number header: absent, or a non-negative integer, else 400.
 fn number(headers: &HeaderMap, name: &str) -> Result<Option<u64>, GatewayError> {
-    match headers.get(name) {
-        None => Ok(None),
-        Some(v) => v
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(_), Some(_)) => {
+            Err(tus_error(StatusCode::BAD_REQUEST, "TUS_BAD_HEADER", format!("{name} appears more than once.")))
+        }
+        (Some(v), None) => v
             .to_str()
             .ok()
             .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
@@ -276,6 +280,11 @@ impl Tus {
     }
 
     /// `OPTIONS` on the creation URL or an upload URL: what this server supports.
+    /// The answer to an upload URL that names no upload (its id is not 32 hex digits).
+    pub fn unknown(&self) -> Response<Body> {
+        self.respond(tus_error(StatusCode::NOT_FOUND, "TUS_UPLOAD_NOT_FOUND", "No such upload."))
+    }
+
     pub fn options(&self) -> Response<Body> {
         Response::builder()
             .status(StatusCode::NO_CONTENT)
