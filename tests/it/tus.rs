@@ -872,6 +872,44 @@ async fn a_gateway_killed_in_the_middle_of_a_patch_leaves_nothing_open_upstream_
 }
 
 #[tokio::test]
+async fn an_http2_patch_reset_mid_body_keeps_the_bytes_it_sent() {
+    use crate::clients::{h2_raw, h2_send};
+    let s = tus_stack("h2-reset").await;
+    let data = bytes_of(PART * 40, 17);
+    let url = create(&s, data.len()).await;
+    let mut client = h2_raw(s.gw.addr).await;
+    let req = http::Request::patch(&url)
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("tus-resumable", "1.0.0")
+        .header("upload-offset", "0")
+        .header("content-type", "application/offset+octet-stream")
+        .header("content-length", data.len())
+        .body(())
+        .unwrap();
+    let (answer, mut stream) = client.send_request(req, false).unwrap();
+    let sent = PART * 25;
+    h2_send(&mut stream, bytes::Bytes::copy_from_slice(&data[..sent]), false).await;
+    // Let the gateway read what was sent, then the client gives up on the stream.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stream.send_reset(h2::Reason::CANCEL);
+    drop(answer);
+    // The bytes that arrived are kept (as over HTTP/1.1): the client resumes from them.
+    let mut offset = 0;
+    for _ in 0..50 {
+        offset = tus(&s, Method::HEAD, &url, &[], Vec::new()).await.header("upload-offset").parse().unwrap();
+        if offset > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(offset, sent, "the bytes sent before the reset are kept");
+    let done = patch(&s, &url, offset, &data[offset..], &[]).await;
+    assert_eq!(done.status, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&done.body));
+    let v = s.sim.inspect(done.header("x-chunkgate-upload-id")).await;
+    assert_eq!((v["state"].as_str(), v["sha256"].as_str()), (Some("committed"), Some(sha256_hex(&data).as_str())));
+}
+
+#[tokio::test]
 async fn an_upstream_upload_that_expired_while_the_gateway_was_down_is_created_anew_from_the_spool() {
     let sim = SimApi::start(SimConfig::default()).await;
     let mut gw = TusGateway::start(&sim, "adopt-expired", &[]);

@@ -154,7 +154,7 @@ struct Live {
     /// once every byte is spooled.
     whole_first: std::sync::atomic::AtomicBool,
     /// Its record; held across a PATCH, so that one PATCH runs at a time.
-    session: tokio::sync::Mutex<Session>,
+    session: Arc<tokio::sync::Mutex<Session>>,
     /// Bytes durable in the spool, and the length once known: the spool's reader follows them.
     offset: watch::Sender<u64>,
     length: watch::Sender<Option<u64>>,
@@ -175,16 +175,16 @@ struct Live {
 }
 
 /// The running PATCH's session, shown to HEAD (see `Live::patching`) until dropped.
-struct Patching<'a>(&'a Live);
+struct Patching(Arc<Live>);
 
-impl<'a> Patching<'a> {
-    fn new(live: &'a Live, s: &Session) -> Self {
+impl Patching {
+    fn new(live: &Arc<Live>, s: &Session) -> Self {
         *live.patching.lock().unwrap() = Some(s.clone());
-        Self(live)
+        Self(live.clone())
     }
 }
 
-impl Drop for Patching<'_> {
+impl Drop for Patching {
     fn drop(&mut self) {
         *self.0.patching.lock().unwrap() = None;
     }
@@ -556,7 +556,7 @@ impl Tus {
         let auth = h.get(header::AUTHORIZATION).cloned();
         // One PATCH at a time: a second waits for the first (a client that reconnects while its
         // old request is still being read), then its offset is checked.
-        let mut s = match tokio::time::timeout(Duration::from_secs(10), live.session.lock()).await {
+        let mut s = match tokio::time::timeout(Duration::from_secs(10), live.session.clone().lock_owned()).await {
             Ok(s) => s,
             Err(_) => {
                 return Err(tus_error(StatusCode::LOCKED, "TUS_LOCKED", "Another PATCH of this upload is running."));
@@ -609,19 +609,32 @@ impl Tus {
         if let Some(auth) = &auth {
             self.start(&live, &s, auth, caller).await?;
         }
-        let patching = Patching::new(&live, &s);
-        let appended = self.append(&live, &mut s, req.into_body(), checksum, new_length.is_none()).await;
-        match &appended {
-            // Refused (past the length, a checksum): nothing was recorded, the length included.
-            Err(e) if !matches!(e, GatewayError::ClientBodyError | GatewayError::ClientBodyTimeout(_)) => {
-                s.length = length_before
-            }
-            _ => {
-                if s.length.is_some() && live.length.borrow().is_none() {
-                    live.length.send_replace(s.length);
+        // The body is read, and what arrived recorded, in a task of its own: a request cancelled
+        // with its stream (an HTTP/2 client resetting it, or dropping its connection) still keeps
+        // the bytes it sent, as over HTTP/1.1, and no write of it can land after a later PATCH's.
+        let appending = {
+            let (this, live) = (self.clone(), live.clone());
+            let (body, progressive) = (req.into_body(), new_length.is_none());
+            tokio::spawn(async move {
+                let patching = Patching::new(&live, &s);
+                let appended = this.append(&live, &mut s, body, checksum, progressive).await;
+                match &appended {
+                    // Refused (past the length, a checksum): nothing was recorded, the length included.
+                    Err(e) if !matches!(e, GatewayError::ClientBodyError | GatewayError::ClientBodyTimeout(_)) => {
+                        s.length = length_before
+                    }
+                    _ => {
+                        if s.length.is_some() && live.length.borrow().is_none() {
+                            live.length.send_replace(s.length);
+                        }
+                    }
                 }
-            }
-        }
+                drop(patching);
+                (s, appended)
+            })
+        };
+        let (s, appended) =
+            appending.await.map_err(|e| GatewayError::Internal(format!("tus: the PATCH's task failed: {e}")))?;
         appended?;
         if let (Some(auth), true) = (&auth, s.length == Some(s.offset)) {
             // Complete: the upload must be running to finish (one held back until now).
@@ -630,7 +643,6 @@ impl Tus {
         // The upload's end is recorded under the lock: let go of it before waiting for that.
         let guard = s;
         let s = guard.clone();
-        drop(patching);
         drop(guard);
         let mut r = Response::builder()
             .status(StatusCode::NO_CONTENT)
@@ -1062,7 +1074,7 @@ impl Live {
             last: Mutex::new(None),
             opened: watch::Sender::new(None),
             patching: Mutex::new(None),
-            session: tokio::sync::Mutex::new(s),
+            session: Arc::new(tokio::sync::Mutex::new(s)),
         }
     }
 }
