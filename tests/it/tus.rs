@@ -872,6 +872,52 @@ async fn a_gateway_killed_in_the_middle_of_a_patch_leaves_nothing_open_upstream_
 }
 
 #[tokio::test]
+async fn a_client_sending_slowly_but_steadily_is_not_taken_for_idle() {
+    use tokio::io::AsyncWriteExt;
+    let dir = spool_dir("slow-steady");
+    let s = Stack::start(SimConfig::default(), move |c| {
+        c.tus.dir = dir;
+        c.upload.client_idle_timeout_ms = 1000;
+        // Parts that do not end where the first 8 MiB do: the upload waits inside a part.
+        c.upload.part_size = 3 << 20;
+    })
+    .await;
+    let data = bytes_of((9 << 20) + 123, 23);
+    let url = create(&s, data.len()).await;
+    let path = url.trim_start_matches(&s.gw.url()).to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(s.gw.addr).await.unwrap();
+    let head = format!(
+        "PATCH {path} HTTP/1.1\r\nHost: gw\r\nTus-Resumable: 1.0.0\r\nAuthorization: Bearer {TOKEN}\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {}\r\n\r\n",
+        data.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    // The first 8 MiB at once (durable on the way: the upstream upload starts), then the rest
+    // 32 KiB every 200 ms: never quiet for the idle time, slower than 8 MiB per idle time.
+    let fast = (8 << 20) + (64 << 10);
+    tcp.write_all(&data[..fast]).await.unwrap();
+    s.sim.wait_stats(|st| st["created"] == 1).await;
+    for chunk in data[fast..].chunks(32 << 10) {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        tcp.write_all(chunk).await.unwrap();
+    }
+    let mut answer = vec![0u8; 4096];
+    let n =
+        tokio::time::timeout(std::time::Duration::from_secs(30), tokio::io::AsyncReadExt::read(&mut tcp, &mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+    let st = s.sim.wait_stats(|st| st["committed"] == 1).await;
+    // One upstream upload, streamed while the client sent: none stopped for idleness and made again.
+    assert_eq!(
+        (st["created"].as_u64(), st["deleted"].as_u64(), st["open"].as_u64()),
+        (Some(1), Some(0), Some(0)),
+        "{st}"
+    );
+}
+
+#[tokio::test]
 async fn an_http2_patch_reset_mid_body_keeps_the_bytes_it_sent() {
     use crate::clients::{h2_raw, h2_send};
     let s = tus_stack("h2-reset").await;

@@ -709,6 +709,10 @@ impl Tus {
         let mut too_long = false;
         let progressive = progressive && checksum.is_none();
         let mut durable = start;
+        // Made durable at least every half idle time while bytes arrive, however slowly: the
+        // upload's reader sees the client's progress (a client slower than 8 MiB per idle time had
+        // its upstream upload stopped for idleness while it was still sending).
+        let mut synced_at = tokio::time::Instant::now();
         let mut stalled = false;
         let mut opened = live.opened.subscribe();
         loop {
@@ -749,7 +753,9 @@ impl Tus {
             }
             written += data.len() as u64;
             file.write(data).await.map_err(io)?;
-            if progressive && start + written - durable >= DURABLE_EVERY {
+            let due = start + written - durable >= DURABLE_EVERY || synced_at.elapsed() >= idle / 2;
+            if progressive && start + written > durable && due {
+                synced_at = tokio::time::Instant::now();
                 file.sync().await.map_err(io)?;
                 durable = start + written;
                 s.offset = durable;
@@ -867,6 +873,8 @@ impl Tus {
         let outcome =
             Outcome::Failed { status, code: err.code().to_owned(), body: String::from_utf8_lossy(&text).into_owned() };
         let mut s = live.session.lock().await;
+        live.opened.send_replace(None);
+        s.upstream = None;
         s.outcome = Some(outcome.clone());
         self.reserved.fetch_sub(s.reserved, Ordering::AcqRel);
         let _ = self.store.put(&s).await;
@@ -999,15 +1007,17 @@ impl Tus {
         if live.ended.load(Ordering::Acquire) {
             return;
         }
-        {
-            // The upload the driver made has ended: committed, or deleted on its way out.
+        let (parts, incoming) = answer.into_parts();
+        if !parts.status.is_success() {
+            // The upload the driver made was deleted on its way out: no longer on record. (A
+            // committed one stays on record until its outcome is written with it, below: a
+            // process killed in between finds it upstream rather than making another.)
             let mut s = live.session.lock().await;
             live.opened.send_replace(None);
             if s.upstream.take().is_some() {
                 let _ = self.store.put(&s).await;
             }
         }
-        let (parts, incoming) = answer.into_parts();
         let text = incoming.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         let code = parts.headers.get("x-chunkgate-upload-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let outcome = if parts.status.is_success() {
