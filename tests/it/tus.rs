@@ -584,6 +584,17 @@ async fn a_doubled_upload_length_and_an_upload_url_with_no_upload_are_refused() 
     let h = [("upload-offset", "0"), ("content-type", "application/offset+octet-stream")];
     let nowhere = tus(&s, Method::PATCH, &format!("{}/tus/uploads/zz", s.gw.url()), &h, vec![1]).await;
     assert_eq!((nowhere.status, code(&nowhere)), (StatusCode::NOT_FOUND, "TUS_UPLOAD_NOT_FOUND".into()));
+    // Two checksums, even both right, are one too many: which one was meant is a guess.
+    let url = create(&s, 1).await;
+    let sum = "sha1 v4fMlB+RrgZXRnpdxW0+9PHTY2E=";
+    let h = [
+        ("upload-offset", "0"),
+        ("content-type", "application/offset+octet-stream"),
+        ("upload-checksum", sum),
+        ("upload-checksum", sum),
+    ];
+    let twice = tus(&s, Method::PATCH, &url, &h, vec![7]).await;
+    assert_eq!((twice.status, code(&twice)), (StatusCode::BAD_REQUEST, "TUS_BAD_CHECKSUM".into()));
     assert_eq!(s.sim.stats().await["requests"], 0, "nothing reached the upstream");
 }
 
@@ -616,6 +627,20 @@ async fn cors_covers_tus_alone_and_leaves_other_options_requests_alone() {
     let preflight = s.http.send(Method::OPTIONS, &url, &h, "").await.unwrap();
     assert_eq!(preflight.header("access-control-allow-origin"), origin);
     assert!(preflight.header("access-control-allow-methods").contains("PATCH"));
+    // What the browser may read of a tus answer: the tus headers, and Retry-After on a 503 or 429.
+    let created = s
+        .http
+        .send(
+            Method::POST,
+            &creation_url(&s),
+            &[("origin", origin), ("tus-resumable", "1.0.0"), ("upload-length", "5"), ("authorization", &auth)],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.header("access-control-allow-origin"), origin);
+    let exposed = created.header("access-control-expose-headers").to_ascii_lowercase();
+    assert!(["location", "upload-offset", "retry-after"].iter().all(|h| exposed.contains(h)), "{exposed}");
     // Anything else is the upstream's: an OPTIONS reaches it, and its answers carry no CORS
     // headers, so the configured origin cannot read the account's other API answers.
     let before = s.sim.stats().await["requests"].as_u64().unwrap_or(0);

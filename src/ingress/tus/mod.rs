@@ -80,6 +80,7 @@ pub const RESPONSE_HEADERS: &[&str] = &[
     "x-chunkgate-upload-uri",
     "x-chunkgate-error-code",
     "x-request-id",
+    "retry-after",
 ];
 
 /// CORS for browsers of `origins` (tower-http's layer): the tus methods, and the tus headers
@@ -1178,8 +1179,12 @@ enum Hasher {
 
 impl Checksum {
     fn read(headers: &HeaderMap) -> Result<Option<Self>, GatewayError> {
-        let Some(v) = headers.get("upload-checksum") else { return Ok(None) };
         let bad = |m: &str| tus_error(StatusCode::BAD_REQUEST, "TUS_BAD_CHECKSUM", m.to_owned());
+        let mut all = headers.get_all("upload-checksum").iter();
+        let Some(v) = all.next() else { return Ok(None) };
+        if all.next().is_some() {
+            return Err(bad("Upload-Checksum appears more than once."));
+        }
         let text = v.to_str().map_err(|_| bad("Upload-Checksum is not text."))?;
         let (name, b64) =
             text.trim().split_once(' ').ok_or_else(|| bad("Upload-Checksum needs an algorithm and a digest."))?;
