@@ -461,6 +461,32 @@ fn mark_sensitive(headers: &mut HeaderMap, sensitive: &[HeaderName]) {
     }
 }
 
+/// Whether CORS applies to a request: browsers of the configured origins may use tus, and nothing
+/// else through the gateway. That is an upload's URL, or the creation URL (as `route::screen`
+/// reads it, the one parse of request targets) asked with `Tus-Resumable` or by a preflight for a
+/// request that will carry it. A preflight (an `OPTIONS` with `Access-Control-Request-Method`) is
+/// answered by the CORS layer; any other `OPTIONS` (tus discovery, or one for the upstream) is not
+/// one and goes where it would without CORS. The upstream's other answers get no CORS headers: a
+/// configured origin cannot read them.
+fn cors_applies<B>(req: &Request<B>) -> bool {
+    let headers = req.headers();
+    let preflight = req.method() == Method::OPTIONS && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    if req.method() == Method::OPTIONS && !preflight {
+        return false;
+    }
+    if req.uri().path().starts_with(crate::ingress::tus::PATH) {
+        return true;
+    }
+    let asks_tus = headers.contains_key("tus-resumable")
+        || (preflight
+            && headers.get_all(header::ACCESS_CONTROL_REQUEST_HEADERS).iter().any(|v| {
+                v.to_str().is_ok_and(|names| names.split(',').any(|n| n.trim().eq_ignore_ascii_case("tus-resumable")))
+            }));
+    asks_tus
+        && route::screen(req.method(), req.uri(), req.version())
+            .is_ok_and(|t| t.chunked == Some(Chunked { upload: None, part: None }))
+}
+
 /// `answer`, or 500 `INTERNAL_ERROR` if it panics (see `mark_sensitive`).
 async fn unpanicked<F>(answer: F, dialect: crate::config::Dialect) -> Result<Response<Body>, BoxError>
 where
@@ -514,7 +540,7 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
         // Boxed once: the handler's future is large, and each wrapper would otherwise copy it as
         // it wraps it.
         let answer: Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>> = match &cors {
-            Some(cors) if crate::ingress::tus::cors_applies(&req) => {
+            Some(cors) if cors_applies(&req) => {
                 let inner = tower::service_fn(move |req| {
                     let gw = gw.clone();
                     async move { Ok::<_, BoxError>(gw.handle(req, peer).await) }

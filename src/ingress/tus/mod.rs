@@ -103,30 +103,6 @@ pub fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     )
 }
 
-/// Whether CORS applies to a request: browsers of the configured origins may use tus, and nothing
-/// else through the gateway. That is an upload's URL, or the creation URL asked with
-/// `Tus-Resumable` or by a preflight for a request that will carry it. A preflight (an `OPTIONS`
-/// with `Access-Control-Request-Method`) is answered by the CORS layer; any other `OPTIONS` (tus
-/// discovery, or one for the upstream) is not one and goes where it would without CORS. The
-/// upstream's other answers get no CORS headers: a configured origin cannot read them.
-pub fn cors_applies<B>(req: &Request<B>) -> bool {
-    let headers = req.headers();
-    let preflight = req.method() == Method::OPTIONS && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-    if req.method() == Method::OPTIONS && !preflight {
-        return false;
-    }
-    let path = req.uri().path();
-    if path.starts_with(PATH) {
-        return true;
-    }
-    let asks_tus = headers.contains_key("tus-resumable")
-        || (preflight
-            && headers.get_all(header::ACCESS_CONTROL_REQUEST_HEADERS).iter().any(|v| {
-                v.to_str().is_ok_and(|names| names.split(',').any(|n| n.trim().eq_ignore_ascii_case("tus-resumable")))
-            }));
-    asks_tus && path.trim_end_matches('/').ends_with("/chunked_uploads")
-}
-
 /// The tus uploads of this gateway.
 pub struct Tus {
     config: TusConfig,
@@ -199,15 +175,24 @@ fn tus_error(status: StatusCode, code: &'static str, message: impl Into<String>)
     GatewayError::Tus { status, code, message: message.into() }
 }
 
-/// A request's `Upload-*` number header: absent, or a non-negative integer, else 400.
-fn number(headers: &HeaderMap, name: &str) -> Result<Option<u64>, GatewayError> {
+/// A header the request may carry once: its value, if any; `Err` when it is there twice or more
+/// (which one was meant would be a guess).
+fn once<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a HeaderValue>, ()> {
     let mut values = headers.get_all(name).iter();
     match (values.next(), values.next()) {
-        (None, _) => Ok(None),
-        (Some(_), Some(_)) => {
-            Err(tus_error(StatusCode::BAD_REQUEST, "TUS_BAD_HEADER", format!("{name} appears more than once.")))
-        }
-        (Some(v), None) => v
+        (value, None) => Ok(value),
+        _ => Err(()),
+    }
+}
+
+/// A request's `Upload-*` number header: absent, or a non-negative integer, else 400.
+fn number(headers: &HeaderMap, name: &str) -> Result<Option<u64>, GatewayError> {
+    let value = once(headers, name).map_err(|()| {
+        tus_error(StatusCode::BAD_REQUEST, "TUS_BAD_HEADER", format!("{name} appears more than once."))
+    })?;
+    match value {
+        None => Ok(None),
+        Some(v) => v
             .to_str()
             .ok()
             .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
@@ -280,12 +265,12 @@ impl Tus {
         metrics::gauge!(telemetry::TUS_SPOOLED).set(spooled as f64);
     }
 
-    /// `OPTIONS` on the creation URL or an upload URL: what this server supports.
     /// The answer to an upload URL that names no upload (its id is not 32 hex digits).
     pub fn unknown(&self) -> Response<Body> {
         self.respond(tus_error(StatusCode::NOT_FOUND, "TUS_UPLOAD_NOT_FOUND", "No such upload."))
     }
 
+    /// `OPTIONS` on the creation URL or an upload URL: what this server supports.
     pub fn options(&self) -> Response<Body> {
         Response::builder()
             .status(StatusCode::NO_CONTENT)
@@ -722,8 +707,8 @@ impl Tus {
             let next = tokio::time::timeout(idle, incoming.frame());
             tokio::pin!(next);
             let next = loop {
-                let id = opened.borrow_and_update().clone();
-                if let Some(id) = id.filter(|id| s.outcome.is_none() && s.upstream.as_ref() != Some(id)) {
+                let id = opened.borrow_and_update().as_ref().filter(|id| s.upstream.as_ref() != Some(*id)).cloned();
+                if let Some(id) = id.filter(|_| s.outcome.is_none()) {
                     s.upstream = Some(id);
                     self.store.put(s).await.map_err(GatewayError::Internal)?;
                 }
@@ -1180,11 +1165,10 @@ enum Hasher {
 impl Checksum {
     fn read(headers: &HeaderMap) -> Result<Option<Self>, GatewayError> {
         let bad = |m: &str| tus_error(StatusCode::BAD_REQUEST, "TUS_BAD_CHECKSUM", m.to_owned());
-        let mut all = headers.get_all("upload-checksum").iter();
-        let Some(v) = all.next() else { return Ok(None) };
-        if all.next().is_some() {
-            return Err(bad("Upload-Checksum appears more than once."));
-        }
+        let Some(v) = once(headers, "upload-checksum").map_err(|()| bad("Upload-Checksum appears more than once."))?
+        else {
+            return Ok(None);
+        };
         let text = v.to_str().map_err(|_| bad("Upload-Checksum is not text."))?;
         let (name, b64) =
             text.trim().split_once(' ').ok_or_else(|| bad("Upload-Checksum needs an algorithm and a digest."))?;
