@@ -745,17 +745,40 @@ async fn redis_cost() -> Value {
         through_gateway(&client, &with.url, 3 * MIB, &block).await;
     }
     let before = get_text(&client, &metrics).await;
+    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    // Redis's own time in the scripts (calls and µs), from its command statistics.
+    let mut scripts_run = async || -> (f64, f64) {
+        let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap();
+        let line = info.lines().find_map(|l| l.strip_prefix("cmdstat_evalsha:")).unwrap_or("");
+        let field = |name: &str| {
+            line.split(',').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse::<f64>().ok()).unwrap_or(0.0)
+        };
+        (field("calls"), field("usec"))
+    };
+    let scripts_before = scripts_run().await;
     let (mut uw, mut uo) = (Vec::new(), Vec::new());
     for _ in 0..QUIET_UPLOADS {
         uw.push(through_gateway(&client, &with.url, 3 * MIB, &block).await.secs);
         uo.push(through_gateway(&client, &without.url, 3 * MIB, &block).await.secs);
     }
     let after = get_text(&client, &metrics).await;
+    let scripts_after = scripts_run().await;
+    let server_us = (scripts_after.1 - scripts_before.1) / (scripts_after.0 - scripts_before.0);
     let ops = histogram_change(&before, &after, "chunkgate_cluster_op_duration_seconds");
     let op =
         |p: f64| quantile(std::slice::from_ref(&ops), "chunkgate_cluster_op_duration_seconds", p).map(|s| s * 1000.0);
     let (op50, op99) = (op(0.5), op(0.99));
-    let (up_with, up_without) = (median(uw) * 1000.0, median(uo) * 1000.0);
+    let ops: f64 = ops
+        .lines()
+        .find(|l| l.contains("le=\"+Inf\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(f64::NAN);
+    let ops_per_upload = ops / QUIET_UPLOADS as f64;
+    let ms = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (percentile(&v, 0.5) * 1000.0, percentile(&v, 0.99) * 1000.0)
+    };
+    let ((up_with, up99_with), (up_without, up99_without)) = (ms(uw), ms(uo));
     // The floor: a bare PING round trip to the same Redis, one at a time.
     let ping = {
         let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
@@ -769,9 +792,9 @@ async fn redis_cost() -> Value {
         (percentile(&times, 0.5), percentile(&times, 0.99))
     };
     // An upload of 3 MiB at the benchmark's 16 MiB parts: create, checksum read, commit.
-    let per_call = (up_with - up_without) / 3.0;
+    let (per_call, per_call99) = ((up_with - up_without) / 3.0, (up99_with - up99_without) / 3.0);
     println!(
-        "10. Redis: passthrough {rps_with:.0} req/s with vs {rps_without:.0} without ({:.2}x, target 0.8; rounds {rw:.0?} vs {ro:.0?}); one connection: p50 {p50_with:.3} vs {p50_without:.3} ms, p99 {p99_with:.3} vs {p99_without:.3} ms; quiet uploads: each Redis operation p50 {:.3} ms, p99 {:.3} ms (target: at most 0.3 ms p99 added per call), upload {up_with:.2} vs {up_without:.2} ms ({per_call:+.3} ms per call); a bare PING: p50 {:.3} ms, p99 {:.3} ms",
+        "10. Redis: passthrough {rps_with:.0} req/s with vs {rps_without:.0} without ({:.2}x, target 0.8; rounds {rw:.0?} vs {ro:.0?}); one connection: p50 {p50_with:.3} vs {p50_without:.3} ms, p99 {p99_with:.3} vs {p99_without:.3} ms; quiet uploads ({ops_per_upload:.1} Redis operations each, {server_us:.0} us in Redis per script): each operation p50 {:.3} ms, p99 {:.3} ms; upload p50 {up_with:.2} vs {up_without:.2} ms ({per_call:+.3} ms per call), p99 {up99_with:.2} vs {up99_without:.2} ms ({per_call99:+.3} ms per call; target at most +0.3); a bare PING: p50 {:.3} ms, p99 {:.3} ms",
         rps_with / rps_without,
         op50.unwrap_or(f64::NAN),
         op99.unwrap_or(f64::NAN),
@@ -783,12 +806,14 @@ async fn redis_cost() -> Value {
         "rps_with": rps_with, "rps_without": rps_without, "ratio": rps_with / rps_without,
         "one_connection": {"p50_with_ms": p50_with, "p50_without_ms": p50_without, "p99_with_ms": p99_with, "p99_without_ms": p99_without},
         "op_p50_ms": op50, "op_p99_ms": op99,
-        "quiet_upload_ms": {"with": up_with, "without": up_without, "added_per_call": per_call},
+        "ops_per_upload": ops_per_upload, "server_us_per_script": server_us,
+        "quiet_upload_ms": {"with": up_with, "without": up_without, "added_per_call": per_call,
+            "p99_with": up99_with, "p99_without": up99_without, "added_per_call_p99": per_call99},
     })
 }
 
 /// Sequential uploads in the quiet Redis measurement.
-const QUIET_UPLOADS: usize = 40;
+const QUIET_UPLOADS: usize = 500;
 
 /// The buckets of histogram `name` in `after` less those in `before` (cumulative counts), as a
 /// page `quantile` reads.

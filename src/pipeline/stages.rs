@@ -55,6 +55,8 @@ pub struct Upload {
     finish_reserve: Duration,
     /// Calls the finish makes (checksum read, commit), held back in the plan with the delete.
     finish: u32,
+    /// The size last told to the member's quota.
+    sized: Option<u64>,
 }
 
 /// An upload's plan of calls, before it starts.
@@ -122,6 +124,7 @@ impl Upload {
             parts_in_flight,
             finish_reserve,
             finish,
+            sized: None,
         }
     }
 
@@ -340,6 +343,7 @@ impl Upload {
         self.calls.keep = self.finish;
         let answer = self.calls.get(self.id(), true).await?;
         self.calls.quota.resize(self.id(), self.state.bytes).await;
+        self.sized = Some(self.state.bytes);
         let resource = answer.resource(self.dialect()).map_err(GatewayError::UpstreamBadResponse)?;
         if !self.config.verify_upstream_checksum {
             return Ok((answer, Checked::Skipped));
@@ -370,7 +374,12 @@ impl Upload {
     pub async fn commit(&mut self) -> Result<Answer, Abort> {
         self.calls.keep = 1;
         let answer = self.calls.commit(self.id()).await?;
-        self.calls.quota.resize(self.id(), self.state.bytes).await;
+        if self.sized != Some(self.state.bytes) {
+            self.calls.quota.resize(self.id(), self.state.bytes).await;
+        }
+        // The client may use the upload at once, through any sidecar: the ledger knows of it
+        // before the answer goes.
+        self.calls.quota.settled(self.id()).await;
         Ok(answer)
     }
 

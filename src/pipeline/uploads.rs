@@ -162,8 +162,8 @@ impl Uploads {
     }
 
     /// **Admit**: refuses at once what cannot succeed, takes the caller's and an upload slot, then
-    /// waits (bounded) for room in the member's quota and for the account's hourly budget to hold
-    /// the upload's plan of calls. No upstream call is made.
+    /// waits (bounded) for room in the member's quota and, at the same time, for the account's
+    /// hourly budget to hold the upload's plan of calls. No upstream call is made.
     pub async fn admit(
         &self,
         upstream: Arc<Upstream>,
@@ -183,15 +183,18 @@ impl Uploads {
         let queued = std::time::Instant::now();
         let member = crate::policy::quota::member_of(asked.auth.as_bytes());
         let holder = Holder { account: to.account, member: &member };
-        let lease = Lease::take(&self.quota, holder, bytes, self.quota_wait).await;
+        let planned = stages::planned(&self.config, asked.declared, asked.commit);
+        // Both at once (with Redis, one round trip rather than two); whichever is taken is given
+        // back when the other is refused.
+        let (lease, plan) = tokio::join!(
+            Lease::take(&self.quota, holder, bytes, self.quota_wait),
+            Plan::reserve(&self.pacing, to.account, planned.calls, self.pacing.default_deadline()),
+        );
+        metrics::histogram!(telemetry::QUEUE_WAIT).record(queued.elapsed().as_secs_f64());
         let Some(lease) = lease else {
-            metrics::histogram!(telemetry::QUEUE_WAIT).record(queued.elapsed().as_secs_f64());
             telemetry::count_refusal(to.account, "quota");
             return Err(GatewayError::QuotaBusy { retry_after: self.quota_wait.max(Duration::from_secs(1)) });
         };
-        let planned = stages::planned(&self.config, asked.declared, asked.commit);
-        let plan = Plan::reserve(&self.pacing, to.account, planned.calls, self.pacing.default_deadline()).await;
-        metrics::histogram!(telemetry::QUEUE_WAIT).record(queued.elapsed().as_secs_f64());
         let plan = plan.map_err(|wait| {
             telemetry::count_refusal(to.account, "plan");
             tracing::info!(calls = planned.calls, "the account's hourly budget cannot hold the upload's plan");

@@ -60,11 +60,19 @@ pub trait Quota: Send + Sync {
     fn lease<'a>(&'a self, holder: Holder<'a>, bytes: u64, wait: Duration) -> BoxFuture<'a, Option<LeaseId>>;
 
     /// The lease's upload exists upstream as `upload_id`, until `expires` (Unix seconds): it holds
-    /// the room from now on, under that id, whatever becomes of the lease.
+    /// the room from now on, under that id, whatever becomes of the lease. It may be written in the
+    /// background; a later `resize` or `forget` of the upload lands after it.
     fn created<'a>(&'a self, lease: &'a LeaseId, upload_id: &'a str, expires: u64) -> BoxFuture<'a, ()>;
 
-    /// The upload holds `bytes` (known once its body has ended).
+    /// The upload holds `bytes` (known once its body has ended). It may be written in the
+    /// background, after the upload's earlier writes.
     fn resize<'a>(&'a self, upload_id: &'a str, bytes: u64) -> BoxFuture<'a, ()>;
+
+    /// Waits until what was told of the upload so far (`created`, `resize`) is written where
+    /// every sidecar sees it.
+    fn settled<'a>(&'a self, _upload_id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(std::future::ready(()))
+    }
 
     /// Gives back a lease whose upload was never created.
     fn release(&self, lease: &LeaseId);

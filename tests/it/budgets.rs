@@ -570,6 +570,64 @@ async fn passthrough_calls_draw_from_redis_in_batches_and_give_back_what_they_di
     assert_eq!(used, upstream_calls, "calls taken ahead and not spent were not given back");
 }
 
+/// An upload's calls take their permits from Redis as passthrough's do, a batch at a time: its
+/// reservation draws the create's permit with it and its parts take growing batches, so far fewer
+/// scripts run than calls are made. What a batch does not spend (a client too slow for its create's
+/// permit, a plan released with calls in hand) goes back: the shared hourly count comes to the
+/// calls the upstream saw, and no plan is left reserved.
+#[tokio::test]
+async fn an_uploads_calls_draw_from_redis_in_batches_and_what_they_do_not_spend_goes_back() {
+    let redis = RedisServer::start().await;
+    let mut sim_config = SimConfig::default();
+    sim_config.limits.burst_limit = 20_000;
+    let sim = SimApi::start(sim_config).await;
+    let mut c = gateway_config(&sim, sim.running.url());
+    c.rate_limit.burst_limit = 20_000;
+    c.cluster.redis_url = redis.url();
+    c.cluster.op_timeout_ms = 5000;
+    let g = start(vec![c]).await.remove(0);
+    // 40 parts: create, 39 parts, the checksum read and the commit.
+    let data = bytes_of(PART * 40, 21);
+    let scripts_before = redis_calls(&redis, "evalsha").await;
+    let r = upload_via(&sim.http, &g.url(), Bytes::from(data.clone()), TOKEN).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    let calls = sim.stats().await["requests"].as_u64().unwrap();
+    assert_eq!(calls, 42, "{}", sim.stats().await);
+    let scripts = redis_calls(&redis, "evalsha").await - scripts_before;
+    // One per call and four more (lease, reserve, created, release) without batches.
+    assert!(scripts * 2 < calls, "{scripts} scripts for {calls} calls: not taken in batches");
+    // A client quiet for longer than a batch lives before its first byte: the create's permit,
+    // drawn with the reservation, lapses, and goes back before another is taken.
+    let mut slow = dripping_upload(&g.addr.to_string(), PART * 3, 0).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    slow.write_all(&bytes_of(PART * 3, 22)).await.unwrap();
+    let mut answer = vec![0; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut slow, &mut answer).await.unwrap();
+    assert_eq!(answer, b"HTTP/1.1 200", "the slow client's upload is committed");
+    let upstream_calls = sim.stats().await["requests"].as_u64().unwrap();
+    assert_eq!(upstream_calls, calls + 5, "create, two parts, checksum read, commit");
+    let mut conn = redis.connection().await;
+    let (hour, plans) = (format!("chunkgate:a:{ACCOUNT}:hour"), format!("chunkgate:a:{ACCOUNT}:plans"));
+    let mut seen = (0, 1);
+    for _ in 0..100 {
+        let used = redis::cmd("HGET").arg(&hour).arg("used").query_async::<u64>(&mut conn).await.unwrap();
+        let held = redis::cmd("HLEN").arg(&plans).query_async::<u64>(&mut conn).await.unwrap();
+        seen = (used, held);
+        if seen == (upstream_calls, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, (upstream_calls, 0), "(calls counted, plans held): calls taken and not spent were not given back");
+    // The totals the scripts keep beside the plans and the member's ledger (rather than summing
+    // them each time) agree with what they hold.
+    for hash in redis.keys("chunkgate").await.into_iter().filter(|k| k.ends_with(":plans") || k.ends_with(":e")) {
+        let values: Vec<i64> = redis::cmd("HVALS").arg(&hash).query_async(&mut conn).await.unwrap();
+        let kept: Option<i64> = redis::cmd("GET").arg(format!("{hash}:sum")).query_async(&mut conn).await.unwrap();
+        assert_eq!(kept.unwrap_or(0), values.iter().sum::<i64>(), "{hash}: {values:?}");
+    }
+}
+
 /// Redis comes back empty after the sidecars ran on their shares: the shared burst limiter learns
 /// of the calls they made meanwhile, rather than granting a whole burst window on top of them
 /// (the upstream throttled 2–3 calls in a row right after Redis returned).

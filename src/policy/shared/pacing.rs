@@ -21,6 +21,8 @@ use crate::{
 };
 
 pub struct SharedPacing {
+    /// Itself, for the work it starts in the background.
+    me: std::sync::Weak<SharedPacing>,
     redis: Arc<Redis>,
     /// This sidecar's share, counted here while Redis cannot be reached.
     local: LocalPacing,
@@ -40,6 +42,10 @@ pub struct SharedPacing {
     /// One refill at a time per account (a refill may wait out the account's pause or burst; other
     /// accounts do not wait behind it): the others wait for it and take from the new batch.
     refills: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Plan calls taken from Redis ahead, per plan id: a new plan's first call (its create follows
+    /// at once) is taken with its reservation, and its parts, which go several at once, take
+    /// batches as passthrough does. A call from the batch costs no round trip.
+    plan_batches: Mutex<crate::FastMap<String, PlanBatch>>,
     /// Most calls one batch takes.
     max_batch: u32,
     /// When this sidecar made calls from its own share while Redis could not be reached, per
@@ -60,6 +66,16 @@ struct Batch {
     until: Instant,
     /// The clock hour Redis counted them in.
     hour: i64,
+}
+
+/// A plan's batch, and the one refill at a time that makes the next.
+struct PlanBatch {
+    account: String,
+    batch: Option<Batch>,
+    /// Calls left in the plan in Redis when the batch was taken: a draw that keeps `keep` calls for
+    /// later may take from the batch while these and the batch's together hold more than `keep`.
+    in_plan: u32,
+    refill: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// How long a batch's calls may be spent: short, so that calls held by one sidecar are soon
@@ -83,7 +99,8 @@ impl SharedPacing {
         // A fifth of the burst at most, and 64: enough that a busy passthrough asks Redis about
         // once per 64 calls, little enough that one sidecar never holds a large share of a burst.
         let max_batch = (burst / 5).clamp(1, 64);
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             redis,
             local: LocalPacing::new(c.clone(), config.cluster.replicas),
             config: c.clone(),
@@ -93,6 +110,7 @@ impl SharedPacing {
             budgets: Mutex::new(HashMap::new()),
             released: Notify::new(),
             batches: Mutex::new(HashMap::new()),
+            plan_batches: Mutex::new(crate::FastMap::default()),
             refills: Mutex::new(HashMap::new()),
             max_batch,
             unshared: Mutex::new(HashMap::new()),
@@ -108,26 +126,37 @@ impl SharedPacing {
         self.budgets.lock().unwrap().insert(account.to_owned(), budget);
     }
 
-    /// Reserves `calls` under `id` (a new plan, or one growing) in the shared budget.
-    async fn take(&self, account: &str, id: &str, calls: u32, deadline: Instant) -> Result<Found<()>, Duration> {
+    /// Reserves `calls` under `id` (a new plan, or one growing) in the shared budget, drawing the
+    /// first `first` of them at once when the limits allow (see `reserve.lua`): the calls drawn,
+    /// the clock hour they count in, and the calls left in the plan.
+    async fn take(
+        &self,
+        account: &str,
+        id: &str,
+        (calls, first): (u32, u32),
+        deadline: Instant,
+    ) -> Result<Found<(u32, i64, u32)>, Duration> {
         let r = &self.redis;
-        let (hour, plans, expiries) =
-            (r.account_key(account, "hour"), r.account_key(account, "plans"), r.account_key(account, "plans:x"));
+        let keys = ["hour", "plans", "plans:x", "gcra", "pause"].map(|k| r.account_key(account, k));
         wait::until(
             deadline,
             &self.released,
             |_| {},
             || async {
                 let mut inv = r.scripts.reserve.prepare_invoke();
-                inv.key(&hour).key(&plans).key(&expiries);
+                for k in &keys {
+                    inv.key(k);
+                }
                 inv.arg(self.config.hourly_limit).arg(calls).arg(id).arg(r.ttl_ms());
-                match r.run::<(i64, i64, i64, i64)>(&inv).await {
+                inv.arg(self.period_ms).arg(self.tau_ms).arg(first);
+                match r.run::<(i64, i64, i64, i64, i64, i64, i64)>(&inv).await {
                     None => Look::Ready(Found::Fallback),
-                    Some((taken, used, reserved, to_next_hour_ms)) => {
+                    Some((taken, used, reserved, to_next_hour_ms, drawn, hour, left)) => {
                         self.seen(account, used, reserved);
                         let to_next_hour = Duration::from_millis(to_next_hour_ms.max(0) as u64);
                         if taken == 1 {
-                            Look::Ready(Found::Taken(()))
+                            let count = |n: i64| n.clamp(0, u32::MAX as i64) as u32;
+                            Look::Ready(Found::Taken((count(drawn), hour, count(left))))
                         } else if (self.config.hourly_limit as i64) - used < calls as i64 {
                             // Even if every reserved call came back, this hour cannot hold the plan.
                             Look::Sleep(to_next_hour)
@@ -229,14 +258,140 @@ impl SharedPacing {
             Some(b) => (b.size - b.left + 1).min(self.max_batch),
         };
         let unused = last.filter(|b| b.left > 0);
-        match self.shared_permits(account, Draw::Free, (count, unused), deadline).await? {
-            Found::Taken((taken, hour)) => {
+        match self.shared_permits(account, Draw::Free, (count, unused, false), deadline).await? {
+            Found::Taken((taken, hour, _)) => {
                 let batch = Batch { left: taken - 1, size: taken, until: Instant::now() + BATCH_LIFE, hour };
                 self.batches.lock().unwrap().insert(account.to_owned(), batch);
                 Ok(Found::Taken(()))
             }
             Found::Fallback => Ok(Found::Fallback),
         }
+    }
+
+    /// The account was paused: the calls its batches hold are no longer spent (they go back with
+    /// the next look at Redis).
+    fn lapse_batches(&self, account: &str) {
+        let now = Instant::now();
+        if let Some(b) = self.batches.lock().unwrap().get_mut(account) {
+            b.until = b.until.min(now);
+        }
+        for p in self.plan_batches.lock().unwrap().values_mut().filter(|p| p.account == account) {
+            if let Some(b) = &mut p.batch {
+                b.until = b.until.min(now);
+            }
+        }
+    }
+
+    /// Calls of `account` this sidecar holds in batches, not yet spent.
+    fn ahead(&self, account: &str) -> i64 {
+        let now = Instant::now();
+        let live = |b: &Batch| if b.until > now { b.left as i64 } else { 0 };
+        let free = self.batches.lock().unwrap().get(account).map_or(0, live);
+        let planned: i64 = self
+            .plan_batches
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|p| p.account == account)
+            .filter_map(|p| p.batch.as_ref().map(live))
+            .sum();
+        free + planned
+    }
+
+    /// A call from `plan`'s batch, if it has one left that a draw keeping `keep` may take; and
+    /// whether that emptied the batch of a plan that holds more calls than the delete.
+    fn take_planned(&self, plan: &str, keep: u32) -> Option<bool> {
+        let mut batches = self.plan_batches.lock().unwrap();
+        let p = batches.get_mut(plan)?;
+        match &mut p.batch {
+            Some(b) if b.left > 0 && Instant::now() < b.until && p.in_plan + b.left > keep => {
+                b.left -= 1;
+                Some(b.left == 0 && p.in_plan > 1)
+            }
+            _ => None,
+        }
+    }
+
+    /// The lock that makes one refill of `plan`'s batch at a time.
+    fn plan_refill(&self, plan: &PlanId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut batches = self.plan_batches.lock().unwrap();
+        let entry = batches.entry(plan.id.clone()).or_insert_with(|| PlanBatch {
+            account: plan.account.clone(),
+            batch: None,
+            in_plan: 0,
+            refill: Arc::default(),
+        });
+        entry.refill.clone()
+    }
+
+    /// A plan's batch was emptied by a call about to be made: its next calls are likely to follow
+    /// that call's answer (the finish after the create, more parts), so the next batch is taken in
+    /// the background meanwhile, if the limits allow it at once and no draw is refilling already.
+    /// It takes from the plan alone, and never a call the delete keeps.
+    fn read_ahead(&self, plan: &PlanId) {
+        let (Some(me), Ok(runtime)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else { return };
+        let plan = plan.clone();
+        runtime.spawn(async move {
+            let refill = me.plan_refill(&plan);
+            let Ok(_refilling) = refill.try_lock() else { return };
+            let _ = me.refill_plan(&plan, (1, true), Instant::now()).await;
+        });
+    }
+
+    /// Takes `plan`'s next batch from Redis (giving back what the last one left), grown and shrunk
+    /// as `free_permit`'s are; one of its calls is spent at once unless `ahead` (then it never
+    /// comes from the free budget, and the plan's last call stays for the delete).
+    async fn refill_plan(
+        &self,
+        plan: &PlanId,
+        (keep, ahead): (u32, bool),
+        deadline: Instant,
+    ) -> Result<Found<()>, Duration> {
+        let last = self.plan_batches.lock().unwrap().get_mut(&plan.id).and_then(|p| p.batch.take());
+        let count = match last {
+            None => 1,
+            Some(b) if b.left == 0 => (b.size * 2).min(self.max_batch),
+            Some(b) => (b.size - b.left + 1).min(self.max_batch),
+        };
+        let unused = last.filter(|b| b.left > 0);
+        let draw = Draw::Plan { plan, keep };
+        match self.shared_permits(&plan.account, draw, (count, unused, ahead), deadline).await? {
+            Found::Taken((taken, hour, in_plan)) => {
+                let mut batches = self.plan_batches.lock().unwrap();
+                // Not kept for a plan released meanwhile (its batch would never be given back).
+                if let (Some(p), Some(in_plan)) = (batches.get_mut(&plan.id), in_plan) {
+                    let left = if ahead { taken } else { taken - 1 };
+                    p.batch = Some(Batch { left, size: taken, until: Instant::now() + BATCH_LIFE, hour });
+                    p.in_plan = in_plan;
+                }
+                Ok(Found::Taken(()))
+            }
+            Found::Fallback => Ok(Found::Fallback),
+        }
+    }
+
+    /// A call drawn from a plan: from its batch, or from a new batch taken from Redis, grown and
+    /// shrunk as `free_permit`'s are. A batch's calls come from the plan alone (never from the free
+    /// budget, which a plan held down to `keep` draws from one call at a time), and may include
+    /// calls later stages keep for themselves: a draw spends from the batch only while the batch
+    /// and the plan together hold more than its own `keep`. What a lapsed batch left goes back to
+    /// the plan with the next look, and a released plan's with its release.
+    async fn plan_permit(&self, plan: &PlanId, keep: u32, deadline: Instant) -> Result<Found<()>, Duration> {
+        if let Some(emptied) = self.take_planned(&plan.id, keep) {
+            if emptied {
+                self.read_ahead(plan);
+            }
+            return Ok(Found::Taken(()));
+        }
+        let refill = self.plan_refill(plan);
+        let _refilling = refill.lock().await;
+        if let Some(emptied) = self.take_planned(&plan.id, keep) {
+            if emptied {
+                self.read_ahead(plan);
+            }
+            return Ok(Found::Taken(()));
+        }
+        self.refill_plan(plan, (keep, false), deadline).await
     }
 
     /// Gives back the calls of lapsed batches (those of accounts no longer busy).
@@ -286,27 +441,30 @@ impl SharedPacing {
 
     /// One permit from the shared budget.
     async fn shared_permit(&self, account: &str, draw: Draw<'_>, deadline: Instant) -> Result<Found<()>, Duration> {
-        let taken = self.shared_permits(account, draw, (1, None), deadline).await?;
+        let taken = self.shared_permits(account, draw, (1, None, false), deadline).await?;
         Ok(match taken {
             Found::Taken(_) => Found::Taken(()),
             Found::Fallback => Found::Fallback,
         })
     }
 
-    /// Permits from the shared budget: up to `count` for a free draw (one otherwise), giving back
-    /// the calls a lapsed batch left. Returns how many were taken and the clock hour they count in.
+    /// Permits from the shared budget: up to `count` for a free draw or one from a plan (one
+    /// otherwise), giving back the calls a lapsed batch left; a plan's draw `ahead` takes only
+    /// from the plan, and leaves its last call. Returns how many were taken, the clock hour they
+    /// count in, and the calls then left in the plan they came from (None when they did not come
+    /// from a plan).
     async fn shared_permits(
         &self,
         account: &str,
         draw: Draw<'_>,
-        (count, unused): (u32, Option<Batch>),
+        (count, unused, ahead): (u32, Option<Batch>, bool),
         deadline: Instant,
-    ) -> Result<Found<(u32, i64)>, Duration> {
+    ) -> Result<Found<(u32, i64, Option<u32>)>, Duration> {
         let r = &self.redis;
         let keys = ["hour", "plans", "plans:x", "gcra", "pause"].map(|k| r.account_key(account, k));
         let (mode, id, keep) = match draw {
             Draw::Free => ("free", "", 0),
-            Draw::Plan { plan, keep } => ("plan", plan.id.as_str(), keep),
+            Draw::Plan { plan, keep } => (if ahead { "ahead" } else { "plan" }, plan.id.as_str(), keep),
             Draw::Granted => ("granted", "", 0),
         };
         let unused = Mutex::new(unused);
@@ -320,12 +478,13 @@ impl SharedPacing {
             // Given back with the first look only, whatever it finds.
             let back = unused.lock().unwrap().take().map_or((0, -1), |b| (b.left, b.hour));
             inv.arg(count).arg(back.0).arg(back.1);
-            match r.run::<(i64, i64, i64, i64, i64, i64, i64)>(&inv).await {
+            match r.run::<(i64, i64, i64, i64, i64, i64, i64, i64)>(&inv).await {
                 None => Look::Ready(Found::Fallback),
-                Some((status, wait_ms, used, reserved, to_next_hour_ms, taken, hour)) => {
+                Some((status, wait_ms, used, reserved, to_next_hour_ms, taken, hour, in_plan)) => {
                     self.seen(account, used, reserved);
+                    let in_plan = (in_plan >= 0).then(|| in_plan.min(u32::MAX as i64) as u32);
                     match status {
-                        0 => Look::Ready(Found::Taken((taken.clamp(1, count as i64) as u32, hour))),
+                        0 => Look::Ready(Found::Taken((taken.clamp(1, count as i64) as u32, hour, in_plan))),
                         1 => Look::Sleep(Duration::from_millis(wait_ms.max(1) as u64)),
                         _ => Look::Blocked { retry_after: Duration::from_millis(to_next_hour_ms.max(0) as u64) },
                     }
@@ -352,9 +511,18 @@ impl Pacing for SharedPacing {
             }
             let id = fresh_id("plan");
             let sent = !self.redis.is_down();
-            match self.take(account, &id, calls, deadline).await? {
-                Found::Taken(()) => {
+            // The create's call, drawn with the plan (it follows at once).
+            match self.take(account, &id, (calls, 1), deadline).await? {
+                Found::Taken((drawn, hour, in_plan)) => {
                     self.plans.lock().unwrap().entry(account.to_owned()).or_default().insert(id.clone());
+                    let batch = (drawn > 0).then(|| Batch {
+                        left: drawn,
+                        size: drawn,
+                        until: Instant::now() + BATCH_LIFE,
+                        hour,
+                    });
+                    let planned = PlanBatch { account: account.to_owned(), batch, in_plan, refill: Arc::default() };
+                    self.plan_batches.lock().unwrap().insert(id.clone(), planned);
                     Ok(PlanId { account: account.to_owned(), id, shared: true })
                 }
                 Found::Fallback => {
@@ -375,8 +543,13 @@ impl Pacing for SharedPacing {
             if !plan.shared || !self.config.enabled {
                 return self.local.grow(plan, calls, deadline).await;
             }
-            match self.take(&plan.account, &plan.id, calls, deadline).await? {
-                Found::Taken(()) => Ok(()),
+            match self.take(&plan.account, &plan.id, (calls, 0), deadline).await? {
+                Found::Taken((_, _, in_plan)) => {
+                    if let Some(p) = self.plan_batches.lock().unwrap().get_mut(&plan.id) {
+                        p.in_plan = in_plan;
+                    }
+                    Ok(())
+                }
                 // Held in this sidecar's share under the same id until Redis answers.
                 Found::Fallback => self.local.grow(plan, calls, deadline).await,
             }
@@ -391,11 +564,22 @@ impl Pacing for SharedPacing {
         if let Some(ids) = self.plans.lock().unwrap().get_mut(&plan.account) {
             ids.remove(&plan.id);
         }
-        let (redis, plan) = (self.redis.clone(), plan.clone());
+        let unspent = self.plan_batches.lock().unwrap().remove(&plan.id).and_then(|p| p.batch).filter(|b| b.left > 0);
+        let (redis, plan, period_ms) = (self.redis.clone(), plan.clone(), self.period_ms);
         // Given back in the background: a drop cannot wait. If Redis does not take it, the plan
-        // expires with its TTL.
+        // expires with its TTL (and calls its batch did not spend stay counted: never too few).
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let released = async move {
+                if let Some(batch) = unspent {
+                    let keys =
+                        ["hour", "plans", "plans:x", "gcra", "pause"].map(|k| redis.account_key(&plan.account, k));
+                    let mut inv = redis.scripts.giveback.prepare_invoke();
+                    for k in &keys {
+                        inv.key(k);
+                    }
+                    inv.arg(period_ms).arg(batch.left).arg(batch.hour);
+                    redis.run::<i64>(&inv).await;
+                }
                 let keys = (redis.account_key(&plan.account, "plans"), redis.account_key(&plan.account, "plans:x"));
                 redis.release(&keys, &plan.id).await;
             };
@@ -427,7 +611,8 @@ impl Pacing for SharedPacing {
             }
             let found = match draw {
                 Draw::Free => self.free_permit(account, deadline).await?,
-                _ => self.shared_permit(account, draw, deadline).await?,
+                Draw::Plan { plan, keep } => self.plan_permit(plan, keep, deadline).await?,
+                Draw::Granted => self.shared_permit(account, draw, deadline).await?,
             };
             match found {
                 Found::Taken(()) => Ok(()),
@@ -458,11 +643,28 @@ impl Pacing for SharedPacing {
         let seen = Seen::read(headers, code, status);
         let pause_ms = seen.pause_secs(self.config.burst_window_secs).map_or(0, |s| s * 1000);
         let left = seen.remaining.hourly;
-        let known_used = self.budgets.lock().unwrap().get(account).map_or(0, |b| b.used as i64);
-        // Only when it changes something: a pause, or fewer calls left than counted.
-        let rebase = left.is_some_and(|l| self.config.hourly_limit as i64 - l > known_used);
+        // Calls this sidecar holds in batches count as used in Redis but not yet upstream.
+        let ahead = self.ahead(account);
+        let rebase = {
+            let mut budgets = self.budgets.lock().unwrap();
+            let known = budgets.get_mut(account);
+            let upstream_used = left.map(|l| self.config.hourly_limit as i64 - l + ahead);
+            match (known, upstream_used) {
+                // Only when it changes something: fewer calls left than counted. Counted here at
+                // once, so that the answers that follow, saying the same, send nothing more.
+                (Some(b), Some(used)) if used > b.used as i64 => {
+                    b.used = used.clamp(0, u32::MAX as i64) as u32;
+                    true
+                }
+                (Some(_), _) => false,
+                (None, used) => used.is_some_and(|u| u > 0),
+            }
+        };
         if pause_ms == 0 && !rebase {
             return;
+        }
+        if pause_ms > 0 {
+            self.lapse_batches(account);
         }
         let speaks_of = match seen.reset {
             Some(reset) => reset.div_euclid(3600) - 1,
@@ -473,7 +675,7 @@ impl Pacing for SharedPacing {
             runtime.spawn(async move {
                 let mut inv = redis.scripts.learn.prepare_invoke();
                 inv.key(redis.account_key(&account, "hour")).key(redis.account_key(&account, "pause"));
-                inv.arg(limit).arg(left.unwrap_or(-1)).arg(speaks_of).arg(pause_ms);
+                inv.arg(limit).arg(left.unwrap_or(-1)).arg(speaks_of).arg(pause_ms).arg(ahead);
                 redis.run::<i64>(&inv).await;
             });
         }

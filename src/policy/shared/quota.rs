@@ -5,6 +5,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    future::Future,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -24,7 +25,7 @@ use crate::{
 pub struct SharedQuota {
     redis: Arc<Redis>,
     /// This sidecar's share, counted here while Redis cannot be reached.
-    local: LocalQuota,
+    local: Arc<LocalQuota>,
     uploads: u64,
     bytes: u64,
     /// Leases this sidecar holds, per member: renewed while they live.
@@ -33,6 +34,11 @@ pub struct SharedQuota {
     held: Mutex<HashMap<String, Held>>,
     /// Notified when this sidecar gives room back.
     freed: Notify,
+    /// Uploads whose creation or size is being written to Redis (in the background: an upload's
+    /// calls do not wait for it), each with a lock held until the last write given is written:
+    /// each write waits for the one before it, and a forget of the same upload for them all, so
+    /// that none lands out of order.
+    recording: Arc<Mutex<crate::FastMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 enum Found {
@@ -46,12 +52,13 @@ impl SharedQuota {
     pub fn new(redis: Arc<Redis>, config: &Config) -> Arc<Self> {
         Arc::new(Self {
             redis,
-            local: LocalQuota::new(&config.quota, config.cluster.replicas),
+            local: Arc::new(LocalQuota::new(&config.quota, config.cluster.replicas)),
             uploads: config.quota.uploads_per_member as u64,
             bytes: config.quota.bytes_per_member,
             leases: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
             freed: Notify::new(),
+            recording: Arc::default(),
         })
     }
 
@@ -70,6 +77,38 @@ impl SharedQuota {
             if r.run::<i64>(&inv).await.is_none() {
                 return;
             }
+        }
+    }
+
+    /// Writes `write` for `upload` in the background, after the writes for it given before.
+    fn in_order(&self, upload: &str, write: impl Future<Output = ()> + Send + 'static) {
+        // Called from the async `created` and `resize`: always inside the runtime.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let gate = Arc::new(tokio::sync::Mutex::new(()));
+        let held = gate.clone().try_lock_owned().expect("a new lock is free");
+        let before = self.recording.lock().unwrap().insert(upload.to_owned(), gate.clone());
+        let (recording, upload) = (self.recording.clone(), upload.to_owned());
+        runtime.spawn(async move {
+            if let Some(before) = before {
+                drop(before.lock().await);
+            }
+            write.await;
+            drop(held);
+            let mut recording = recording.lock().unwrap();
+            if recording.get(&upload).is_some_and(|g| Arc::ptr_eq(g, &gate)) {
+                recording.remove(&upload);
+            }
+        });
+    }
+
+    /// Waits until the writes given for `upload_ids` are written.
+    async fn recorded(&self, upload_ids: &[String]) {
+        let gates: Vec<_> = {
+            let recording = self.recording.lock().unwrap();
+            upload_ids.iter().filter_map(|id| recording.get(id).cloned()).collect()
+        };
+        for gate in gates {
+            drop(gate.lock().await);
         }
     }
 
@@ -142,20 +181,34 @@ impl Quota for SharedQuota {
                 return;
             }
             self.unregister(lease);
-            if !self.redis.record_created(&lease.member, &lease.id, upload_id, lease.bytes, expires_ms).await {
-                // Counted here meanwhile, and written to Redis once it answers.
-                self.local.created(lease, upload_id, expires).await;
-                let (member, upload) = (lease.member.clone(), upload_id.to_owned());
-                self.redis.keep(Pending::Created { member, upload, bytes: lease.bytes, expires_ms });
-            }
+            let (redis, local, lease, upload) =
+                (self.redis.clone(), self.local.clone(), lease.clone(), upload_id.to_owned());
+            let record = async move {
+                if !redis.record_created(&lease.member, &lease.id, &upload, lease.bytes, expires_ms).await {
+                    // Counted here meanwhile, and written to Redis once it answers.
+                    local.created(&lease, &upload, expires).await;
+                    redis.keep(Pending::Created { member: lease.member, upload, bytes: lease.bytes, expires_ms });
+                }
+            };
+            self.in_order(upload_id, record);
         })
     }
 
     fn resize<'a>(&'a self, upload_id: &'a str, bytes: u64) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             self.local.resize(upload_id, bytes).await;
-            self.redis.forget_or_resize(&[upload_id.to_owned()], Some(bytes)).await;
+            let redis = self.redis.clone();
+            let ids = [upload_id.to_owned()];
+            self.in_order(upload_id, async move {
+                redis.forget_or_resize(&ids, Some(bytes)).await;
+            });
             self.freed.notify_waiters();
+        })
+    }
+
+    fn settled<'a>(&'a self, upload_id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            self.recorded(std::slice::from_ref(&upload_id.to_owned())).await;
         })
     }
 
@@ -176,6 +229,7 @@ impl Quota for SharedQuota {
 
     fn forget<'a>(&'a self, upload_ids: &'a [String]) -> BoxFuture<'a, ()> {
         Box::pin(async move {
+            self.recorded(upload_ids).await;
             self.local.forget(upload_ids).await;
             if !self.redis.forget_or_resize(upload_ids, None).await {
                 self.redis.keep(Pending::Forget(upload_ids.to_vec()));

@@ -8,11 +8,11 @@ for i = 1, #KEYS do
   if member then
     local entries, expiries = prefix .. ':m:' .. member .. ':e', prefix .. ':m:' .. member .. ':x'
     if what == 'forget' then
-      redis.call('HDEL', entries, id)
+      set_entry(entries, id, nil)
       redis.call('ZREM', expiries, id)
       redis.call('DEL', KEYS[i])
     elseif redis.call('HEXISTS', entries, id) == 1 then
-      redis.call('HSET', entries, id, tonumber(what))
+      set_entry(entries, id, tonumber(what))
     end
   end
 end

@@ -7,7 +7,7 @@ local held_bytes = live_total(KEYS[1], KEYS[2])
 local held = redis.call('HLEN', KEYS[1])
 local taken = 0
 if held < max_uploads and held_bytes + bytes <= max_bytes then
-  redis.call('HSET', KEYS[1], id, bytes)
+  set_entry(KEYS[1], id, bytes)
   redis.call('ZADD', KEYS[2], now_ms + ttl, id)
   held, held_bytes, taken = held + 1, held_bytes + bytes, 1
 end

@@ -1,4 +1,4 @@
 -- Gives a plan's calls back. KEYS: plans, plan expiries. ARGV: plan id.
-redis.call('HDEL', KEYS[1], ARGV[1])
+set_entry(KEYS[1], ARGV[1], nil)
 redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
