@@ -173,7 +173,9 @@ impl Store {
 /// Appends a PATCH's bytes to a spool on the blocking pool, a batch of frames at a time, with one
 /// batch being written while the next is gathered. The frames are written as they came (tokio's
 /// `File` copies each into a buffer of its own first), and the pool is handed one job per batch
-/// rather than one per frame.
+/// rather than one per frame. On Linux each batch written is sent on to the disk at once
+/// (`sync_file_range`, without waiting), so that the PATCH's closing `fdatasync` finds little
+/// left to write: the disk works while the rest of the PATCH arrives.
 pub struct SpoolWriter {
     /// `None` while a batch is being written (the job has it).
     file: Option<std::fs::File>,
@@ -185,6 +187,8 @@ pub struct SpoolWriter {
     /// alive (300 MB for six such PATCHes). A frame kept whole is at least half a default read
     /// buffer, so a batch never holds more than about twice its bytes.
     small: bytes::BytesMut,
+    /// Where the next batch lands in the spool.
+    at: u64,
 }
 
 impl SpoolWriter {
@@ -202,7 +206,7 @@ impl SpoolWriter {
         })
         .await
         .map_err(std::io::Error::other)??;
-        Ok(Self { file: Some(file), writing: None, batch: Vec::new(), batched: 0, small: bytes::BytesMut::new() })
+        Ok(Self { file: Some(file), writing: None, batch: Vec::new(), batched: 0, small: bytes::BytesMut::new(), at })
     }
 
     pub async fn write(&mut self, data: bytes::Bytes) -> std::io::Result<()> {
@@ -246,6 +250,7 @@ impl SpoolWriter {
         .await
         .map_err(std::io::Error::other)?;
         self.file = Some(file);
+        self.at = len;
         cut
     }
 
@@ -255,11 +260,13 @@ impl SpoolWriter {
         self.settle().await?;
         self.seal_small();
         let batch = std::mem::take(&mut self.batch);
+        let (at, len) = (self.at, self.batched as u64);
+        self.at += len;
         self.batched = 0;
         let mut file = self.file.take().ok_or_else(|| std::io::Error::other("the spool's writer was lost"))?;
         self.writing = Some(tokio::task::spawn_blocking(move || {
             let written = batch.iter().try_for_each(|frame| std::io::Write::write_all(&mut file, frame));
-            let done = written.and_then(|()| if sync { file.sync_data() } else { Ok(()) });
+            let done = written.and_then(|()| if sync { file.sync_data() } else { write_behind(&file, at, len) });
             (file, done)
         }));
         Ok(())
@@ -281,6 +288,26 @@ impl SpoolWriter {
         }
         Ok(())
     }
+}
+
+/// Starts writing `len` bytes of `file` from `at` to the disk, without waiting for it (the durable
+/// write is the `fdatasync` after; this only gives the disk the work earlier). The one `unsafe` of
+/// the library: neither std nor rustix offers the call, and it took a PATCH's closing `fdatasync`
+/// from 38 to 10 ms per 50 MB here (BENCHMARKS.md's optimisation log).
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn write_behind(file: &std::fs::File, at: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open descriptor, and a call that reads no memory of ours.
+    let r = unsafe { libc::sync_file_range(file.as_raw_fd(), at as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE) };
+    // A file system that cannot (EINVAL, ESPIPE...) loses nothing: the fdatasync does it all.
+    let _ = r;
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn write_behind(_: &std::fs::File, _: u64, _: u64) -> std::io::Result<()> {
+    Ok(())
 }
 
 #[cfg(test)]
