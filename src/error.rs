@@ -274,7 +274,7 @@ impl Cleanup<'_> {
                 format!(" The upstream had accepted parts [{parts}]; the upload ({upload_id}) was deleted.")
             }
             Deletion::Deferred => format!(
-                " The upstream had accepted parts [{parts}]; the upload ({upload_id}) will be deleted once the rate limit allows; until then, or if that fails, it may remain until it expires (20 minutes after it was created)."
+                " The upstream had accepted parts [{parts}]; the upload ({upload_id}) will be deleted in the background once the rate limit (or the upstream) allows; until then, or if that fails, it may remain until it expires (20 minutes after it was created)."
             ),
             Deletion::Failed => format!(
                 " The upstream had accepted parts [{parts}]; deleting the upload ({upload_id}) failed, so it may remain until it expires (20 minutes after it was created) and count against the member's quota until then."

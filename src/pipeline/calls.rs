@@ -262,14 +262,35 @@ impl Calls {
     /// trying until `deadline` (the upload's own may already be spent). Its call is the one the
     /// plan held back. Once the upload is gone, the member's ledger forgets it.
     pub async fn delete(&self, id: &str, deadline: Instant) -> bool {
-        let deleted = self.delete_once(id, deadline).await;
+        let deleted = self.delete_once(id, deadline).await == Deleted::Yes;
         if deleted {
             self.quota.forget(&[id.to_owned()]).await;
         }
         deleted
     }
 
-    async fn delete_once(&self, id: &str, deadline: Instant) -> bool {
+    /// Deletes the upload in the background after a delete that could not be made at once: tried
+    /// again, further and further apart (up to a minute), until `until` (the upload's expiry), unless
+    /// the upstream refuses it for good.
+    pub async fn delete_until(&self, id: &str, until: Instant) -> bool {
+        let mut wait = std::time::Duration::from_secs(1);
+        loop {
+            match self.delete_once(id, until).await {
+                Deleted::Yes => {
+                    self.quota.forget(&[id.to_owned()]).await;
+                    return true;
+                }
+                Deleted::Refused => return false,
+                Deleted::NotYet if Instant::now() + wait < until => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(60));
+                }
+                Deleted::NotYet => return false,
+            }
+        }
+    }
+
+    async fn delete_once(&self, id: &str, deadline: Instant) -> Deleted {
         let this = Calls { deadline, keep: 0, ..self.clone() };
         let mut tries = this.retry.attempts(this.deadline);
         let mut maybe_applied = false;
@@ -280,18 +301,31 @@ impl Calls {
             let class = classify(&result, this.upstream.dialect);
             maybe_applied |= class == Class::Ambiguous;
             match (&class, &result) {
-                (Class::Success, _) => return true,
+                (Class::Success, _) => return Deleted::Yes,
                 // An earlier attempt did it.
-                (Class::Refused, Ok(a)) if maybe_applied && a.status == StatusCode::NOT_FOUND => return true,
+                (Class::Refused, Ok(a)) if maybe_applied && a.status == StatusCode::NOT_FOUND => return Deleted::Yes,
                 _ => {}
             }
+            let refused = class == Class::Refused;
             match this.step(&mut tries, class, result).await {
-                Step::Done(Ok(_)) => return true,
-                Step::Done(Err(_)) => return false,
+                Step::Done(Ok(_)) => return Deleted::Yes,
+                Step::Done(Err(_)) if refused => return Deleted::Refused,
+                Step::Done(Err(_)) => return Deleted::NotYet,
                 Step::Again => {}
             }
         }
     }
+}
+
+/// How one try at a delete ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Deleted {
+    Yes,
+    /// A final refusal (the upload is not there, the token no longer holds): trying again is
+    /// pointless.
+    Refused,
+    /// Retries spent, a pacing wait past the deadline, the upstream failing: it may work later.
+    NotYet,
 }
 
 /// A part's answer lists the parts received so far; ours must be there with our size.

@@ -389,23 +389,36 @@ impl Upload {
     pub async fn abort(&mut self, reason: &Abort) -> Deletion {
         self.state.accepted.sort_unstable();
         if let Abort::Gateway(GatewayError::RateLimited { .. }) = reason {
-            let (calls, id, until) = (self.calls.clone(), self.id().to_owned(), self.calls.deadline + EXPIRY_MARGIN);
-            tokio::spawn(
-                async move {
-                    let deleted = calls.delete(&id, until).await;
-                    tracing::info!(deleted, "deferred delete after rate limiting");
-                }
-                .in_current_span(),
-            );
-            return Deletion::Deferred;
+            return self.defer_delete("rate limiting");
         }
         if self.delete().await {
             tracing::info!("upstream upload deleted");
-            Deletion::Deleted
-        } else {
-            tracing::warn!("the upstream upload could not be deleted; it expires on its own");
-            Deletion::Failed
+            return Deletion::Deleted;
         }
+        // Not given up while the upload lives: the account may be paused past the delete's window
+        // (a client that vanished just after a throttled part), or the upstream failing for a while.
+        if Instant::now() < self.calls.deadline + EXPIRY_MARGIN {
+            return self.defer_delete("a delete that could not be made at once");
+        }
+        tracing::warn!("the upstream upload could not be deleted; it expires on its own");
+        Deletion::Failed
+    }
+
+    /// Deletes the upload in the background, waiting for the pacing as long as the upload lives.
+    fn defer_delete(&self, after: &'static str) -> Deletion {
+        let (calls, id, until) = (self.calls.clone(), self.id().to_owned(), self.calls.deadline + EXPIRY_MARGIN);
+        tokio::spawn(
+            async move {
+                let deleted = calls.delete_until(&id, until).await;
+                if deleted {
+                    tracing::info!(after, "deferred delete done");
+                } else {
+                    tracing::warn!(after, "the upstream upload could not be deleted; it expires on its own");
+                }
+            }
+            .in_current_span(),
+        );
+        Deletion::Deferred
     }
 
     /// Deletes the upload now (a committed one too); whether it worked.

@@ -628,6 +628,41 @@ async fn an_uploads_calls_draw_from_redis_in_batches_and_what_they_do_not_spend_
     }
 }
 
+/// Uploads the upstream refuses at once (the member's quota upstream is full): each ends while the
+/// batch its create's call emptied is being read ahead, and those calls go back when they arrive
+/// for a plan already released (they had stayed counted for the rest of the hour: 19 counted for 13
+/// made here).
+#[tokio::test]
+async fn calls_read_ahead_for_an_upload_that_ended_meanwhile_go_back() {
+    let redis = RedisServer::start().await;
+    let mut sim_config = SimConfig::default();
+    sim_config.limits.quota_uploads = 1;
+    let sim = SimApi::start(sim_config).await;
+    let mut c = gateway_config(&sim, sim.running.url());
+    c.cluster.redis_url = redis.url();
+    c.cluster.op_timeout_ms = 5000;
+    let g = start(vec![c]).await.remove(0);
+    let first = upload_via(&sim.http, &g.url(), Bytes::from(bytes_of(1000, 1)), TOKEN).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", String::from_utf8_lossy(&first.body));
+    for i in 0..10 {
+        let refused = upload_via(&sim.http, &g.url(), Bytes::from(bytes_of(1000, i + 2)), TOKEN).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(&refused.body));
+    }
+    let calls = sim.stats().await["requests"].as_u64().unwrap();
+    assert_eq!(calls, 13, "create, checksum read, commit; then ten refused creates");
+    let mut conn = redis.connection().await;
+    let hour = format!("chunkgate:a:{ACCOUNT}:hour");
+    let mut used = 0;
+    for _ in 0..50 {
+        used = redis::cmd("HGET").arg(&hour).arg("used").query_async::<u64>(&mut conn).await.unwrap();
+        if used == calls {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(used, calls, "calls counted in Redis against calls the upstream saw");
+}
+
 /// Redis comes back empty after the sidecars ran on their shares: the shared burst limiter learns
 /// of the calls they made meanwhile, rather than granting a whole burst window on top of them
 /// (the upstream throttled 2–3 calls in a row right after Redis returned).

@@ -418,15 +418,19 @@ async fn errors_name_what_happened_and_always_carry_a_body() {
         c.retry.max_attempts = 2;
     })
     .await;
-    // A failed upload whose delete fails too: the answer says it may remain.
+    // A failed upload whose delete fails too: the answer says it may remain, and the delete is
+    // tried again in the background (it had been given up: the upload stayed open upstream).
     s.sim.faults(json!({"error_rate": 1.0, "ops": ["delete"]})).await;
     let r =
         s.upload(&bytes_of(PART * 2, 1), &[("content-digest", &format!("sha-256=:{}:", "A".repeat(43) + "="))]).await;
     assert_eq!(code(&r), "DIGEST_MISMATCH");
     let message = r.json()["message"].as_str().unwrap().to_owned();
     assert!(message.contains("may remain until it expires") && !message.contains("was deleted"), "{message}");
-    assert_eq!(r.header("x-chunkgate-upload-deleted"), "false");
+    assert_eq!(r.header("x-chunkgate-upload-deleted"), "deferred");
+    assert_eq!(s.sim.stats().await["open"], 1);
     s.sim.faults(json!({})).await;
+    let st = s.sim.wait_stats(|st| st["deleted"] == 1).await;
+    assert_eq!(st["open"], 0, "{st}");
 
     // Passthrough (a JSON part the client sends itself, whose body the upstream reads): a malformed
     // chunked body is the client's 400, with no transport detail.

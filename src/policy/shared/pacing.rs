@@ -332,7 +332,9 @@ impl SharedPacing {
         let (Some(me), Ok(runtime)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else { return };
         let plan = plan.clone();
         runtime.spawn(async move {
-            let refill = me.plan_refill(&plan);
+            // Not for a plan released meanwhile (nor making its entry again).
+            let refill = me.plan_batches.lock().unwrap().get(&plan.id).map(|p| p.refill.clone());
+            let Some(refill) = refill else { return };
             let Ok(_refilling) = refill.try_lock() else { return };
             let _ = me.refill_plan(&plan, (1, true), Instant::now()).await;
         });
@@ -357,12 +359,22 @@ impl SharedPacing {
         let draw = Draw::Plan { plan, keep };
         match self.shared_permits(&plan.account, draw, (count, unused, ahead), deadline).await? {
             Found::Taken((taken, hour, in_plan)) => {
-                let mut batches = self.plan_batches.lock().unwrap();
-                // Not kept for a plan released meanwhile (its batch would never be given back).
-                if let (Some(p), Some(in_plan)) = (batches.get_mut(&plan.id), in_plan) {
-                    let left = if ahead { taken } else { taken - 1 };
-                    p.batch = Some(Batch { left, size: taken, until: Instant::now() + BATCH_LIFE, hour });
-                    p.in_plan = in_plan;
+                let left = if ahead { taken } else { taken - 1 };
+                let kept = {
+                    let mut batches = self.plan_batches.lock().unwrap();
+                    match (batches.get_mut(&plan.id), in_plan) {
+                        (Some(p), Some(in_plan)) => {
+                            p.batch = Some(Batch { left, size: taken, until: Instant::now() + BATCH_LIFE, hour });
+                            p.in_plan = in_plan;
+                            true
+                        }
+                        _ => false,
+                    }
+                };
+                // A plan released meanwhile (its upload ended while this batch was read ahead):
+                // its calls go back at once, or they would count as made for the rest of the hour.
+                if !kept && left > 0 {
+                    self.give_back(&plan.account, left, hour).await;
                 }
                 Ok(Found::Taken(()))
             }
@@ -394,6 +406,11 @@ impl SharedPacing {
         self.refill_plan(plan, (keep, false), deadline).await
     }
 
+    /// Gives back `calls` taken in clock `hour` and not spent; whether Redis took them.
+    async fn give_back(&self, account: &str, calls: u32, hour: i64) -> bool {
+        give_back(&self.redis, self.period_ms, account, calls, hour).await
+    }
+
     /// Gives back the calls of lapsed batches (those of accounts no longer busy).
     async fn return_lapsed(&self) {
         let now = Instant::now();
@@ -407,15 +424,8 @@ impl SharedPacing {
                 .filter(|(_, b)| b.left > 0)
                 .collect()
         };
-        let r = &self.redis;
         for (account, batch) in lapsed {
-            let keys = ["hour", "plans", "plans:x", "gcra", "pause"].map(|k| r.account_key(&account, k));
-            let mut inv = r.scripts.giveback.prepare_invoke();
-            for k in &keys {
-                inv.key(k);
-            }
-            inv.arg(self.period_ms).arg(batch.left).arg(batch.hour);
-            if r.run::<i64>(&inv).await.is_none() {
+            if !self.give_back(&account, batch.left, batch.hour).await {
                 return;
             }
         }
@@ -495,6 +505,18 @@ impl SharedPacing {
     }
 }
 
+/// Gives back `calls` of `account` taken in clock `hour` and not spent: off the hourly count (if
+/// it is still that hour) and off the burst limiter; whether Redis took them.
+async fn give_back(redis: &Redis, period_ms: f64, account: &str, calls: u32, hour: i64) -> bool {
+    let keys = ["hour", "plans", "plans:x", "gcra", "pause"].map(|k| redis.account_key(account, k));
+    let mut inv = redis.scripts.giveback.prepare_invoke();
+    for k in &keys {
+        inv.key(k);
+    }
+    inv.arg(period_ms).arg(calls).arg(hour);
+    redis.run::<i64>(&inv).await.is_some()
+}
+
 impl Pacing for SharedPacing {
     fn reserve<'a>(
         &'a self,
@@ -571,14 +593,7 @@ impl Pacing for SharedPacing {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let released = async move {
                 if let Some(batch) = unspent {
-                    let keys =
-                        ["hour", "plans", "plans:x", "gcra", "pause"].map(|k| redis.account_key(&plan.account, k));
-                    let mut inv = redis.scripts.giveback.prepare_invoke();
-                    for k in &keys {
-                        inv.key(k);
-                    }
-                    inv.arg(period_ms).arg(batch.left).arg(batch.hour);
-                    redis.run::<i64>(&inv).await;
+                    give_back(&redis, period_ms, &plan.account, batch.left, batch.hour).await;
                 }
                 let keys = (redis.account_key(&plan.account, "plans"), redis.account_key(&plan.account, "plans:x"));
                 redis.release(&keys, &plan.id).await;
