@@ -55,7 +55,7 @@ pub struct Upload {
     finish_reserve: Duration,
     /// Calls the finish makes (checksum read, commit), held back in the plan with the delete.
     finish: u32,
-    /// The size last told to the member's quota.
+    /// The size the member's quota holds for the upload (the lease's, then each resize).
     sized: Option<u64>,
 }
 
@@ -173,6 +173,7 @@ impl Upload {
         let part0_len = part0.len as u64;
         if let Some(lease) = &mut self.lease {
             lease.created(&resource.chunked_upload_id, unix_now() + left.as_secs()).await;
+            self.sized = Some(lease.bytes());
         }
         let announced = Announced {
             max_parts: resource.max_parts().unwrap_or(self.config.assumed_max_parts),
@@ -228,6 +229,7 @@ impl Upload {
         self.calls.deadline = expiry - margin;
         if let Some(lease) = &mut self.lease {
             lease.created(id, unix_now() + left.as_secs()).await;
+            self.sized = Some(lease.bytes());
         }
         let bytes: u64 = sizes.iter().sum();
         let parts = sizes.len() as u32;
@@ -342,8 +344,11 @@ impl Upload {
         // The commit (if planned) and the delete stay held back.
         self.calls.keep = self.finish;
         let answer = self.calls.get(self.id(), true).await?;
-        self.calls.quota.resize(self.id(), self.state.bytes).await;
-        self.sized = Some(self.state.bytes);
+        // Not when the ledger holds that size already (a declared length the body kept to).
+        if self.sized != Some(self.state.bytes) {
+            self.calls.quota.resize(self.id(), self.state.bytes).await;
+            self.sized = Some(self.state.bytes);
+        }
         let resource = answer.resource(self.dialect()).map_err(GatewayError::UpstreamBadResponse)?;
         if !self.config.verify_upstream_checksum {
             return Ok((answer, Checked::Skipped));

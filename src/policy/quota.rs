@@ -106,6 +106,11 @@ impl Lease {
         self.created = true;
     }
 
+    /// The bytes the lease holds room for.
+    pub fn bytes(&self) -> u64 {
+        self.id.bytes
+    }
+
     pub fn quota(&self) -> &Arc<dyn Quota> {
         &self.quota
     }
