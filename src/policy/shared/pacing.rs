@@ -663,12 +663,13 @@ impl Pacing for SharedPacing {
         let rebase = {
             let mut budgets = self.budgets.lock().unwrap();
             let known = budgets.get_mut(account);
-            let upstream_used = left.map(|l| self.config.hourly_limit as i64 - l + ahead);
+            let upstream_used = left.map(|l| self.config.hourly_limit as i64 - l);
             match (known, upstream_used) {
-                // Only when it changes something: fewer calls left than counted. Counted here at
-                // once, so that the answers that follow, saying the same, send nothing more.
+                // Only when it changes something: the upstream has seen more calls than counted
+                // (see `learn.lua`). Counted here at once, with the batches on top, so that the
+                // answers that follow, saying the same, send nothing more.
                 (Some(b), Some(used)) if used > b.used as i64 => {
-                    b.used = used.clamp(0, u32::MAX as i64) as u32;
+                    b.used = (used + ahead).clamp(0, u32::MAX as i64) as u32;
                     true
                 }
                 (Some(_), _) => false,
