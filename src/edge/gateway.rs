@@ -587,7 +587,29 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
             gw.uploads.cancel_all();
         }
     };
+    let began = Arc::new(std::sync::OnceLock::new());
+    let draining = {
+        let began = began.clone();
+        async move {
+            draining.await;
+            let _ = began.set(tokio::time::Instant::now());
+        }
+    };
     server::serve(listener, limits, handler, draining, drain, overrun).await;
+    // Deletes that went on in the background after their uploads answered (the account paused,
+    // the upstream failing) get what is left of the drain period: stopping now would leave their
+    // uploads open upstream.
+    let running = gateway.uploads.background.running();
+    if running > 0 {
+        let until = began.get().copied().unwrap_or_else(tokio::time::Instant::now) + drain;
+        tracing::info!(deletes = running, "waiting for deferred deletes");
+        if !gateway.uploads.background.settled(until).await {
+            tracing::warn!(
+                deletes = gateway.uploads.background.running(),
+                "drain period over: deferred deletes abandoned (their uploads expire upstream on their own)"
+            );
+        }
+    }
 }
 
 /// Serves the gateway and its admin listener until `shutdown` resolves and the drain is over;

@@ -60,6 +60,8 @@ pub struct Calls {
     pub used: Arc<AtomicU32>,
     /// The upload's reserved calls, given back when the last clone is gone.
     pub plan: Arc<Plan>,
+    /// Where a delete that goes on in the background runs (the drain waits for it).
+    pub background: Arc<Background>,
     /// Calls of the plan these calls leave for later stages (the finish, the delete).
     pub keep: u32,
 }
@@ -312,6 +314,67 @@ impl Calls {
                 Step::Done(Err(_)) if refused => return Deleted::Refused,
                 Step::Done(Err(_)) => return Deleted::NotYet,
                 Step::Again => {}
+            }
+        }
+    }
+}
+
+/// Work an upload leaves running in the background (deferred deletes), counted so that a drain can
+/// wait for it. It runs on the runtime the gateway was made on, which outlives the drain (the
+/// event loops of `server.scheduler = "per-thread"` stop with their connections).
+pub struct Background {
+    running: std::sync::atomic::AtomicUsize,
+    done: tokio::sync::Notify,
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl Default for Background {
+    fn default() -> Self {
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        Self { running: Default::default(), done: Default::default(), runtime }
+    }
+}
+
+/// Counts a piece of background work as ended when dropped: done, or dropped with its runtime.
+struct Running(Arc<Background>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.done.notify_waiters();
+        }
+    }
+}
+
+impl Background {
+    pub fn spawn(self: &Arc<Self>, work: impl Future<Output = ()> + Send + 'static) {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        let running = Running(self.clone());
+        let work = async move {
+            let _running = running;
+            work.await;
+        };
+        match &self.runtime {
+            Some(runtime) => drop(runtime.spawn(work)),
+            None => drop(tokio::spawn(work)),
+        }
+    }
+
+    /// Work still running.
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Waits until nothing runs, or `deadline`; whether nothing runs.
+    pub async fn settled(&self, deadline: Instant) -> bool {
+        loop {
+            let done = self.done.notified();
+            if self.running() == 0 {
+                return true;
+            }
+            tokio::select! {
+                () = done => {}
+                () = tokio::time::sleep_until(deadline) => return self.running() == 0,
             }
         }
     }

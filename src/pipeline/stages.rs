@@ -412,7 +412,7 @@ impl Upload {
     /// Deletes the upload in the background, waiting for the pacing as long as the upload lives.
     fn defer_delete(&self, after: &'static str) -> Deletion {
         let (calls, id, until) = (self.calls.clone(), self.id().to_owned(), self.calls.deadline + EXPIRY_MARGIN);
-        tokio::spawn(
+        self.calls.background.clone().spawn(
             async move {
                 let deleted = calls.delete_until(&id, until).await;
                 if deleted {

@@ -56,6 +56,8 @@ pub struct Uploads {
     /// Time the finish (checksum read, commit) may need: the body must end this long before the
     /// upload expires.
     finish_reserve: Duration,
+    /// Deletes going on after their uploads answered: the drain waits for them.
+    pub background: Arc<crate::pipeline::calls::Background>,
 }
 
 /// Where an upload goes: the parts of its request target the upstream needs.
@@ -120,6 +122,7 @@ impl Uploads {
             callers: PerKey::new(),
             max_per_caller: config.server.max_uploads_per_caller,
             finish_reserve,
+            background: Arc::default(),
             config: c,
         }
     }
@@ -273,6 +276,7 @@ impl Uploads {
             used: Arc::new(AtomicU32::new(0)),
             plan,
             keep: finish + 1,
+            background: self.background.clone(),
         };
         Upload::new(
             calls,

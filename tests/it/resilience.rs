@@ -222,6 +222,33 @@ async fn a_rate_limit_longer_than_the_upload_can_wait_gives_rate_limited_and_a_d
     assert_eq!((st["open"].as_u64(), st["committed"].as_u64()), (Some(0), Some(0)));
 }
 
+/// A failed upload whose delete the upstream refuses for a while: the delete goes on in the
+/// background, and a SIGTERM meanwhile waits for it within the drain period (the process had
+/// stopped at once and left the upload open upstream).
+#[tokio::test]
+async fn sigterm_waits_for_a_deferred_delete_within_the_drain_period() {
+    let sim = SimApi::start(roomy_sim()).await;
+    let mut gateway =
+        Binary::serve(&sim, &[("CHUNKGATE_SERVER__DRAIN_SECS", "20"), ("CHUNKGATE_RETRY__MAX_ATTEMPTS", "2")], false);
+    sim.faults(json!({"error_rate": 1.0, "ops": ["delete"]})).await;
+    let url = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads", gateway.url);
+    let auth = format!("Bearer {TOKEN}");
+    let digest = format!("sha-256=:{}:", "A".repeat(43) + "=");
+    let headers =
+        [("authorization", auth.as_str()), ("content-type", "application/pdf"), ("content-digest", digest.as_str())];
+    let r = sim.http.send(Method::POST, &url, &headers, bytes_of(PART * 2, 7)).await.unwrap();
+    assert_eq!(code(&r), "DIGEST_MISMATCH");
+    assert_eq!(r.header("x-chunkgate-upload-deleted"), "deferred");
+    gateway.signal("TERM");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(sim.stats().await["open"], 1, "the upstream still refuses the delete");
+    sim.faults(json!({})).await;
+    let status = gateway.wait().await;
+    assert!(status.success(), "{status:?}");
+    let st = sim.stats().await;
+    assert_eq!((st["deleted"].as_u64(), st["open"].as_u64()), (Some(1), Some(0)), "{st}");
+}
+
 #[tokio::test]
 async fn sigterm_lets_running_uploads_finish_then_cancels_and_deletes_the_rest() {
     let sim = SimApi::start(roomy_sim()).await;
