@@ -561,10 +561,13 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
             Ok::<_, BoxError>(answer)
         }
     };
+    // When the drain began: deferred deletes get what is left of it (below).
+    let began = Arc::new(std::sync::OnceLock::new());
     let draining = {
-        let gw = gateway.clone();
+        let (gw, began) = (gateway.clone(), began.clone());
         async move {
             shutdown.await;
+            let _ = began.set(tokio::time::Instant::now());
             tracing::info!(active_uploads = gw.uploads.active(), "draining");
             gw.uploads.start_draining();
             // tus uploads are driven without a client connection: their upstream uploads are
@@ -585,14 +588,6 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
                 "drain period over: cancelling uploads and deleting them upstream"
             );
             gw.uploads.cancel_all();
-        }
-    };
-    let began = Arc::new(std::sync::OnceLock::new());
-    let draining = {
-        let began = began.clone();
-        async move {
-            draining.await;
-            let _ = began.set(tokio::time::Instant::now());
         }
     };
     server::serve(listener, limits, handler, draining, drain, overrun).await;

@@ -137,7 +137,7 @@ impl SharedPacing {
         deadline: Instant,
     ) -> Result<Found<(u32, i64, u32)>, Duration> {
         let r = &self.redis;
-        let keys = ["hour", "plans", "plans:x", "gcra", "pause"].map(|k| r.account_key(account, k));
+        let keys = r.pacing_keys(account);
         wait::until(
             deadline,
             &self.released,
@@ -471,7 +471,7 @@ impl SharedPacing {
         deadline: Instant,
     ) -> Result<Found<(u32, i64, Option<u32>)>, Duration> {
         let r = &self.redis;
-        let keys = ["hour", "plans", "plans:x", "gcra", "pause"].map(|k| r.account_key(account, k));
+        let keys = r.pacing_keys(account);
         let (mode, id, keep) = match draw {
             Draw::Free => ("free", "", 0),
             Draw::Plan { plan, keep } => (if ahead { "ahead" } else { "plan" }, plan.id.as_str(), keep),
@@ -508,7 +508,7 @@ impl SharedPacing {
 /// Gives back `calls` of `account` taken in clock `hour` and not spent: off the hourly count (if
 /// it is still that hour) and off the burst limiter; whether Redis took them.
 async fn give_back(redis: &Redis, period_ms: f64, account: &str, calls: u32, hour: i64) -> bool {
-    let keys = ["hour", "plans", "plans:x", "gcra", "pause"].map(|k| redis.account_key(account, k));
+    let keys = redis.pacing_keys(account);
     let mut inv = redis.scripts.giveback.prepare_invoke();
     for k in &keys {
         inv.key(k);

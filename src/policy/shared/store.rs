@@ -121,6 +121,12 @@ impl Redis {
         format!("{}:a:{account}:{what}", self.prefix)
     }
 
+    /// The keys of the scripts that draw, reserve or give back an account's calls, in their order:
+    /// hourly count, plans, plan expiries, burst state, pause.
+    pub(super) fn pacing_keys(&self, account: &str) -> [String; 5] {
+        ["hour", "plans", "plans:x", "gcra", "pause"].map(|k| self.account_key(account, k))
+    }
+
     pub(super) fn member_keys(&self, member: &str) -> (String, String) {
         (format!("{}:m:{member}:e", self.prefix), format!("{}:m:{member}:x", self.prefix))
     }
