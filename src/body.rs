@@ -64,6 +64,58 @@ pub const LINGER_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
 /// Most bytes it reads and throws away.
 pub const LINGER_BYTES: u64 = 64 << 20;
 
+/// An upload's request body, which over HTTP/2 is drained (`drain_stream`) rather than dropped
+/// while unread, whichever path lets go of it: a refusal before it is read, a failure half-way (the
+/// document too large, a digest mismatch, the upstream refusing, the drain's cancel), a tus PATCH
+/// refused. Dropped, it had reset the stream right after the answer, and curl reported a framing
+/// error instead of the answer. (Over HTTP/1.1 the connection closes and lingers instead.)
+pub struct UploadBody {
+    body: Option<hyper::body::Incoming>,
+    /// Drained when dropped unread: an HTTP/2 stream not yet ended.
+    drain: bool,
+}
+
+impl UploadBody {
+    pub fn new(body: hyper::body::Incoming, version: http::Version) -> Self {
+        let drain = version == http::Version::HTTP_2 && !http_body::Body::is_end_stream(&body);
+        Self { body: Some(body), drain }
+    }
+}
+
+impl http_body::Body for UploadBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let Some(body) = self.body.as_mut() else { return std::task::Poll::Ready(None) };
+        let polled = std::pin::Pin::new(body).poll_frame(cx);
+        // Ended, or broken: nothing is left to drain.
+        if matches!(polled, std::task::Poll::Ready(None | Some(Err(_)))) {
+            self.drain = false;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.as_ref().is_none_or(http_body::Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.as_ref().map_or_else(|| http_body::SizeHint::with_exact(0), http_body::Body::size_hint)
+    }
+}
+
+impl Drop for UploadBody {
+    fn drop(&mut self) {
+        if let Some(body) = self.body.take().filter(|b| self.drain && !http_body::Body::is_end_stream(b)) {
+            drain_stream(body);
+        }
+    }
+}
+
 /// An HTTP/2 stream whose answer went out before its body was read (the stream's counterpart of
 /// `edge::linger`'s lingering close): dropping the
 /// body would make the server reset the stream (RST_STREAM with NO_ERROR, which RFC 9113 allows

@@ -142,7 +142,7 @@ impl Gateway {
                         Err(err) => return err.response(dialect),
                     };
                     req.headers_mut().remove(&self.caller_key_header);
-                    return Box::pin(tus.upload(req, &id, caller)).await;
+                    return Box::pin(tus.upload(upload_body(req), &id, caller)).await;
                 }
                 // Under the upload URLs, but no upload's: not a path of the upstream's either.
                 return tus.unknown();
@@ -181,7 +181,7 @@ impl Gateway {
             let to = Destination { prefix: target.prefix, version: target.version, account };
             return match (&self.tus, req.method()) {
                 (Some(tus), &Method::OPTIONS) => tus.options(),
-                (Some(tus), &Method::POST) => Box::pin(tus.create(req, to, caller)).await,
+                (Some(tus), &Method::POST) => Box::pin(tus.create(upload_body(req), to, caller)).await,
                 (Some(_), _) => GatewayError::Tus {
                     status: http::StatusCode::METHOD_NOT_ALLOWED,
                     code: "TUS_METHOD_NOT_ALLOWED",
@@ -201,7 +201,8 @@ impl Gateway {
             let to = Destination { prefix: target.prefix, version: target.version, account };
             // Boxed, like the tus branches: the passthrough, which most requests take, then carries a
             // future a fraction of the size (each move of it was copied whole).
-            return Box::pin(streamed::handle(&self.uploads, self.upstream.clone(), req, to, caller)).await;
+            return Box::pin(streamed::handle(&self.uploads, self.upstream.clone(), upload_body(req), to, caller))
+                .await;
         }
         self.passthrough(req, target, caller).await
     }
@@ -459,6 +460,12 @@ fn mark_sensitive(headers: &mut HeaderMap, sensitive: &[HeaderName]) {
             }
         }
     }
+}
+
+/// An upload's request, its body drained rather than reset over HTTP/2 if it is let go unread.
+fn upload_body(req: Request<Incoming>) -> Request<crate::body::UploadBody> {
+    let version = req.version();
+    req.map(|body| crate::body::UploadBody::new(body, version))
 }
 
 /// Over HTTP/2, the answer's headers whose values change with every answer (the request id, the

@@ -23,11 +23,16 @@ use crate::body::{LINGER_BYTES, LINGER_FOR, LINGER_IDLE};
 /// A connection's socket, closed by lingering when dropped.
 pub struct Linger {
     io: Option<TcpStream>,
+    /// Held until the lingering ends: a stopping server waits for every clone to be gone before
+    /// its event loops end. A socket dropped with its loop closes with the client's bytes unread,
+    /// which resets the connection and can destroy the last answer before the client reads it (an
+    /// HTTP/2 upload cancelled at the end of the drain had lost its 503 so).
+    open: Option<tokio::sync::mpsc::Sender<()>>,
 }
 
 impl Linger {
-    pub fn new(io: TcpStream) -> Self {
-        Self { io: Some(io) }
+    pub fn new(io: TcpStream, open: tokio::sync::mpsc::Sender<()>) -> Self {
+        Self { io: Some(io), open: Some(open) }
     }
 
     fn io(&mut self) -> &mut TcpStream {
@@ -70,9 +75,13 @@ impl AsyncWrite for Linger {
 impl Drop for Linger {
     fn drop(&mut self) {
         let Some(io) = self.io.take() else { return };
+        let open = self.open.take();
         // Outside a runtime (the process is ending), the socket just closes.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(linger(io));
+            runtime.spawn(async move {
+                linger(io).await;
+                drop(open);
+            });
         }
     }
 }

@@ -347,7 +347,8 @@ where
     B::Error: Into<BoxError>,
 {
     let builder = Arc::new(http_builder(limits));
-    // Every connection task holds a clone; when all are gone, every connection has closed.
+    // Every connection task and lingering socket holds a clone; when all are gone, every
+    // connection has closed.
     let (open, mut all_closed) = mpsc::channel::<()>(1);
     let stop = {
         let mut stopping = stopping.clone();
@@ -379,12 +380,17 @@ where
             // else; it counts against the time allowed before the first request.
             let result = match limits.tls.clone() {
                 None => {
-                    let io = TokioIo::new(Canned::new(Linger::new(stream), limits.render.clone()));
+                    let io = TokioIo::new(Canned::new(Linger::new(stream, open.clone()), limits.render.clone()));
                     let conn = builder.serve_connection_with_upgrades(io, service);
                     drive(conn, &activity, &limits, stopping).await
                 }
                 Some(acceptor) => {
-                    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(Linger::new(stream))).await {
+                    match tokio::time::timeout(
+                        limits.header_read_timeout,
+                        acceptor.accept(Linger::new(stream, open.clone())),
+                    )
+                    .await
+                    {
                         Ok(Ok(tls)) => {
                             let io = TokioIo::new(Canned::new(tls, limits.render.clone()));
                             let conn = builder.serve_connection_with_upgrades(io, service);

@@ -7,12 +7,11 @@
 use std::{sync::Arc, time::Duration};
 
 use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
 use tokio::{sync::watch, task::JoinSet, time::Instant};
 use tracing::Instrument;
 
 use crate::{
-    body::Body,
+    body::{Body, UploadBody},
     error::{Cleanup, GatewayError},
     pipeline::{
         calls::Abort,
@@ -31,7 +30,7 @@ use crate::{
 pub async fn handle(
     uploads: &Uploads,
     upstream: Arc<Upstream>,
-    req: Request<Incoming>,
+    req: Request<UploadBody>,
     to: Destination<'_>,
     caller: Caller,
 ) -> Response<Body> {
@@ -43,10 +42,7 @@ pub async fn handle(
         Err(err) => {
             metrics::counter!(telemetry::UPLOADS_FAILED, "reason" => err.code()).increment(1);
             tracing::info!(code = err.code(), "upload refused before any upstream call");
-            if req.version() == http::Version::HTTP_2 {
-                // Over HTTP/1.1 the connection closes and lingers; a stream must not be reset.
-                crate::body::drain_stream(req.into_body());
-            }
+            // (The body, dropped with the request, is drained over HTTP/2: see `UploadBody`.)
             return err.response(dialect);
         }
     };

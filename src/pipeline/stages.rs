@@ -161,6 +161,11 @@ impl Upload {
     /// known to exist, leaves nothing to delete.
     pub async fn open(&mut self, part0: &Part) -> Result<Opened, Abort> {
         let dialect = self.dialect();
+        // A document of unknown length is held to `upload.max_document_bytes` as it arrives (what
+        // its quota reserved): from part 0 on, and through the announced total below.
+        if part0.len as u64 > self.config.max_document_bytes {
+            return Err(GatewayError::PayloadTooLarge { limit: self.config.max_document_bytes }.into());
+        }
         // Not cancelled half-way: a create whose answer is lost leaves an upload nobody can delete.
         let created = self.calls.create(&part0.body).await?;
         let resource = created_resource(&created, dialect)?;
@@ -177,7 +182,7 @@ impl Upload {
         }
         let announced = Announced {
             max_parts: resource.max_parts().unwrap_or(self.config.assumed_max_parts),
-            max_total: resource.max_total().unwrap_or(u64::MAX),
+            max_total: resource.max_total().unwrap_or(u64::MAX).min(self.config.max_document_bytes),
             part0: part0_len,
         };
         self.state = UploadState {
@@ -238,7 +243,7 @@ impl Upload {
             deadline_unix: unix_now() + left.saturating_sub(margin).as_secs(),
             announced: Some(Announced {
                 max_parts: resource.max_parts().unwrap_or(self.config.assumed_max_parts),
-                max_total: resource.max_total().unwrap_or(u64::MAX),
+                max_total: resource.max_total().unwrap_or(u64::MAX).min(self.config.max_document_bytes),
                 part0: sizes[0],
             }),
             expires: resource.expiration_date_time,

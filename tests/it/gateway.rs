@@ -152,6 +152,22 @@ async fn a_chunked_body_that_outgrows_the_part_limit_fails_and_is_deleted() {
     s.sim.wait_stats(|st| st["open"] == 0 && st["deleted"] == 1).await;
 }
 
+/// A document of unknown length is held to `upload.max_document_bytes` (what its quota reserved)
+/// as it arrives, not only to the upstream's limits: it had been let grow to the upstream's 1 GB.
+#[tokio::test]
+async fn a_chunked_body_past_the_document_limit_fails_and_is_deleted() {
+    let s = Stack::start(SimConfig::default(), |c| c.upload.max_document_bytes = (PART * 3) as u64).await;
+    let r = s.upload_chunked(&bytes_of(PART * 5, 5), 8192).await;
+    assert_eq!((r.status, code(&r)), (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE".into()));
+    let limit = format!("larger than the {} bytes allowed", PART * 3);
+    assert!(r.json()["message"].as_str().unwrap().contains(&limit), "{}", r.json());
+    s.sim.wait_stats(|st| st["open"] == 0 && st["deleted"] == 1 && st["committed"] == 0).await;
+    // Exactly the limit is fine.
+    let data = bytes_of(PART * 3, 6);
+    let ok = s.upload_chunked(&data, 8192).await;
+    s.assert_committed(&ok, &data).await;
+}
+
 #[tokio::test]
 async fn a_content_digest_mismatch_is_never_committed_and_the_upload_is_deleted() {
     let s = Stack::default().await;

@@ -279,3 +279,103 @@ async fn sigterm_lets_running_uploads_finish_then_cancels_and_deletes_the_rest()
     let st = sim.stats().await;
     assert_eq!((st["committed"].as_u64(), st["deleted"].as_u64(), st["open"].as_u64()), (Some(1), Some(1), Some(0)));
 }
+
+/// curl (`--http2-prior-knowledge`), sending `file` at `rate` bytes/s with `extra` arguments (from
+/// a pipe, so without a length, if `piped`): its exit code and what it printed (the answer's head
+/// and body, and its complaints).
+async fn curl_h2(url: &str, file: &std::path::Path, piped: bool, rate: &str, extra: &[&str]) -> (i32, String) {
+    let mut args: Vec<String> = ["-sS", "-D", "-", "--http2-prior-knowledge", "--limit-rate", rate]
+        .iter()
+        .chain(extra)
+        .map(|a| a.to_string())
+        .collect();
+    let source = if piped { "-".to_owned() } else { file.display().to_string() };
+    args.extend(["-H".into(), format!("Authorization: Bearer {TOKEN}"), "-T".into(), source]);
+    args.push(url.to_owned());
+    let stdin = std::fs::File::open(file).unwrap();
+    let out = tokio::task::spawn_blocking(move || std::process::Command::new("curl").args(&args).stdin(stdin).output())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// An HTTP/2 upload refused half-way (the document too large, a tus PATCH at the wrong offset)
+/// while the client is still sending gets its answer: dropping the unread body had reset the
+/// stream right after the answer, and curl reported "Stream error in the HTTP/2 framing layer"
+/// with no status at all.
+#[tokio::test]
+async fn an_http2_upload_refused_half_way_hears_why_not_a_reset_stream() {
+    let dir = std::env::temp_dir().join(format!("chunkgate-h2-refused-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spool = dir.join("spool").display().to_string();
+    let s = Stack::start(SimConfig::default(), move |c| {
+        c.upload.max_document_bytes = 1 << 20;
+        c.tus.dir = spool;
+    })
+    .await;
+    let file = dir.join("doc.bin");
+    std::fs::write(&file, bytes_of(4 << 20, 9)).unwrap();
+    // Without a length (read from a pipe): refused once it passes the limit, mid-body.
+    let args = ["-X", "POST", "-H", "Content-Type: application/pdf"];
+    let (rc, text) = curl_h2(&s.upload_url(ACCOUNT), &file, true, "20M", &args).await;
+    assert_eq!(rc, 0, "{text}");
+    assert!(text.starts_with("HTTP/2 413") && text.contains("PAYLOAD_TOO_LARGE"), "{text}");
+    // A tus PATCH at the wrong offset, refused before its body is read.
+    let created = s
+        .http
+        .send(
+            Method::POST,
+            &s.upload_url(ACCOUNT),
+            &[("tus-resumable", "1.0.0"), ("upload-length", "1000000"), ("authorization", &format!("Bearer {TOKEN}"))],
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    let url = format!("{}{}", s.gw.url(), created.header("location"));
+    std::fs::write(&file, bytes_of(900_000, 9)).unwrap();
+    let patch = [
+        "-X",
+        "PATCH",
+        "-H",
+        "Tus-Resumable: 1.0.0",
+        "-H",
+        "Upload-Offset: 7",
+        "-H",
+        "Content-Type: application/offset+octet-stream",
+    ];
+    let (rc, text) = curl_h2(&url, &file, false, "2M", &patch).await;
+    assert_eq!(rc, 0, "{text}");
+    assert!(text.starts_with("HTTP/2 409") && text.contains("TUS_OFFSET_MISMATCH"), "{text}");
+    assert_eq!(s.sim.wait_stats(|st| st["open"] == 0).await["committed"], 0);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// An HTTP/2 client still sending its document when the drain period ends hears SHUTTING_DOWN,
+/// as an HTTP/1.1 one does (curl had got a broken stream and no status).
+#[tokio::test]
+async fn an_http2_upload_still_sending_when_the_drain_ends_hears_shutting_down() {
+    let sim = SimApi::start(roomy_sim()).await;
+    let gateway = Binary::serve(&sim, &[("CHUNKGATE_SERVER__DRAIN_SECS", "1")], false);
+    let dir = std::env::temp_dir().join(format!("chunkgate-h2-drain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("doc.bin");
+    std::fs::write(&file, bytes_of(30 << 20, 5)).unwrap();
+    let url = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads", gateway.url);
+    let args = ["-X", "POST", "-H", "Content-Type: application/pdf"];
+    let sending = {
+        let (url, file) = (url.clone(), file.clone());
+        tokio::spawn(async move { curl_h2(&url, &file, false, "2M", &args).await })
+    };
+    sim.wait_stats(|st| st["created"] == 1).await;
+    gateway.signal("TERM");
+    let (rc, text) = sending.await.unwrap();
+    assert_eq!(rc, 0, "{text}");
+    assert!(text.starts_with("HTTP/2 503") && text.contains("SHUTTING_DOWN"), "{text}");
+    let mut gateway = gateway;
+    assert!(gateway.wait().await.success());
+    let st = sim.wait_stats(|st| st["open"] == 0).await;
+    assert_eq!(st["deleted"], 1, "{st}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
