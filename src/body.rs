@@ -64,25 +64,26 @@ pub const LINGER_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
 /// Most bytes it reads and throws away.
 pub const LINGER_BYTES: u64 = 64 << 20;
 
-/// An upload's request body, which over HTTP/2 is drained (`drain_stream`) rather than dropped
-/// while unread, whichever path lets go of it: a refusal before it is read, a failure half-way (the
-/// document too large, a digest mismatch, the upstream refusing, the drain's cancel), a tus PATCH
-/// refused. Dropped, it had reset the stream right after the answer, and curl reported a framing
+/// A client's request body (an upload's, or one passed through), which over HTTP/2 is drained
+/// (`drain_stream`) rather than dropped while unread, whichever path lets go of it: a refusal before
+/// it is read, a failure half-way (the document too large, a digest mismatch, the upstream
+/// refusing, the drain's cancel), a tus PATCH refused, an upstream answering a passthrough request
+/// early. Dropped, it had reset the stream right after the answer, and curl reported a framing
 /// error instead of the answer. (Over HTTP/1.1 the connection closes and lingers instead.)
-pub struct UploadBody {
+pub struct RequestBody {
     body: Option<hyper::body::Incoming>,
     /// Drained when dropped unread: an HTTP/2 stream not yet ended.
     drain: bool,
 }
 
-impl UploadBody {
+impl RequestBody {
     pub fn new(body: hyper::body::Incoming, version: http::Version) -> Self {
         let drain = version == http::Version::HTTP_2 && !http_body::Body::is_end_stream(&body);
         Self { body: Some(body), drain }
     }
 }
 
-impl http_body::Body for UploadBody {
+impl http_body::Body for RequestBody {
     type Data = bytes::Bytes;
     type Error = hyper::Error;
 
@@ -108,7 +109,7 @@ impl http_body::Body for UploadBody {
     }
 }
 
-impl Drop for UploadBody {
+impl Drop for RequestBody {
     fn drop(&mut self) {
         if let Some(body) = self.body.take().filter(|b| self.drain && !http_body::Body::is_end_stream(b)) {
             drain_stream(body);

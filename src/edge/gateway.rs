@@ -462,10 +462,11 @@ fn mark_sensitive(headers: &mut HeaderMap, sensitive: &[HeaderName]) {
     }
 }
 
-/// An upload's request, its body drained rather than reset over HTTP/2 if it is let go unread.
-fn upload_body(req: Request<Incoming>) -> Request<crate::body::UploadBody> {
+/// An upload's request, its body drained rather than reset over HTTP/2 if it is let go unread
+/// (see `RequestBody`).
+fn upload_body(req: Request<Incoming>) -> Request<crate::body::RequestBody> {
     let version = req.version();
-    req.map(|body| crate::body::UploadBody::new(body, version))
+    req.map(|body| crate::body::RequestBody::new(body, version))
 }
 
 /// Over HTTP/2, the answer's headers whose values change with every answer (the request id, the

@@ -91,6 +91,7 @@ pub async fn forward(
         leased = Some(Leased { quota: policies.quota, id: Some(id) });
     }
     let (mut parts, incoming) = req.into_parts();
+    let client_version = parts.version;
     parts.uri = upstream.forward_uri(&parts.uri);
     parts.version = http::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
@@ -102,6 +103,7 @@ pub async fn forward(
         None => incoming.map_err(Into::into).boxed_unsync(),
         Some(w) => {
             let urls = (ends == Ends::Envelope).then(RemoteUrls::default);
+            let incoming = crate::body::RequestBody::new(incoming, client_version);
             ClientBody::new(incoming, idle, w.clone(), urls).boxed_unsync()
         }
     };
@@ -217,9 +219,10 @@ impl Watch {
 }
 
 /// The client's body on its way upstream: a frame must come within `idle`, and how it ends is
-/// recorded, so that a failure is told apart from the upstream's.
+/// recorded, so that a failure is told apart from the upstream's. An upstream that answers before
+/// it has all (a refusal) lets go of it: over HTTP/2 the rest is drained (see `RequestBody`).
 struct ClientBody {
-    inner: Incoming,
+    inner: crate::body::RequestBody,
     idle: Duration,
     timer: Pin<Box<Sleep>>,
     watch: Arc<Watch>,
@@ -228,7 +231,7 @@ struct ClientBody {
 }
 
 impl ClientBody {
-    fn new(inner: Incoming, idle: Duration, watch: Arc<Watch>, urls: Option<RemoteUrls>) -> Self {
+    fn new(inner: crate::body::RequestBody, idle: Duration, watch: Arc<Watch>, urls: Option<RemoteUrls>) -> Self {
         Self { inner, idle, timer: Box::pin(tokio::time::sleep(idle)), watch, urls }
     }
 }

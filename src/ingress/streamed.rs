@@ -11,7 +11,7 @@ use tokio::{sync::watch, task::JoinSet, time::Instant};
 use tracing::Instrument;
 
 use crate::{
-    body::{Body, UploadBody},
+    body::{Body, RequestBody},
     error::{Cleanup, GatewayError},
     pipeline::{
         calls::Abort,
@@ -30,7 +30,7 @@ use crate::{
 pub async fn handle(
     uploads: &Uploads,
     upstream: Arc<Upstream>,
-    req: Request<UploadBody>,
+    req: Request<RequestBody>,
     to: Destination<'_>,
     caller: Caller,
 ) -> Response<Body> {
@@ -42,7 +42,7 @@ pub async fn handle(
         Err(err) => {
             metrics::counter!(telemetry::UPLOADS_FAILED, "reason" => err.code()).increment(1);
             tracing::info!(code = err.code(), "upload refused before any upstream call");
-            // (The body, dropped with the request, is drained over HTTP/2: see `UploadBody`.)
+            // (The body, dropped with the request, is drained over HTTP/2: see `RequestBody`.)
             return err.response(dialect);
         }
     };

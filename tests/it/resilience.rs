@@ -301,12 +301,12 @@ async fn curl_h2(url: &str, file: &std::path::Path, piped: bool, rate: &str, ext
     (out.status.code().unwrap_or(-1), text)
 }
 
-/// An HTTP/2 upload refused half-way (the document too large, a tus PATCH at the wrong offset)
-/// while the client is still sending gets its answer: dropping the unread body had reset the
-/// stream right after the answer, and curl reported "Stream error in the HTTP/2 framing layer"
-/// with no status at all.
+/// An HTTP/2 request refused half-way (an upload's document too large, a tus PATCH at the wrong
+/// offset, a passthrough request the upstream answers before reading it) while the client is still
+/// sending gets its answer: dropping the unread body had reset the stream right after the answer,
+/// and curl reported "Stream error in the HTTP/2 framing layer" with no status at all.
 #[tokio::test]
-async fn an_http2_upload_refused_half_way_hears_why_not_a_reset_stream() {
+async fn an_http2_request_refused_half_way_hears_why_not_a_reset_stream() {
     let dir = std::env::temp_dir().join(format!("chunkgate-h2-refused-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let spool = dir.join("spool").display().to_string();
@@ -348,6 +348,12 @@ async fn an_http2_upload_refused_half_way_hears_why_not_a_reset_stream() {
     let (rc, text) = curl_h2(&url, &file, false, "2M", &patch).await;
     assert_eq!(rc, 0, "{text}");
     assert!(text.starts_with("HTTP/2 409") && text.contains("TUS_OFFSET_MISMATCH"), "{text}");
+    // Passed through: the simulator refuses a POST to a part's URL without reading the body.
+    let part_url = format!("{}/nope/1", s.upload_url(ACCOUNT));
+    std::fs::write(&file, bytes_of(4 << 20, 9)).unwrap();
+    let (rc, text) = curl_h2(&part_url, &file, false, "20M", &["-X", "POST"]).await;
+    assert_eq!(rc, 0, "{text}");
+    assert!(text.starts_with("HTTP/2 405"), "{text}");
     assert_eq!(s.sim.wait_stats(|st| st["open"] == 0).await["committed"], 0);
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 
 use self::store::{Outcome, Session, Store};
 use crate::{
-    body::{self, Body, BoxError, UploadBody},
+    body::{self, Body, BoxError, RequestBody},
     config::{Dialect, TusConfig},
     error::GatewayError,
     ingress::streamed,
@@ -286,7 +286,7 @@ impl Tus {
     /// streamed upload is (token, quota, the account's budget), its URL in `Location`.
     pub async fn create(
         self: &Arc<Self>,
-        req: Request<UploadBody>,
+        req: Request<RequestBody>,
         to: Destination<'_>,
         caller: Caller,
     ) -> Response<Body> {
@@ -298,7 +298,7 @@ impl Tus {
 
     async fn try_create(
         self: &Arc<Self>,
-        req: Request<UploadBody>,
+        req: Request<RequestBody>,
         to: Destination<'_>,
         caller: Caller,
     ) -> Result<Response<Body>, GatewayError> {
@@ -421,7 +421,7 @@ impl Tus {
     }
 
     /// A request on an upload URL.
-    pub async fn upload(self: &Arc<Self>, req: Request<UploadBody>, id: &str, caller: Caller) -> Response<Body> {
+    pub async fn upload(self: &Arc<Self>, req: Request<RequestBody>, id: &str, caller: Caller) -> Response<Body> {
         let method = match req.headers().get("x-http-method-override").and_then(|v| v.to_str().ok()) {
             Some(m) if req.method() == Method::POST => Method::from_bytes(m.trim().as_bytes()).unwrap_or(Method::POST),
             _ => req.method().clone(),
@@ -458,7 +458,7 @@ impl Tus {
 
     async fn head(
         self: &Arc<Self>,
-        req: &Request<UploadBody>,
+        req: &Request<RequestBody>,
         id: &str,
         caller: Caller,
     ) -> Result<Response<Body>, GatewayError> {
@@ -521,7 +521,7 @@ impl Tus {
 
     async fn patch(
         self: &Arc<Self>,
-        req: Request<UploadBody>,
+        req: Request<RequestBody>,
         id: &str,
         caller: Caller,
     ) -> Result<Response<Body>, GatewayError> {
@@ -676,7 +676,7 @@ impl Tus {
         &self,
         live: &Live,
         s: &mut Session,
-        mut incoming: UploadBody,
+        mut incoming: RequestBody,
         checksum: Option<Checksum>,
         progressive: bool,
     ) -> Result<(), GatewayError> {
@@ -788,7 +788,7 @@ impl Tus {
     }
 
     /// `DELETE`: the upload ends at once: its upstream upload is deleted, its spool removed.
-    async fn terminate(&self, req: &Request<UploadBody>, id: &str) -> Result<Response<Body>, GatewayError> {
+    async fn terminate(&self, req: &Request<RequestBody>, id: &str) -> Result<Response<Body>, GatewayError> {
         let live = self.find(req.headers(), id)?;
         self.end(id, &live, req.headers().get(header::AUTHORIZATION)).await;
         Ok(Response::builder()
@@ -1107,7 +1107,7 @@ fn content_type_is_offset(headers: &HeaderMap) -> bool {
     })
 }
 
-fn is_end(req: &Request<UploadBody>) -> bool {
+fn is_end(req: &Request<RequestBody>) -> bool {
     req.body().is_end_stream() || req.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() == b"0")
 }
 
