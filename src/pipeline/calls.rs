@@ -126,8 +126,14 @@ impl Calls {
                 }
             }
             (_, result) => {
-                tracing::info!(attempt = tries.count(), status = status_of(&result), outcome = %describe(&result), "upstream call failed; retrying");
-                if tries.retry().await { Step::Again } else { Step::Done(Err(exhausted(&result).into())) }
+                let (attempt, status, outcome) = (tries.count(), status_of(&result), describe(&result));
+                let Some(wait) = tries.backoff() else {
+                    tracing::info!(attempt, status, %outcome, "upstream call failed; no attempts left");
+                    return Step::Done(Err(exhausted(&result).into()));
+                };
+                tracing::info!(attempt, status, %outcome, "upstream call failed; retrying");
+                tokio::time::sleep(wait).await;
+                Step::Again
             }
         }
     }
@@ -190,10 +196,13 @@ impl Calls {
                     if self.reconcile(id, seq, len).await? == Seen::Held {
                         return Ok(());
                     }
-                    tracing::info!(attempt = tries.count(), status = status_of(&result), outcome = %describe(&result), "part not received; sending it again");
-                    if !tries.retry().await {
+                    let (attempt, status, outcome) = (tries.count(), status_of(&result), describe(&result));
+                    let Some(wait) = tries.backoff() else {
+                        tracing::info!(attempt, status, %outcome, "part not received; no attempts left");
                         return Err(exhausted(&result).into());
-                    }
+                    };
+                    tracing::info!(attempt, status, %outcome, "part not received; sending it again");
+                    tokio::time::sleep(wait).await;
                 }
                 // A refusal after an attempt that may have landed (typically "part already
                 // exists"): look before calling it a failure.

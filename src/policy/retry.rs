@@ -149,21 +149,20 @@ impl Attempts<'_> {
         self.done
     }
 
-    /// Waits the backoff before the next attempt; `false` when no further attempt is allowed
-    /// (attempts, time or the process-wide budget are used up).
-    pub async fn retry(&mut self) -> bool {
+    /// The backoff before the next attempt, counted as taken; `None` when no further attempt is
+    /// allowed (attempts, time or the process-wide budget are used up). The caller waits it.
+    pub fn backoff(&mut self) -> Option<Duration> {
         let c = &self.policy.config;
         let exp = c.base_backoff_ms.saturating_mul(1u64 << self.done.min(20)).min(c.max_backoff_ms);
         let wait = Duration::from_millis(fastrand::u64(0..=exp));
         let until = tokio::time::Instant::now() + wait;
         let out_of_time = until > self.deadline || until.duration_since(self.started).as_secs() >= c.max_elapsed_secs;
         if self.done >= c.max_attempts || out_of_time || !self.policy.budget.try_withdraw() {
-            return false;
+            return None;
         }
         self.done += 1;
         crate::telemetry::count_retry();
-        tokio::time::sleep(wait).await;
-        true
+        Some(wait)
     }
 
     /// A throttled attempt: the rate limiter does the waiting, and no budget is spent; only the
