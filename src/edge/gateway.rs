@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 use tower::ServiceExt;
 
 use crate::{
-    body::{Body, BoxError},
+    body::{Body, BoxError, RequestBody},
     config::Config,
     edge::{
         listener::{self as server, Connections, Stopper},
@@ -118,7 +118,7 @@ impl Gateway {
         }))
     }
 
-    async fn handle(self: Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn handle(self: Arc<Self>, mut req: Request<RequestBody>, peer: SocketAddr) -> Response<Body> {
         let dialect = self.upstream.dialect;
         // The connection reads up to `server.read_buffer_bytes` at once, so it lets heads up to that
         // size through; the limit on heads is kept here.
@@ -142,7 +142,7 @@ impl Gateway {
                         Err(err) => return err.response(dialect),
                     };
                     req.headers_mut().remove(&self.caller_key_header);
-                    return Box::pin(tus.upload(upload_body(req), &id, caller)).await;
+                    return Box::pin(tus.upload(req, &id, caller)).await;
                 }
                 // Under the upload URLs, but no upload's: not a path of the upstream's either.
                 return tus.unknown();
@@ -181,7 +181,7 @@ impl Gateway {
             let to = Destination { prefix: target.prefix, version: target.version, account };
             return match (&self.tus, req.method()) {
                 (Some(tus), &Method::OPTIONS) => tus.options(),
-                (Some(tus), &Method::POST) => Box::pin(tus.create(upload_body(req), to, caller)).await,
+                (Some(tus), &Method::POST) => Box::pin(tus.create(req, to, caller)).await,
                 (Some(_), _) => GatewayError::Tus {
                     status: http::StatusCode::METHOD_NOT_ALLOWED,
                     code: "TUS_METHOD_NOT_ALLOWED",
@@ -201,14 +201,13 @@ impl Gateway {
             let to = Destination { prefix: target.prefix, version: target.version, account };
             // Boxed, like the tus branches: the passthrough, which most requests take, then carries a
             // future a fraction of the size (each move of it was copied whole).
-            return Box::pin(streamed::handle(&self.uploads, self.upstream.clone(), upload_body(req), to, caller))
-                .await;
+            return Box::pin(streamed::handle(&self.uploads, self.upstream.clone(), req, to, caller)).await;
         }
         self.passthrough(req, target, caller).await
     }
 
     /// Forwards a request, within the bounds on what one caller and one account may have running.
-    async fn passthrough(&self, req: Request<Incoming>, target: ApiTarget<'_>, caller: Caller) -> Response<Body> {
+    async fn passthrough(&self, req: Request<RequestBody>, target: ApiTarget<'_>, caller: Caller) -> Response<Body> {
         let dialect = self.upstream.dialect;
         let s = &self.config.server;
         let busy = || {
@@ -258,7 +257,7 @@ impl Gateway {
 impl Gateway {
     /// Who is calling: the key it presented when keys are configured (compared in constant time,
     /// as SHA-256 digests so lengths do not leak either), else its address.
-    fn caller(&self, req: &Request<Incoming>, peer: SocketAddr) -> Result<Caller, GatewayError> {
+    fn caller(&self, req: &Request<RequestBody>, peer: SocketAddr) -> Result<Caller, GatewayError> {
         if self.caller_keys.is_empty() {
             return Ok(Caller::Addr(peer.ip()));
         }
@@ -462,11 +461,11 @@ fn mark_sensitive(headers: &mut HeaderMap, sensitive: &[HeaderName]) {
     }
 }
 
-/// An upload's request, its body drained rather than reset over HTTP/2 if it is let go unread
-/// (see `RequestBody`).
-fn upload_body(req: Request<Incoming>) -> Request<crate::body::RequestBody> {
+/// A request whose body is drained rather than reset over HTTP/2 if it is let go unread, whichever
+/// path refuses it (see `RequestBody`).
+fn drained(req: Request<Incoming>) -> Request<RequestBody> {
     let version = req.version();
-    req.map(|body| crate::body::RequestBody::new(body, version))
+    req.map(|body| RequestBody::new(body, version))
 }
 
 /// Over HTTP/2, the answer's headers whose values change with every answer (the request id, the
@@ -547,6 +546,7 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
     let mut limits =
         server::ConnLimits::for_server(&gateway.config.server, gateway.tls.clone(), gateway.connections.clone());
     limits.render = Some(framing_answer(gateway.upstream.dialect, gateway.config.server.max_header_bytes));
+    limits.settle = Some(gateway.uploads.drivers.clone());
     let drain = Duration::from_secs(gateway.config.server.drain_secs);
     let (dialect, key) = (gateway.upstream.dialect, gateway.caller_key_header.clone());
     let sensitive = [header::AUTHORIZATION, key];
@@ -556,9 +556,11 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
     let handler = move |mut req: Request<Incoming>, peer: SocketAddr| {
         mark_sensitive(req.headers_mut(), &sensitive);
         let id = request_id(&mut req);
+        let req = drained(req);
         let gw = gw.clone();
         let unread_risk = req.version() <= http::Version::HTTP_11 && !hyper::body::Body::is_end_stream(req.body());
         let h2 = req.version() == http::Version::HTTP_2;
+        let head = req.method() == Method::HEAD;
         // Boxed once: the handler's future is large, and each wrapper would otherwise copy it as
         // it wraps it.
         let answer: Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>> = match &cors {
@@ -576,6 +578,12 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
             answer.headers_mut().insert(crate::upstream::client::REQUEST_ID, id);
             if h2 {
                 unindexed(answer.headers_mut());
+                if head {
+                    // An answer to HEAD has no body (its headers say what GET's would be); over
+                    // HTTP/1.1 hyper leaves it out, over HTTP/2 the gateway must, or the stream
+                    // is reset (PROTOCOL_ERROR) instead of answered.
+                    *answer.body_mut() = crate::body::empty();
+                }
             }
             if unread_risk && (answer.status().is_client_error() || answer.status().is_server_error()) {
                 // A refusal may leave the request's body unread: the connection cannot carry another

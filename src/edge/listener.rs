@@ -56,6 +56,10 @@ pub struct ConnLimits {
     pub threads: usize,
     /// Gives hyper's own bodiless answers to malformed requests a body (see `canned`).
     pub render: Option<Render>,
+    /// Work the requests leave running in tasks of this event loop (uploads deleting what they
+    /// made after their client left): a stopping loop waits for it, up to [`CLEANUP`], before it
+    /// ends and its tasks with it (an HTTP/2 client gone during the drain had left uploads open).
+    pub settle: Option<Arc<crate::pipeline::calls::Outstanding>>,
     /// HTTP/2: streams one connection may have open at once.
     pub http2_max_streams: u32,
     /// HTTP/2: bytes a stream may receive before its handler reads them. The connection's window
@@ -86,6 +90,7 @@ impl ConnLimits {
                 crate::config::Scheduler::WorkStealing => 1,
             },
             render: None,
+            settle: None,
             http2_max_streams: c.http2_max_streams,
             http2_stream_window: c.http2_stream_window_bytes,
         }
@@ -103,6 +108,7 @@ impl Default for ConnLimits {
             tls: None,
             threads: 1,
             render: None,
+            settle: None,
             http2_max_streams: 100,
             http2_stream_window: 1024 * 1024,
         }
@@ -415,6 +421,9 @@ where
     }
     drop((listener, open));
     let _ = all_closed.recv().await;
+    if let Some(work) = &limits.settle {
+        work.settled(Instant::now() + CLEANUP).await;
+    }
 }
 
 /// HTTP/1.1 and HTTP/2 on one listener, with the connection limits.
@@ -467,6 +476,10 @@ where
 {
     tokio::pin!(conn);
     let mut closing = false;
+    // Closing because the server stops: an HTTP/2 connection whose client never answers the
+    // goodbye (GOAWAY waits for a PING's answer) is dropped once it has had no request running
+    // for `CLOSE_GRACE` (it had held the process until the cleanup time ran out, 45 s).
+    let mut stopped = false;
     // Once closing for idleness, the connection is dropped if it has not ended by then; a stopping
     // server's drain sets its own limits.
     let mut hard_stop: Option<Instant> = None;
@@ -479,7 +492,12 @@ where
             result = conn.as_mut() => return result,
             _ = stopping.wait_for(|s| *s), if !closing => {
                 conn.as_mut().graceful_shutdown();
-                closing = true;
+                (closing, stopped) = (true, true);
+            }
+            () = tokio::time::sleep(Duration::from_millis(250)), if stopped => {
+                if activity.idle_for() >= CLOSE_GRACE {
+                    return Ok(());
+                }
             }
             () = tokio::time::sleep_until(check), if !closing => {
                 if activity.idle_for() >= activity.limit(limits) {

@@ -14,7 +14,6 @@ use bytes::Bytes;
 use http::{Request, Response, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::{sync::Notify, time::Sleep};
 
 use super::uses::RemoteUrls;
@@ -74,7 +73,7 @@ impl Drop for Leased<'_> {
 pub async fn forward(
     upstream: &Upstream,
     policies: Policies<'_>,
-    req: Request<Incoming>,
+    req: Request<crate::body::RequestBody>,
     (account, ends): (&str, Ends<'_>),
     idle: Duration,
 ) -> Result<Response<Body>, GatewayError> {
@@ -91,7 +90,6 @@ pub async fn forward(
         leased = Some(Leased { quota: policies.quota, id: Some(id) });
     }
     let (mut parts, incoming) = req.into_parts();
-    let client_version = parts.version;
     parts.uri = upstream.forward_uri(&parts.uri);
     parts.version = http::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
@@ -103,7 +101,6 @@ pub async fn forward(
         None => incoming.map_err(Into::into).boxed_unsync(),
         Some(w) => {
             let urls = (ends == Ends::Envelope).then(RemoteUrls::default);
-            let incoming = crate::body::RequestBody::new(incoming, client_version);
             ClientBody::new(incoming, idle, w.clone(), urls).boxed_unsync()
         }
     };

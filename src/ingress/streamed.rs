@@ -76,8 +76,10 @@ pub async fn drive<B: DocumentBody>(
     let dialect = admitted.upload.dialect();
     let Hooks { opened, resume } = hooks;
     let driver = Driver { admitted, cancel: uploads.cancellation(), client, began: Instant::now(), opened, resume };
+    let counted = uploads.drivers.enter();
     let task = tokio::spawn(
         async move {
+            let _counted = counted;
             let chunker = Chunker::new(body, idle).expect_len(driver.admitted.declared);
             driver.run(chunker).await
         }
@@ -318,7 +320,7 @@ async fn feed<B: DocumentBody>(admitted: &mut Admitted, chunker: &mut Chunker<B>
                 upload.acknowledged(joined(Some(done))?);
                 continue;
             }
-            next = chunker.next_part(size) => next.map_err(client_error)?,
+            next = chunker.next_part(upload.part_bound(size)) => next.map_err(client_error)?,
         };
         let Some(part) = next else { break };
         upload.plan_part(declared).await?;

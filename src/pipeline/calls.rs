@@ -328,26 +328,17 @@ impl Calls {
     }
 }
 
-/// Work an upload leaves running in the background (deferred deletes), counted so that a drain can
-/// wait for it. It runs on the runtime the gateway was made on, which outlives the drain (the
-/// event loops of `server.scheduler = "per-thread"` stop with their connections).
-pub struct Background {
+/// Work that must be let finish before the process ends, counted: a drain waits for it.
+#[derive(Default)]
+pub struct Outstanding {
     running: std::sync::atomic::AtomicUsize,
     done: tokio::sync::Notify,
-    runtime: Option<tokio::runtime::Handle>,
 }
 
-impl Default for Background {
-    fn default() -> Self {
-        let runtime = tokio::runtime::Handle::try_current().ok();
-        Self { running: Default::default(), done: Default::default(), runtime }
-    }
-}
+/// Counts one piece of work as ended when dropped: done, or dropped with its runtime.
+pub struct Counted(Arc<Outstanding>);
 
-/// Counts a piece of background work as ended when dropped: done, or dropped with its runtime.
-struct Running(Arc<Background>);
-
-impl Drop for Running {
+impl Drop for Counted {
     fn drop(&mut self) {
         if self.0.running.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.done.notify_waiters();
@@ -355,18 +346,11 @@ impl Drop for Running {
     }
 }
 
-impl Background {
-    pub fn spawn(self: &Arc<Self>, work: impl Future<Output = ()> + Send + 'static) {
+impl Outstanding {
+    /// Counts a piece of work until the guard is dropped.
+    pub fn enter(self: &Arc<Self>) -> Counted {
         self.running.fetch_add(1, Ordering::SeqCst);
-        let running = Running(self.clone());
-        let work = async move {
-            let _running = running;
-            work.await;
-        };
-        match &self.runtime {
-            Some(runtime) => drop(runtime.spawn(work)),
-            None => drop(tokio::spawn(work)),
-        }
+        Counted(self.clone())
     }
 
     /// Work still running.
@@ -386,6 +370,44 @@ impl Background {
                 () = tokio::time::sleep_until(deadline) => return self.running() == 0,
             }
         }
+    }
+}
+
+/// Work an upload leaves running in the background (deferred deletes), counted so that a drain can
+/// wait for it. It runs on the runtime the gateway was made on, which outlives the drain (the
+/// event loops of `server.scheduler = "per-thread"` stop with their connections).
+pub struct Background {
+    work: Arc<Outstanding>,
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl Default for Background {
+    fn default() -> Self {
+        Self { work: Arc::default(), runtime: tokio::runtime::Handle::try_current().ok() }
+    }
+}
+
+impl Background {
+    pub fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
+        let running = self.work.enter();
+        let work = async move {
+            let _running = running;
+            work.await;
+        };
+        match &self.runtime {
+            Some(runtime) => drop(runtime.spawn(work)),
+            None => drop(tokio::spawn(work)),
+        }
+    }
+
+    /// Work still running.
+    pub fn running(&self) -> usize {
+        self.work.running()
+    }
+
+    /// Waits until nothing runs, or `deadline`; whether nothing runs.
+    pub async fn settled(&self, deadline: Instant) -> bool {
+        self.work.settled(deadline).await
     }
 }
 

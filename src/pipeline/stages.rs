@@ -147,7 +147,10 @@ impl Upload {
     pub fn first_part_size(&self, declared: Option<u64>) -> usize {
         match declared {
             Some(len) => fit(len, self.config.assumed_max_parts, &self.config),
-            None => self.config.part_size,
+            // A byte past the limit is enough to refuse the document (see `part_bound`).
+            None => {
+                self.config.part_size.min(usize::try_from(self.config.max_document_bytes + 1).unwrap_or(usize::MAX))
+            }
         }
     }
 
@@ -273,6 +276,14 @@ impl Upload {
 
     fn announced(&self) -> Announced {
         self.state.announced.expect("set by open")
+    }
+
+    /// How much of the next part (of `size`) to read: no further than a byte past what the
+    /// upload may still hold, so that a document of unknown length is refused as soon as it passes
+    /// the limit rather than a whole part later.
+    pub fn part_bound(&self, size: usize) -> usize {
+        let room = self.announced().max_total.saturating_sub(self.state.bytes).saturating_add(1);
+        size.min(usize::try_from(room).unwrap_or(usize::MAX))
     }
 
     /// The size of parts 1..n: with a declared length, fitted into the parts the upstream allows;

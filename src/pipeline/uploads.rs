@@ -58,6 +58,9 @@ pub struct Uploads {
     finish_reserve: Duration,
     /// Deletes going on after their uploads answered: the drain waits for them.
     pub background: Arc<crate::pipeline::calls::Background>,
+    /// The tasks driving uploads, counted: an event loop that stops lets those it runs finish
+    /// their cleanup (delete upstream) before it ends (see `ConnLimits::settle`).
+    pub drivers: Arc<crate::pipeline::calls::Outstanding>,
 }
 
 /// Where an upload goes: the parts of its request target the upstream needs.
@@ -123,6 +126,7 @@ impl Uploads {
             max_per_caller: config.server.max_uploads_per_caller,
             finish_reserve,
             background: Arc::default(),
+            drivers: Arc::default(),
             config: c,
         }
     }

@@ -437,3 +437,38 @@ async fn four_event_loops_serve_concurrent_connections_and_a_stop_drains_every_o
     }
     panic!("after the stop: {} loop threads left, listener still accepting", loop_threads(port));
 }
+
+/// A document of unknown length is refused as soon as it passes `upload.max_document_bytes`, not
+/// a whole part later: a client that sent a little more than the limit and waits hears 413 at once
+/// (it had waited for a part's worth more, 8 MiB at the defaults, or its idle timeout). The limit
+/// falls within part 0, then within a later part.
+#[tokio::test]
+async fn a_chunked_body_is_refused_as_soon_as_it_passes_the_document_limit() {
+    for (limit, sent, created) in [(100_000u64, 150_000usize, 0u64), (1_500_000, 1_600_000, 1)] {
+        let s = Stack::start(SimConfig::default(), |c| {
+            c.upload.max_document_bytes = limit;
+            c.upload.part_size = 1 << 20;
+        })
+        .await;
+        let mut tcp = tokio::net::TcpStream::connect(s.gw.addr).await.unwrap();
+        let head = format!(
+            "POST /restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/pdf\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let chunk = bytes_of(sent, 3);
+        tcp.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await.unwrap();
+        tcp.write_all(&chunk).await.unwrap();
+        tcp.write_all(b"\r\n").await.unwrap();
+        // The client waits with its body unfinished.
+        let mut answer = vec![0u8; 4096];
+        let read = tokio::io::AsyncReadExt::read(&mut tcp, &mut answer);
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), read)
+            .await
+            .expect("answered while the body is still open")
+            .unwrap();
+        let text = String::from_utf8_lossy(&answer[..n]);
+        assert!(text.starts_with("HTTP/1.1 413") && text.contains("PAYLOAD_TOO_LARGE"), "{limit}: {text}");
+        let st = s.sim.wait_stats(|st| st["open"] == 0).await;
+        assert_eq!(st["created"], created, "{st}");
+    }
+}

@@ -354,6 +354,27 @@ async fn an_http2_request_refused_half_way_hears_why_not_a_reset_stream() {
     let (rc, text) = curl_h2(&part_url, &file, false, "20M", &["-X", "POST"]).await;
     assert_eq!(rc, 0, "{text}");
     assert!(text.starts_with("HTTP/2 405"), "{text}");
+    // Refused before any routing: a path outside the API, an account id that is not one, a tus
+    // upload that does not exist.
+    let gw = s.gw.url();
+    for url in [
+        format!("{gw}/foo"),
+        format!("{gw}/restapi/v2.1/accounts/abc/chunked_uploads"),
+        format!("{gw}/tus/uploads/{}", "0".repeat(32)),
+    ] {
+        let (rc, text) = curl_h2(&url, &file, false, "20M", &["-X", "POST", "-H", "Tus-Resumable: 1.0.0"]).await;
+        assert_eq!(rc, 0, "{url}: {text}");
+        assert!(text.starts_with("HTTP/2 4") && text.contains("errorCode"), "{url}: {text}");
+    }
+    // HEAD where the gateway answers itself: headers only (a body had the stream reset).
+    let head = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl").args(["-sS", "-I", "--http2-prior-knowledge", &format!("{gw}/foo")]).output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let text = String::from_utf8_lossy(&head.stdout).into_owned() + &String::from_utf8_lossy(&head.stderr);
+    assert!(head.status.success() && text.starts_with("HTTP/2 4"), "{text}");
     assert_eq!(s.sim.wait_stats(|st| st["open"] == 0).await["committed"], 0);
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -384,4 +405,65 @@ async fn an_http2_upload_still_sending_when_the_drain_ends_hears_shutting_down()
     let st = sim.wait_stats(|st| st["open"] == 0).await;
     assert_eq!(st["deleted"], 1, "{st}");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// HTTP/2 clients that leave during the drain: their uploads' cleanup (a delete each, slow here)
+/// runs in tasks of the connection's event loop, and the loop had ended with its last connection,
+/// dropping them half-way: uploads were left open upstream.
+#[tokio::test]
+async fn uploads_whose_http2_client_leaves_during_the_drain_are_still_deleted() {
+    use crate::clients::{h2_raw, h2_send};
+    let sim = SimApi::start(roomy_sim()).await;
+    let mut gateway = Binary::serve(&sim, &[("CHUNKGATE_SERVER__DRAIN_SECS", "10")], false);
+    let addr: std::net::SocketAddr = gateway.url.rsplit("//").next().unwrap().parse().unwrap();
+    let mut client = h2_raw(addr).await;
+    let mut streams = Vec::new();
+    for i in 0..6 {
+        let req = http::Request::post(format!("http://{addr}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads"))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("content-type", "application/pdf")
+            .body(())
+            .unwrap();
+        client = client.ready().await.unwrap();
+        let (answer, mut stream) = client.send_request(req, false).unwrap();
+        h2_send(&mut stream, bytes::Bytes::from(bytes_of(PART * 2 + 1, i)), false).await;
+        streams.push((answer, stream));
+    }
+    sim.wait_stats(|st| st["created"] == 6).await;
+    sim.faults(json!({"latency_ms": 700, "ops": ["delete"]})).await;
+    gateway.signal("TERM");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The client goes away: its connection closes, and with it the last one of the event loop.
+    drop((client, streams));
+    assert!(gateway.wait().await.success());
+    let st = sim.stats().await;
+    assert_eq!((st["deleted"].as_u64(), st["open"].as_u64()), (Some(6), Some(0)), "{st}");
+}
+
+/// An HTTP/2 client that had its answer, then goes silent (it never answers the server's goodbye
+/// PING), does not hold a stopping server until the cleanup time runs out (45 s): the connection is
+/// dropped once it has had no request running for a few seconds.
+#[tokio::test]
+async fn a_silent_http2_client_does_not_hold_the_shutdown() {
+    let sim = SimApi::start(roomy_sim()).await;
+    let mut gateway = Binary::serve(&sim, &[("CHUNKGATE_SERVER__DRAIN_SECS", "1")], false);
+    let addr: std::net::SocketAddr = gateway.url.rsplit("//").next().unwrap().parse().unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The preface, empty SETTINGS, then HEADERS (END_STREAM | END_HEADERS) on stream 1 for
+    // `GET /` over http, from HPACK's static table (0x82 :method GET, 0x86 :scheme http, 0x84 :path /).
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    hello.extend_from_slice(&[0, 0, 3, 0x1, 0x5, 0, 0, 0, 1, 0x82, 0x86, 0x84]);
+    tcp.write_all(&hello).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read(&mut buf)).await.unwrap().unwrap();
+    assert!(n > 0, "the server answers");
+    // Nothing more is read or written; the socket stays open.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let stopping = std::time::Instant::now();
+    gateway.signal("TERM");
+    assert!(gateway.wait().await.success());
+    let took = stopping.elapsed();
+    assert!(took < std::time::Duration::from_secs(20), "the process took {took:?} to stop");
+    drop(tcp);
 }
