@@ -605,9 +605,11 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
             gw.uploads.start_draining();
             // tus uploads are driven without a client connection: their upstream uploads are
             // stopped and deleted now, while the event loops that run them still run (the uploads
-            // stay spooled, and go on after the restart).
-            if let Some(tus) = &gw.tus {
-                tus.shutdown(Duration::from_secs(10)).await;
+            // stay spooled, and go on after the restart). Beside the drain, not before it: a
+            // stopped upload can wait for a PATCH still arriving, and the drain period had only
+            // begun once that wait (up to 10 s) was over.
+            if let Some(tus) = gw.tus.clone() {
+                tokio::spawn(async move { tus.shutdown(Duration::from_secs(10)).await });
             }
         }
     };

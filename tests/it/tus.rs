@@ -1030,3 +1030,46 @@ async fn an_upload_left_by_a_killed_gateway_that_cannot_be_read_back_is_deleted_
         "{st}"
     );
 }
+
+/// A PATCH still arriving when the drain ends (SIGTERM, then `server.drain_secs`) stops there: its
+/// client hears 503 SHUTTING_DOWN at once, what arrived is kept, and the upload goes on after the
+/// restart. (It had held the process until the client finished sending or went idle, and the drain
+/// had begun only after a 10 s wait for the PATCH's upstream upload to stop.)
+#[tokio::test]
+async fn a_patch_still_arriving_when_the_drain_ends_stops_and_keeps_what_arrived() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sim = SimApi::start(SimConfig::default()).await;
+    let mut gw = TusGateway::start(&sim, "drain-patch", &[("CHUNKGATE_SERVER__DRAIN_SECS", "1")]);
+    let data = bytes_of(3 << 20, 41);
+    let url = create_on(&gw, data.len()).await;
+    let path = url.trim_start_matches(&gw.bin.url).to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(gw.bin.url.trim_start_matches("http://")).await.unwrap();
+    let head = format!(
+        "PATCH {path} HTTP/1.1\r\nHost: gw\r\nTus-Resumable: 1.0.0\r\nAuthorization: Bearer {TOKEN}\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {}\r\n\r\n",
+        data.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let sent = 500_000;
+    tcp.write_all(&data[..sent]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let stopping = std::time::Instant::now();
+    gw.bin.signal("TERM");
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(8), tcp.read(&mut answer))
+        .await
+        .expect("answered at the drain's end")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 503") && answer.contains("SHUTTING_DOWN"), "{answer}");
+    assert!(gw.bin.wait().await.success());
+    assert!(stopping.elapsed() < std::time::Duration::from_secs(15), "stopped after {:?}", stopping.elapsed());
+    drop(tcp);
+    gw.kill_and_restart(&sim);
+    let offset: usize = send_to(Method::HEAD, &url, &[], Vec::new()).await.header("upload-offset").parse().unwrap();
+    assert_eq!(offset, sent, "what arrived before the stop is kept");
+    let done = send_to(Method::PATCH, &url, &at(offset), data[offset..].to_vec()).await;
+    assert_eq!(done.status, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&done.body));
+    let v = sim.inspect(done.header("x-chunkgate-upload-id")).await;
+    assert_eq!((v["state"].as_str(), v["sha256"].as_str()), (Some("committed"), Some(sha256_hex(&data).as_str())));
+    assert_eq!(sim.wait_stats(|st| st["open"] == 0).await["committed"], 1);
+}

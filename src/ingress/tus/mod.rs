@@ -605,7 +605,14 @@ impl Tus {
                 let appended = this.append(&live, &mut s, body, checksum, progressive).await;
                 match &appended {
                     // Refused (past the length, a checksum): nothing was recorded, the length included.
-                    Err(e) if !matches!(e, GatewayError::ClientBodyError | GatewayError::ClientBodyTimeout(_)) => {
+                    Err(e)
+                        if !matches!(
+                            e,
+                            GatewayError::ClientBodyError
+                                | GatewayError::ClientBodyTimeout(_)
+                                | GatewayError::ShuttingDown
+                        ) =>
+                    {
                         s.length = length_before
                     }
                     _ => {
@@ -699,6 +706,11 @@ impl Tus {
         // its upstream upload stopped for idleness while it was still sending).
         let mut synced_at = tokio::time::Instant::now();
         let mut stalled = false;
+        // The drain's end (SIGTERM, then `server.drain_secs`): the PATCH stops there, keeping what
+        // arrived (the client resumes from it after the restart), rather than holding the process
+        // until its client has sent everything.
+        let mut cancel = self.uploads.cancellation();
+        let mut shutting = false;
         let mut opened = live.opened.subscribe();
         loop {
             // The upstream upload's id, once its create answers, recorded now (see `Live::opened`),
@@ -714,6 +726,10 @@ impl Tus {
                 tokio::select! {
                     next = &mut next => break next,
                     _ = opened.changed() => {}
+                    Ok(_) = cancel.wait_for(|c| *c), if !shutting => {
+                        (shutting, broken) = (true, true);
+                        break Ok(None);
+                    }
                 }
             };
             let frame = match next {
@@ -748,7 +764,10 @@ impl Tus {
                 live.offset.send_replace(durable);
             }
         }
-        let refused = if too_long {
+        let refused = if shutting && checksum.is_some() {
+            // A chunk cut short cannot be checked: nothing of it is kept.
+            Some(GatewayError::ShuttingDown)
+        } else if too_long {
             Some(tus_error(StatusCode::PAYLOAD_TOO_LARGE, "TUS_TOO_LARGE", "The data goes past Upload-Length."))
         } else if let (Some(expected), Some(h)) = (checksum, hasher) {
             if broken {
@@ -778,6 +797,9 @@ impl Tus {
         self.store.put(s).await.map_err(GatewayError::Internal)?;
         live.offset.send_replace(s.offset);
         metrics::counter!(telemetry::TUS_BYTES).increment(written);
+        if shutting {
+            return Err(GatewayError::ShuttingDown);
+        }
         if stalled {
             return Err(GatewayError::ClientBodyTimeout(idle));
         }
