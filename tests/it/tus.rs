@@ -772,6 +772,19 @@ fn at(offset: usize) -> Vec<(&'static str, String)> {
     vec![("upload-offset", offset.to_string()), ("content-type", "application/offset+octet-stream".into())]
 }
 
+/// A PATCH at offset 0 of a `len`-byte body to `url` on `gw`, over a connection of its own, its
+/// head sent: the test sends the body as it likes.
+async fn raw_patch(gw: &TusGateway, url: &str, len: usize) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let path = url.trim_start_matches(&gw.bin.url).to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(gw.bin.url.trim_start_matches("http://")).await.unwrap();
+    let head = format!(
+        "PATCH {path} HTTP/1.1\r\nHost: gw\r\nTus-Resumable: 1.0.0\r\nAuthorization: Bearer {TOKEN}\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {len}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp
+}
+
 /// Creates an upload of `len` bytes on `gw`; its absolute URL.
 async fn create_on(gw: &TusGateway, len: usize) -> String {
     let created = send_to(Method::POST, &gw.endpoint(), &[("upload-length", len.to_string())], Vec::new()).await;
@@ -864,13 +877,7 @@ async fn a_gateway_killed_in_the_middle_of_a_patch_leaves_nothing_open_upstream_
     // One PATCH of the whole document: 8.5 MiB sent, then the client goes quiet. The gateway makes
     // the first 8 MiB durable on the way (and readable upstream), so the upstream upload is
     // created while the PATCH still holds the upload.
-    let path = url.trim_start_matches(&gw.bin.url).to_owned();
-    let mut tcp = tokio::net::TcpStream::connect(gw.bin.url.trim_start_matches("http://")).await.unwrap();
-    let head = format!(
-        "PATCH {path} HTTP/1.1\r\nHost: gw\r\nTus-Resumable: 1.0.0\r\nAuthorization: Bearer {TOKEN}\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {}\r\n\r\n",
-        data.len()
-    );
-    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut tcp = raw_patch(&gw, &url, data.len()).await;
     tcp.write_all(&data[..(8 << 20) + (512 << 10)]).await.unwrap();
     sim.wait_stats(|st| st["created"] == 1).await;
     // HEAD answers at once with what is durable, not after the quiet PATCH's idle timeout.
@@ -1042,13 +1049,7 @@ async fn a_patch_still_arriving_when_the_drain_ends_stops_and_keeps_what_arrived
     let mut gw = TusGateway::start(&sim, "drain-patch", &[("CHUNKGATE_SERVER__DRAIN_SECS", "1")]);
     let data = bytes_of(3 << 20, 41);
     let url = create_on(&gw, data.len()).await;
-    let path = url.trim_start_matches(&gw.bin.url).to_owned();
-    let mut tcp = tokio::net::TcpStream::connect(gw.bin.url.trim_start_matches("http://")).await.unwrap();
-    let head = format!(
-        "PATCH {path} HTTP/1.1\r\nHost: gw\r\nTus-Resumable: 1.0.0\r\nAuthorization: Bearer {TOKEN}\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {}\r\n\r\n",
-        data.len()
-    );
-    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut tcp = raw_patch(&gw, &url, data.len()).await;
     let sent = 500_000;
     tcp.write_all(&data[..sent]).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
