@@ -1074,3 +1074,43 @@ async fn a_patch_still_arriving_when_the_drain_ends_stops_and_keeps_what_arrived
     assert_eq!((v["state"].as_str(), v["sha256"].as_str()), (Some("committed"), Some(sha256_hex(&data).as_str())));
     assert_eq!(sim.wait_stats(|st| st["open"] == 0).await["committed"], 1);
 }
+
+/// The final PATCH, all its bytes in, waits for the upload's commit; a SIGTERM meanwhile stops the
+/// upstream upload (it finishes after the restart), and the PATCH is answered at once (204, the
+/// whole length durable) rather than after the finish time with nothing (the client had got an
+/// empty reply 47 s later).
+#[tokio::test]
+async fn a_final_patch_waiting_for_the_commit_at_sigterm_is_answered_and_the_upload_finishes_after_the_restart() {
+    let sim = SimApi::start(SimConfig::default()).await;
+    let mut gw = TusGateway::start(&sim, "final-at-sigterm", &[("CHUNKGATE_SERVER__DRAIN_SECS", "2")]);
+    let data = bytes_of(PART * 12, 43);
+    let url = create_on(&gw, data.len()).await;
+    sim.faults(serde_json::json!({"latency_ms": 3000, "ops": ["add_part"]})).await;
+    let patching = {
+        let (url, data) = (url.clone(), data.clone());
+        tokio::spawn(async move { send_to(Method::PATCH, &url, &at(0), data).await })
+    };
+    sim.wait_stats(|st| st["created"] == 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let stopping = std::time::Instant::now();
+    gw.bin.signal("TERM");
+    let done = tokio::time::timeout(std::time::Duration::from_secs(10), patching).await.expect("answered").unwrap();
+    assert_eq!(done.status, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&done.body));
+    assert_eq!(done.header("upload-offset"), data.len().to_string());
+    assert!(gw.bin.wait().await.success());
+    assert!(stopping.elapsed() < std::time::Duration::from_secs(15), "stopped after {:?}", stopping.elapsed());
+    sim.faults(serde_json::json!({})).await;
+    gw.kill_and_restart(&sim);
+    // Complete on disk: a HEAD finishes it, and a later HEAD names the committed upload.
+    let mut id = String::new();
+    for _ in 0..100 {
+        id = send_to(Method::HEAD, &url, &[], Vec::new()).await.header("x-chunkgate-upload-id").to_owned();
+        if !id.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let v = sim.inspect(&id).await;
+    assert_eq!((v["state"].as_str(), v["sha256"].as_str()), (Some("committed"), Some(sha256_hex(&data).as_str())));
+    assert_eq!(sim.wait_stats(|st| st["open"] == 0).await["committed"], 1);
+}

@@ -116,6 +116,9 @@ pub struct Tus {
     dialect: Dialect,
     /// How long a final PATCH waits for the commit before it answers without the upstream's ids.
     finish_wait: Duration,
+    /// Turns true at shutdown: running uploads are stopped (they finish after the restart), so a
+    /// final PATCH waiting for the commit answers at once, without the upstream's ids.
+    stopping: watch::Sender<bool>,
 }
 
 /// One upload in memory.
@@ -226,6 +229,7 @@ impl Tus {
             upstream,
             dialect,
             finish_wait,
+            stopping: watch::Sender::new(false),
         });
         let mut map = tus.sessions.lock().unwrap();
         for s in sessions {
@@ -656,7 +660,14 @@ impl Tus {
             return None;
         }
         let mut rx = live.outcome.subscribe();
-        let outcome = tokio::time::timeout(self.finish_wait, rx.wait_for(Option::is_some)).await.ok()?.ok()?.clone();
+        let mut stopping = self.stopping.subscribe();
+        let outcome = tokio::select! {
+            outcome = tokio::time::timeout(self.finish_wait, rx.wait_for(Option::is_some)) => outcome.ok()?.ok()?.clone(),
+            // Stopped for the shutdown: the bytes are all durable, and the upload finishes after
+            // the restart (a HEAD then answers with the upstream's ids). It had waited out the
+            // finish time (47 s) and the client got no answer at all.
+            _ = stopping.wait_for(|s| *s) => return None,
+        };
         match outcome {
             Some(Outcome::Failed { status, body: text, .. }) => {
                 let mut r = Response::builder()
@@ -897,6 +908,7 @@ impl Tus {
     /// On shutdown: every running upstream upload is stopped (and deleted upstream on its way
     /// out), bounded by `within`; the uploads stay on disk and go on after the restart.
     pub async fn shutdown(&self, within: Duration) {
+        self.stopping.send_replace(true);
         let all: Vec<Arc<Live>> = self.sessions.lock().unwrap().values().cloned().collect();
         let mut tasks = Vec::new();
         for live in all {
