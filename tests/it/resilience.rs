@@ -467,3 +467,43 @@ async fn a_silent_http2_client_does_not_hold_the_shutdown() {
     assert!(took < std::time::Duration::from_secs(20), "the process took {took:?} to stop");
     drop(tcp);
 }
+
+/// An HTTP/1.1 client still sending when the drain ends, and reading only once it has sent
+/// everything, hears SHUTTING_DOWN (the answered connection's socket lingers, reading what the
+/// client still sends, before the process exits; on this kernel the answer also survived the reset
+/// of a socket closed unread, so this pins the outcome, not the lingering).
+#[tokio::test]
+async fn an_http1_client_sending_past_the_drain_then_reading_hears_shutting_down() {
+    let sim = SimApi::start(roomy_sim()).await;
+    let mut gateway = Binary::serve(&sim, &[("CHUNKGATE_SERVER__DRAIN_SECS", "1")], false);
+    let addr: std::net::SocketAddr = gateway.url.rsplit("//").next().unwrap().parse().unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let len = 24 << 20;
+    let head = format!(
+        "POST /restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/pdf\r\nContent-Length: {len}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let chunk = bytes_of(256 << 10, 4);
+    tcp.write_all(&chunk).await.unwrap();
+    sim.wait_stats(|st| st["created"] == 1).await;
+    gateway.signal("TERM");
+    // Sends the rest slowly past the drain's end (about 2.5 s), reading nothing meanwhile.
+    let mut sent = chunk.len();
+    while sent < len {
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        let n = chunk.len().min(len - sent);
+        if tcp.write_all(&chunk[..n]).await.is_err() {
+            break;
+        }
+        sent += n;
+    }
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), tcp.read_to_end(&mut answer)).await.unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        read.is_ok() && text.starts_with("HTTP/1.1 503") && text.contains("SHUTTING_DOWN"),
+        "{read:?} after {sent} bytes: {text}"
+    );
+    assert!(gateway.wait().await.success());
+    assert_eq!(sim.wait_stats(|st| st["open"] == 0).await["deleted"], 1);
+}
