@@ -361,16 +361,17 @@ mod tests {
         a.created("A", unix_now() + 1200).await;
         drop(a);
         let mut b = Lease::take(&q, m, 10, short).await.unwrap();
-        b.created("B", unix_now() + 1).await;
+        // Two seconds ahead (whole seconds): one ahead could lapse between here and the check below.
+        b.created("B", unix_now() + 2).await;
         drop(b);
         assert!(Lease::take(&q, m, 10, short).await.is_none(), "two created uploads fill the quota");
         q.forget(&["A".to_owned()]).await;
         let c = Lease::take(&q, m, 10, short).await.expect("A was used");
         drop(c);
         assert_eq!(q.held(), vec![("m".to_owned(), Held { uploads: 1, bytes: 10 })]);
-        // B expires within two seconds; a waiting lease then gets in.
+        // B expires within three seconds; a waiting lease then gets in.
         let mut d = Lease::take(&q, m, 10, short).await.unwrap();
         d.created("D", unix_now() + 1200).await;
-        assert!(Lease::take(&q, m, 10, Duration::from_secs(3)).await.is_some(), "B expired");
+        assert!(Lease::take(&q, m, 10, Duration::from_secs(5)).await.is_some(), "B expired");
     }
 }
