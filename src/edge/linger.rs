@@ -24,9 +24,9 @@ use crate::body::{LINGER_BYTES, LINGER_FOR, LINGER_IDLE};
 pub struct Linger {
     io: Option<TcpStream>,
     /// Held until the lingering ends: a stopping server waits for every clone to be gone before
-    /// its event loops end. A socket dropped with its loop closes with the client's bytes unread,
-    /// which resets the connection and can destroy the last answer before the client reads it (an
-    /// HTTP/2 upload cancelled at the end of the drain had lost its 503 so).
+    /// its event loops end. A socket dropped with its loop would close with the client's bytes
+    /// unread, which resets the connection and can destroy the last answer before the client
+    /// reads it.
     open: Option<tokio::sync::mpsc::Sender<()>>,
 }
 

@@ -16,6 +16,8 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::{sync::Notify, time::Sleep};
 
+use crate::body::RequestBody;
+
 use super::uses::RemoteUrls;
 use crate::{
     body::{Body, BoxError},
@@ -73,7 +75,7 @@ impl Drop for Leased<'_> {
 pub async fn forward(
     upstream: &Upstream,
     policies: Policies<'_>,
-    req: Request<crate::body::RequestBody>,
+    req: Request<RequestBody>,
     (account, ends): (&str, Ends<'_>),
     idle: Duration,
 ) -> Result<Response<Body>, GatewayError> {
@@ -219,7 +221,7 @@ impl Watch {
 /// recorded, so that a failure is told apart from the upstream's. An upstream that answers before
 /// it has all (a refusal) lets go of it: over HTTP/2 the rest is drained (see `RequestBody`).
 struct ClientBody {
-    inner: crate::body::RequestBody,
+    inner: RequestBody,
     idle: Duration,
     timer: Pin<Box<Sleep>>,
     watch: Arc<Watch>,
@@ -228,7 +230,7 @@ struct ClientBody {
 }
 
 impl ClientBody {
-    fn new(inner: crate::body::RequestBody, idle: Duration, watch: Arc<Watch>, urls: Option<RemoteUrls>) -> Self {
+    fn new(inner: RequestBody, idle: Duration, watch: Arc<Watch>, urls: Option<RemoteUrls>) -> Self {
         Self { inner, idle, timer: Box::pin(tokio::time::sleep(idle)), watch, urls }
     }
 }

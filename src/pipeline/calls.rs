@@ -126,14 +126,11 @@ impl Calls {
                 }
             }
             (_, result) => {
-                let (attempt, status, outcome) = (tries.count(), status_of(&result), describe(&result));
-                let Some(wait) = tries.backoff() else {
-                    tracing::info!(attempt, status, %outcome, "upstream call failed; no attempts left");
-                    return Step::Done(Err(exhausted(&result).into()));
-                };
-                tracing::info!(attempt, status, %outcome, "upstream call failed; retrying");
-                tokio::time::sleep(wait).await;
-                Step::Again
+                if again(tries, &result, "upstream call failed").await {
+                    Step::Again
+                } else {
+                    Step::Done(Err(exhausted(&result).into()))
+                }
             }
         }
     }
@@ -196,13 +193,9 @@ impl Calls {
                     if self.reconcile(id, seq, len).await? == Seen::Held {
                         return Ok(());
                     }
-                    let (attempt, status, outcome) = (tries.count(), status_of(&result), describe(&result));
-                    let Some(wait) = tries.backoff() else {
-                        tracing::info!(attempt, status, %outcome, "part not received; no attempts left");
+                    if !again(&mut tries, &result, "part not received").await {
                         return Err(exhausted(&result).into());
-                    };
-                    tracing::info!(attempt, status, %outcome, "part not received; sending it again");
-                    tokio::time::sleep(wait).await;
+                    }
                 }
                 // A refusal after an attempt that may have landed (typically "part already
                 // exists"): look before calling it a failure.
@@ -436,6 +429,19 @@ fn check_listed(answer: &Answer, dialect: crate::upstream::dialect::Dialect, seq
 }
 
 /// The answer's status, 0 when there was none.
+/// Waits the backoff before another attempt after `result`, logging `what` happened and whether it
+/// is tried again; `false` when no attempt is left.
+async fn again(tries: &mut crate::policy::retry::Attempts<'_>, result: &Result<Answer, CallError>, what: &str) -> bool {
+    let (attempt, status, outcome) = (tries.count(), status_of(result), describe(result));
+    let Some(wait) = tries.backoff() else {
+        tracing::info!(attempt, status, %outcome, "{what}; no attempts left");
+        return false;
+    };
+    tracing::info!(attempt, status, %outcome, "{what}; trying again");
+    tokio::time::sleep(wait).await;
+    true
+}
+
 fn status_of(result: &Result<Answer, CallError>) -> u16 {
     result.as_ref().map_or(0, |a| a.status.as_u16())
 }
