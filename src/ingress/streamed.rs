@@ -198,6 +198,9 @@ impl Driver {
         let part0 = match part0 {
             Ok(Some(part)) => part,
             Ok(None) => return Err(fail(GatewayError::EmptyDocument)),
+            // The body broke off because its client left (a tus upload's spool reader ends when
+            // the upload is stopped: at shutdown, or when its client goes idle): not a bad body.
+            Err(_) if self.client.is_gone() => return Err(fail(GatewayError::ClientGone)),
             Err(err) => return Err(fail(client_error(err))),
         };
         if self.client.is_gone() {
