@@ -590,3 +590,31 @@ async fn envelopes_use_the_callers_committed_uploads_and_refuse_any_other_using_
         StatusCode::NOT_FOUND
     );
 }
+
+/// HEAD over HTTP/2 is answered with headers only (a body had the stream reset, PROTOCOL_ERROR),
+/// keeping the length GET's body would have.
+#[tokio::test]
+async fn head_over_http2_is_answered_with_headers_only() {
+    use http_body_util::BodyExt;
+    let s = SimApi::start(SimConfig::default()).await;
+    let id = s.create_id(b"eighteen bytes!!!!").await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<chunkgate::body::Body>();
+    for (method, status) in [(Method::GET, StatusCode::OK), (Method::HEAD, StatusCode::METHOD_NOT_ALLOWED)] {
+        let req = http::Request::builder()
+            .method(method.clone())
+            .uri(format!("{}/{id}", s.base))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(chunkgate::body::empty())
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!((resp.version(), resp.status()), (http::Version::HTTP_2, status), "{method}");
+        let length: usize = resp.headers()["content-length"].to_str().unwrap().parse().unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        match method {
+            Method::GET => assert_eq!(body.len(), length),
+            _ => assert!(body.is_empty() && length > 0, "{length} {body:?}"),
+        }
+    }
+}
