@@ -19,6 +19,16 @@ pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
+/// An answer to HEAD, made headers only (what GET's answer would be, its length kept). Over
+/// HTTP/1.1 hyper leaves the body out itself; over HTTP/2 the server must, or the stream is reset
+/// (PROTOCOL_ERROR) instead of answered.
+pub fn headers_only(answer: &mut http::Response<Body>) {
+    if let Some(len) = hyper::body::Body::size_hint(answer.body()).exact() {
+        answer.headers_mut().entry(http::header::CONTENT_LENGTH).or_insert(len.into());
+    }
+    *answer.body_mut() = empty();
+}
+
 /// Why a bounded body read failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {

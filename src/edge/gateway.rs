@@ -579,13 +579,7 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
             if h2 {
                 unindexed(answer.headers_mut());
                 if head {
-                    // An answer to HEAD has no body (its headers say what GET's would be); over
-                    // HTTP/1.1 hyper leaves it out, over HTTP/2 the gateway must, or the stream
-                    // is reset (PROTOCOL_ERROR) instead of answered.
-                    if let Some(len) = hyper::body::Body::size_hint(answer.body()).exact() {
-                        answer.headers_mut().entry(header::CONTENT_LENGTH).or_insert(len.into());
-                    }
-                    *answer.body_mut() = crate::body::empty();
+                    crate::body::headers_only(&mut answer);
                 }
             }
             if unread_risk && (answer.status().is_client_error() || answer.status().is_server_error()) {

@@ -56,12 +56,7 @@ pub async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Response<Bo
     let head = req.method() == Method::HEAD && req.version() == Version::HTTP_2;
     let mut response = api_or_control(&sim, req).await?;
     if head {
-        // Headers only: over HTTP/1.1 hyper leaves an answer to HEAD without its body; over
-        // HTTP/2 a body would reset the stream (PROTOCOL_ERROR) instead of answering it.
-        if let Some(len) = hyper::body::Body::size_hint(response.body()).exact() {
-            response.headers_mut().entry(header::CONTENT_LENGTH).or_insert(len.into());
-        }
-        *response.body_mut() = body::empty();
+        body::headers_only(&mut response);
     }
     Ok(dated(&sim, response))
 }
