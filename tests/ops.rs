@@ -168,6 +168,56 @@ async fn logs_at_the_most_verbose_level_never_carry_the_token_or_document_bytes(
     assert!(!logs.contains(&b64.encode(token)), "the token is in the logs, encoded");
 }
 
+/// An upstream that echoes what it was sent into a field of the wrong type (the token into the
+/// create's answer, a part's base64 into the part's): the parser's error quotes the value, and
+/// the log line that says why the upload failed had carried it.
+#[tokio::test]
+async fn logs_never_quote_what_an_upstream_echoed_back() {
+    let token = "tok-echoed-7c6b5a49-SECRET";
+    let marker = b"CONFIDENTIAL-ECHOED-TEXT-0123456789-";
+    let doc: Vec<u8> = marker.iter().copied().cycle().take(PART * 2 + 100).collect();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let echoed = b64.encode(&doc[PART..PART + 300]);
+    let sim = SimApi::start(SimConfig::default()).await;
+    let creates = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let echo = echoed.clone();
+    let (url, _) = meddler(sim.running.url(), move |m, path| {
+        let json = if m == Method::POST && path.ends_with("/chunked_uploads") {
+            if creates.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0 {
+                return None;
+            }
+            format!(r#"{{"chunkedUploadId":"ABC-1","chunkedUploadParts":"Bearer {token}"}}"#)
+        } else if m == Method::PUT && path.ends_with("/1") {
+            format!(r#"{{"chunkedUploadId":"ABC-1","totalSize":["{echo}"]}}"#)
+        } else {
+            return None;
+        };
+        Some(answer("201 Created", "application/json", &json))
+    })
+    .await;
+    let mut gateway = Binary::serve(&sim, &[("CHUNKGATE_UPSTREAM__BASE_URL", &url), ("RUST_LOG", "trace")], true);
+    let mut stderr = gateway.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        let mut s = String::new();
+        stderr.read_to_string(&mut s).unwrap();
+        s
+    });
+    let http = Http::new();
+    let target = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads", gateway.url);
+    let auth = format!("Bearer {token}");
+    for _ in 0..2 {
+        let r = http.send(Method::POST, &target, &[("authorization", &auth)], doc.clone()).await.unwrap();
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", String::from_utf8_lossy(&r.body));
+    }
+    gateway.signal("TERM");
+    assert!(gateway.wait().await.success());
+    let logs = logs.join().unwrap();
+    assert!(!logs.contains(token), "the echoed token is in the logs");
+    assert!(!logs.contains(&echoed[..64]), "the echoed part is in the logs");
+    assert!(logs.contains("a value of the wrong type"), "the logs say why:\n{logs}");
+    assert!(!logs.contains("CONFIDENTIAL-ECHOED"), "document bytes are in the logs");
+}
+
 #[tokio::test]
 async fn a_single_threaded_gateway_streams_uploads_at_once_and_passes_requests_through() {
     streams_and_passes_through(&[("CHUNKGATE_SERVER__WORKER_THREADS", "1")], 0).await;

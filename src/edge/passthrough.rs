@@ -92,6 +92,7 @@ pub async fn forward(
         leased = Some(Leased { quota: policies.quota, id: Some(id) });
     }
     let (mut parts, incoming) = req.into_parts();
+    let request_id = parts.headers.get(crate::upstream::client::REQUEST_ID).cloned();
     parts.uri = upstream.forward_uri(&parts.uri);
     parts.version = http::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
@@ -138,6 +139,7 @@ pub async fn forward(
     let (mut parts, incoming) = response.into_parts();
     // The body is streamed, not read: throttling is seen by its status and headers.
     pacing.observe(account, parts.status, &parts.headers, None);
+    reframe(&mut parts)?;
     crate::telemetry::passthrough(parts.status);
     let ended = match ends {
         Ends::Upload(id) if parts.status.is_success() => vec![id.to_owned()],
@@ -162,7 +164,46 @@ pub async fn forward(
         }
         return Ok(Response::from_parts(parts, crate::body::full(answer)));
     }
-    Ok(Response::from_parts(parts, incoming.map_err(Into::into).boxed_unsync()))
+    // A body that breaks off reaches the client as one (a connection closed early, a stream
+    // reset), never as a complete answer; the log says so, with the request's id.
+    let body = incoming.map_err(move |err| {
+        tracing::warn!(request_id = ?request_id, error = %err, "the upstream's passthrough answer broke off");
+        BoxError::from(err)
+    });
+    Ok(Response::from_parts(parts, body.boxed_unsync()))
+}
+
+/// Makes the upstream's answer one the gateway can pass on as it stands: its framing headers
+/// must describe the body the client gets. hyper has already taken the body apart by the
+/// upstream's framing (a chunked body decoded, a length checked), so:
+/// - `Transfer-Encoding` overrides `Content-Length` (RFC 9112 §6.3), and the length received is
+///   dropped (a proxy must not pass it on: it would describe another body than the one sent, and
+///   a client would take a cut-off body for a whole one); the gateway then frames the body itself;
+/// - a transfer coding besides `chunked` (`gzip, chunked`) is not one the gateway decodes, and
+///   passed on unlabelled it would corrupt the body: the answer is refused;
+/// - an interim status (`101 Switching Protocols`) is no final answer to a request that asked for
+///   no upgrade (the gateway forwards none);
+/// - the answer goes out in the client's protocol, not the upstream's (an `HTTP/1.0` status line).
+fn reframe(parts: &mut http::response::Parts) -> Result<(), GatewayError> {
+    if parts.status.is_informational() {
+        return Err(GatewayError::UpstreamBadResponse(format!("a final answer of {}", parts.status)));
+    }
+    parts.version = http::Version::HTTP_11;
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        let codings: Vec<&[u8]> = parts
+            .headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|c| !c.is_empty())
+            .collect();
+        if !matches!(codings[..], [c] if c.eq_ignore_ascii_case(b"chunked")) {
+            return Err(GatewayError::UpstreamBadResponse("a transfer coding other than chunked, once".into()));
+        }
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    Ok(())
 }
 
 /// The id and expiry (Unix seconds) of the upload a create's answer describes, in either dialect.

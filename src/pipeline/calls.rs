@@ -186,7 +186,7 @@ impl Calls {
             match (class, result) {
                 (Class::Success, Ok(answer)) => {
                     tracing::debug!(attempt = tries.count(), status = answer.status.as_u16(), "part accepted");
-                    return check_listed(&answer, dialect, seq, len);
+                    return check_listed(&answer, dialect, (id, seq, len));
                 }
                 (Class::Ambiguous, result) => {
                     maybe_applied = true;
@@ -218,7 +218,7 @@ impl Calls {
     async fn reconcile(&self, id: &str, seq: u32, len: u64) -> Result<Seen, Abort> {
         telemetry::count_reconciliation();
         let answer = self.get(id, false).await?;
-        let resource = answer.resource(self.upstream.dialect).map_err(GatewayError::UpstreamBadResponse)?;
+        let resource = answer.resource_of(self.upstream.dialect, id).map_err(GatewayError::UpstreamBadResponse)?;
         let seen = match resource.part_size(seq) {
             Some(held) if held == len => Seen::Held,
             Some(held) => return Err(GatewayError::UpstreamPartConflict { seq, held, sent: len }.into()),
@@ -239,13 +239,13 @@ impl Calls {
             // A success must say so: the upload resource, committed. Anything else under a 2xx (an
             // HTML page, `{}`, an error body) is looked at before it is believed.
             let doubtful = class == Class::Success
-                && !result.as_ref().is_ok_and(|a| a.resource(dialect).is_ok_and(|r| r.is_committed()));
+                && !result.as_ref().is_ok_and(|a| a.resource_of(dialect, id).is_ok_and(|r| r.is_committed()));
             let ambiguous = class == Class::Ambiguous;
             maybe_applied |= ambiguous;
             if ambiguous || doubtful || (class == Class::Refused && maybe_applied) {
                 telemetry::count_reconciliation();
                 let seen = self.get(id, false).await?;
-                if seen.resource(dialect).is_ok_and(|r| r.is_committed()) {
+                if seen.resource_of(dialect, id).is_ok_and(|r| r.is_committed()) {
                     return Ok(seen);
                 }
                 if doubtful {
@@ -416,8 +416,16 @@ enum Deleted {
 }
 
 /// A part's answer lists the parts received so far; ours must be there with our size.
-fn check_listed(answer: &Answer, dialect: crate::upstream::dialect::Dialect, seq: u32, len: u64) -> Result<(), Abort> {
+fn check_listed(
+    answer: &Answer,
+    dialect: crate::upstream::dialect::Dialect,
+    (id, seq, len): (&str, u32, u64),
+) -> Result<(), Abort> {
     let resource = answer.resource(dialect).map_err(GatewayError::UpstreamBadResponse)?;
+    // A minimal answer (no id, no parts) says nothing either way: the finish's read checks.
+    if !resource.chunked_upload_id.is_empty() && !resource.chunked_upload_id.eq_ignore_ascii_case(id) {
+        return Err(GatewayError::UpstreamBadResponse(format!("the answer to part {seq} names another upload")).into());
+    }
     if resource.chunked_upload_parts.is_empty() {
         return Ok(());
     }

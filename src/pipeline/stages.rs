@@ -51,6 +51,8 @@ pub struct Upload {
     config: UploadConfig,
     budget: Arc<Semaphore>,
     parts_in_flight: Arc<AtomicUsize>,
+    /// The upload ids this process's creates were answered with.
+    named: Arc<NamedIds>,
     /// Time the finish (checksum read, commit) may need before the upload expires.
     finish_reserve: Duration,
     /// Calls the finish makes (checksum read, commit), held back in the plan with the delete.
@@ -110,8 +112,8 @@ impl Upload {
     pub fn new(
         calls: Calls,
         config: UploadConfig,
-        budget: Arc<Semaphore>,
-        parts_in_flight: Arc<AtomicUsize>,
+        (budget, parts_in_flight): (Arc<Semaphore>, Arc<AtomicUsize>),
+        named: Arc<NamedIds>,
         finish_reserve: Duration,
         finish: u32,
     ) -> Self {
@@ -122,6 +124,7 @@ impl Upload {
             config,
             budget,
             parts_in_flight,
+            named,
             finish_reserve,
             finish,
             sized: None,
@@ -171,9 +174,18 @@ impl Upload {
         }
         // Not cancelled half-way: a create whose answer is lost leaves an upload nobody can delete.
         let created = self.calls.create(&part0.body).await?;
-        let resource = created_resource(&created, dialect)?;
-        tracing::Span::current().record("upload_id", resource.chunked_upload_id.as_str());
+        let resource = match created_resource(&created, dialect) {
+            Ok(resource) => resource,
+            Err(abort) => return Err(self.unreadable_create(&created, abort).await),
+        };
         let left = time_to_live(&resource.expiration_date_time, created.headers.get(header::DATE));
+        if !self.named.claim(&resource.chunked_upload_id, unix_now() + left.as_secs()) {
+            // The id of another upload of this process (running, or committed and unexpired):
+            // its calls would fail, and the cleanup would delete the other's upload. Whatever the
+            // create made (if anything) cannot be named.
+            return Err(GatewayError::CreatedUnreadable("create answered the id of another upload".into()).into());
+        }
+        tracing::Span::current().record("upload_id", resource.chunked_upload_id.as_str());
         let expiry = Instant::now() + left;
         // Calls stop this long before the upload expires; less than that to live is too little.
         let margin = EXPIRY_MARGIN.min(self.finish_reserve);
@@ -205,6 +217,26 @@ impl Upload {
         Ok(Opened { body_deadline, too_short: (left <= margin).then_some(left.as_secs()) })
     }
 
+    /// A create answered with a resource that cannot be read. If it still names an upload in the
+    /// shape of an id (a field of the wrong type beside it), that upload exists: it is deleted
+    /// rather than left open. Otherwise (or if the delete fails) nothing can be done about it.
+    async fn unreadable_create(&mut self, created: &Answer, abort: Abort) -> Abort {
+        let Some(id) = created.named_upload(self.dialect()) else { return abort };
+        if !self.named.claim(&id, unix_now() + 1200) {
+            return abort;
+        }
+        self.state.upstream_id = Some(id);
+        let deleted = self.delete().await;
+        self.state = UploadState::default();
+        tracing::warn!(deleted, "create answered an unreadable resource naming an upload; deleting it");
+        match abort {
+            Abort::Gateway(GatewayError::CreatedUnreadable(why)) if deleted => {
+                GatewayError::UpstreamBadResponse(format!("{why}; the upload it named was deleted")).into()
+            }
+            abort => abort,
+        }
+    }
+
     /// **Adopt**: takes over upload `id`, which an earlier run of this gateway created and fed
     /// (it died), from where the upstream holds it: parts 0..k, contiguous, reconciled with a GET
     /// of the upload. None when it cannot go on (gone, committed, a gap, too little time left): it
@@ -233,6 +265,7 @@ impl Upload {
             return None;
         };
         tracing::Span::current().record("upload_id", id);
+        self.named.adopt(id, unix_now() + left.as_secs());
         let expiry = Instant::now() + left;
         self.calls.deadline = expiry - margin;
         if let Some(lease) = &mut self.lease {
@@ -365,7 +398,7 @@ impl Upload {
             self.calls.quota.resize(self.id(), self.state.bytes).await;
             self.sized = Some(self.state.bytes);
         }
-        let resource = answer.resource(self.dialect()).map_err(GatewayError::UpstreamBadResponse)?;
+        let resource = answer.resource_of(self.dialect(), self.id()).map_err(GatewayError::UpstreamBadResponse)?;
         if !self.config.verify_upstream_checksum {
             return Ok((answer, Checked::Skipped));
         }
@@ -464,6 +497,36 @@ impl Checked {
             Checked::SizesOnly => "unverified",
             Checked::Skipped => "skipped",
         }
+    }
+}
+
+/// The upload ids the upstream has named in answers to this process's creates, each until it
+/// expires. An upstream that names one again for another create (a bug, or a lie) would have the
+/// new upload's calls land on the old one and its cleanup delete it, committed or not.
+#[derive(Default)]
+pub struct NamedIds {
+    ids: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+impl NamedIds {
+    /// Records `id` until `expires` (Unix seconds); false if it is recorded and unexpired.
+    pub fn claim(&self, id: &str, expires: u64) -> bool {
+        let now = unix_now();
+        let mut ids = self.ids.lock().unwrap();
+        if ids.get(id).is_some_and(|&until| until > now) {
+            return false;
+        }
+        // Expired entries go once the map has doubled since it was last swept.
+        if ids.len() >= 1024 && ids.len().is_power_of_two() {
+            ids.retain(|_, until| *until > now);
+        }
+        ids.insert(id.to_owned(), expires);
+        true
+    }
+
+    /// Records `id`, which this process takes over (an upload an earlier run created).
+    pub fn adopt(&self, id: &str, expires: u64) {
+        self.ids.lock().unwrap().insert(id.to_owned(), expires);
     }
 }
 

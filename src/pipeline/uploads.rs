@@ -48,6 +48,8 @@ pub struct Uploads {
     budget: Arc<Semaphore>,
     /// Part PUTs on the wire now, over all uploads.
     parts_in_flight: Arc<AtomicUsize>,
+    /// The upload ids creates were answered with (see `stages::NamedIds`).
+    named: Arc<super::stages::NamedIds>,
     draining: AtomicBool,
     cancel: watch::Sender<bool>,
     /// Uploads running per caller.
@@ -115,6 +117,7 @@ impl Uploads {
             slots: Arc::new(Semaphore::new(c.max_uploads)),
             budget: budget.clone(),
             parts_in_flight: Arc::new(AtomicUsize::new(0)),
+            named: Arc::default(),
             // Idle buffers are memory too: at most a quarter of the budget, and only what it has free.
             retry: Arc::new(RetryPolicy::new(config.retry.clone())),
             quota_wait: Duration::from_secs(config.quota.wait_secs),
@@ -285,8 +288,8 @@ impl Uploads {
         Upload::new(
             calls,
             self.config.clone(),
-            self.budget.clone(),
-            self.parts_in_flight.clone(),
+            (self.budget.clone(), self.parts_in_flight.clone()),
+            self.named.clone(),
             self.finish_reserve,
             finish,
         )

@@ -98,6 +98,35 @@ pub fn is_throttle_code(code: &str) -> bool {
     code == HOURLY_LIMIT_CODE || code == BURST_LIMIT_CODE
 }
 
+/// A JSON error as the logs may carry it. serde's messages quote the value they stumbled on
+/// (`invalid type: string "…"`, `unknown field `…``): from an upstream that echoes what it was
+/// sent into the wrong field, that is the bearer token or a part's base64, which must never reach
+/// a log. Only the kind of error, where it was, and a missing or repeated field (names of the
+/// resource's own fields) are kept.
+pub fn json_error(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let message = e.to_string();
+    let what = match e.classify() {
+        Category::Data if message.starts_with("missing field `") || message.starts_with("duplicate field `") => {
+            message.split(" at line ").next().unwrap_or_default().to_owned()
+        }
+        Category::Data => "a value of the wrong type or shape".to_owned(),
+        Category::Syntax => "a syntax error".to_owned(),
+        Category::Eof => "cut short".to_owned(),
+        Category::Io => "unreadable".to_owned(),
+    };
+    if e.line() > 0 { format!("{what} at line {} column {}", e.line(), e.column()) } else { what }
+}
+
+/// An upstream error code as the logs may carry it: codes are upper-case words (`INVALID_…`);
+/// anything else in that field is not shown.
+pub fn loggable_code(code: &str) -> &str {
+    let shaped = !code.is_empty()
+        && code.len() <= 64
+        && code.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    if shaped { code } else { "an unrecognised code" }
+}
+
 /// What a chunked-upload call's answer says.
 pub enum Parsed {
     Resource(ChunkedUpload),
@@ -110,11 +139,11 @@ impl Answer {
     /// The body parsed in `dialect`: the upload resource or the upstream's error.
     pub fn parse(&self, dialect: Dialect) -> Result<Parsed, String> {
         let value: serde_json::Value =
-            serde_json::from_slice(&self.body).map_err(|e| format!("body is not JSON ({e})"))?;
+            serde_json::from_slice(&self.body).map_err(|e| format!("body is not JSON ({})", json_error(&e)))?;
         match dialect.unwrap(value) {
-            Some(Ok(data)) if self.status.is_success() => {
-                serde_json::from_value(data).map(Parsed::Resource).map_err(|e| format!("not an upload resource ({e})"))
-            }
+            Some(Ok(data)) if self.status.is_success() => serde_json::from_value(data)
+                .map(Parsed::Resource)
+                .map_err(|e| format!("not an upload resource ({})", json_error(&e))),
             Some(Err(err)) => Ok(Parsed::Error(err)),
             _ => Err(format!("a {} answer in neither shape of the {dialect:?} dialect", self.status)),
         }
@@ -124,8 +153,28 @@ impl Answer {
     pub fn resource(&self, dialect: Dialect) -> Result<ChunkedUpload, String> {
         match self.parse(dialect)? {
             Parsed::Resource(r) => Ok(r),
-            Parsed::Error(e) => Err(format!("an error answer ({})", e.code)),
+            Parsed::Error(e) => Err(format!("an error answer ({})", loggable_code(&e.code))),
         }
+    }
+
+    /// The upload resource of a successful answer about upload `id`. An answer that names
+    /// another upload is no answer about this one (an upstream that mixes up its uploads would
+    /// otherwise have the gateway report another's as committed).
+    pub fn resource_of(&self, dialect: Dialect, id: &str) -> Result<ChunkedUpload, String> {
+        let resource = self.resource(dialect)?;
+        if !resource.chunked_upload_id.eq_ignore_ascii_case(id) {
+            return Err("the answer names another upload".into());
+        }
+        Ok(resource)
+    }
+
+    /// The upload a successful answer names, in the shape of an id, even where the rest of the
+    /// resource cannot be read (a field of the wrong type beside it).
+    pub fn named_upload(&self, dialect: Dialect) -> Option<String> {
+        let value: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
+        let data = dialect.unwrap(value)?.ok()?;
+        let id = data.get("chunkedUploadId")?.as_str()?;
+        crate::ids::valid_upload_id(id).then(|| id.to_owned())
     }
 
     /// The upstream's error code, if the body carries one.

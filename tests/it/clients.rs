@@ -521,7 +521,10 @@ async fn lying(
 
 #[tokio::test]
 async fn a_commit_answered_2xx_without_a_committed_upload_is_not_believed() {
-    for body in ["<html><body>OK</body></html>", "{}", r#"{"errorCode":"X","message":"y"}"#] {
+    // The last: the answer of a committed upload, but another one (the client would have been
+    // handed an id that names nothing it sent).
+    let other = r#"{"chunkedUploadId":"11111111-2222-3333-4444-555555555555","committed":"true"}"#;
+    for body in ["<html><body>OK</body></html>", "{}", r#"{"errorCode":"X","message":"y"}"#, other] {
         let (s, meddled) = lying(SimConfig::default(), move |m, path| {
             (m == Method::PUT && path.contains("action=commit")).then(|| answer("200 OK", "text/html", body))
         })
@@ -533,6 +536,53 @@ async fn a_commit_answered_2xx_without_a_committed_upload_is_not_believed() {
         let st = s.sim.wait_stats(|st| st["deleted"] == 1).await;
         assert_eq!((st["committed"].as_u64(), st["open"].as_u64()), (Some(0), Some(0)), "{body}: {st}");
     }
+}
+
+/// An upstream that answers a create with the id of another upload this gateway holds (here one
+/// it committed) has the new upload refused, and the other left as it is: its cleanup would have
+/// deleted the committed upload of another client.
+#[tokio::test]
+async fn a_create_answered_with_the_id_of_another_upload_leaves_that_upload_alone() {
+    let held: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
+    let reused = held.clone();
+    let (s, _) = lying(SimConfig::default(), move |m, path| {
+        let id = reused.lock().unwrap().clone()?;
+        let created = format!(
+            r#"{{"chunkedUploadId":"{id}","chunkedUploadUri":"docusignchunkedupload://{id}","committed":"false","chunkedUploadParts":[{{"sequence":"0","size":"65536"}}],"totalSize":"65536"}}"#
+        );
+        (m == Method::POST && path.ends_with("/chunked_uploads")).then(|| answer("201 Created", "application/json", &created))
+    })
+    .await;
+    let first = bytes_of(PART * 2, 1);
+    let r = s.upload(&first, &[]).await;
+    s.assert_committed(&r, &first).await;
+    *held.lock().unwrap() = Some(r.header("x-chunkgate-upload-id").to_owned());
+    let r = s.upload(&bytes_of(PART * 2, 2), &[]).await;
+    assert_eq!((r.status, code(&r)), (StatusCode::BAD_GATEWAY, "UPSTREAM_BAD_RESPONSE".to_owned()));
+    assert!(r.json()["message"].as_str().unwrap().contains("expires"), "says an upload may remain");
+    let st = s.sim.stats().await;
+    assert_eq!((st["committed"].as_u64(), st["deleted"].as_u64()), (Some(1), Some(0)), "{st}");
+}
+
+/// A create answered with a resource that cannot be read (numbers where strings belong) but that
+/// names an upload in the shape of an id: that upload is deleted, not left open.
+#[tokio::test]
+async fn an_unreadable_create_answer_that_names_an_upload_has_it_deleted() {
+    let sim = SimApi::start(SimConfig::default()).await;
+    let id = sim.create_id(b"made by the create the gateway cannot read").await;
+    let created = format!(
+        r#"{{"chunkedUploadId":"{id}","committed":"false","maxChunkedUploadParts":128,"totalSize":65536,"chunkedUploadParts":[{{"sequence":"0","size":"65536"}}]}}"#
+    );
+    let (url, _) = meddler(sim.running.url(), move |m, path| {
+        (m == Method::POST && path.ends_with("/chunked_uploads"))
+            .then(|| answer("201 Created", "application/json", &created))
+    })
+    .await;
+    let s = Stack::in_front_of(sim, url, |c| c.retry.max_attempts = 2).await;
+    let r = s.upload(&bytes_of(PART * 2, 1), &[]).await;
+    assert_eq!((r.status, code(&r)), (StatusCode::BAD_GATEWAY, "UPSTREAM_BAD_RESPONSE".to_owned()));
+    let st = s.sim.wait_stats(|st| st["deleted"] == 1).await;
+    assert_eq!(st["open"], 0, "{st}");
 }
 
 #[tokio::test]
@@ -700,4 +750,61 @@ async fn an_http2_upload_refused_before_its_body_was_read_lets_the_client_finish
     assert_eq!(v["errorCode"], "RATE_LIMITED");
     tokio::time::timeout(Duration::from_secs(10), sending).await.expect("the body was taken").expect("not reset");
     assert_eq!(s.sim.stats().await["requests"], 0);
+}
+
+/// The upstream's answers are passed on framed for the body the client gets: a length received
+/// beside a chunked body is dropped (it had reached the client as a complete answer of 2 bytes),
+/// a transfer coding the gateway does not decode or an interim status is refused, and the status
+/// line is the client's protocol's, over HTTP/1.1 and HTTP/2.
+#[tokio::test]
+async fn passthrough_answers_are_framed_for_the_body_the_client_gets() {
+    let whole = r#"{"a":"the whole body here"}"#;
+    let cases = [
+        (
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{whole}\r\n0\r\n\r\n",
+                whole.len()
+            ),
+            Some(whole),
+        ),
+        (format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{whole}", whole.len()), Some(whole)),
+        ("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n".to_owned(), None),
+        ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n".to_owned(), None),
+        ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nRAW".to_owned(), None),
+    ];
+    for (upstream_answer, expected) in cases {
+        let sim = SimApi::start(SimConfig::default()).await;
+        let (url, _) = meddler(sim.running.url(), move |_, _| Some(upstream_answer.clone().into_bytes())).await;
+        let s = Stack::in_front_of(sim, url, |_| {}).await;
+        let target = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/envelopes/abc", s.gw.url());
+        let h1 = s.http.send(Method::GET, &target, &[("authorization", &format!("Bearer {TOKEN}"))], "").await;
+        let h1 = h1.expect("a whole answer over HTTP/1.1");
+        let req =
+            Request::get(&target).header("authorization", format!("Bearer {TOKEN}")).body(chunkgate::body::empty());
+        let (version, h2) = send(&h2c(), req.unwrap()).await;
+        assert_eq!(version, Version::HTTP_2);
+        for r in [&h1, &h2] {
+            match expected {
+                Some(body) => {
+                    assert_eq!((r.status, r.body.as_ref()), (StatusCode::OK, body.as_bytes()), "{:?}", r.headers);
+                    assert!(
+                        r.header("content-length").is_empty() || r.header("content-length") == body.len().to_string()
+                    );
+                }
+                None => assert_eq!((r.status, code(r)), (StatusCode::BAD_GATEWAY, "UPSTREAM_BAD_RESPONSE".to_owned())),
+            }
+        }
+        if expected.is_some() {
+            let raw_answer = raw(
+                s.gw.addr,
+                format!(
+                    "GET {} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n",
+                    &target[s.gw.url().len()..]
+                )
+                .as_bytes(),
+            )
+            .await;
+            assert!(raw_answer.starts_with("HTTP/1.1 200"), "{raw_answer}");
+        }
+    }
 }
