@@ -867,6 +867,75 @@ async fn a_second_patch_while_one_runs_waits_then_gets_423() {
     drop(tcp);
 }
 
+/// DELETE while a PATCH is still sending: the upload ends at once (it had waited for the PATCH
+/// to finish or time out, 30 s), the PATCH hears 404, and its upstream upload is deleted.
+#[tokio::test]
+async fn a_delete_during_a_running_patch_ends_the_upload_at_once_and_the_patch_hears_404() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = tus_stack("delete-running").await;
+    let url = create(&s, PART * 4).await;
+    // A first PATCH starts the upstream upload; a second is still sending when the DELETE comes.
+    assert_eq!(patch(&s, &url, 0, &bytes_of(PART * 2, 4), &[]).await.status, StatusCode::NO_CONTENT);
+    s.sim.wait_stats(|st| st["created"] == 1).await;
+    let path = url.trim_start_matches(&s.gw.url()).to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(s.gw.addr).await.unwrap();
+    let head = format!(
+        "PATCH {path} HTTP/1.1\r\nHost: gw\r\nTus-Resumable: 1.0.0\r\nAuthorization: Bearer {TOKEN}\r\nUpload-Offset: {}\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {}\r\n\r\n",
+        PART * 2,
+        PART * 2
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&bytes_of(PART + 10, 5)).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let began = std::time::Instant::now();
+    let deleted = tus(&s, Method::DELETE, &url, &[], Vec::new()).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert!(began.elapsed() < std::time::Duration::from_secs(5), "DELETE waited {:?}", began.elapsed());
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 404") && answer.contains("TUS_UPLOAD_NOT_FOUND"), "{answer}");
+    assert_eq!(tus(&s, Method::HEAD, &url, &[], Vec::new()).await.status, StatusCode::NOT_FOUND);
+    let st = s.sim.wait_stats(|st| st["deleted"] == 1).await;
+    assert_eq!(st["open"], 0, "{st}");
+}
+
+/// A PATCH refused for going past the deferred length it brings (413) changes nothing: the upload
+/// then takes its length and bytes from the next PATCH and finishes. (The refused one had started
+/// the upstream upload with its length, which no later PATCH could match.)
+#[tokio::test]
+async fn a_patch_refused_past_the_deferred_length_it_brings_leaves_the_upload_able_to_finish() {
+    let s = tus_stack("defer-refused").await;
+    let r = tus(&s, Method::POST, &creation_url(&s), &[("upload-defer-length", "1")], Vec::new()).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let url = format!("{}{}", s.gw.url(), r.header("location"));
+    let data = bytes_of(3000, 9);
+    let refused = patch(&s, &url, 0, &data[..2000], &[("upload-length", "1000")]).await;
+    assert_eq!((refused.status, code(&refused)), (StatusCode::PAYLOAD_TOO_LARGE, "TUS_TOO_LARGE".into()));
+    let head = tus(&s, Method::HEAD, &url, &[], Vec::new()).await;
+    assert_eq!((head.header("upload-offset"), head.header("upload-defer-length")), ("0", "1"));
+    let first = patch(&s, &url, 0, &data[..2000], &[("upload-length", "3000")]).await;
+    assert_eq!((first.status, first.header("upload-offset")), (StatusCode::NO_CONTENT, "2000"));
+    let last = patch(&s, &url, 2000, &data[2000..], &[]).await;
+    assert_eq!(last.status, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&last.body));
+    assert_upstream(&s, &last, &data).await;
+}
+
+/// DELETE of a finished upload deletes its committed upstream upload too: the client may not have
+/// kept its id, and it held the member's quota until it expired.
+#[tokio::test]
+async fn a_delete_of_a_finished_upload_deletes_its_committed_upstream_upload() {
+    let s = tus_stack("delete-finished").await;
+    let data = bytes_of(5000, 4);
+    let url = create(&s, data.len()).await;
+    let done = patch(&s, &url, 0, &data, &[]).await;
+    assert_upstream(&s, &done, &data).await;
+    assert_eq!(tus(&s, Method::DELETE, &url, &[], Vec::new()).await.status, StatusCode::NO_CONTENT);
+    let st = s.sim.wait_stats(|st| st["deleted"] == 1).await;
+    assert_eq!((st["committed"].as_u64(), st["open"].as_u64()), (Some(1), Some(0)), "{st}");
+    assert_eq!(s.sim.inspect(done.header("x-chunkgate-upload-id")).await["state"], "deleted");
+}
+
 #[tokio::test]
 async fn a_gateway_killed_in_the_middle_of_a_patch_leaves_nothing_open_upstream_and_head_does_not_wait_for_it() {
     use tokio::io::AsyncWriteExt;

@@ -125,8 +125,9 @@ pub struct Tus {
 struct Live {
     /// The creating token's digest (never changes).
     token: String,
-    /// Terminated or reaped: nothing may start or be recorded for it any more.
-    ended: std::sync::atomic::AtomicBool,
+    /// Terminated or reaped: nothing may start or be recorded for it any more, and a PATCH still
+    /// running on it stops (see `append`).
+    ended: watch::Sender<bool>,
     /// The task driving the upstream upload, while it runs.
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// After the upstream upload ran out of time while the client was slow: start again only
@@ -552,6 +553,10 @@ impl Tus {
             }
         };
         let length_before = s.length;
+        if *live.ended.borrow() {
+            // Terminated while this PATCH waited for the one before it.
+            return Err(terminated());
+        }
         if s.outcome.is_some() || s.length == Some(s.offset) {
             return Err(tus_error(StatusCode::CONFLICT, "TUS_OFFSET_MISMATCH", "The upload is already complete."));
         }
@@ -596,7 +601,14 @@ impl Tus {
             metrics::counter!(telemetry::TUS_RESUMES).increment(1);
         }
         if let Some(auth) = &auth {
-            self.start(&live, &s, auth, caller).await?;
+            // Started with the length as it stood before this PATCH: a length the PATCH brings
+            // (a deferred one) holds only once its bytes are appended. An upload started with it
+            // and then refused (past that length: 413) was left driving a document of the wrong
+            // length, which could never finish.
+            let brought = std::mem::replace(&mut s.length, length_before);
+            let started = self.start(&live, &s, auth, caller).await;
+            s.length = brought;
+            started?;
         }
         // The body is read, and what arrived recorded, in a task of its own: a request cancelled
         // with its stream (an HTTP/2 client resetting it, or dropping its connection) still keeps
@@ -722,6 +734,9 @@ impl Tus {
         // until its client has sent everything.
         let mut cancel = self.uploads.cancellation();
         let mut shutting = false;
+        // Terminated (DELETE) while it runs: it stops at once and hears 404; nothing more of it
+        // is kept (the spool goes with the upload).
+        let mut ended = live.ended.subscribe();
         let mut opened = live.opened.subscribe();
         loop {
             // The upstream upload's id, once its create answers, recorded now (see `Live::opened`),
@@ -740,6 +755,9 @@ impl Tus {
                     Ok(_) = cancel.wait_for(|c| *c), if !shutting => {
                         (shutting, broken) = (true, true);
                         break Ok(None);
+                    }
+                    Ok(_) = ended.wait_for(|e| *e) => {
+                        return Err(terminated());
                     }
                 }
             };
@@ -772,7 +790,7 @@ impl Tus {
                 durable = start + written;
                 s.offset = durable;
                 self.store.put(s).await.map_err(GatewayError::Internal)?;
-                live.offset.send_replace(durable);
+                publish(live, durable);
             }
         }
         let refused = if shutting && checksum.is_some() {
@@ -806,7 +824,7 @@ impl Tus {
         drop(file);
         s.offset = start + written;
         self.store.put(s).await.map_err(GatewayError::Internal)?;
-        live.offset.send_replace(s.offset);
+        publish(live, s.offset);
         metrics::counter!(telemetry::TUS_BYTES).increment(written);
         if shutting {
             return Err(GatewayError::ShuttingDown);
@@ -834,15 +852,29 @@ impl Tus {
     /// Stops an upload and forgets it (terminated or reaped). With the client's token (`auth`), an
     /// upstream upload a previous run left open is deleted too; without one it expires upstream.
     async fn end(&self, id: &str, live: &Arc<Live>, auth: Option<&HeaderValue>) {
-        if live.ended.swap(true, Ordering::AcqRel) {
+        if live.ended.send_replace(true) {
             return;
         }
         self.stop(live);
+        // A final PATCH waiting for the outcome hears that the upload is gone, and so does one
+        // still sending (it stops: see `append`, and lets go of the session); whoever reads the
+        // spool learns it is gone (an upload still waiting for part 0 too).
+        let gone = terminated();
+        let body = String::from_utf8_lossy(&self.dialect.error(gone.code(), &gone.to_string())).into_owned();
+        let finished = live.outcome.borrow().clone();
+        live.outcome.send_replace(Some(Outcome::Failed { status: 404, code: gone.code().to_owned(), body }));
+        live.offset.send_replace(u64::MAX);
         let s = live.session.lock().await;
         if s.outcome.is_none() {
             self.reserved.fetch_sub(s.reserved, Ordering::AcqRel);
         }
-        let stale = s.upstream.clone().filter(|_| s.outcome.is_none());
+        // The upstream upload goes too: one still open, and one committed for this upload (the
+        // client may not have kept its id; it held the member's quota until it expired).
+        let (stale, committed) = match finished {
+            Some(Outcome::Committed { upload_id, .. }) => (Some(upload_id), true),
+            Some(Outcome::Failed { .. }) => (None, false),
+            None => (s.upstream.clone(), false),
+        };
         let route = auth.map(|auth| UploadRoute {
             prefix: s.prefix.clone(),
             version: s.version.clone(),
@@ -851,17 +883,13 @@ impl Tus {
             request_id: None,
         });
         drop(s);
-        // A final PATCH waiting for the outcome hears that the upload is gone.
-        let gone = tus_error(StatusCode::NOT_FOUND, "TUS_UPLOAD_NOT_FOUND", "The upload was terminated.");
-        let body = String::from_utf8_lossy(&self.dialect.error(gone.code(), &gone.to_string())).into_owned();
-        live.outcome.send_replace(Some(Outcome::Failed { status: 404, code: gone.code().to_owned(), body }));
-        // Whoever reads the spool learns it is gone (an upload still waiting for part 0 too).
-        live.offset.send_replace(u64::MAX);
         let running = live.task.lock().unwrap().take();
-        if let Some(task) = running {
-            // Its upstream upload is deleted on its way out.
-            let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
-        } else if let (Some(stale), Some(route)) = (stale, route) {
+        let left = match running {
+            // An upload still running deletes its upstream upload on its way out.
+            Some(task) => tokio::time::timeout(Duration::from_secs(30), task).await.is_ok() && committed,
+            None => true,
+        };
+        if let (true, Some(stale), Some(route)) = (left, stale, route) {
             self.uploads.delete_left_open(self.upstream.clone(), route, &stale).await;
         }
         self.sessions.lock().unwrap().remove(id);
@@ -957,7 +985,7 @@ impl Tus {
         caller: Caller,
     ) -> Result<(), GatewayError> {
         *live.last.lock().unwrap() = Some((auth.clone(), caller));
-        if live.ended.load(Ordering::Acquire) {
+        if *live.ended.borrow() {
             return Err(tus_error(StatusCode::NOT_FOUND, "TUS_UPLOAD_NOT_FOUND", "No such upload."));
         }
         if s.outcome.is_some() || live.running.lock().unwrap().is_some() {
@@ -1023,7 +1051,7 @@ impl Tus {
     /// What the upstream upload ended in.
     async fn finished(self: &Arc<Self>, id: &str, live: &Arc<Live>, answer: Response<Body>) {
         let stopped = live.running.lock().unwrap().take().is_none();
-        if live.ended.load(Ordering::Acquire) {
+        if *live.ended.borrow() {
             return;
         }
         let (parts, incoming) = answer.into_parts();
@@ -1089,12 +1117,29 @@ impl Tus {
     }
 }
 
+/// The answer about an upload that was terminated (DELETE) or reaped.
+fn terminated() -> GatewayError {
+    tus_error(StatusCode::NOT_FOUND, "TUS_UPLOAD_NOT_FOUND", "The upload was terminated.")
+}
+
+/// Tells the spool's reader that bytes up to `offset` are durable, unless the upload has ended
+/// (terminated, or stopped for the shutdown): the end mark stays, and the reader stops.
+fn publish(live: &Live, offset: u64) {
+    live.offset.send_if_modified(|o| {
+        let open = *o != u64::MAX;
+        if open {
+            *o = offset;
+        }
+        open
+    });
+}
+
 impl Live {
     fn new(s: Session) -> Self {
         Self {
             token: s.token.clone(),
             whole_first: std::sync::atomic::AtomicBool::new(false),
-            ended: std::sync::atomic::AtomicBool::new(false),
+            ended: watch::Sender::new(false),
             task: Mutex::new(None),
             offset: watch::Sender::new(s.offset),
             length: watch::Sender::new(s.length),
