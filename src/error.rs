@@ -109,7 +109,9 @@ pub enum GatewayError {
     /// The detail (the verification failure) is for the log only.
     #[error("The upstream's TLS certificate could not be verified.")]
     UpstreamTls(String),
-    #[error("The request's head (request line and headers) is larger than the {limit} bytes allowed.")]
+    #[error(
+        "The request's head (request line and headers) is larger than the {limit} bytes allowed, or has more than 100 header fields."
+    )]
     HeadersTooLarge { limit: usize },
     #[error(
         "Transfer-Encoding {0:?} is not supported: the gateway takes `chunked` alone (RFC 9112); send the body unencoded, with Content-Length or chunked."

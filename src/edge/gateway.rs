@@ -123,7 +123,7 @@ impl Gateway {
         // The connection reads up to `server.read_buffer_bytes` at once, so it lets heads up to that
         // size through; the limit on heads is kept here.
         let limit = self.config.server.max_header_bytes;
-        if head_len(&req) > limit {
+        if head_len(&req) > limit || req.headers().len() > MAX_HEADER_FIELDS {
             return GatewayError::HeadersTooLarge { limit }.response(dialect);
         }
         if let Err(err) = framing(&req).and_then(|()| transfer_coding(req.headers())) {
@@ -147,6 +147,9 @@ impl Gateway {
                 // Under the upload URLs, but no upload's: not a path of the upstream's either.
                 return tus.unknown();
             }
+        } else if req.uri().path().starts_with(crate::ingress::tus::PATH) {
+            // tus's upload URLs, on a gateway without tus: say so, not that the path is no API's.
+            return tus_disabled().response(dialect);
         }
         // The target is parsed once, here; everything after reads the account from this parse.
         // (A clone of the URI shares its bytes.)
@@ -188,12 +191,7 @@ impl Gateway {
                     message: "A tus upload is created with POST.".into(),
                 }
                 .response(dialect),
-                (None, _) => GatewayError::Tus {
-                    status: http::StatusCode::NOT_IMPLEMENTED,
-                    code: "TUS_DISABLED",
-                    message: "Resumable uploads (tus) are not enabled on this gateway (tus.dir).".into(),
-                }
-                .response(dialect),
+                (None, _) => tus_disabled().response(dialect),
             };
         }
         if req.method() == Method::POST && creation && is_document(req.headers()) {
@@ -331,6 +329,19 @@ impl crate::edge::admin::Status for Gateway {
 }
 
 /// Bytes of the request's head as sent over HTTP/1.1: request line and header lines.
+/// A tus request to a gateway without `tus.dir`.
+fn tus_disabled() -> GatewayError {
+    GatewayError::Tus {
+        status: http::StatusCode::NOT_IMPLEMENTED,
+        code: "TUS_DISABLED",
+        message: "Resumable uploads (tus) are not enabled on this gateway (tus.dir).".into(),
+    }
+}
+
+/// Header fields a request may carry: HTTP/1.1's parser (hyper) holds 100, and HTTP/2 requests
+/// are held to the same, so that the protocols agree.
+pub const MAX_HEADER_FIELDS: usize = 100;
+
 fn head_len<B>(req: &Request<B>) -> usize {
     let uri = req.uri();
     let target =

@@ -438,7 +438,11 @@ fn http_builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32)
+        // Above the gateway's own limit, which it checks itself to answer 431 HEADERS_TOO_LARGE
+        // in the dialect's error shape: the HTTP/2 library's own refusal is a bare 431 and a
+        // refused stream, which curl takes as safe to send again (six times, then it gives up).
+        // Heads past four times the limit are still refused by the library, unread.
+        .max_header_list_size(u32::try_from(limits.max_header_bytes.saturating_mul(4)).unwrap_or(u32::MAX))
         .max_concurrent_streams(limits.http2_max_streams)
         .initial_stream_window_size(limits.http2_stream_window)
         .initial_connection_window_size(limits.http2_stream_window.saturating_mul(limits.http2_max_streams))

@@ -46,7 +46,7 @@ impl Refused {
     pub fn message(self) -> &'static str {
         match self {
             Refused::NotOrigin => {
-                "only origin-form request targets are accepted (no CONNECT, no absolute or authority form)"
+                "only origin-form request targets are accepted (no CONNECT, no absolute, authority or asterisk form)"
             }
             Refused::Traversal => "the path holds dot segments, encoded separators or backslashes",
             Refused::NotApi => "the path is not one of the upstream API (no /v2/ or /v2.1/ segment)",
@@ -129,7 +129,11 @@ fn origin_path<'a>(method: &http::Method, uri: &'a http::Uri, version: http::Ver
         return Err(Refused::NotOrigin);
     }
     let path = uri.path();
-    if !path.starts_with('/') || path.bytes().any(|b| b == b'\\') || has_encoded_separator(path) {
+    if !path.starts_with('/') {
+        // `*` (asterisk-form, `OPTIONS *`): not a path of the API.
+        return Err(Refused::NotOrigin);
+    }
+    if path.bytes().any(|b| b == b'\\') || has_encoded_separator(path) {
         return Err(Refused::Traversal);
     }
     Ok(path)

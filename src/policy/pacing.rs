@@ -498,8 +498,14 @@ impl Seen {
         static REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
         static BURST_REMAINING: HeaderName = HeaderName::from_static("x-burstlimit-remaining");
         static RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+        // A count or time below zero is no figure of the upstream's (as unreadable as `abc`):
+        // taken as zero left, it had held the account's calls until the top of the hour.
         let num = |name: &HeaderName| {
-            headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<i64>().ok())
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .filter(|n| *n >= 0)
         };
         let remaining = Remaining { hourly: num(&REMAINING), burst: num(&BURST_REMAINING) };
         let reset = num(&RESET);
@@ -563,6 +569,19 @@ mod tests {
         let per_window = burst as f64 + 10.0 / period.as_secs_f64();
         assert!(per_window <= 100.0 + 1e-9, "{per_window}");
         assert!(per_window >= 99.0, "the limit is used: {per_window}");
+    }
+
+    #[test]
+    fn figures_below_zero_are_read_as_none() {
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-remaining", "-100".parse().unwrap());
+        h.insert("x-burstlimit-remaining", "-1".parse().unwrap());
+        h.insert("x-ratelimit-reset", "-5".parse().unwrap());
+        let seen = Seen::read(&h, None, StatusCode::OK);
+        assert_eq!((seen.remaining, seen.reset), (Remaining::default(), None));
+        assert!(!seen.hourly_out && !seen.burst_out && seen.pause_secs(10).is_none());
+        h.insert("x-ratelimit-remaining", "0".parse().unwrap());
+        assert!(Seen::read(&h, None, StatusCode::OK).hourly_out, "zero left is a figure");
     }
 
     #[tokio::test]

@@ -217,10 +217,13 @@ impl Answer {
     }
 }
 
-/// Headers that belong to one connection (RFC 9110 §7.6.1), never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that belong to one connection (RFC 9110 §7.6.1; `HTTP2-Settings`, RFC 7540 §3.2.1;
+/// and the old `Proxy-Connection`, which some clients still send), never forwarded.
+const HOP_BY_HOP: [HeaderName; 10] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("http2-settings"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
@@ -483,4 +486,31 @@ fn describe(err: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_specific_headers_are_not_forwarded() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "x-named"),
+            ("x-named", "1"),
+            ("proxy-connection", "keep-alive"),
+            ("http2-settings", "AAMAAABkAARAAAAA"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("authorization", "Bearer t"),
+        ] {
+            h.append(HeaderName::from_static(name), name_value(value));
+        }
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["authorization"]);
+    }
+
+    fn name_value(v: &'static str) -> http::HeaderValue {
+        http::HeaderValue::from_static(v)
+    }
 }

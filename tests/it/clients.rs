@@ -808,3 +808,36 @@ async fn passthrough_answers_are_framed_for_the_body_the_client_gets() {
         }
     }
 }
+
+/// A head over `server.max_header_bytes`, or with more than 100 fields, gets 431
+/// HEADERS_TOO_LARGE in the dialect's shape over HTTP/2 as over HTTP/1.1 (the HTTP/2 library's
+/// own refusal had been a bare 431 and a refused stream, which curl sent again six times); a target
+/// in asterisk form (`OPTIONS *`) is refused for what it is.
+#[tokio::test]
+async fn oversized_heads_are_refused_alike_over_both_protocols() {
+    let s = Stack::default().await;
+    let target = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/envelopes", s.gw.url());
+    let auth = format!("Bearer {TOKEN}");
+    let big = "a".repeat(70_000);
+    let many: Vec<(String, String)> = (0..150).map(|i| (format!("x-h{i}"), "v".to_owned())).collect();
+    for case in ["big", "many"] {
+        let mut req = Request::get(&target).header("authorization", &auth);
+        let mut line = format!("GET /restapi/v2.1/accounts/{ACCOUNT}/envelopes HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n");
+        if case == "big" {
+            req = req.header("x-big", &big);
+            line += &format!("X-Big: {big}\r\n");
+        } else {
+            for (k, v) in &many {
+                req = req.header(k, v);
+                line += &format!("{k}: {v}\r\n");
+            }
+        }
+        let (_, h2) = send(&h2c(), req.body(chunkgate::body::empty()).unwrap()).await;
+        assert_eq!((h2.status, code(&h2)), (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "HEADERS_TOO_LARGE".into()));
+        let h1 = raw(s.gw.addr, (line + "\r\n").as_bytes()).await;
+        assert!(h1.starts_with("HTTP/1.1 431") && h1.contains("HEADERS_TOO_LARGE"), "{case}: {h1}");
+    }
+    let star = raw(s.gw.addr, b"OPTIONS * HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n").await;
+    assert!(star.starts_with("HTTP/1.1 400") && star.contains("asterisk"), "{star}");
+    assert_eq!(s.sim.stats().await["requests"], 0, "none reached the upstream");
+}

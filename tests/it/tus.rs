@@ -212,6 +212,14 @@ async fn tus_creation_with_upload_deferred_length_and_method_override() {
     let off = Stack::default().await;
     let r = tus(&off, Method::POST, &creation_url(&off), &[("upload-length", "10")], Vec::new()).await;
     assert_eq!((r.status, code(&r)), (StatusCode::NOT_IMPLEMENTED, "TUS_DISABLED".into()));
+    let upload_url = format!("{}/tus/uploads/{}", off.gw.url(), "0123456789abcdef".repeat(2));
+    for method in [Method::HEAD, Method::PATCH, Method::DELETE] {
+        let r = tus(&off, method.clone(), &upload_url, &[], Vec::new()).await;
+        assert_eq!(r.status, StatusCode::NOT_IMPLEMENTED, "{method}");
+        if method != Method::HEAD {
+            assert_eq!(code(&r), "TUS_DISABLED", "{method}");
+        }
+    }
     assert_eq!(s.sim.stats().await["open"], 0);
 }
 
@@ -595,6 +603,18 @@ async fn a_doubled_upload_length_and_an_upload_url_with_no_upload_are_refused() 
     ];
     let twice = tus(&s, Method::PATCH, &url, &h, vec![7]).await;
     assert_eq!((twice.status, code(&twice)), (StatusCode::BAD_REQUEST, "TUS_BAD_CHECKSUM".into()));
+    // Nor is any header the protocol reads once taken from its first line alone.
+    let h = [("upload-length", "10"), ("upload-metadata", "a YQ=="), ("upload-metadata", "b Yg==")];
+    let metadata = tus(&s, Method::POST, &creation_url(&s), &h, Vec::new()).await;
+    assert_eq!((metadata.status, code(&metadata)), (StatusCode::BAD_REQUEST, "TUS_BAD_HEADER".into()));
+    let h =
+        [("upload-offset", "0"), ("content-type", "application/offset+octet-stream"), ("content-type", "text/plain")];
+    let types = tus(&s, Method::PATCH, &url, &h, vec![7]).await;
+    assert_eq!((types.status, code(&types)), (StatusCode::BAD_REQUEST, "TUS_BAD_HEADER".into()));
+    let h = [("x-http-method-override", "HEAD"), ("x-http-method-override", "DELETE")];
+    let overrides = tus(&s, Method::POST, &url, &h, Vec::new()).await;
+    assert_eq!((overrides.status, code(&overrides)), (StatusCode::BAD_REQUEST, "TUS_BAD_HEADER".into()));
+    assert_eq!(tus(&s, Method::HEAD, &url, &[], Vec::new()).await.header("upload-offset"), "0");
     assert_eq!(s.sim.stats().await["requests"], 0, "nothing reached the upstream");
 }
 

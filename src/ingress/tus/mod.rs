@@ -1164,7 +1164,15 @@ fn stamp_outcome(headers: &mut HeaderMap, outcome: Option<&Outcome>) {
     }
 }
 
+/// The version, and the headers the protocol reads once: a second line of one (`Upload-Metadata`
+/// twice, two `Content-Type`s, two method overrides) is refused rather than all but the first
+/// ignored. (Number headers and `Upload-Checksum` are held to one where they are read.)
 fn check_version(headers: &HeaderMap) -> Result<(), GatewayError> {
+    for name in ["tus-resumable", "content-type", "upload-metadata", "upload-defer-length", "x-http-method-override"] {
+        once(headers, name).map_err(|()| {
+            tus_error(StatusCode::BAD_REQUEST, "TUS_BAD_HEADER", format!("{name} appears more than once."))
+        })?;
+    }
     match headers.get("tus-resumable") {
         Some(v) if v.as_bytes() == VERSION.as_bytes() => Ok(()),
         Some(_) => Err(tus_error(
