@@ -822,7 +822,8 @@ async fn oversized_heads_are_refused_alike_over_both_protocols() {
     let many: Vec<(String, String)> = (0..150).map(|i| (format!("x-h{i}"), "v".to_owned())).collect();
     for case in ["big", "many"] {
         let mut req = Request::get(&target).header("authorization", &auth);
-        let mut line = format!("GET /restapi/v2.1/accounts/{ACCOUNT}/envelopes HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n");
+        let mut line =
+            format!("GET /restapi/v2.1/accounts/{ACCOUNT}/envelopes HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n");
         if case == "big" {
             req = req.header("x-big", &big);
             line += &format!("X-Big: {big}\r\n");

@@ -1168,6 +1168,40 @@ async fn a_patch_still_arriving_when_the_drain_ends_stops_and_keeps_what_arrived
 /// upstream upload (it finishes after the restart), and the PATCH is answered at once (204, the
 /// whole length durable) rather than after the finish time with nothing (the client had got an
 /// empty reply 47 s later).
+/// A final PATCH whose last byte arrives during the drain is answered 204 (every byte durable; the
+/// upload finishes after the restart), not 503: it had been refused when it tried to start the
+/// upload's finish in a stopping process.
+#[tokio::test]
+async fn a_final_patch_completed_during_the_drain_is_answered_204() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sim = SimApi::start(SimConfig::default()).await;
+    let mut gw = TusGateway::start(&sim, "final-in-drain", &[("CHUNKGATE_SERVER__DRAIN_SECS", "4")]);
+    let data = bytes_of(PART * 3, 44);
+    let url = create_on(&gw, data.len()).await;
+    let mut tcp = raw_patch(&gw, &url, data.len()).await;
+    tcp.write_all(&data[..PART]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    gw.bin.signal("TERM");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    tcp.write_all(&data[PART..]).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains(&format!("upload-offset: {}", data.len())), "{answer}");
+    assert!(gw.bin.wait().await.success());
+    gw.kill_and_restart(&sim);
+    let mut id = String::new();
+    for _ in 0..100 {
+        id = send_to(Method::HEAD, &url, &[], Vec::new()).await.header("x-chunkgate-upload-id").to_owned();
+        if !id.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(sim.inspect(&id).await["sha256"].as_str(), Some(sha256_hex(&data).as_str()));
+}
+
 #[tokio::test]
 async fn a_final_patch_waiting_for_the_commit_at_sigterm_is_answered_and_the_upload_finishes_after_the_restart() {
     let sim = SimApi::start(SimConfig::default()).await;

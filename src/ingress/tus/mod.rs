@@ -644,8 +644,11 @@ impl Tus {
         let (s, appended) =
             appending.await.map_err(|e| GatewayError::Internal(format!("tus: the PATCH's task failed: {e}")))?;
         appended?;
-        if let (Some(auth), true) = (&auth, s.length == Some(s.offset)) {
-            // Complete: the upload must be running to finish (one held back until now).
+        // Complete: the upload must be running to finish (one held back until now); unless the
+        // process is stopping, when every byte is durable and it finishes after the restart (the
+        // answer is 204; a last byte that arrived during the drain had got 503 SHUTTING_DOWN).
+        let stopping = *self.stopping.borrow();
+        if let (Some(auth), true, false) = (&auth, s.length == Some(s.offset), stopping) {
             self.start(&live, &s, auth, caller).await?;
         }
         // The upload's end is recorded under the lock: let go of it before waiting for that.
