@@ -265,9 +265,9 @@ impl Calls {
     /// Deletes the upload after a failure, so it does not count against the member's quota,
     /// trying until `deadline` (the upload's own may already be spent). Its call is the one the
     /// plan held back. Once the upload is gone, the member's ledger forgets it.
-    pub async fn delete(&self, id: &str, deadline: Instant) -> bool {
-        let deleted = self.delete_once(id, deadline).await == Deleted::Yes;
-        if deleted {
+    pub async fn delete(&self, id: &str, deadline: Instant) -> Deleted {
+        let deleted = self.delete_once(id, deadline).await;
+        if deleted == Deleted::Yes {
             self.quota.forget(&[id.to_owned()]).await;
         }
         deleted
@@ -406,7 +406,7 @@ impl Background {
 
 /// How one try at a delete ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Deleted {
+pub enum Deleted {
     Yes,
     /// A final refusal (the upload is not there, the token no longer holds): trying again is
     /// pointless.

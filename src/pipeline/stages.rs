@@ -19,7 +19,7 @@ use tokio::{
 use tracing::Instrument;
 
 use super::{
-    calls::{Abort, Calls},
+    calls::{Abort, Calls, Deleted},
     chunker::Part,
     part,
     state::{Announced, UploadState},
@@ -445,9 +445,17 @@ impl Upload {
         if let Abort::Gateway(GatewayError::RateLimited { .. }) = reason {
             return self.defer_delete("rate limiting");
         }
-        if self.delete().await {
-            tracing::info!("upstream upload deleted");
-            return Deletion::Deleted;
+        match self.calls.delete(self.id(), Instant::now() + DELETE_WINDOW).await {
+            Deleted::Yes => {
+                tracing::info!("upstream upload deleted");
+                return Deletion::Deleted;
+            }
+            Deleted::Refused => {
+                // For good (the token no longer holds, say): trying later would be refused too.
+                tracing::warn!("the upstream refused to delete the upload; it expires on its own");
+                return Deletion::Failed;
+            }
+            Deleted::NotYet => {}
         }
         // Not given up while the upload lives: the account may be paused past the delete's window
         // (a client that vanished just after a throttled part), or the upstream failing for a while.
@@ -477,7 +485,7 @@ impl Upload {
 
     /// Deletes the upload now (a committed one too); whether it worked.
     pub async fn delete(&self) -> bool {
-        self.calls.delete(self.id(), Instant::now() + DELETE_WINDOW).await
+        self.calls.delete(self.id(), Instant::now() + DELETE_WINDOW).await == Deleted::Yes
     }
 
     /// The state as of now, the calls counted.

@@ -842,3 +842,24 @@ async fn oversized_heads_are_refused_alike_over_both_protocols() {
     assert!(star.starts_with("HTTP/1.1 400") && star.contains("asterisk"), "{star}");
     assert_eq!(s.sim.stats().await["requests"], 0, "none reached the upstream");
 }
+
+/// A delete the upstream refuses for good (401: the token no longer holds) is reported as failed
+/// (`X-Chunkgate-Upload-Deleted: false`), not as one deferred to the background that will never
+/// be tried.
+#[tokio::test]
+async fn a_delete_refused_for_good_is_reported_as_failed_not_deferred() {
+    let (s, _) = lying(SimConfig::default(), |m, path| {
+        let refuse = |status: &str, code: &str| {
+            Some(answer(status, "application/json", &format!(r#"{{"errorCode":"{code}","message":"no"}}"#)))
+        };
+        match *m {
+            Method::PUT if path.ends_with("/1") => refuse("400 Bad Request", "INVALID_REQUEST_BODY"),
+            Method::DELETE => refuse("401 Unauthorized", "USER_AUTHENTICATION_FAILED"),
+            _ => None,
+        }
+    })
+    .await;
+    let r = s.upload(&bytes_of(PART * 3, 6), &[]).await;
+    assert_eq!((r.status, code(&r)), (StatusCode::BAD_REQUEST, "INVALID_REQUEST_BODY".to_owned()));
+    assert_eq!(r.header("x-chunkgate-upload-deleted"), "false", "{:?}", r.headers);
+}
