@@ -412,7 +412,14 @@ impl LocalPacing {
                         Draw::Free | Draw::Granted => false,
                     };
                     if !(from_plan || free || matches!(draw, Draw::Granted)) {
-                        Look::Blocked { retry_after: to_next_hour }
+                        if h.used >= limit {
+                            // Spent, not merely held by plans (which may give calls back): nothing
+                            // frees a call before the hour ends, so a caller that cannot wait that
+                            // long hears so at once rather than at its deadline.
+                            Look::Sleep(to_next_hour)
+                        } else {
+                            Look::Blocked { retry_after: to_next_hour }
+                        }
                     } else {
                         // Each limiter's wait is measured on its own clock: quanta clocks are
                         // calibrated per instance, so an instant of one means nothing to another.
@@ -582,6 +589,19 @@ mod tests {
         assert!(!seen.hourly_out && !seen.burst_out && seen.pause_secs(10).is_none());
         h.insert("x-ratelimit-remaining", "0".parse().unwrap());
         assert!(Seen::read(&h, None, StatusCode::OK).hourly_out, "zero left is a figure");
+    }
+
+    #[tokio::test]
+    async fn a_spent_hour_is_refused_at_once_rather_than_at_the_deadline() {
+        let rl = pacing(2);
+        let soon = Instant::now() + Duration::from_secs(5);
+        for _ in 0..2 {
+            rl.acquire("1", Draw::Free, soon).await.unwrap();
+        }
+        let began = Instant::now();
+        let wait = rl.acquire("1", Draw::Free, Instant::now() + Duration::from_secs(5)).await.unwrap_err();
+        assert!(began.elapsed() < Duration::from_secs(1), "waited {:?} for an hour that was spent", began.elapsed());
+        assert!(wait <= Duration::from_secs(3600), "{wait:?}");
     }
 
     #[tokio::test]

@@ -805,6 +805,19 @@ async fn raw_patch(gw: &TusGateway, url: &str, len: usize) -> tokio::net::TcpStr
     tcp
 }
 
+/// The upstream id a HEAD names once the upload at `url` has finished (a complete spool finishes
+/// on a HEAD after a restart), within 10 s.
+async fn committed_id(url: &str) -> String {
+    for _ in 0..100 {
+        let id = send_to(Method::HEAD, url, &[], Vec::new()).await.header("x-chunkgate-upload-id").to_owned();
+        if !id.is_empty() {
+            return id;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{url} named no upstream upload within 10 s");
+}
+
 /// Creates an upload of `len` bytes on `gw`; its absolute URL.
 async fn create_on(gw: &TusGateway, len: usize) -> String {
     let created = send_to(Method::POST, &gw.endpoint(), &[("upload-length", len.to_string())], Vec::new()).await;
@@ -1191,14 +1204,7 @@ async fn a_final_patch_completed_during_the_drain_is_answered_204() {
     assert!(answer.to_ascii_lowercase().contains(&format!("upload-offset: {}", data.len())), "{answer}");
     assert!(gw.bin.wait().await.success());
     gw.kill_and_restart(&sim);
-    let mut id = String::new();
-    for _ in 0..100 {
-        id = send_to(Method::HEAD, &url, &[], Vec::new()).await.header("x-chunkgate-upload-id").to_owned();
-        if !id.is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let id = committed_id(&url).await;
     assert_eq!(sim.inspect(&id).await["sha256"].as_str(), Some(sha256_hex(&data).as_str()));
 }
 
@@ -1225,14 +1231,7 @@ async fn a_final_patch_waiting_for_the_commit_at_sigterm_is_answered_and_the_upl
     sim.faults(serde_json::json!({})).await;
     gw.kill_and_restart(&sim);
     // Complete on disk: a HEAD finishes it, and a later HEAD names the committed upload.
-    let mut id = String::new();
-    for _ in 0..100 {
-        id = send_to(Method::HEAD, &url, &[], Vec::new()).await.header("x-chunkgate-upload-id").to_owned();
-        if !id.is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let id = committed_id(&url).await;
     let v = sim.inspect(&id).await;
     assert_eq!((v["state"].as_str(), v["sha256"].as_str()), (Some("committed"), Some(sha256_hex(&data).as_str())));
     assert_eq!(sim.wait_stats(|st| st["open"] == 0).await["committed"], 1);
