@@ -158,12 +158,18 @@ impl Answer {
     }
 
     /// The upload resource of a successful answer about upload `id`. An answer that names
-    /// another upload is no answer about this one (an upstream that mixes up its uploads would
-    /// otherwise have the gateway report another's as committed).
+    /// another upload, by its id or by the URI a client puts in an envelope's `remoteUrl`, is no
+    /// answer about this one (an upstream that mixes up its uploads would otherwise have the
+    /// gateway hand back another's as this one, committed).
     pub fn resource_of(&self, dialect: Dialect, id: &str) -> Result<ChunkedUpload, String> {
         let resource = self.resource(dialect)?;
         if !resource.chunked_upload_id.eq_ignore_ascii_case(id) {
             return Err("the answer names another upload".into());
+        }
+        let uri = resource.chunked_upload_uri.trim();
+        let named = uri.strip_prefix("docusignchunkedupload://").is_some_and(|named| named.eq_ignore_ascii_case(id));
+        if !uri.is_empty() && !named {
+            return Err("the answer's chunkedUploadUri names another upload".into());
         }
         Ok(resource)
     }

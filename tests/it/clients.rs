@@ -524,9 +524,22 @@ async fn a_commit_answered_2xx_without_a_committed_upload_is_not_believed() {
     // The last: the answer of a committed upload, but another one (the client would have been
     // handed an id that names nothing it sent).
     let other = r#"{"chunkedUploadId":"11111111-2222-3333-4444-555555555555","committed":"true"}"#;
-    for body in ["<html><body>OK</body></html>", "{}", r#"{"errorCode":"X","message":"y"}"#, other] {
+    // And one that names the upload by its id but another by the URI the client would use.
+    let other_uri = |id: &str| {
+        format!(
+            r#"{{"chunkedUploadId":"{id}","chunkedUploadUri":"docusignchunkedupload://11111111-2222-3333-4444-555555555555","committed":"true"}}"#
+        )
+    };
+    for body in ["<html><body>OK</body></html>", "{}", r#"{"errorCode":"X","message":"y"}"#, other, "uri"] {
         let (s, meddled) = lying(SimConfig::default(), move |m, path| {
-            (m == Method::PUT && path.contains("action=commit")).then(|| answer("200 OK", "text/html", body))
+            if !(m == Method::PUT && path.contains("action=commit")) {
+                return None;
+            }
+            let text = match body {
+                "uri" => other_uri(path.rsplit('/').next()?.split('?').next()?),
+                _ => body.to_owned(),
+            };
+            Some(answer("200 OK", "text/html", &text))
         })
         .await;
         let r = s.upload(&bytes_of(PART * 2, 1), &[]).await;
