@@ -29,6 +29,24 @@ pub fn headers_only(answer: &mut http::Response<Body>) {
     *answer.body_mut() = empty();
 }
 
+/// A message's transfer codings (RFC 9112 §6.1), read the one way for requests and for the
+/// upstream's answers: `Ok(false)` without `Transfer-Encoding`, `Ok(true)` when its lines name
+/// exactly one coding, `chunked`; otherwise the codings all its lines name (`gzip, chunked`, or
+/// `chunked` twice), which no part of the gateway decodes.
+pub fn chunked_only(headers: &http::HeaderMap) -> Result<bool, String> {
+    let lines = headers.get_all(http::header::TRANSFER_ENCODING);
+    let mut codings = Vec::new();
+    for line in lines.iter() {
+        let text = line.to_str().map_err(|_| "(not text)".to_owned())?;
+        codings.extend(text.split(',').map(str::trim).filter(|c| !c.is_empty()));
+    }
+    match codings[..] {
+        [] if lines.iter().next().is_none() => Ok(false),
+        [coding] if coding.eq_ignore_ascii_case("chunked") => Ok(true),
+        _ => Err(codings.join(", ")),
+    }
+}
+
 /// Why a bounded body read failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -156,4 +174,29 @@ where
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codings(lines: &[&'static str]) -> Result<bool, String> {
+        let mut h = http::HeaderMap::new();
+        for line in lines {
+            h.append(http::header::TRANSFER_ENCODING, http::HeaderValue::from_static(line));
+        }
+        chunked_only(&h)
+    }
+
+    #[test]
+    fn transfer_codings_are_one_chunked_or_named_in_full() {
+        assert_eq!(codings(&[]), Ok(false));
+        assert_eq!(codings(&["chunked"]), Ok(true));
+        assert_eq!(codings(&[" CHUNKED\t"]), Ok(true));
+        assert_eq!(codings(&["gzip, chunked"]), Err("gzip, chunked".into()));
+        // Two lines are named whole: the message had quoted the second alone ("chunked").
+        assert_eq!(codings(&["chunked", "chunked"]), Err("chunked, chunked".into()));
+        assert_eq!(codings(&["gzip"]), Err("gzip".into()));
+        assert_eq!(codings(&[""]), Err(String::new()));
+    }
 }

@@ -367,17 +367,7 @@ fn framing<B>(req: &Request<B>) -> Result<(), GatewayError> {
 /// Only `chunked` may be applied to a request body: any other transfer coding (`gzip, chunked`)
 /// would reach the upload, or the upstream, still encoded (RFC 9112 §6.1: 501).
 fn transfer_coding(headers: &HeaderMap) -> Result<(), GatewayError> {
-    let mut codings = 0;
-    for value in headers.get_all(header::TRANSFER_ENCODING) {
-        let text = value.to_str().map_err(|_| GatewayError::UnsupportedTransferCoding("(not text)".into()))?;
-        for coding in text.split(',').map(str::trim).filter(|c| !c.is_empty()) {
-            codings += 1;
-            if !coding.eq_ignore_ascii_case("chunked") || codings > 1 {
-                return Err(GatewayError::UnsupportedTransferCoding(text.to_owned()));
-            }
-        }
-    }
-    Ok(())
+    crate::body::chunked_only(headers).map(|_| ()).map_err(GatewayError::UnsupportedTransferCoding)
 }
 
 /// The whole answer to a request hyper refused while reading it (see `canned`), with a body in

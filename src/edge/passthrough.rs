@@ -189,19 +189,16 @@ fn reframe(parts: &mut http::response::Parts) -> Result<(), GatewayError> {
         return Err(GatewayError::UpstreamBadResponse(format!("a final answer of {}", parts.status)));
     }
     parts.version = http::Version::HTTP_11;
-    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
-        let codings: Vec<&[u8]> = parts
-            .headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|c| !c.is_empty())
-            .collect();
-        if !matches!(codings[..], [c] if c.eq_ignore_ascii_case(b"chunked")) {
-            return Err(GatewayError::UpstreamBadResponse("a transfer coding other than chunked, once".into()));
+    match crate::body::chunked_only(&parts.headers) {
+        Ok(false) => {}
+        Ok(true) => {
+            parts.headers.remove(header::CONTENT_LENGTH);
         }
-        parts.headers.remove(header::CONTENT_LENGTH);
+        Err(codings) => {
+            return Err(GatewayError::UpstreamBadResponse(format!(
+                "transfer codings the gateway does not decode: {codings}"
+            )));
+        }
     }
     Ok(())
 }
