@@ -423,7 +423,7 @@ fn check_listed(
 ) -> Result<(), Abort> {
     let resource = answer.resource(dialect).map_err(GatewayError::UpstreamBadResponse)?;
     // A minimal answer (no id, no parts) says nothing either way: the finish's read checks.
-    if !resource.chunked_upload_id.is_empty() && !resource.chunked_upload_id.eq_ignore_ascii_case(id) {
+    if !resource.chunked_upload_id.is_empty() && !resource.has_id(id) {
         return Err(GatewayError::UpstreamBadResponse(format!("the answer to part {seq} names another upload")).into());
     }
     if resource.chunked_upload_parts.is_empty() {

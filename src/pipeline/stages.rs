@@ -222,7 +222,7 @@ impl Upload {
     /// rather than left open. Otherwise (or if the delete fails) nothing can be done about it.
     async fn unreadable_create(&mut self, created: &Answer, abort: Abort) -> Abort {
         let Some(id) = created.named_upload(self.dialect()) else { return abort };
-        if !self.named.claim(&id, unix_now() + 1200) {
+        if !self.named.claim(&id, unix_now() + ASSUMED_LIFETIME.as_secs()) {
             return abort;
         }
         self.state.upstream_id = Some(id);
@@ -445,7 +445,7 @@ impl Upload {
         if let Abort::Gateway(GatewayError::RateLimited { .. }) = reason {
             return self.defer_delete("rate limiting");
         }
-        match self.calls.delete(self.id(), Instant::now() + DELETE_WINDOW).await {
+        match self.delete_now().await {
             Deleted::Yes => {
                 tracing::info!("upstream upload deleted");
                 return Deletion::Deleted;
@@ -485,7 +485,12 @@ impl Upload {
 
     /// Deletes the upload now (a committed one too); whether it worked.
     pub async fn delete(&self) -> bool {
-        self.calls.delete(self.id(), Instant::now() + DELETE_WINDOW).await == Deleted::Yes
+        self.delete_now().await == Deleted::Yes
+    }
+
+    /// One delete now, within `DELETE_WINDOW`: done, refused for good, or not yet.
+    async fn delete_now(&self) -> Deleted {
+        self.calls.delete(self.id(), Instant::now() + DELETE_WINDOW).await
     }
 
     /// The state as of now, the calls counted.

@@ -163,7 +163,7 @@ impl Answer {
     /// gateway hand back another's as this one, committed).
     pub fn resource_of(&self, dialect: Dialect, id: &str) -> Result<ChunkedUpload, String> {
         let resource = self.resource(dialect)?;
-        if !resource.chunked_upload_id.eq_ignore_ascii_case(id) {
+        if !resource.has_id(id) {
             return Err("the answer names another upload".into());
         }
         let uri = resource.chunked_upload_uri.trim();

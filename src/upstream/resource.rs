@@ -36,6 +36,11 @@ pub struct ListedPart {
 // === impl ChunkedUpload ===
 
 impl ChunkedUpload {
+    /// Whether the resource's id is `id` (GUIDs come back in either case).
+    pub fn has_id(&self, id: &str) -> bool {
+        self.chunked_upload_id.eq_ignore_ascii_case(id)
+    }
+
     /// `committed` read without regard to case: DocuSign has sent both `"false"` and `"False"`.
     pub fn is_committed(&self) -> bool {
         self.committed.eq_ignore_ascii_case("true")

@@ -188,11 +188,15 @@ fn once<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a HeaderValue
     }
 }
 
+/// A header of the protocol the request may carry once; 400 `TUS_BAD_HEADER` when twice or more.
+fn single<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a HeaderValue>, GatewayError> {
+    once(headers, name)
+        .map_err(|()| tus_error(StatusCode::BAD_REQUEST, "TUS_BAD_HEADER", format!("{name} appears more than once.")))
+}
+
 /// A request's `Upload-*` number header: absent, or a non-negative integer, else 400.
 fn number(headers: &HeaderMap, name: &str) -> Result<Option<u64>, GatewayError> {
-    let value = once(headers, name).map_err(|()| {
-        tus_error(StatusCode::BAD_REQUEST, "TUS_BAD_HEADER", format!("{name} appears more than once."))
-    })?;
+    let value = single(headers, name)?;
     match value {
         None => Ok(None),
         Some(v) => v
@@ -1172,9 +1176,7 @@ fn stamp_outcome(headers: &mut HeaderMap, outcome: Option<&Outcome>) {
 /// ignored. (Number headers and `Upload-Checksum` are held to one where they are read.)
 fn check_version(headers: &HeaderMap) -> Result<(), GatewayError> {
     for name in ["tus-resumable", "content-type", "upload-metadata", "upload-defer-length", "x-http-method-override"] {
-        once(headers, name).map_err(|()| {
-            tus_error(StatusCode::BAD_REQUEST, "TUS_BAD_HEADER", format!("{name} appears more than once."))
-        })?;
+        single(headers, name)?;
     }
     match headers.get("tus-resumable") {
         Some(v) if v.as_bytes() == VERSION.as_bytes() => Ok(()),
