@@ -47,11 +47,15 @@ impl<K: Hash + Eq + Clone> PerKey<K> {
     /// A slot for `key`, unless it already runs `max`.
     pub fn try_take(self: &Arc<Self>, key: K, max: usize) -> Option<Slot<K>> {
         let mut map = self.map.lock().unwrap();
-        let running = map.entry(key.clone()).or_insert(0);
-        if *running >= max {
-            return None;
+        // Looked up first: a key already running is not copied again for the map.
+        match map.get_mut(&key) {
+            Some(running) if *running >= max => return None,
+            Some(running) => *running += 1,
+            None if max == 0 => return None,
+            None => {
+                map.insert(key.clone(), 1);
+            }
         }
-        *running += 1;
         Some(Slot { running: self.clone(), key })
     }
 

@@ -33,7 +33,7 @@ use governor::{
     clock::{Clock, DefaultClock},
     state::{InMemoryState, NotKeyed},
 };
-use http::{HeaderMap, HeaderName, StatusCode};
+use http::{HeaderMap, StatusCode};
 use tokio::{sync::Notify, time::Instant};
 
 use super::wait::{self, Look};
@@ -501,21 +501,28 @@ pub struct Seen {
 
 impl Seen {
     pub fn read(headers: &HeaderMap, code: Option<&str>, status: StatusCode) -> Self {
-        // Looked up by names made once: every proxied answer passes here.
-        static REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-        static BURST_REMAINING: HeaderName = HeaderName::from_static("x-burstlimit-remaining");
-        static RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+        // One walk over the answer's names, matched on their text: every proxied answer passes
+        // here, and a lookup by name hashed each of the three long names byte by byte. The first
+        // line of a name counts, as `HeaderMap::get` would take it.
+        let (mut hourly, mut burst, mut reset) = (None, None, None);
+        for (name, value) in headers {
+            let slot = match name.as_str() {
+                "x-ratelimit-remaining" => &mut hourly,
+                "x-burstlimit-remaining" => &mut burst,
+                "x-ratelimit-reset" => &mut reset,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(value);
+            }
+        }
         // A count or time below zero is no figure of the upstream's (as unreadable as `abc`):
         // taken as zero left, it had held the account's calls until the top of the hour.
-        let num = |name: &HeaderName| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<i64>().ok())
-                .filter(|n| *n >= 0)
+        let num = |value: Option<&http::HeaderValue>| {
+            value.and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<i64>().ok()).filter(|n| *n >= 0)
         };
-        let remaining = Remaining { hourly: num(&REMAINING), burst: num(&BURST_REMAINING) };
-        let reset = num(&RESET);
+        let remaining = Remaining { hourly: num(hourly), burst: num(burst) };
+        let reset = num(reset);
         let throttled = is_throttle_status(status) || code.is_some_and(is_throttle_code);
         let hourly_out = code == Some(HOURLY_LIMIT_CODE) || remaining.hourly == Some(0);
         let burst_out = code == Some(BURST_LIMIT_CODE) || remaining.burst == Some(0) || throttled;
@@ -589,6 +596,19 @@ mod tests {
         assert!(!seen.hourly_out && !seen.burst_out && seen.pause_secs(10).is_none());
         h.insert("x-ratelimit-remaining", "0".parse().unwrap());
         assert!(Seen::read(&h, None, StatusCode::OK).hourly_out, "zero left is a figure");
+    }
+
+    #[test]
+    fn the_first_line_of_a_figure_counts_and_names_are_matched_whole() {
+        let mut h = HeaderMap::new();
+        h.append("x-ratelimit-remaining", "7".parse().unwrap());
+        h.append("x-ratelimit-remaining", "0".parse().unwrap());
+        h.insert("x-burstlimit-remaining-extra", "0".parse().unwrap());
+        h.insert("x-ratelimit-reset", " 1700003600 ".parse().unwrap());
+        let seen = Seen::read(&h, None, StatusCode::OK);
+        assert_eq!(seen.remaining, Remaining { hourly: Some(7), burst: None });
+        assert_eq!(seen.reset, Some(1_700_003_600));
+        assert!(!seen.hourly_out && !seen.burst_out);
     }
 
     #[tokio::test]
