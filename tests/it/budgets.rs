@@ -342,6 +342,81 @@ async fn the_ledger_counts_committed_uploads_until_an_envelope_uses_one_across_s
     assert_eq!(sim.inspect(&ids[1]).await["state"], "consumed");
 }
 
+/// The entries (leases and unused uploads) of the one member's ledger in Redis; 0 when none.
+async fn ledger_entries(redis: &RedisServer) -> usize {
+    let keys: Vec<String> = redis.keys("chunkgate:m").await.into_iter().filter(|k| k.ends_with(":e")).collect();
+    assert!(keys.len() <= 1, "{keys:?}");
+    let Some(key) = keys.first() else { return 0 };
+    let mut conn = redis.connection().await;
+    redis::cmd("HLEN").arg(key).query_async::<usize>(&mut conn).await.unwrap()
+}
+
+/// Waits up to 10 s for the member's three uploads and one lease to be in Redis's ledger again.
+async fn written_back(redis: &RedisServer) -> bool {
+    for _ in 0..100 {
+        if ledger_entries(redis).await == 4 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_redis_that_loses_its_data_has_the_uploads_that_still_count_written_back() {
+    let mut redis = RedisServer::start().await;
+    let sim = SimApi::start(SimConfig::default()).await;
+    let configs = (0..2)
+        .map(|_| {
+            let mut c = gateway_config(&sim, sim.running.url());
+            c.quota.uploads_per_member = 4;
+            c.quota.wait_secs = 30;
+            c.cluster.redis_url = redis.url();
+            // Renewals (and the look for lost data) every 1.7 s.
+            c.cluster.lease_ttl_secs = 5;
+            // Generous: see `scenario_gateway`.
+            c.cluster.op_timeout_ms = 2000;
+            c.cluster.replicas = 2;
+            c
+        })
+        .collect();
+    let gateways = start(configs).await;
+    let mut ids = Vec::new();
+    for seed in 0..3 {
+        let r = upload_via(&sim.http, &gateways[0].url(), Bytes::from(bytes_of(PART * 2, seed)), TOKEN).await;
+        assert_eq!(r.status, StatusCode::OK);
+        ids.push(r.header("x-chunkgate-upload-id").to_owned());
+    }
+    // A fourth, admitted on its lease, runs (its body stops short): the lease is written back too.
+    let _running = dripping_upload(&gateways[0].addr.to_string(), PART * 2, 1000).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ledger_entries(&redis).await, 4);
+    // Within a renewal of Redis coming back, the sidecar that created them has written them back:
+    // after a restart without persistence (the connection breaks), and after a flush (it does not).
+    redis.kill();
+    redis.restart().await;
+    assert!(written_back(&redis).await, "the ledger after a restart: {} entries", ledger_entries(&redis).await);
+    let mut conn = redis.connection().await;
+    redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await.unwrap();
+    assert!(written_back(&redis).await, "the ledger after a flush: {} entries", ledger_entries(&redis).await);
+    // So the member's quota still holds on the other sidecar: a fifth upload waits for room.
+    let fourth = {
+        let (http, url) = (sim.http.clone(), gateways[1].url());
+        tokio::spawn(async move { upload_via(&http, &url, Bytes::from(bytes_of(PART * 2, 4)), TOKEN).await })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!fourth.is_finished());
+    assert_eq!(sim.stats().await["created"], 3, "the fifth created nothing while it waited");
+    // A delete through the sidecar frees the room, and the fifth goes on.
+    let url = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads/{}", gateways[0].url(), ids[0]);
+    let auth = format!("Bearer {TOKEN}");
+    let deleted = sim.http.send(Method::DELETE, &url, &[("authorization", &auth)], "").await.unwrap();
+    assert_eq!(deleted.status, StatusCode::OK);
+    let r = tokio::time::timeout(Duration::from_secs(20), fourth).await.expect("the fifth still waits").unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(sim.stats().await["created"], 4);
+}
+
 #[tokio::test]
 async fn a_delete_passed_through_frees_the_members_room() {
     let sim = SimApi::start(SimConfig::default()).await;

@@ -13,6 +13,7 @@
 //! | `{p}:a:{account}:pause` | the end of a pause learned from the upstream |
 //! | `{p}:m:{member}:e`, `…:x` | the member's leases and unused uploads (bytes), and their expiries |
 //! | `{p}:u:{upload}` | the member of an unused upload, until it expires |
+//! | `{p}:epoch` | a token of the data Redis holds: another than last seen means it was lost |
 //!
 //! **Redis down or slow** (an operation takes longer than `cluster.op_timeout_ms`): the sidecar
 //! falls back to its share (`1/replicas`) of every limit and quota, counted in process, logs it
@@ -52,6 +53,7 @@ pub fn policies(config: &Config) -> Result<Policies, String> {
             tokio::select! {
                 _ = renew.tick() => {
                     let (Some(p), Some(q)) = (weak_pacing.upgrade(), weak_quota.upgrade()) else { return };
+                    q.restore_if_lost().await;
                     p.renew().await;
                     q.renew().await;
                 }

@@ -4,7 +4,7 @@
 //! be written once Redis answers.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     future::Future,
     sync::{Arc, Mutex},
     time::Duration,
@@ -28,8 +28,11 @@ pub struct SharedQuota {
     local: Arc<LocalQuota>,
     uploads: u64,
     bytes: u64,
-    /// Leases this sidecar holds, per member: renewed while they live.
-    leases: Mutex<HashMap<String, HashSet<String>>>,
+    /// Leases this sidecar holds, per member, with their bytes: renewed while they live.
+    leases: Mutex<HashMap<String, HashMap<String, u64>>>,
+    /// The uploads this sidecar created that still count (unused, undeleted), written back to
+    /// Redis if it loses its data (see `restore_if_lost`).
+    mine: Mutex<crate::FastMap<String, Created>>,
     /// What each member held when Redis last said.
     held: Mutex<HashMap<String, Held>>,
     /// Notified when this sidecar gives room back.
@@ -39,6 +42,14 @@ pub struct SharedQuota {
     /// each write waits for the one before it, and a forget of the same upload for them all, so
     /// that none lands out of order.
     recording: Arc<Mutex<crate::FastMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+/// An upload this sidecar created, as the ledger counts it.
+#[derive(Clone)]
+struct Created {
+    member: String,
+    bytes: u64,
+    expires_ms: u64,
 }
 
 enum Found {
@@ -56,6 +67,7 @@ impl SharedQuota {
             uploads: config.quota.uploads_per_member as u64,
             bytes: config.quota.bytes_per_member,
             leases: Mutex::new(HashMap::new()),
+            mine: Mutex::default(),
             held: Mutex::new(HashMap::new()),
             freed: Notify::new(),
             recording: Arc::default(),
@@ -65,7 +77,7 @@ impl SharedQuota {
     /// Renews the leases this sidecar holds.
     pub async fn renew(&self) {
         let held: Vec<(String, Vec<String>)> =
-            self.leases.lock().unwrap().iter().map(|(m, ids)| (m.clone(), ids.iter().cloned().collect())).collect();
+            self.leases.lock().unwrap().iter().map(|(m, ids)| (m.clone(), ids.keys().cloned().collect())).collect();
         let r = &self.redis;
         for (member, ids) in held {
             let (e, x) = r.member_keys(&member);
@@ -78,6 +90,55 @@ impl SharedQuota {
                 return;
             }
         }
+    }
+
+    /// Writes back what this sidecar knows when Redis lost its data (restarted without persistence,
+    /// or flushed): the uploads it created that still count, and the leases it holds (taken
+    /// whatever room is left: they were granted before). Without it, those uploads went uncounted
+    /// until they expired, and the upstream refused creates for a quota the ledger said was free.
+    /// Run before each renewal, so within a third of `cluster.lease_ttl_secs`.
+    pub async fn restore_if_lost(&self) {
+        let now_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        // Expired uploads no longer count anywhere.
+        self.mine.lock().unwrap().retain(|_, c| c.expires_ms > now_ms);
+        if !self.redis.lost_data().await {
+            return;
+        }
+        let uploads: Vec<(String, Created)> =
+            self.mine.lock().unwrap().iter().map(|(id, c)| (id.clone(), c.clone())).collect();
+        let leases: Vec<(String, String, u64)> = self
+            .leases
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|(m, ids)| ids.iter().map(move |(id, bytes)| (m.clone(), id.clone(), *bytes)))
+            .collect();
+        let r = &self.redis;
+        let mut written = 0;
+        for (upload, c) in &uploads {
+            // Forgotten meanwhile (used or deleted): not written back.
+            if !self.mine.lock().unwrap().contains_key(upload) {
+                continue;
+            }
+            if r.record_created(&c.member, "", upload, c.bytes, c.expires_ms).await {
+                written += 1;
+            } else {
+                let (member, upload) = (c.member.clone(), upload.clone());
+                r.keep(Pending::Created { member, upload, bytes: c.bytes, expires_ms: c.expires_ms });
+            }
+        }
+        for (member, id, bytes) in &leases {
+            let (e, x) = r.member_keys(member);
+            let mut inv = r.scripts.lease.prepare_invoke();
+            inv.key(&e).key(&x).arg(id).arg(*bytes).arg(u64::MAX).arg(u64::MAX).arg(r.ttl_ms());
+            let _ = r.run::<(i64, u64, u64)>(&inv).await;
+        }
+        tracing::warn!(
+            uploads = written,
+            leases = leases.len(),
+            "Redis lost the shared counts (restarted empty or flushed): wrote back what this sidecar holds"
+        );
     }
 
     /// Writes `write` for `upload` in the background, after the writes for it given before.
@@ -152,7 +213,7 @@ impl Quota for SharedQuota {
             match found {
                 Err(_) => None,
                 Ok(Found::Taken) => {
-                    self.leases.lock().unwrap().entry(holder.member.to_owned()).or_default().insert(id.clone());
+                    self.leases.lock().unwrap().entry(holder.member.to_owned()).or_default().insert(id.clone(), bytes);
                     Some(LeaseId { member: holder.member.to_owned(), id, bytes, shared: true })
                 }
                 Ok(Found::Fallback) => {
@@ -170,6 +231,8 @@ impl Quota for SharedQuota {
     fn created<'a>(&'a self, lease: &'a LeaseId, upload_id: &'a str, expires: u64) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let expires_ms = expires.saturating_mul(1000);
+            let remembered = Created { member: lease.member.clone(), bytes: lease.bytes, expires_ms };
+            self.mine.lock().unwrap().insert(upload_id.to_owned(), remembered);
             if !lease.shared {
                 // Taken from this sidecar's share while Redis could not be reached: the upload
                 // counts in the shared ledger too, now or once Redis answers.
@@ -197,6 +260,9 @@ impl Quota for SharedQuota {
     fn resize<'a>(&'a self, upload_id: &'a str, bytes: u64) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             self.local.resize(upload_id, bytes).await;
+            if let Some(known) = self.mine.lock().unwrap().get_mut(upload_id) {
+                known.bytes = bytes;
+            }
             let redis = self.redis.clone();
             let ids = [upload_id.to_owned()];
             self.in_order(upload_id, async move {
@@ -230,6 +296,12 @@ impl Quota for SharedQuota {
     fn forget<'a>(&'a self, upload_ids: &'a [String]) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             self.recorded(upload_ids).await;
+            {
+                let mut mine = self.mine.lock().unwrap();
+                for id in upload_ids {
+                    mine.remove(id);
+                }
+            }
             self.local.forget(upload_ids).await;
             if !self.redis.forget_or_resize(upload_ids, None).await {
                 self.redis.keep(Pending::Forget(upload_ids.to_vec()));

@@ -31,6 +31,7 @@ pub(super) struct Scripts {
     pub(super) lease: Script,
     pub(super) created: Script,
     pub(super) forget: Script,
+    pub(super) epoch: Script,
 }
 
 impl Scripts {
@@ -46,6 +47,7 @@ impl Scripts {
             lease: script(include_str!("lua/lease.lua")),
             created: script(include_str!("lua/created.lua")),
             forget: script(include_str!("lua/forget.lua")),
+            epoch: script(include_str!("lua/epoch.lua")),
         }
     }
 }
@@ -63,6 +65,8 @@ pub struct Redis {
     /// Operations to run again once Redis answers (what the upstream did meanwhile: uploads
     /// created, used or deleted), at most [`PENDING_MAX`].
     pending: Mutex<Vec<Pending>>,
+    /// The token of the data Redis held when this sidecar last looked (see `lost_data`).
+    epoch: Mutex<Option<String>>,
 }
 
 /// Writes kept while Redis is down, replayed when it answers again.
@@ -114,6 +118,7 @@ impl Redis {
             ttl: Duration::from_secs(c.lease_ttl_secs),
             down: AtomicBool::new(false),
             pending: Mutex::new(Vec::new()),
+            epoch: Mutex::new(None),
         }))
     }
 
@@ -218,6 +223,22 @@ impl Redis {
             tracing::info!(replayed, "Redis answers again: sharing counts again");
             metrics::gauge!(telemetry::CLUSTER_FALLBACK).set(0.0);
         }
+    }
+
+    /// Whether Redis lost its data since this sidecar last looked (restarted without persistence,
+    /// or flushed): the token of its data is another than the one seen last. The first look only
+    /// learns the token. `false` when Redis does not answer (nothing is known then).
+    pub(super) async fn lost_data(&self) -> bool {
+        /// Renewed at every look (a third of the lease TTL at most): it outlives any pause of the
+        /// sidecars short of a day.
+        const TOKEN_LIFE_MS: u64 = 24 * 3600 * 1000;
+        let mut inv = self.scripts.epoch.prepare_invoke();
+        inv.key(format!("{}:epoch", self.prefix)).arg(fresh_id("epoch")).arg(TOKEN_LIFE_MS);
+        let Some(token) = self.run::<String>(&inv).await else { return false };
+        let mut seen = self.epoch.lock().unwrap();
+        let lost = seen.as_ref().is_some_and(|before| *before != token);
+        *seen = Some(token);
+        lost
     }
 
     /// Gives back the plan or lease `id` held in `keys` (its hash and its expiry set); kept for
