@@ -168,8 +168,12 @@ fn main() -> ExitCode {
     no_huge_pages();
     chunkgate::memory::install(collect_heap);
     match Cli::parse().command {
-        Command::Serve { config } => serve_command(config),
+        Command::Serve { config } => {
+            catch_stop_signals_early();
+            serve_command(config)
+        }
         Command::Sim { config, listen, dialect, storage, throttle_status, tls_cert, tls_key } => {
+            catch_stop_signals_early();
             let flags = SimFlags { listen, dialect, storage, throttle_status, tls_cert, tls_key };
             runtime(0).block_on(sim_command(config, flags))
         }
@@ -180,6 +184,30 @@ fn main() -> ExitCode {
         }
         Command::Healthcheck { admin } => runtime(0).block_on(healthcheck_command(admin)),
         Command::CheckConfig { file } => check_config_command(&file),
+    }
+}
+
+/// From the first moment of `serve` and `sim`: a stop signal is noted (`EARLY_STOP`) for the drain
+/// to start as soon as the server listens for signals, rather than ending the process by its
+/// default action while the configuration is read and the runtime built (uploads of a restarted
+/// sidecar's predecessor are unaffected; this one has none yet, but it would exit without the
+/// drain's log and status). The other signals the gateway ignores are ignored from here on too.
+/// The handlers stay: they only store a number, beside tokio's, which serve every later signal.
+fn catch_stop_signals_early() {
+    use std::sync::atomic::Ordering::Relaxed;
+    #[cfg(unix)]
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
+        // SAFETY: the action only stores to an atomic, which is async-signal-safe.
+        let _ = unsafe {
+            signal_hook_registry::register(signal, move || {
+                let _ = telemetry::EARLY_STOP.compare_exchange(0, signal, Relaxed, Relaxed);
+            })
+        };
+    }
+    #[cfg(unix)]
+    for signal in [libc::SIGUSR1, libc::SIGUSR2, libc::SIGALRM, libc::SIGVTALRM, libc::SIGIO] {
+        // SAFETY: the action does nothing.
+        let _ = unsafe { signal_hook_registry::register(signal, || {}) };
     }
 }
 

@@ -4,7 +4,7 @@
 use std::{
     sync::{
         OnceLock,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicI32, AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
 };
@@ -23,6 +23,12 @@ pub fn init(log: &LogConfig) {
         LogFormat::Json => builder.json().try_init(),
     };
 }
+
+/// The first stop signal (SIGTERM, SIGINT, SIGHUP, SIGQUIT) that came while `serve` or `sim` was
+/// starting, before [`shutdown_signal`] listened: `main` catches them from its first moment (before
+/// the configuration is read and the runtime built), storing the signal's number here and nothing
+/// else (an atomic store is all a signal handler may safely do). 0: none.
+pub static EARLY_STOP: AtomicI32 = AtomicI32::new(0);
 
 /// A future that resolves on the first SIGTERM, SIGINT, SIGHUP or SIGQUIT: each starts the same
 /// drain. The handlers are installed now, before the future is first polled, so a signal that
@@ -51,6 +57,13 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
         ]
         .map(|(kind, name)| (install(kind), name));
         async move {
+            // A signal caught while starting (see `EARLY_STOP`), even one that came as the handlers
+            // below were being installed: the drain starts at once.
+            let early = EARLY_STOP.load(Relaxed);
+            if early != 0 {
+                tracing::info!(signal = early, "shutdown signal received while starting");
+                return;
+            }
             let ignore = async {
                 let [(a, a_name), (b, b_name), (c, c_name), (d, d_name), (e, e_name)] = &mut ignored;
                 loop {

@@ -5,7 +5,7 @@
 #[path = "support/mod.rs"]
 mod common;
 
-use std::io::Read;
+use std::{io::Read, time::Duration};
 
 use base64::Engine;
 use chunkgate::sim::SimConfig;
@@ -312,6 +312,53 @@ async fn sighup_and_sigquit_drain_like_sigterm_and_sigusr1_is_ignored() {
     let st = sim.stats().await;
     assert_eq!(st["committed"].as_u64().unwrap(), committed_before + 2, "{st}");
     assert_eq!(st["open"], 0, "nothing left open: {st}");
+}
+
+#[tokio::test]
+async fn a_stop_signal_while_the_configuration_is_read_drains_rather_than_kills() {
+    // The configuration comes through a FIFO: the gateway is held in start-up, reading it, until
+    // the test writes it, and the signal comes in that window every time.
+    let sim = SimApi::start(SimConfig::default()).await;
+    let fifo = std::env::temp_dir().join(format!("chunkgate-early-signal-{}.toml", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chunkgate"))
+        .args(["serve", "--config", fifo.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    // Past `main`'s first moment: blocked opening the FIFO.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nbase_url = \"{}\"\nallow_plain_http = true\n",
+        sim.running.url()
+    );
+    // Opened without waiting for a reader: one killed by the signal never opens it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    if let Some(status) = child.try_wait().unwrap() {
+        let _ = std::fs::remove_file(&fifo);
+        panic!("ended by the signal while starting, with no drain: {status:?}");
+    }
+    let mut writer = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap()
+    };
+    std::io::Write::write_all(&mut writer, config.as_bytes()).unwrap();
+    drop(writer);
+    let ended = tokio::task::spawn_blocking(move || {
+        let status = child.wait().unwrap();
+        let mut logs = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+        (status, logs)
+    });
+    let (status, logs) =
+        tokio::time::timeout(Duration::from_secs(20), ended).await.expect("it drains and exits").unwrap();
+    let _ = std::fs::remove_file(&fifo);
+    // Killed by the signal's default action before: no status code, no drain.
+    assert_eq!(status.code(), Some(0), "{status:?}: {logs}");
+    assert!(logs.contains("shutdown signal received while starting"), "{logs}");
 }
 
 #[test]
