@@ -4,7 +4,9 @@
 
 use std::{
     cell::RefCell,
+    pin::Pin,
     sync::{Arc, Weak},
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -261,7 +263,41 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+type HttpClient = Client<Connector, Body>;
+
+/// The connector, with `upstream.connect_timeout_ms` over the whole connection: the TCP connect
+/// and the TLS handshake. (The TCP connector's own timeout ends with the connect: an upstream that
+/// accepted and never answered the ClientHello held a call until the call's timeout, which counts
+/// as a call the upstream may have received, so a create was reported `UPLOAD_OUTCOME_UNKNOWN`
+/// and not sent again.) A connection not made in time is a call never sent.
+#[derive(Clone)]
+pub struct Connector {
+    inner: HttpsConnector<HttpConnector>,
+    timeout: Duration,
+}
+
+type Connecting = <HttpsConnector<HttpConnector> as tower_service::Service<Uri>>::Future;
+type Connected = <HttpsConnector<HttpConnector> as tower_service::Service<Uri>>::Response;
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = Connected;
+    type Error = body::BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Connected, body::BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let (connecting, timeout): (Connecting, _) = (self.inner.call(uri), self.timeout);
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(connected) => connected,
+                Err(_) => Err(format!("no connection within {} ms (TCP and TLS)", timeout.as_millis()).into()),
+            }
+        })
+    }
+}
 
 /// Pooled clients, one per thread that calls the upstream. A connection's task runs on the thread
 /// that opened it; with an event loop per thread (`server.scheduler = "per-thread"`), a client of
@@ -270,7 +306,7 @@ type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 struct Clients {
     /// Tells this upstream's clients from others' on a thread (tests run many gateways).
     token: Arc<()>,
-    connector: HttpsConnector<HttpConnector>,
+    connector: Connector,
     pool_max_idle: usize,
 }
 
@@ -334,8 +370,9 @@ impl Upstream {
         let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
         let builder =
             if config.allow_plain_http { builder.https_or_http() } else { builder.https_only() }.enable_http1();
-        let connector =
+        let inner =
             if config.http2 { builder.enable_http2().wrap_connector(http) } else { builder.wrap_connector(http) };
+        let connector = Connector { inner, timeout: Duration::from_millis(config.connect_timeout_ms) };
         Ok(Self {
             clients: Clients { token: Arc::new(()), connector, pool_max_idle: config.pool_max_idle },
             base,

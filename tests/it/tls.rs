@@ -230,3 +230,29 @@ async fn clients_that_offer_h2_to_the_tls_listener_upload_and_pass_through_over_
     let resp = client.request(read).await.unwrap();
     assert_eq!((resp.version(), resp.status()), (http::Version::HTTP_2, StatusCode::OK));
 }
+
+#[tokio::test]
+async fn an_upstream_that_never_answers_the_tls_handshake_is_a_call_never_sent() {
+    // Accepts TCP and reads nothing: the ClientHello is never answered.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    let s = Stack::in_front_of(SimApi::start(SimConfig::default()).await, format!("https://127.0.0.1:{port}"), |c| {
+        c.upstream.connect_timeout_ms = 200;
+        // Far longer than the connect timeout: what ends each attempt is the connect timeout.
+        c.upstream.part_timeout_ms = 5_000;
+        c.upstream.call_timeout_ms = 5_000;
+        c.retry.max_attempts = 3;
+    })
+    .await;
+    let r = s.upload(b"doc", &[]).await;
+    // Before: 502 UPLOAD_OUTCOME_UNKNOWN (a create that may have been received) at the part
+    // timeout, not sent again.
+    assert_eq!((r.status, code(&r)), (StatusCode::BAD_GATEWAY, "UPSTREAM_UNAVAILABLE".into()));
+    held.abort();
+}
