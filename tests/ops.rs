@@ -92,6 +92,25 @@ async fn metrics_count_what_an_upload_and_a_passthrough_did() {
     assert_eq!(deleted.status, StatusCode::OK);
     let after = get(&s.http, &format!("http://{}/metrics", s.gw.admin_addr)).await;
     assert_eq!(held(&String::from_utf8_lossy(&after.body)), Some(0.0), "shown at 0 once it holds nothing");
+    // A passthrough the gateway answers itself (no upstream there) counts by the status the
+    // client got.
+    let mut nowhere = gateway_config(&s.sim, "http://127.0.0.1:1".into());
+    nowhere.retry.max_attempts = 1;
+    let g = chunkgate::edge::gateway::spawn(nowhere).await.unwrap();
+    let failed = s
+        .http
+        .send(
+            Method::GET,
+            &format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads/{id}", g.url()),
+            &[("authorization", &auth)],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!((failed.status, code(&failed)), (StatusCode::BAD_GATEWAY, "UPSTREAM_UNAVAILABLE".to_owned()));
+    let text =
+        String::from_utf8(get(&s.http, &format!("http://{}/metrics", g.admin_addr)).await.body.to_vec()).unwrap();
+    assert_eq!(sample(&text, "chunkgate_passthrough_requests_total", &["status=\"502\""]), Some(1.0), "{text}");
 }
 
 #[tokio::test]

@@ -506,6 +506,7 @@ impl Config {
         self.upstream_problems(&mut out);
         self.upload_problems(&mut out);
         self.zero_problems(&mut out);
+        self.ceiling_problems(&mut out);
         self.server_problems(&mut out);
         self.retry_and_log_problems(&mut out);
         self.cluster_problems(&mut out);
@@ -627,6 +628,47 @@ impl Config {
         }
     }
 
+    /// Times and counts past any use: a time added to the clock overflowed it (every request then
+    /// panicked, 500), and a count past a semaphore's maximum stopped the start-up with a panic.
+    /// Refused here, with the setting named, as `check-config` reports the rest.
+    fn ceiling_problems(&self, out: &mut Vec<String>) {
+        const DAYS_30_SECS: u64 = 30 * 24 * 3600;
+        const DAYS_30_MS: u64 = DAYS_30_SECS * 1000;
+        const COUNT: u64 = 1 << 30;
+        let (u, up, s, r) = (&self.upload, &self.upstream, &self.server, &self.retry);
+        let limits = [
+            ("server.header_read_timeout_ms", s.header_read_timeout_ms, DAYS_30_MS),
+            ("server.idle_timeout_ms", s.idle_timeout_ms, DAYS_30_MS),
+            ("server.drain_secs", s.drain_secs, DAYS_30_SECS),
+            ("upstream.connect_timeout_ms", up.connect_timeout_ms, DAYS_30_MS),
+            ("upstream.call_timeout_ms", up.call_timeout_ms, DAYS_30_MS),
+            ("upstream.part_timeout_ms", up.part_timeout_ms, DAYS_30_MS),
+            ("upstream.commit_timeout_ms", up.commit_timeout_ms, DAYS_30_MS),
+            ("upload.client_idle_timeout_ms", u.client_idle_timeout_ms, DAYS_30_MS),
+            ("retry.base_backoff_ms", r.base_backoff_ms, DAYS_30_MS),
+            ("retry.max_backoff_ms", r.max_backoff_ms, DAYS_30_MS),
+            ("retry.max_elapsed_secs", r.max_elapsed_secs, DAYS_30_SECS),
+            ("rate_limit.burst_window_secs", self.rate_limit.burst_window_secs, DAYS_30_SECS),
+            ("rate_limit.max_wait_secs", self.rate_limit.max_wait_secs, DAYS_30_SECS),
+            ("quota.wait_secs", self.quota.wait_secs, DAYS_30_SECS),
+            ("cluster.lease_ttl_secs", self.cluster.lease_ttl_secs, DAYS_30_SECS),
+            ("cluster.op_timeout_ms", self.cluster.op_timeout_ms, DAYS_30_MS),
+            ("tus.session_ttl_secs", self.tus.session_ttl_secs, DAYS_30_SECS),
+            ("server.max_connections", s.max_connections as u64, COUNT),
+            ("server.max_uploads_per_caller", s.max_uploads_per_caller as u64, COUNT),
+            ("server.max_passthrough_per_caller", s.max_passthrough_per_caller as u64, COUNT),
+            ("server.max_passthrough_per_account", s.max_passthrough_per_account as u64, COUNT),
+            ("upload.max_uploads", u.max_uploads as u64, COUNT),
+            ("upload.max_in_flight", u.max_in_flight as u64, COUNT),
+            ("retry.max_attempts", r.max_attempts as u64, COUNT),
+        ];
+        for (name, v, max) in limits {
+            if v > max {
+                out.push(format!("{name} ({v}) must be at most {max}"));
+            }
+        }
+    }
+
     fn server_problems(&self, out: &mut Vec<String>) {
         let s = &self.server;
         let mut within = |name: &str, v: u64, range: std::ops::RangeInclusive<u64>| {
@@ -738,6 +780,27 @@ mod tests {
     #[test]
     fn empty_file_gives_working_defaults() {
         assert_eq!(Config::parse("", env(&[])).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn times_and_counts_past_any_use_are_refused_by_name() {
+        let problems = Config::parse(
+            "",
+            env(&[
+                ("CHUNKGATE_RATE_LIMIT__MAX_WAIT_SECS", "9223372036854775807"),
+                ("CHUNKGATE_QUOTA__WAIT_SECS", "9223372036854775807"),
+                ("CHUNKGATE_SERVER__MAX_CONNECTIONS", "2305843009213693952"),
+                ("CHUNKGATE_UPLOAD__MAX_UPLOADS", "9223372036854775807"),
+            ]),
+        )
+        .unwrap_err();
+        for name in ["rate_limit.max_wait_secs", "quota.wait_secs", "server.max_connections", "upload.max_uploads"] {
+            assert!(
+                problems.0.iter().any(|p| p.starts_with(name) && p.contains("must be at most")),
+                "{name}: {:?}",
+                problems.0
+            );
+        }
     }
 
     #[test]

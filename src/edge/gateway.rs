@@ -210,6 +210,7 @@ impl Gateway {
         let s = &self.config.server;
         let busy = || {
             tracing::info!(%caller, account = target.account, "passthrough refused: too many running");
+            crate::telemetry::passthrough(http::StatusCode::SERVICE_UNAVAILABLE);
             GatewayError::GatewayBusy { retry_after: Duration::from_secs(1) }.response(dialect)
         };
         let Some(_caller_slot) = self.passthrough_callers.try_take(caller, s.max_passthrough_per_caller) else {
@@ -244,6 +245,8 @@ impl Gateway {
             Ok(response) => response,
             Err(err) => {
                 tracing::warn!(request_id = ?request_id, code = err.code(), detail = err.detail(), "passthrough failed");
+                // Counted with the upstream's answers: the client's answer, whoever made it.
+                crate::telemetry::passthrough(err.status());
                 err.response(dialect)
             }
         }

@@ -391,25 +391,14 @@ where
                     drive(conn, &activity, &limits, stopping).await
                 }
                 Some(acceptor) => {
-                    match tokio::time::timeout(
-                        limits.header_read_timeout,
-                        acceptor.accept(Linger::new(stream, open.clone())),
-                    )
-                    .await
-                    {
-                        Ok(Ok(tls)) => {
+                    let accepting = acceptor.accept(Linger::new(stream, open.clone()));
+                    match handshake(accepting, &limits, stopping.clone(), peer).await {
+                        Some(tls) => {
                             let io = TokioIo::new(Canned::new(tls, limits.render.clone()));
                             let conn = builder.serve_connection_with_upgrades(io, service);
                             drive(conn, &activity, &limits, stopping).await
                         }
-                        Ok(Err(err)) => {
-                            tracing::info!(%peer, error = %err, "TLS handshake failed");
-                            Ok(())
-                        }
-                        Err(_) => {
-                            tracing::info!(%peer, "TLS handshake timed out");
-                            Ok(())
-                        }
+                        None => Ok(()),
                     }
                 }
             };
@@ -462,6 +451,50 @@ async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, SocketAddr) {
             Err(err) => {
                 tracing::warn!(error = %err, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// A TLS handshake, within the time allowed before the first request. A connection still in its
+/// handshake has sent no request and is owed nothing: it is dropped, as a silent one is, when the
+/// server stops and when the listener is full and it has had [`PRESSURE_GRACE`]. (Run apart from
+/// `drive`, the handshake had heard neither: a client holding `server.max_connections` sockets
+/// without a ClientHello locked the TLS listener out, and a stopping server waited for them.)
+async fn handshake<T>(
+    accepting: impl Future<Output = std::io::Result<T>>,
+    limits: &ConnLimits,
+    mut stopping: watch::Receiver<bool>,
+    peer: SocketAddr,
+) -> Option<T> {
+    let started = Instant::now();
+    let deadline = started + limits.header_read_timeout;
+    tokio::pin!(accepting);
+    loop {
+        let pressure = limits.connections.pressure.notified();
+        tokio::select! {
+            accepted = &mut accepting => {
+                return match accepted {
+                    Ok(tls) => Some(tls),
+                    Err(err) => {
+                        tracing::info!(%peer, error = %err, "TLS handshake failed");
+                        None
+                    }
+                };
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                tracing::info!(%peer, "TLS handshake timed out");
+                return None;
+            }
+            _ = stopping.wait_for(|s| *s) => {
+                tracing::debug!(%peer, "server stopping: dropping a connection still in its TLS handshake");
+                return None;
+            }
+            () = pressure => {
+                if started.elapsed() >= PRESSURE_GRACE {
+                    tracing::debug!(%peer, "listener full: dropping a connection still in its TLS handshake");
+                    return None;
+                }
             }
         }
     }

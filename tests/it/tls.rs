@@ -256,3 +256,50 @@ async fn an_upstream_that_never_answers_the_tls_handshake_is_a_call_never_sent()
     assert_eq!((r.status, code(&r)), (StatusCode::BAD_GATEWAY, "UPSTREAM_UNAVAILABLE".into()));
     held.abort();
 }
+
+#[tokio::test]
+async fn connections_still_in_their_tls_handshake_make_room_and_do_not_hold_up_a_stop() {
+    use tokio::io::AsyncReadExt;
+    let pki = Pki::new("handshakes");
+    let mut s = Stack::start(SimConfig::default(), |c| {
+        c.server.tls_cert = Some(pki.path("server.pem"));
+        c.server.tls_key = Some(pki.path("server.key"));
+        c.server.max_connections = 4;
+        // Far longer than the waits below: what frees the slots is not this timeout.
+        c.server.header_read_timeout_ms = 60_000;
+    })
+    .await;
+    // Every slot held by a socket that never sends its ClientHello.
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(tokio::net::TcpStream::connect(s.gw.addr).await.unwrap());
+    }
+    let id = s.sim.create_id(b"read me").await;
+    let url = format!("https://localhost:{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads/{id}", s.gw.addr.port());
+    let get = Request::builder()
+        .uri(&url)
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(chunkgate::body::empty())
+        .unwrap();
+    // Before: answered only once the handshakes timed out (60 s here; 10 s by default).
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(20), pki.client(false).request(get))
+        .await
+        .expect("a full TLS listener made room")
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    // The silent sockets that made room were dropped; the rest go when the server stops, without
+    // waiting out their handshake time.
+    let mut late = Vec::new();
+    for _ in 0..2 {
+        late.push(tokio::net::TcpStream::connect(s.gw.addr).await.unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    s.gw.stopper.stop();
+    for mut socket in silent.into_iter().chain(late) {
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(20), socket.read(&mut buf))
+            .await
+            .expect("closed when the server stopped");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+}
