@@ -24,13 +24,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway until SIGTERM or SIGINT.
+    /// Run the gateway until SIGTERM, SIGINT, SIGHUP or SIGQUIT (each drains first).
     Serve {
         /// Config file; without one, the defaults (and CHUNKGATE_* overrides) apply.
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Run the upstream simulator until SIGTERM or SIGINT.
+    /// Run the upstream simulator until SIGTERM, SIGINT, SIGHUP or SIGQUIT.
     Sim {
         /// Config file whose `[sim]` section to use.
         #[arg(long)]

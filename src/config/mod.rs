@@ -516,6 +516,10 @@ impl Config {
 
     fn tus_problems(&self, out: &mut Vec<String>) {
         let t = &self.tus;
+        let dir = std::path::Path::new(&t.dir);
+        if !t.dir.is_empty() && dir.exists() && !dir.is_dir() {
+            out.push(format!("tus.dir: {} exists and is not a directory", t.dir));
+        }
         if t.session_ttl_secs < 5 {
             out.push(format!("tus.session_ttl_secs ({}) must be at least 5", t.session_ttl_secs));
         }
@@ -567,6 +571,13 @@ impl Config {
             if !ca.is_file() {
                 out.push(format!("upstream.ca_files: {} is not a readable file", ca.display()));
             }
+        }
+        // What the files hold, as the gateway will read them at start (a file with no certificate
+        // in it was reported only by `serve`).
+        if self.upstream.ca_files.iter().all(|ca| ca.is_file())
+            && let Err(problem) = crate::tls::client_config(&self.upstream.ca_files)
+        {
+            out.push(format!("upstream.ca_files: {problem}"));
         }
         if self.upstream.max_request_bytes < 4096 {
             out.push(format!("upstream.max_request_bytes ({}) must be at least 4096", self.upstream.max_request_bytes));
@@ -681,6 +692,9 @@ impl Config {
         within("http2_stream_window_bytes", s.http2_stream_window_bytes.into(), 65_535..=16 << 20);
         within("worker_threads", s.worker_threads as u64, 0..=1024);
         within("max_header_bytes", s.max_header_bytes as u64, 1024..=16 << 20);
+        if s.listen == self.admin.listen && s.listen.port() != 0 {
+            out.push(format!("server.listen and admin.listen are the same address ({})", s.listen));
+        }
         if let Err(problem) = s.tls_acceptor() {
             out.push(format!("server TLS: {problem}"));
         }
@@ -780,6 +794,31 @@ mod tests {
     #[test]
     fn empty_file_gives_working_defaults() {
         assert_eq!(Config::parse("", env(&[])).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn files_are_read_as_the_gateway_will_and_listeners_are_apart() {
+        let dir = std::env::temp_dir().join(format!("chunkgate-config-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("not-a-ca.pem");
+        std::fs::write(&not_pem, "no certificate here\n").unwrap();
+        let not_dir = dir.join("a-file");
+        std::fs::write(&not_dir, "x").unwrap();
+        let problems = Config::parse(
+            "",
+            env(&[
+                ("CHUNKGATE_UPSTREAM__CA_FILES", &format!("[{:?}]", not_pem.display().to_string())),
+                ("CHUNKGATE_TUS__DIR", &not_dir.display().to_string()),
+                ("CHUNKGATE_SERVER__LISTEN", "127.0.0.1:18080"),
+                ("CHUNKGATE_ADMIN__LISTEN", "127.0.0.1:18080"),
+            ]),
+        )
+        .unwrap_err()
+        .0;
+        let _ = std::fs::remove_dir_all(&dir);
+        for start in ["upstream.ca_files: CA file", "tus.dir:", "server.listen and admin.listen"] {
+            assert!(problems.iter().any(|p| p.starts_with(start)), "{start}: {problems:?}");
+        }
     }
 
     #[test]

@@ -188,7 +188,6 @@ impl Uploads {
         let busy = || GatewayError::GatewayBusy { retry_after: Duration::from_secs(1) };
         let caller_slot = self.callers.try_take(caller, self.max_per_caller).ok_or_else(busy)?;
         let slot = self.slots.clone().try_acquire_owned().map_err(|_| busy())?;
-        metrics::counter!(telemetry::UPLOADS_STARTED).increment(1);
         let bytes = asked.declared.unwrap_or(self.config.max_document_bytes);
         let queued = std::time::Instant::now();
         let member = crate::policy::quota::member_of(asked.auth.as_bytes());
@@ -210,6 +209,8 @@ impl Uploads {
             tracing::info!(calls = planned.calls, "the account's hourly budget cannot hold the upload's plan");
             GatewayError::RateLimited { retry_after: wait }
         })?;
+        // Admitted: counted once the quota and the hour hold it (refusals count as failures only).
+        metrics::counter!(telemetry::UPLOADS_STARTED).increment(1);
         let route = UploadRoute {
             prefix: to.prefix.to_owned(),
             version: to.version.to_owned(),
