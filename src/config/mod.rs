@@ -450,15 +450,20 @@ impl Config {
     pub fn parse(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, Problems> {
         let mut table: toml::Table = text.parse().map_err(|err: toml::de::Error| Problems(vec![err.to_string()]))?;
         let mut problems = Vec::new();
+        // The keys the environment set, with the variable that set each.
+        let mut from_env = Vec::new();
         for (name, value) in env {
             if let Some(path) = name.strip_prefix(ENV_PREFIX).filter(|p| p.contains("__")) {
                 let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
                 if let Err(p) = set_path(&mut table, &keys, env_value(&value)) {
                     problems.push(format!("{name}: {p}"));
                 }
+                from_env.push((keys.join("."), name));
             }
         }
-        let config: Config = deserialize_strict(toml::Value::Table(table), &mut problems);
+        let mut parsed = Vec::new();
+        let config: Config = deserialize_strict(toml::Value::Table(table), &mut parsed);
+        problems.extend(parsed.into_iter().map(|problem| naming_the_variable(problem, &from_env)));
         problems.extend(config.problems());
         if problems.is_empty() { Ok(config) } else { Err(Problems(problems)) }
     }
@@ -763,6 +768,20 @@ pub fn deserialize_strict<T: DeserializeOwned + Default>(value: toml::Value, pro
     }
 }
 
+/// A problem with a key (named in backticks) that the environment set, with the variable named:
+/// the key alone sent users looking for it in the file.
+fn naming_the_variable(problem: String, from_env: &[(String, String)]) -> String {
+    let Some(key) = problem.split('`').nth(1) else { return problem };
+    let set = from_env
+        .iter()
+        .rev()
+        .find(|(path, _)| path == key || path.strip_prefix(key).is_some_and(|rest| rest.starts_with('.')));
+    match set {
+        Some((_, variable)) => format!("{problem} (set by {variable})"),
+        None => problem,
+    }
+}
+
 /// An override's value: TOML when it parses as a TOML value (`64`, `true`, `["a"]`), else a string.
 fn env_value(raw: &str) -> toml::Value {
     format!("v = {raw}")
@@ -819,6 +838,18 @@ mod tests {
         for start in ["upstream.ca_files: CA file", "tus.dir:", "server.listen and admin.listen"] {
             assert!(problems.iter().any(|p| p.starts_with(start)), "{start}: {problems:?}");
         }
+    }
+
+    #[test]
+    fn problems_with_what_the_environment_set_name_the_variable() {
+        let problems =
+            Config::parse("", env(&[("CHUNKGATE_FOO__BAR", "1"), ("CHUNKGATE_SERVER__LISTEN__X", "1")])).unwrap_err().0;
+        for variable in ["CHUNKGATE_FOO__BAR", "CHUNKGATE_SERVER__LISTEN__X"] {
+            assert!(problems.iter().any(|p| p.ends_with(&format!("(set by {variable})"))), "{variable}: {problems:?}");
+        }
+        // A key from the file is not blamed on the environment.
+        let from_file = Config::parse("[server]\nlisten = 5\n", env(&[])).unwrap_err().0;
+        assert!(from_file.iter().all(|p| !p.contains("set by")), "{from_file:?}");
     }
 
     #[test]
