@@ -133,7 +133,13 @@ async fn envelope(gw: &gateway::GatewayHandle, upload_id: &str) -> Result<(Strin
 
 async fn document_size(opts: &Options) -> Result<u64, String> {
     let size = match &opts.file {
-        Some(path) => tokio::fs::metadata(path).await.map_err(|e| format!("{}: {e}", path.display()))?.len(),
+        Some(path) => {
+            let meta = tokio::fs::metadata(path).await.map_err(|e| format!("{}: {e}", path.display()))?;
+            if !meta.is_file() {
+                return Err(format!("--file {}: not a file", path.display()));
+            }
+            meta.len()
+        }
         None => opts.size,
     };
     if size == 0 {
@@ -167,7 +173,11 @@ async fn start_gateway(opts: &Options, size: u64, upstream: String) -> Result<ga
     config.rate_limit.burst_window_secs = 2;
     let problems = config.problems();
     if !problems.is_empty() {
-        return Err(problems.join("; "));
+        // The demo's flags set these settings: named as the flags.
+        let flags = problems
+            .iter()
+            .map(|p| p.replace("upload.part_size", "--part-size").replace("upload.max_in_flight", "--max-in-flight"));
+        return Err(flags.collect::<Vec<_>>().join("; "));
     }
     gateway::spawn(config).await
 }
