@@ -298,29 +298,47 @@ async fn what_a_sidecar_killed_with_sigkill_held_comes_back_to_the_others_within
     );
 }
 
-#[tokio::test]
-async fn the_ledger_counts_committed_uploads_until_an_envelope_uses_one_across_sidecars() {
-    let redis = RedisServer::start().await;
-    let sim = SimApi::start(SimConfig::default()).await;
+/// Two sidecars sharing `redis`, holding a member to `uploads_per_member` (a create waits up to
+/// 30 s for room), with `tweak` on top.
+async fn two_sharing_a_ledger(
+    sim: &SimApi,
+    redis: &RedisServer,
+    uploads_per_member: u32,
+    tweak: impl Fn(&mut Config),
+) -> Vec<gateway::GatewayHandle> {
     let configs = (0..2)
         .map(|_| {
-            let mut c = gateway_config(&sim, sim.running.url());
-            c.quota.uploads_per_member = 3;
+            let mut c = gateway_config(sim, sim.running.url());
+            c.quota.uploads_per_member = uploads_per_member;
             c.quota.wait_secs = 30;
             c.cluster.redis_url = redis.url();
             // Generous: see `scenario_gateway`.
             c.cluster.op_timeout_ms = 2000;
             c.cluster.replicas = 2;
+            tweak(&mut c);
             c
         })
         .collect();
-    let gateways = start(configs).await;
+    start(configs).await
+}
+
+/// Three uploads of two parts committed through `gateway`: their ids.
+async fn three_committed(sim: &SimApi, gateway: &gateway::GatewayHandle) -> Vec<String> {
     let mut ids = Vec::new();
     for seed in 0..3 {
-        let r = upload_via(&sim.http, &gateways[0].url(), Bytes::from(bytes_of(PART * 2, seed)), TOKEN).await;
+        let r = upload_via(&sim.http, &gateway.url(), Bytes::from(bytes_of(PART * 2, seed)), TOKEN).await;
         assert_eq!(r.status, StatusCode::OK);
         ids.push(r.header("x-chunkgate-upload-id").to_owned());
     }
+    ids
+}
+
+#[tokio::test]
+async fn the_ledger_counts_committed_uploads_until_an_envelope_uses_one_across_sidecars() {
+    let redis = RedisServer::start().await;
+    let sim = SimApi::start(SimConfig::default()).await;
+    let gateways = two_sharing_a_ledger(&sim, &redis, 3, |_| {}).await;
+    let ids = three_committed(&sim, &gateways[0]).await;
     // The fourth, on the other sidecar, waits for room without creating anything.
     let fourth = {
         let (http, url) = (sim.http.clone(), gateways[1].url());
@@ -366,27 +384,14 @@ async fn written_back(redis: &RedisServer) -> bool {
 async fn a_redis_that_loses_its_data_has_the_uploads_that_still_count_written_back() {
     let mut redis = RedisServer::start().await;
     let sim = SimApi::start(SimConfig::default()).await;
-    let configs = (0..2)
-        .map(|_| {
-            let mut c = gateway_config(&sim, sim.running.url());
-            c.quota.uploads_per_member = 4;
-            c.quota.wait_secs = 30;
-            c.cluster.redis_url = redis.url();
-            // Renewals (and the look for lost data) every 1.7 s.
-            c.cluster.lease_ttl_secs = 5;
-            // Generous: see `scenario_gateway`.
-            c.cluster.op_timeout_ms = 2000;
-            c.cluster.replicas = 2;
-            c
-        })
-        .collect();
-    let gateways = start(configs).await;
-    let mut ids = Vec::new();
-    for seed in 0..3 {
-        let r = upload_via(&sim.http, &gateways[0].url(), Bytes::from(bytes_of(PART * 2, seed)), TOKEN).await;
-        assert_eq!(r.status, StatusCode::OK);
-        ids.push(r.header("x-chunkgate-upload-id").to_owned());
-    }
+    // Renewals (and the look for lost data) every 1.7 s.
+    let gateways = two_sharing_a_ledger(&sim, &redis, 4, |c| {
+        c.cluster.lease_ttl_secs = 5;
+        // The dripping upload below holds its lease for the whole test.
+        c.upload.client_idle_timeout_ms = 120_000;
+    })
+    .await;
+    let ids = three_committed(&sim, &gateways[0]).await;
     // A fourth, admitted on its lease, runs (its body stops short): the lease is written back too.
     let _running = dripping_upload(&gateways[0].addr.to_string(), PART * 2, 1000).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -407,14 +412,25 @@ async fn a_redis_that_loses_its_data_has_the_uploads_that_still_count_written_ba
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(!fourth.is_finished());
     assert_eq!(sim.stats().await["created"], 3, "the fifth created nothing while it waited");
-    // A delete through the sidecar frees the room, and the fifth goes on.
-    let url = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads/{}", gateways[0].url(), ids[0]);
+    // A delete through the other sidecar (not the one that created it) frees the room, and the
+    // fifth goes on.
+    let url = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads/{}", gateways[1].url(), ids[0]);
     let auth = format!("Bearer {TOKEN}");
     let deleted = sim.http.send(Method::DELETE, &url, &[("authorization", &auth)], "").await.unwrap();
     assert_eq!(deleted.status, StatusCode::OK);
     let r = tokio::time::timeout(Duration::from_secs(20), fourth).await.expect("the fifth still waits").unwrap();
     assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(sim.stats().await["created"], 4);
+    // The deleted upload is not written back by the sidecar that created it after the next loss
+    // (it learns at a renewal that Redis no longer counts it): two uploads and the lease from the
+    // first sidecar, the fifth from the second. Before, it came back and held the member's room
+    // until it expired.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await.unwrap();
+    assert!(written_back(&redis).await, "the ledger after a second flush: {} entries", ledger_entries(&redis).await);
+    let key = redis.keys("chunkgate:m").await.into_iter().find(|k| k.ends_with(":e")).unwrap();
+    let back: bool = redis::cmd("HEXISTS").arg(&key).arg(&ids[0]).query_async(&mut conn).await.unwrap();
+    assert!(!back, "the upload deleted through the other sidecar was written back");
 }
 
 #[tokio::test]

@@ -103,6 +103,7 @@ impl SharedQuota {
         // Expired uploads no longer count anywhere.
         self.mine.lock().unwrap().retain(|_, c| c.expires_ms > now_ms);
         if !self.redis.lost_data().await {
+            self.forget_what_ended_elsewhere().await;
             return;
         }
         let uploads: Vec<(String, Created)> =
@@ -139,6 +140,34 @@ impl SharedQuota {
             leases = leases.len(),
             "Redis lost the shared counts (restarted empty or flushed): wrote back what this sidecar holds"
         );
+    }
+
+    /// Drops from the remembered uploads those Redis no longer counts: used or deleted through
+    /// another sidecar (whose forget removed their owner key), or expired. Without it, a flush had
+    /// them written back, and a member whose uploads had all ended was refused until they expired.
+    /// Uploads whose writes are still on their way are kept (their owner key may not be there yet).
+    async fn forget_what_ended_elsewhere(&self) {
+        /// Keys per script.
+        const AT_ONCE: usize = 500;
+        let ids: Vec<String> = {
+            let (mine, recording) = (self.mine.lock().unwrap(), self.recording.lock().unwrap());
+            mine.keys().filter(|id| !recording.contains_key(*id)).cloned().collect()
+        };
+        let r = &self.redis;
+        for ids in ids.chunks(AT_ONCE) {
+            let mut inv = r.scripts.exist.prepare_invoke();
+            for id in ids {
+                inv.key(r.owner_key(id));
+            }
+            let Some(exist) = r.run::<Vec<i64>>(&inv).await else { return };
+            let mut mine = self.mine.lock().unwrap();
+            let recording = self.recording.lock().unwrap();
+            for (id, exists) in ids.iter().zip(exist) {
+                if exists == 0 && !recording.contains_key(id) {
+                    mine.remove(id);
+                }
+            }
+        }
     }
 
     /// Writes `write` for `upload` in the background, after the writes for it given before.

@@ -32,6 +32,7 @@ pub(super) struct Scripts {
     pub(super) created: Script,
     pub(super) forget: Script,
     pub(super) epoch: Script,
+    pub(super) exist: Script,
 }
 
 impl Scripts {
@@ -48,6 +49,7 @@ impl Scripts {
             created: script(include_str!("lua/created.lua")),
             forget: script(include_str!("lua/forget.lua")),
             epoch: script(include_str!("lua/epoch.lua")),
+            exist: script(include_str!("lua/exist.lua")),
         }
     }
 }
