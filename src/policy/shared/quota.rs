@@ -32,7 +32,7 @@ pub struct SharedQuota {
     leases: Mutex<HashMap<String, HashMap<String, u64>>>,
     /// The uploads this sidecar created that still count (unused, undeleted), written back to
     /// Redis if it loses its data (see `restore_if_lost`).
-    mine: Mutex<crate::FastMap<String, Created>>,
+    mine: Arc<Mutex<crate::FastMap<String, Created>>>,
     /// What each member held when Redis last said.
     held: Mutex<HashMap<String, Held>>,
     /// Notified when this sidecar gives room back.
@@ -67,7 +67,7 @@ impl SharedQuota {
             uploads: config.quota.uploads_per_member as u64,
             bytes: config.quota.bytes_per_member,
             leases: Mutex::new(HashMap::new()),
-            mine: Mutex::default(),
+            mine: Arc::default(),
             held: Mutex::new(HashMap::new()),
             freed: Notify::new(),
             recording: Arc::default(),
@@ -116,18 +116,19 @@ impl SharedQuota {
             .flat_map(|(m, ids)| ids.iter().map(move |(id, bytes)| (m.clone(), id.clone(), *bytes)))
             .collect();
         let r = &self.redis;
-        let mut written = 0;
         for (upload, c) in &uploads {
-            // Forgotten meanwhile (used or deleted): not written back.
-            if !self.mine.lock().unwrap().contains_key(upload) {
-                continue;
-            }
-            if r.record_created(&c.member, "", upload, c.bytes, c.expires_ms).await {
-                written += 1;
-            } else {
-                let (member, upload) = (c.member.clone(), upload.clone());
-                r.keep(Pending::Created { member, upload, bytes: c.bytes, expires_ms: c.expires_ms });
-            }
+            // In order with the upload's other writes: a forget that comes meanwhile waits for this
+            // write and lands after it, and one that came before has taken the upload out of `mine`.
+            let (redis, mine, id, c) = (r.clone(), self.mine.clone(), upload.clone(), c.clone());
+            self.in_order(upload, async move {
+                if !mine.lock().unwrap().contains_key(&id) {
+                    return;
+                }
+                if !redis.record_created(&c.member, "", &id, c.bytes, c.expires_ms).await {
+                    let (member, upload) = (c.member, id);
+                    redis.keep(Pending::Created { member, upload, bytes: c.bytes, expires_ms: c.expires_ms });
+                }
+            });
         }
         for (member, id, bytes) in &leases {
             let (e, x) = r.member_keys(member);
@@ -136,7 +137,7 @@ impl SharedQuota {
             let _ = r.run::<(i64, u64, u64)>(&inv).await;
         }
         tracing::warn!(
-            uploads = written,
+            uploads = uploads.len(),
             leases = leases.len(),
             "Redis lost the shared counts (restarted empty or flushed): wrote back what this sidecar holds"
         );
