@@ -240,6 +240,7 @@ impl Gateway {
             quota: self.quota.as_ref(),
             quota_wait: Duration::from_secs(self.config.quota.wait_secs),
             max_answer: self.config.upstream.max_response_bytes,
+            unknown_bytes: self.config.upload.max_document_bytes,
         };
         match proxy::forward(&self.upstream, policies, req, (account, ends), idle).await {
             Ok(response) => response,

@@ -54,6 +54,8 @@ pub struct Policies<'a> {
     pub quota_wait: Duration,
     /// The largest create answer read (to learn the upload's id and expiry).
     pub max_answer: usize,
+    /// What a create of unknown length holds until its body has ended (`upload.max_document_bytes`).
+    pub unknown_bytes: u64,
 }
 
 /// Room in a member's quota taken for a create, given back unless the create made an upload.
@@ -81,10 +83,14 @@ pub async fn forward(
 ) -> Result<Response<Body>, GatewayError> {
     let pacing = policies.pacing;
     let mut leased = None;
+    // A create's declared length (the part's bytes: about three quarters of the JSON that
+    // carries them in base64).
+    let declared = matches!(ends, Ends::Create(_))
+        .then(|| req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()))
+        .flatten();
     if let Ends::Create(member) = ends {
-        // The part's bytes: about three quarters of the JSON that carries them in base64.
-        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        let bytes = declared.map_or(1, |n| (n / 4 * 3).max(1));
+        // Unknown (a chunked body): the most a document may be, until the body's end tells.
+        let bytes = declared.map_or(policies.unknown_bytes, |n| (n / 4 * 3).max(1));
         let holder = Holder { account, member };
         let Some(id) = policies.quota.lease(holder, bytes, policies.quota_wait).await else {
             return Err(GatewayError::QuotaBusy { retry_after: policies.quota_wait.max(Duration::from_secs(1)) });
@@ -93,6 +99,12 @@ pub async fn forward(
     }
     let (mut parts, incoming) = req.into_parts();
     let request_id = parts.headers.get(crate::upstream::client::REQUEST_ID).cloned();
+    // Whose uploads a delete or an envelope may end: the caller's own (a token's SHA-256; no
+    // token is the digest of nothing, which names no member).
+    let caller = matches!(ends, Ends::Upload(_) | Ends::Envelope).then(|| {
+        let token = parts.headers.get(header::AUTHORIZATION).map_or(&[][..], |a| a.as_bytes());
+        crate::policy::quota::member_of(token)
+    });
     parts.uri = upstream.forward_uri(&parts.uri);
     parts.version = http::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
@@ -146,9 +158,9 @@ pub async fn forward(
         Ends::Envelope if parts.status.is_success() => watch.as_ref().map(|w| w.used()).unwrap_or_default(),
         _ => Vec::new(),
     };
-    if !ended.is_empty() {
+    if let (false, Some(caller)) = (ended.is_empty(), &caller) {
         tracing::info!(uploads = ended.len(), "uploads used or deleted through the passthrough no longer count");
-        policies.quota.forget(&ended).await;
+        policies.quota.forget(caller, &ended).await;
     }
     strip_hop_by_hop(&mut parts.headers);
     if let Some(mut leased) = leased.filter(|_| parts.status.is_success()) {
@@ -161,6 +173,10 @@ pub async fn forward(
         let answer = answer.to_bytes();
         if let (Some(id), Some(lease)) = (created_upload(&answer), leased.id.take()) {
             policies.quota.created(&lease, &id.0, id.1).await;
+            // A create of unknown length holds what its body carried, once known.
+            if let Some(sent) = watch.as_ref().filter(|_| declared.is_none()).and_then(|w| w.sent_if_whole()) {
+                policies.quota.resize(&id.0, (sent / 4 * 3).max(1)).await;
+            }
         }
         return Ok(Response::from_parts(parts, crate::body::full(answer)));
     }
@@ -224,6 +240,8 @@ struct Watch {
     notify: Notify,
     /// The uploads the body names by `remoteUrl`, so far.
     used: Mutex<Vec<String>>,
+    /// Bytes of the body passed on so far.
+    sent: std::sync::atomic::AtomicU64,
 }
 
 impl Watch {
@@ -237,6 +255,12 @@ impl Watch {
             *outcome = Some(fault);
             self.notify.notify_waiters();
         }
+    }
+
+    /// The body's size, once it has ended whole.
+    fn sent_if_whole(&self) -> Option<u64> {
+        matches!(*self.outcome.lock().unwrap(), Some(None))
+            .then(|| self.sent.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     fn fault(&self) -> Option<GatewayError> {
@@ -283,6 +307,9 @@ impl HttpBody for ClientBody {
             Poll::Ready(Some(Ok(frame))) => {
                 let deadline = tokio::time::Instant::now() + this.idle;
                 this.timer.as_mut().reset(deadline);
+                if let Some(data) = frame.data_ref() {
+                    this.watch.sent.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
                 if let (Some(urls), Some(data)) = (&mut this.urls, frame.data_ref()) {
                     let before = urls.len();
                     urls.feed(data);

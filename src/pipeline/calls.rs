@@ -262,13 +262,18 @@ impl Calls {
         }
     }
 
+    /// The member the upload's token names (the quota's key).
+    fn member(&self) -> String {
+        crate::policy::quota::member_of(self.route.auth.as_bytes())
+    }
+
     /// Deletes the upload after a failure, so it does not count against the member's quota,
     /// trying until `deadline` (the upload's own may already be spent). Its call is the one the
     /// plan held back. Once the upload is gone, the member's ledger forgets it.
     pub async fn delete(&self, id: &str, deadline: Instant) -> Deleted {
         let deleted = self.delete_once(id, deadline).await;
         if deleted == Deleted::Yes {
-            self.quota.forget(&[id.to_owned()]).await;
+            self.quota.forget(&self.member(), &[id.to_owned()]).await;
         }
         deleted
     }
@@ -281,7 +286,7 @@ impl Calls {
         loop {
             match self.delete_once(id, until).await {
                 Deleted::Yes => {
-                    self.quota.forget(&[id.to_owned()]).await;
+                    self.quota.forget(&self.member(), &[id.to_owned()]).await;
                     return true;
                 }
                 Deleted::Refused => return false,

@@ -77,8 +77,10 @@ pub trait Quota: Send + Sync {
     /// Gives back a lease whose upload was never created.
     fn release(&self, lease: &LeaseId);
 
-    /// These uploads were used by an envelope or deleted: they no longer count.
-    fn forget<'a>(&'a self, upload_ids: &'a [String]) -> BoxFuture<'a, ()>;
+    /// These uploads were used by an envelope or deleted by `member` (the token that made the
+    /// call): they no longer count. Only that member's uploads are forgotten: an envelope of one
+    /// member that names another's upload (the upstream takes only the caller's own) frees nothing.
+    fn forget<'a>(&'a self, member: &'a str, upload_ids: &'a [String]) -> BoxFuture<'a, ()>;
 
     /// What each member holds, as last known, for metrics (members by a short digest).
     fn held(&self) -> Vec<(String, Held)>;
@@ -186,7 +188,11 @@ impl Ledger {
         Held { uploads: entries.len() as u64, bytes: entries.values().map(|e| e.bytes).sum() }
     }
 
-    fn remove(&mut self, upload_id: &str) -> bool {
+    /// Forgets `upload_id` when `member` owns it.
+    fn remove(&mut self, member: &str, upload_id: &str) -> bool {
+        if self.owners.get(upload_id).is_none_or(|owner| owner != member) {
+            return false;
+        }
         let Some(member) = self.owners.remove(upload_id) else { return false };
         if let Some(entries) = self.members.get_mut(&member) {
             entries.remove(upload_id);
@@ -292,10 +298,10 @@ impl Quota for LocalQuota {
         self.freed.notify_waiters();
     }
 
-    fn forget<'a>(&'a self, upload_ids: &'a [String]) -> BoxFuture<'a, ()> {
+    fn forget<'a>(&'a self, member: &'a str, upload_ids: &'a [String]) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let mut ledger = self.ledger.lock().unwrap();
-            let forgotten = upload_ids.iter().filter(|id| ledger.remove(id)).count();
+            let forgotten = upload_ids.iter().filter(|id| ledger.remove(member, id)).count();
             drop(ledger);
             if forgotten > 0 {
                 self.freed.notify_waiters();
@@ -365,7 +371,10 @@ mod tests {
         b.created("B", unix_now() + 2).await;
         drop(b);
         assert!(Lease::take(&q, m, 10, short).await.is_none(), "two created uploads fill the quota");
-        q.forget(&["A".to_owned()]).await;
+        // Another member's envelope or delete naming A frees nothing: A is m's.
+        q.forget("other", &["A".to_owned()]).await;
+        assert!(Lease::take(&q, m, 10, short).await.is_none(), "another member freed m's upload");
+        q.forget("m", &["A".to_owned()]).await;
         let c = Lease::take(&q, m, 10, short).await.expect("A was used");
         drop(c);
         assert_eq!(q.held(), vec![("m".to_owned(), Held { uploads: 1, bytes: 10 })]);

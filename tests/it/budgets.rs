@@ -434,6 +434,58 @@ async fn a_redis_that_loses_its_data_has_the_uploads_that_still_count_written_ba
 }
 
 #[tokio::test]
+async fn another_members_envelope_that_mentions_an_upload_frees_nothing() {
+    let redis = RedisServer::start().await;
+    let sim = SimApi::start(SimConfig::default()).await;
+    let gateways = two_sharing_a_ledger(&sim, &redis, 3, |c| c.quota.wait_secs = 1).await;
+    let ids = three_committed(&sim, &gateways[0]).await;
+    // Another member's envelope, through the other sidecar, names the first upload where the
+    // scanner finds it (the upstream takes the envelope: it uses no document of another member).
+    let body =
+        json!({"emailSubject": format!("docusignchunkedupload://{}", ids[0]), "status": "created", "documents": []});
+    let theirs = format!("Bearer {OTHER_TOKEN}");
+    let url = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/envelopes", gateways[1].url());
+    let headers = [("authorization", theirs.as_str()), ("content-type", "application/json")];
+    let envelope = sim.http.send(Method::POST, &url, &headers, body.to_string()).await.unwrap();
+    assert_eq!(envelope.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&envelope.body));
+    assert_eq!(sim.inspect(&ids[0]).await["state"], "committed");
+    // The first member's three uploads still fill its quota, on either sidecar (before: the
+    // mention freed one, and the next create went to the upstream, which refused it for quota).
+    for g in &gateways {
+        let refused = upload_via(&sim.http, &g.url(), Bytes::from(bytes_of(PART, 9)), TOKEN).await;
+        assert_eq!(code(&refused), "GATEWAY_BUSY", "{}", String::from_utf8_lossy(&refused.body));
+    }
+    assert_eq!(ledger_entries(&redis).await, 3);
+    assert_eq!(sim.stats().await["created"], 3);
+}
+
+#[tokio::test]
+async fn a_json_create_of_unknown_length_holds_what_its_body_carried() {
+    let sim = SimApi::start(SimConfig::default()).await;
+    let mut c = gateway_config(&sim, sim.running.url());
+    c.quota.bytes_per_member = 1_000_000;
+    c.quota.wait_secs = 1;
+    c.upload.max_document_bytes = 900_000;
+    let g = start(vec![c]).await.remove(0);
+    let url = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads", g.url());
+    let auth = format!("Bearer {TOKEN}");
+    let json = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    // 600 kB in a chunked JSON create (no Content-Length): it holds 600 kB once its body ends.
+    let big = Bytes::from(part_body(&bytes_of(600_000, 1)));
+    let created = sim.http.send_body(Method::POST, &url, &json, chunked(big.clone(), 64 * 1024)).await.unwrap();
+    assert_eq!(created.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&created.body));
+    // So a second such create does not fit the member's 1 MB (before: the first counted 1 byte,
+    // and the second went to the upstream).
+    let second = sim.http.send_body(Method::POST, &url, &json, chunked(big, 64 * 1024)).await.unwrap();
+    assert_eq!(code(&second), "GATEWAY_BUSY", "{}", String::from_utf8_lossy(&second.body));
+    // A 300 kB one with its length declared still fits beside it: the first holds its 600 kB, not
+    // the 900 kB (`upload.max_document_bytes`) it was leased while its length was unknown.
+    let declared = sim.http.send(Method::POST, &url, &json, part_body(&bytes_of(300_000, 2))).await.unwrap();
+    assert_eq!(declared.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&declared.body));
+    assert_eq!(sim.stats().await["created"], 2);
+}
+
+#[tokio::test]
 async fn a_delete_passed_through_frees_the_members_room() {
     let sim = SimApi::start(SimConfig::default()).await;
     let mut c = gateway_config(&sim, sim.running.url());

@@ -296,7 +296,7 @@ impl Quota for SharedQuota {
             let redis = self.redis.clone();
             let ids = [upload_id.to_owned()];
             self.in_order(upload_id, async move {
-                redis.forget_or_resize(&ids, Some(bytes)).await;
+                redis.forget_or_resize(&ids, None, Some(bytes)).await;
             });
             self.freed.notify_waiters();
         })
@@ -323,18 +323,20 @@ impl Quota for SharedQuota {
         self.freed.notify_waiters();
     }
 
-    fn forget<'a>(&'a self, upload_ids: &'a [String]) -> BoxFuture<'a, ()> {
+    fn forget<'a>(&'a self, member: &'a str, upload_ids: &'a [String]) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             self.recorded(upload_ids).await;
             {
                 let mut mine = self.mine.lock().unwrap();
                 for id in upload_ids {
-                    mine.remove(id);
+                    if mine.get(id).is_some_and(|c| c.member == member) {
+                        mine.remove(id);
+                    }
                 }
             }
-            self.local.forget(upload_ids).await;
-            if !self.redis.forget_or_resize(upload_ids, None).await {
-                self.redis.keep(Pending::Forget(upload_ids.to_vec()));
+            self.local.forget(member, upload_ids).await;
+            if !self.redis.forget_or_resize(upload_ids, Some(member), None).await {
+                self.redis.keep(Pending::Forget { member: member.to_owned(), ids: upload_ids.to_vec() });
             }
             self.freed.notify_waiters();
         })

@@ -80,7 +80,10 @@ pub(super) enum Pending {
         bytes: u64,
         expires_ms: u64,
     },
-    Forget(Vec<String>),
+    Forget {
+        member: String,
+        ids: Vec<String>,
+    },
     /// A plan or lease under `id` in the hash and expiry set `keys`: a script that timed out may
     /// still have run once Redis went on, and a release may not have reached it. Given back, so
     /// that it does not withhold room until its TTL.
@@ -213,8 +216,8 @@ impl Redis {
                 Pending::Created { member, upload, bytes, expires_ms } => {
                     self.record_created(&member, "", &upload, bytes, expires_ms).await;
                 }
-                Pending::Forget(ids) => {
-                    self.forget_or_resize(&ids, None).await;
+                Pending::Forget { member, ids } => {
+                    self.forget_or_resize(&ids, Some(&member), None).await;
                 }
                 Pending::Release { keys, id } => {
                     self.release(&keys, &id).await;
@@ -269,7 +272,7 @@ impl Redis {
     }
 
     /// Forgets uploads (`bytes` None) or sets their size.
-    pub(super) async fn forget_or_resize(&self, ids: &[String], bytes: Option<u64>) -> bool {
+    pub(super) async fn forget_or_resize(&self, ids: &[String], member: Option<&str>, bytes: Option<u64>) -> bool {
         if ids.is_empty() {
             return true;
         }
@@ -277,7 +280,9 @@ impl Redis {
         for id in ids {
             inv.key(self.owner_key(id));
         }
-        inv.arg(&self.prefix).arg(bytes.map_or_else(|| "forget".to_owned(), |b| b.to_string()));
+        inv.arg(&self.prefix)
+            .arg(bytes.map_or_else(|| "forget".to_owned(), |b| b.to_string()))
+            .arg(member.unwrap_or(""));
         for id in ids {
             inv.arg(id);
         }
