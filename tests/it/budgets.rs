@@ -702,15 +702,19 @@ async fn passthrough_calls_draw_from_redis_in_batches_and_give_back_what_they_di
     assert_eq!(upstream_calls, 384, "{st}");
     let mut conn = redis.connection().await;
     let hour = format!("chunkgate:a:{ACCOUNT}:hour");
+    // The upstream counts the create made straight to it as well, and says so in its
+    // `X-RateLimit-Remaining`: a sidecar that reads that on an answer while it holds no calls
+    // ahead counts it too (the count only ever rises to what the upstream announces).
+    let counted = |used: u64| used == upstream_calls || used == upstream_calls + 1;
     let mut used = 0;
     for _ in 0..100 {
         used = redis::cmd("HGET").arg(&hour).arg("used").query_async::<u64>(&mut conn).await.unwrap();
-        if used == upstream_calls {
+        if counted(used) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(used, upstream_calls, "calls taken ahead and not spent were not given back");
+    assert!(counted(used), "calls taken ahead and not spent were not given back: {used} for {upstream_calls} calls");
 }
 
 /// An upload's calls take their permits from Redis as passthrough's do, a batch at a time: its
