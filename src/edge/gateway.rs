@@ -205,7 +205,12 @@ impl Gateway {
     }
 
     /// Forwards a request, within the bounds on what one caller and one account may have running.
-    async fn passthrough(&self, req: Request<RequestBody>, target: ApiTarget<'_>, caller: Caller) -> Response<Body> {
+    async fn passthrough(
+        self: &Arc<Self>,
+        req: Request<RequestBody>,
+        target: ApiTarget<'_>,
+        caller: Caller,
+    ) -> Response<Body> {
         let dialect = self.upstream.dialect;
         let s = &self.config.server;
         let busy = || {
@@ -213,11 +218,11 @@ impl Gateway {
             crate::telemetry::passthrough(http::StatusCode::SERVICE_UNAVAILABLE);
             GatewayError::GatewayBusy { retry_after: Duration::from_secs(1) }.response(dialect)
         };
-        let Some(_caller_slot) = self.passthrough_callers.try_take(caller, s.max_passthrough_per_caller) else {
+        let Some(caller_slot) = self.passthrough_callers.try_take(caller, s.max_passthrough_per_caller) else {
             return busy();
         };
         let account = target.account.unwrap_or_default();
-        let Some(_account_slot) = self.passthrough_accounts.try_take(account.to_owned(), s.max_passthrough_per_account)
+        let Some(account_slot) = self.passthrough_accounts.try_take(account.to_owned(), s.max_passthrough_per_account)
         else {
             return busy();
         };
@@ -235,14 +240,34 @@ impl Gateway {
             (&Method::POST | &Method::PUT, _, _) if target.envelopes => proxy::Ends::Envelope,
             _ => proxy::Ends::Nothing,
         };
-        let policies = proxy::Policies {
-            pacing: self.pacing.as_ref(),
-            quota: self.quota.as_ref(),
-            quota_wait: Duration::from_secs(self.config.quota.wait_secs),
-            max_answer: self.config.upstream.max_response_bytes,
-            unknown_bytes: self.config.upload.max_document_bytes,
+        let result = if ends == proxy::Ends::Nothing {
+            let result = self.forward(req, account, ends, idle).await;
+            drop((caller_slot, account_slot));
+            result
+        } else {
+            // What the request does to the member's quota (a create, a use, a delete) is seen
+            // through to the upstream's answer even when the client leaves before it: the upstream
+            // acts on a request it has whole all the same, and the ledger must hear of it (a
+            // create's room had been given back, its upload counted nowhere). In a task of its own
+            // on this event loop, which holds the slots until it ends.
+            let (gw, account) = (self.clone(), account.to_owned());
+            let (upload, member) = match ends {
+                proxy::Ends::Upload(id) => (Some(id.to_owned()), None),
+                proxy::Ends::Create(member) => (None, Some(member.to_owned())),
+                _ => (None, None),
+            };
+            let seen_through = tokio::spawn(async move {
+                let _slots = (caller_slot, account_slot);
+                let ends = match (&upload, &member) {
+                    (Some(id), _) => proxy::Ends::Upload(id),
+                    (_, Some(member)) => proxy::Ends::Create(member),
+                    _ => proxy::Ends::Envelope,
+                };
+                gw.forward(req, &account, ends, idle).await
+            });
+            seen_through.await.unwrap_or_else(|_| Err(GatewayError::Internal("the passthrough task ended".into())))
         };
-        match proxy::forward(&self.upstream, policies, req, (account, ends), idle).await {
+        match result {
             Ok(response) => response,
             Err(err) => {
                 tracing::warn!(request_id = ?request_id, code = err.code(), detail = err.detail(), "passthrough failed");
@@ -251,6 +276,28 @@ impl Gateway {
                 err.response(dialect)
             }
         }
+    }
+}
+
+// === impl Gateway (passthrough) ===
+
+impl Gateway {
+    /// One passthrough request, forwarded under the gateway's policies.
+    async fn forward(
+        &self,
+        req: Request<RequestBody>,
+        account: &str,
+        ends: proxy::Ends<'_>,
+        idle: Duration,
+    ) -> Result<Response<Body>, GatewayError> {
+        let policies = proxy::Policies {
+            pacing: self.pacing.as_ref(),
+            quota: self.quota.as_ref(),
+            quota_wait: Duration::from_secs(self.config.quota.wait_secs),
+            max_answer: self.config.upstream.max_response_bytes,
+            unknown_bytes: self.config.upload.max_document_bytes,
+        };
+        proxy::forward(&self.upstream, policies, req, (account, ends), idle).await
     }
 }
 

@@ -486,6 +486,38 @@ async fn a_json_create_of_unknown_length_holds_what_its_body_carried() {
 }
 
 #[tokio::test]
+async fn a_json_create_whose_client_leaves_before_the_answer_still_counts() {
+    let sim = SimApi::start(SimConfig::default()).await;
+    // The create's answer comes late: the client is gone by then.
+    sim.faults(json!({"latency_ms": 700, "ops": ["create"]})).await;
+    let mut c = gateway_config(&sim, sim.running.url());
+    c.quota.uploads_per_member = 1;
+    c.quota.wait_secs = 1;
+    let g = start(vec![c]).await.remove(0);
+    let body = part_body(b"part zero");
+    let head = format!(
+        "POST /restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut tcp = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(body.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(tcp);
+    sim.wait_stats(|st| st["created"] == 1).await;
+    // The upstream made the upload: it holds the member's one place (before: the room went back
+    // with the client, and the next create reached the upstream).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    sim.faults(json!({})).await;
+    let url = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads", g.url());
+    let auth = format!("Bearer {TOKEN}");
+    let json = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let next = sim.http.send(Method::POST, &url, &json, part_body(b"next")).await.unwrap();
+    assert_eq!(code(&next), "GATEWAY_BUSY", "{}", String::from_utf8_lossy(&next.body));
+    assert_eq!(sim.stats().await["created"], 1);
+}
+
+#[tokio::test]
 async fn a_delete_passed_through_frees_the_members_room() {
     let sim = SimApi::start(SimConfig::default()).await;
     let mut c = gateway_config(&sim, sim.running.url());
