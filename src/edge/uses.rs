@@ -13,11 +13,18 @@ const MAX_ID: usize = 64;
 /// At most this many ids are kept from one request: a bound on what a hostile body can make the
 /// gateway hold. An envelope names a document per upload, and DocuSign caps documents far lower.
 const MAX_IDS: usize = 1000;
-/// Bytes of one match: the scheme, `\/\/` (JSON may escape the slashes) and the id.
-const CARRY: usize = SCHEME.len() + 4 + MAX_ID + 1;
+/// What must come before the scheme: the URL is a document's `remoteUrl`, as the upstream reads
+/// it, not a mention anywhere else in the envelope (a subject line naming an upload uses nothing).
+const KEY: &[u8] = b"\"remoteUrl\"";
+/// Bytes looked at before the scheme: the key, the colon, the string's opening quote, and some
+/// spaces between them (more spaces than that: not seen, and the upload stays counted).
+const LOOKBACK: usize = KEY.len() + 2 + 27;
+/// Bytes of one match: what comes before it, the scheme, `\/\/` (JSON may escape the slashes)
+/// and the id.
+const CARRY: usize = LOOKBACK + SCHEME.len() + 4 + MAX_ID + 1;
 
-/// Finds `docusignchunkedupload://{id}` in a body that arrives in frames, with the slashes as they
-/// are or escaped (`:\/\/`), a match split across frames included.
+/// Finds `"remoteUrl": "docusignchunkedupload://{id}"` in a body that arrives in frames, with the
+/// slashes as they are or escaped (`:\/\/`), a match split across frames included.
 #[derive(Debug, Default)]
 pub struct RemoteUrls {
     /// The last bytes seen, for a match that spans frames.
@@ -66,8 +73,14 @@ impl RemoteUrls {
     fn scan(&mut self, buf: &[u8]) {
         let mut from = 0;
         while let Some(at) = find(&buf[from..], SCHEME) {
-            let start = from + at + SCHEME.len();
+            let scheme_at = from + at;
+            let start = scheme_at + SCHEME.len();
             from = start;
+            // Too near the start of `buf` to see what comes before: the scan across the boundary
+            // (with the bytes carried from before) sees it.
+            if !is_remote_url(&buf[scheme_at.saturating_sub(LOOKBACK)..scheme_at]) {
+                continue;
+            }
             let rest = &buf[start..];
             let skip = if rest.starts_with(b"//") {
                 2
@@ -87,6 +100,17 @@ impl RemoteUrls {
             }
         }
     }
+}
+
+/// Whether `before` (the bytes ahead of the scheme) ends a document's `"remoteUrl": "` (JSON) or
+/// `<remoteUrl>` (an XML envelope definition).
+fn is_remote_url(before: &[u8]) -> bool {
+    if before.trim_ascii_end().ends_with(b"<remoteUrl>") {
+        return true;
+    }
+    let Some(before) = before.strip_suffix(b"\"") else { return false };
+    let Some(before) = before.trim_ascii_end().strip_suffix(b":") else { return false };
+    before.trim_ascii_end().ends_with(KEY)
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -119,5 +143,20 @@ mod tests {
         let long = format!("\"docusignchunkedupload://{}\"", "A".repeat(65));
         assert!(scan_in(&[long.as_bytes()]).is_empty());
         assert!(scan_in(&[b"docusignchunkedupload://AB"]).is_empty());
+    }
+
+    #[test]
+    fn only_a_documents_remote_url_counts() {
+        // A mention elsewhere (a subject, another key, a bare string) uses nothing.
+        let mentions = br#"{"emailSubject":"docusignchunkedupload://AB-12","x":["docusignchunkedupload://CD34"],"notremoteUrl":"docusignchunkedupload://EF56"}"#;
+        assert!(scan_in(&[mentions]).is_empty(), "{:?}", scan_in(&[mentions]));
+        // An XML envelope definition's element.
+        let xml = b"<document><remoteUrl>docusignchunkedupload://AB-12</remoteUrl></document>";
+        assert_eq!(scan_in(&[xml]), vec!["AB-12".to_owned()]);
+        // Spaces around the colon, as any JSON writer may put them; split at every point.
+        let spaced = br#"{"documents":[{"remoteUrl" :  "docusignchunkedupload:\/\/AB-12"}]}"#;
+        for at in 0..spaced.len() {
+            assert_eq!(scan_in(&[&spaced[..at], &spaced[at..]]), vec!["AB-12".to_owned()], "split at {at}");
+        }
     }
 }
