@@ -46,6 +46,12 @@ pub enum GatewayError {
     /// The detail (hyper's error chain) is for the log only.
     #[error("The upstream could not be reached or dropped the connection. Try again later.")]
     UpstreamUnavailable(String),
+    /// A passthrough request of a method that is not idempotent, sent whole, whose connection
+    /// broke before the answer: the upstream may have acted on it.
+    #[error(
+        "The connection to the upstream broke after the request was sent: it may have been applied. Check before sending it again."
+    )]
+    UpstreamBrokeAfterSending(String),
     #[error("The upstream answered {0} to every attempt. Try again later.")]
     UpstreamFailing(StatusCode),
     #[error("The upstream did not answer in time. Try again later.")]
@@ -162,6 +168,7 @@ impl GatewayError {
             | UpstreamRefused(_)
             | UpstreamPartConflict { .. }
             | UpstreamUnavailable(_)
+            | UpstreamBrokeAfterSending(_)
             | UpstreamFailing(_)
             | UploadOutcomeUnknown(_)
             | UploadExpiring(_)
@@ -189,7 +196,7 @@ impl GatewayError {
             UpstreamChecksumMismatch { .. } => "UPSTREAM_CHECKSUM_MISMATCH",
             UpstreamSizeMismatch { .. } => "UPSTREAM_SIZE_MISMATCH",
             UpstreamChecksumMissing => "UPSTREAM_CHECKSUM_MISSING",
-            UpstreamUnavailable(_) | UpstreamFailing(_) => "UPSTREAM_UNAVAILABLE",
+            UpstreamUnavailable(_) | UpstreamBrokeAfterSending(_) | UpstreamFailing(_) => "UPSTREAM_UNAVAILABLE",
             UpstreamTimeout(_) => "UPSTREAM_TIMEOUT",
             UpstreamBadResponse(_) | CreatedUnreadable(_) => "UPSTREAM_BAD_RESPONSE",
             UpstreamRefused(_) => "UPSTREAM_REFUSED",
@@ -218,9 +225,12 @@ impl GatewayError {
     pub fn detail(&self) -> Option<&str> {
         use GatewayError::*;
         match self {
-            UpstreamUnavailable(d) | UpstreamBadResponse(d) | CreatedUnreadable(d) | UpstreamTls(d) | Internal(d) => {
-                Some(d)
-            }
+            UpstreamUnavailable(d)
+            | UpstreamBrokeAfterSending(d)
+            | UpstreamBadResponse(d)
+            | CreatedUnreadable(d)
+            | UpstreamTls(d)
+            | Internal(d) => Some(d),
             _ => None,
         }
     }

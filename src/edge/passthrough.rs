@@ -138,6 +138,7 @@ pub async fn forward(
         *copy.headers_mut() = parts.headers.clone();
         copy
     });
+    let idempotent = parts.method.is_idempotent();
     let mut answer = upstream.send(Request::from_parts(parts, body), sent).await;
     if let (Err(crate::upstream::CallError::Broken(why)), Some(copy)) = (&answer, again) {
         tracing::info!(reason = %why, "passthrough connection broke before an answer; sending the idempotent request once more");
@@ -146,7 +147,13 @@ pub async fn forward(
     let response = match answer {
         Ok(response) => response,
         // The client's body failed first: that is the cause, whatever the upstream call saw.
-        Err(err) => return Err(watch.and_then(|w| w.fault()).unwrap_or_else(|| crate::policy::retry::failed(&err))),
+        Err(err) => {
+            return Err(watch.and_then(|w| w.fault()).unwrap_or_else(|| match err {
+                // Sent whole, not safe to send again: the client is told it may have been applied.
+                crate::upstream::CallError::Broken(why) if !idempotent => GatewayError::UpstreamBrokeAfterSending(why),
+                err => crate::policy::retry::failed(&err),
+            }));
+        }
     };
     let (mut parts, incoming) = response.into_parts();
     // The body is streamed, not read: throttling is seen by its status and headers.

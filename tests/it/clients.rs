@@ -876,3 +876,18 @@ async fn a_delete_refused_for_good_is_reported_as_failed_not_deferred() {
     assert_eq!((r.status, code(&r)), (StatusCode::BAD_REQUEST, "INVALID_REQUEST_BODY".to_owned()));
     assert_eq!(r.header("x-chunkgate-upload-deleted"), "false", "{:?}", r.headers);
 }
+
+#[tokio::test]
+async fn a_passthrough_post_whose_connection_breaks_after_it_was_sent_may_have_been_applied() {
+    let s = Stack::default().await;
+    // The simulator stores the create, then drops the connection without an answer.
+    s.sim.faults(json!({"drop_after_store_next": 1, "ops": ["create"]})).await;
+    let auth = format!("Bearer {TOKEN}");
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let r = s.http.send(Method::POST, &s.upload_url(ACCOUNT), &headers, part_body(b"part zero")).await.unwrap();
+    assert_eq!((r.status, code(&r)), (StatusCode::BAD_GATEWAY, "UPSTREAM_UNAVAILABLE".to_owned()));
+    // Not sent again (a POST), and the client is told it may have been applied, not to try later.
+    let text = String::from_utf8_lossy(&r.body);
+    assert!(text.contains("may have been applied"), "{text}");
+    assert_eq!(s.sim.stats().await["created"], 1);
+}
