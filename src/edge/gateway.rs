@@ -205,12 +205,7 @@ impl Gateway {
     }
 
     /// Forwards a request, within the bounds on what one caller and one account may have running.
-    async fn passthrough(
-        self: &Arc<Self>,
-        req: Request<RequestBody>,
-        target: ApiTarget<'_>,
-        caller: Caller,
-    ) -> Response<Body> {
+    async fn passthrough(&self, req: Request<RequestBody>, target: ApiTarget<'_>, caller: Caller) -> Response<Body> {
         let dialect = self.upstream.dialect;
         let s = &self.config.server;
         let busy = || {
@@ -235,38 +230,14 @@ impl Gateway {
             creates.then(|| req.headers().get(http::header::AUTHORIZATION).map(|a| member_of(a.as_bytes()))).flatten();
         let ends = match (req.method(), target.chunked, &member) {
             (&Method::DELETE, Some(Chunked { upload: Some(id), part: None }), _) => proxy::Ends::Upload(id),
+            (&Method::PUT, Some(Chunked { upload: Some(id), part: Some(_) }), _) => proxy::Ends::Part(id),
             // Taken for creates only.
             (_, _, Some(member)) => proxy::Ends::Create(member),
             (&Method::POST | &Method::PUT, _, _) if target.envelopes => proxy::Ends::Envelope,
             _ => proxy::Ends::Nothing,
         };
-        let result = if ends == proxy::Ends::Nothing {
-            let result = self.forward(req, account, ends, idle).await;
-            drop((caller_slot, account_slot));
-            result
-        } else {
-            // What the request does to the member's quota (a create, a use, a delete) is seen
-            // through to the upstream's answer even when the client leaves before it: the upstream
-            // acts on a request it has whole all the same, and the ledger must hear of it (a
-            // create's room had been given back, its upload counted nowhere). In a task of its own
-            // on this event loop, which holds the slots until it ends.
-            let (gw, account) = (self.clone(), account.to_owned());
-            let (upload, member) = match ends {
-                proxy::Ends::Upload(id) => (Some(id.to_owned()), None),
-                proxy::Ends::Create(member) => (None, Some(member.to_owned())),
-                _ => (None, None),
-            };
-            let seen_through = tokio::spawn(async move {
-                let _slots = (caller_slot, account_slot);
-                let ends = match (&upload, &member) {
-                    (Some(id), _) => proxy::Ends::Upload(id),
-                    (_, Some(member)) => proxy::Ends::Create(member),
-                    _ => proxy::Ends::Envelope,
-                };
-                gw.forward(req, &account, ends, idle).await
-            });
-            seen_through.await.unwrap_or_else(|_| Err(GatewayError::Internal("the passthrough task ended".into())))
-        };
+        let result = self.forward(req, account, ends, idle).await;
+        drop((caller_slot, account_slot));
         match result {
             Ok(response) => response,
             Err(err) => {

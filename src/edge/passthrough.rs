@@ -43,6 +43,9 @@ pub enum Ends<'a> {
     /// quota like a streamed upload, and the upload it makes counts until it is used, deleted or
     /// expires.
     Create(&'a str),
+    /// A part (`PUT .../chunked_uploads/{id}/{seq}`, as the SDKs send them): once answered 2xx,
+    /// the upload holds its bytes too.
+    Part(&'a str),
 }
 
 /// The policies a passthrough request runs under.
@@ -85,7 +88,7 @@ pub async fn forward(
     let mut leased = None;
     // A create's declared length (the part's bytes: about three quarters of the JSON that
     // carries them in base64).
-    let declared = matches!(ends, Ends::Create(_))
+    let declared = matches!(ends, Ends::Create(_) | Ends::Part(_))
         .then(|| req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()))
         .flatten();
     if let Ends::Create(member) = ends {
@@ -101,7 +104,7 @@ pub async fn forward(
     let request_id = parts.headers.get(crate::upstream::client::REQUEST_ID).cloned();
     // Whose uploads a delete or an envelope may end: the caller's own (a token's SHA-256; no
     // token is the digest of nothing, which names no member).
-    let caller = matches!(ends, Ends::Upload(_) | Ends::Envelope).then(|| {
+    let caller = matches!(ends, Ends::Upload(_) | Ends::Envelope | Ends::Part(_)).then(|| {
         let token = parts.headers.get(header::AUTHORIZATION).map_or(&[][..], |a| a.as_bytes());
         crate::policy::quota::member_of(token)
     });
@@ -115,7 +118,8 @@ pub async fn forward(
     let body = match &watch {
         None => incoming.map_err(Into::into).boxed_unsync(),
         Some(w) => {
-            let urls = (ends == Ends::Envelope).then(RemoteUrls::default);
+            let urls =
+                (ends == Ends::Envelope).then(|| RemoteUrls::for_content_type(parts.headers.get(header::CONTENT_TYPE)));
             ClientBody::new(incoming, idle, w.clone(), urls).boxed_unsync()
         }
     };
@@ -168,6 +172,13 @@ pub async fn forward(
     if let (false, Some(caller)) = (ended.is_empty(), &caller) {
         tracing::info!(uploads = ended.len(), "uploads used or deleted through the passthrough no longer count");
         policies.quota.forget(caller, &ended).await;
+    }
+    // A part taken: its bytes (about three quarters of the JSON that carries them in base64).
+    if let (Ends::Part(id), true, Some(caller)) = (ends, parts.status.is_success(), &caller) {
+        let sent = declared.or_else(|| watch.as_ref().and_then(|w| w.sent_if_whole()));
+        if let Some(sent) = sent {
+            policies.quota.grow(caller, id, (sent / 4 * 3).max(1)).await;
+        }
     }
     strip_hop_by_hop(&mut parts.headers);
     if let Some(mut leased) = leased.filter(|_| parts.status.is_success()) {

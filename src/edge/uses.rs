@@ -30,9 +30,18 @@ pub struct RemoteUrls {
     /// The last bytes seen, for a match that spans frames.
     carry: Vec<u8>,
     ids: BTreeSet<String>,
+    /// An XML envelope definition (`<remoteUrl>`); otherwise JSON (`"remoteUrl": "`).
+    xml: bool,
 }
 
 impl RemoteUrls {
+    /// A scanner for a body of this `Content-Type` (XML or, by default, JSON).
+    pub fn for_content_type(content_type: Option<&http::HeaderValue>) -> Self {
+        let essence = content_type.and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next()).unwrap_or("");
+        let essence = essence.trim().to_ascii_lowercase();
+        Self { xml: essence.ends_with("/xml") || essence.ends_with("+xml"), ..Self::default() }
+    }
+
     /// Reads one frame.
     pub fn feed(&mut self, frame: &[u8]) {
         if frame.is_empty() {
@@ -78,7 +87,7 @@ impl RemoteUrls {
             from = start;
             // Too near the start of `buf` to see what comes before: the scan across the boundary
             // (with the bytes carried from before) sees it.
-            if !is_remote_url(&buf[scheme_at.saturating_sub(LOOKBACK)..scheme_at]) {
+            if !is_remote_url(&buf[scheme_at.saturating_sub(LOOKBACK)..scheme_at], self.xml) {
                 continue;
             }
             let rest = &buf[start..];
@@ -102,15 +111,17 @@ impl RemoteUrls {
     }
 }
 
-/// Whether `before` (the bytes ahead of the scheme) ends a document's `"remoteUrl": "` (JSON) or
-/// `<remoteUrl>` (an XML envelope definition).
-fn is_remote_url(before: &[u8]) -> bool {
-    if before.trim_ascii_end().ends_with(b"<remoteUrl>") {
-        return true;
+/// Whether `before` (the bytes ahead of the scheme) ends a document's `<remoteUrl>` (an XML
+/// envelope definition) or `"remoteUrl": "` (JSON), where the key's opening quote is not escaped
+/// (`"note\"remoteUrl":"` is inside a string).
+fn is_remote_url(before: &[u8], xml: bool) -> bool {
+    if xml {
+        return before.trim_ascii_end().ends_with(b"<remoteUrl>");
     }
     let Some(before) = before.strip_suffix(b"\"") else { return false };
     let Some(before) = before.trim_ascii_end().strip_suffix(b":") else { return false };
-    before.trim_ascii_end().ends_with(KEY)
+    let Some(before) = before.trim_ascii_end().strip_suffix(KEY) else { return false };
+    !before.ends_with(b"\\")
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -122,7 +133,11 @@ mod tests {
     use super::*;
 
     fn scan_in(frames: &[&[u8]]) -> Vec<String> {
-        let mut s = RemoteUrls::default();
+        scan_as(frames, "application/json")
+    }
+
+    fn scan_as(frames: &[&[u8]], content_type: &str) -> Vec<String> {
+        let mut s = RemoteUrls::for_content_type(Some(&http::HeaderValue::from_str(content_type).unwrap()));
         frames.iter().for_each(|f| s.feed(f));
         s.ids()
     }
@@ -150,9 +165,14 @@ mod tests {
         // A mention elsewhere (a subject, another key, a bare string) uses nothing.
         let mentions = br#"{"emailSubject":"docusignchunkedupload://AB-12","x":["docusignchunkedupload://CD34"],"notremoteUrl":"docusignchunkedupload://EF56"}"#;
         assert!(scan_in(&[mentions]).is_empty(), "{:?}", scan_in(&[mentions]));
-        // An XML envelope definition's element.
+        // An XML envelope definition's element, in an XML body only.
         let xml = b"<document><remoteUrl>docusignchunkedupload://AB-12</remoteUrl></document>";
-        assert_eq!(scan_in(&[xml]), vec!["AB-12".to_owned()]);
+        assert_eq!(scan_as(&[xml], "application/xml; charset=utf-8"), vec!["AB-12".to_owned()]);
+        let in_json = br#"{"emailSubject":"<remoteUrl>docusignchunkedupload://AB-12</remoteUrl>"}"#;
+        assert!(scan_in(&[in_json]).is_empty());
+        // A key whose opening quote is escaped is inside a string.
+        let escaped = br#"{"note\"remoteUrl":"docusignchunkedupload://AB-12"}"#;
+        assert!(scan_in(&[escaped]).is_empty());
         // Spaces around the colon, as any JSON writer may put them; split at every point.
         let spaced = br#"{"documents":[{"remoteUrl" :  "docusignchunkedupload:\/\/AB-12"}]}"#;
         for at in 0..spaced.len() {

@@ -68,6 +68,10 @@ pub trait Quota: Send + Sync {
     /// background, after the upload's earlier writes.
     fn resize<'a>(&'a self, upload_id: &'a str, bytes: u64) -> BoxFuture<'a, ()>;
 
+    /// `member`'s upload took `bytes` more (a part sent through the passthrough); another member's
+    /// upload is left as it is.
+    fn grow<'a>(&'a self, member: &'a str, upload_id: &'a str, bytes: u64) -> BoxFuture<'a, ()>;
+
     /// Waits until what was told of the upload so far (`created`, `resize`) is written where
     /// every sidecar sees it.
     fn settled<'a>(&'a self, _upload_id: &'a str) -> BoxFuture<'a, ()> {
@@ -283,6 +287,17 @@ impl Quota for LocalQuota {
             }
             drop(ledger);
             self.freed.notify_waiters();
+        })
+    }
+
+    fn grow<'a>(&'a self, member: &'a str, upload_id: &'a str, bytes: u64) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let mut ledger = self.ledger.lock().unwrap();
+            if ledger.owners.get(upload_id).is_some_and(|owner| owner == member)
+                && let Some(entry) = ledger.members.get_mut(member).and_then(|e| e.get_mut(upload_id))
+            {
+                entry.bytes = entry.bytes.saturating_add(bytes);
+            }
         })
     }
 

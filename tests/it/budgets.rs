@@ -486,34 +486,38 @@ async fn a_json_create_of_unknown_length_holds_what_its_body_carried() {
 }
 
 #[tokio::test]
-async fn a_json_create_whose_client_leaves_before_the_answer_still_counts() {
+async fn parts_sent_through_the_passthrough_count_in_their_uploads_bytes() {
+    let redis = RedisServer::start().await;
     let sim = SimApi::start(SimConfig::default()).await;
-    // The create's answer comes late: the client is gone by then.
-    sim.faults(json!({"latency_ms": 700, "ops": ["create"]})).await;
-    let mut c = gateway_config(&sim, sim.running.url());
-    c.quota.uploads_per_member = 1;
-    c.quota.wait_secs = 1;
-    let g = start(vec![c]).await.remove(0);
-    let body = part_body(b"part zero");
-    let head = format!(
-        "POST /restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    let mut tcp = tokio::net::TcpStream::connect(g.addr).await.unwrap();
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    tcp.write_all(body.as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    drop(tcp);
-    sim.wait_stats(|st| st["created"] == 1).await;
-    // The upstream made the upload: it holds the member's one place (before: the room went back
-    // with the client, and the next create reached the upstream).
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    sim.faults(json!({})).await;
-    let url = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads", g.url());
+    let gateways = two_sharing_a_ledger(&sim, &redis, 10, |c| {
+        c.quota.bytes_per_member = 1_000_000;
+        c.quota.wait_secs = 1;
+    })
+    .await;
     let auth = format!("Bearer {TOKEN}");
     let json = [("authorization", auth.as_str()), ("content-type", "application/json")];
-    let next = sim.http.send(Method::POST, &url, &json, part_body(b"next")).await.unwrap();
-    assert_eq!(code(&next), "GATEWAY_BUSY", "{}", String::from_utf8_lossy(&next.body));
+    let url = |g: &gateway::GatewayHandle| format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads", g.url());
+    // As the SDKs do: a small create, then parts, through either sidecar.
+    let created = sim.http.send(Method::POST, &url(&gateways[0]), &json, part_body(b"part zero")).await.unwrap();
+    assert_eq!(created.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&created.body));
+    let id = created.json()["chunkedUploadId"].as_str().unwrap().to_owned();
+    for seq in 1..=2 {
+        let part = format!("{}/{id}/{seq}", url(&gateways[seq % 2]));
+        let r = sim.http.send(Method::PUT, &part, &json, part_body(&bytes_of(300_000, seq as u64))).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    }
+    // Another member's part naming the upload (refused upstream) adds nothing to it.
+    let theirs = format!("Bearer {OTHER_TOKEN}");
+    let other = [("authorization", theirs.as_str()), ("content-type", "application/json")];
+    let refused = sim.http.send(Method::PUT, &format!("{}/{id}/3", url(&gateways[0])), &other, part_body(b"x")).await;
+    assert!(!refused.unwrap().status.is_success());
+    // The upload holds 600 kB: a 500 kB create no longer fits the member's 1 MB (before: the parts
+    // counted nothing, and the create went to the upstream).
+    let big = part_body(&bytes_of(500_000, 9));
+    for g in &gateways {
+        let r = sim.http.send(Method::POST, &url(g), &json, big.clone()).await.unwrap();
+        assert_eq!(code(&r), "GATEWAY_BUSY", "{}", String::from_utf8_lossy(&r.body));
+    }
     assert_eq!(sim.stats().await["created"], 1);
 }
 

@@ -302,6 +302,23 @@ impl Quota for SharedQuota {
         })
     }
 
+    fn grow<'a>(&'a self, member: &'a str, upload_id: &'a str, bytes: u64) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            self.local.grow(member, upload_id, bytes).await;
+            if let Some(known) = self.mine.lock().unwrap().get_mut(upload_id).filter(|c| c.member == member) {
+                known.bytes = known.bytes.saturating_add(bytes);
+            }
+            let (redis, member, upload) = (self.redis.clone(), member.to_owned(), upload_id.to_owned());
+            // In order with the upload's other writes, and written before the part's answer goes
+            // back (the client's next create must see it); lost if Redis does not answer (the
+            // upload then counts the bytes it had, as before this part).
+            self.in_order(upload_id, async move {
+                redis.grow(&member, &upload, bytes).await;
+            });
+            self.recorded(std::slice::from_ref(&upload_id.to_owned())).await;
+        })
+    }
+
     fn settled<'a>(&'a self, upload_id: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             self.recorded(std::slice::from_ref(&upload_id.to_owned())).await;

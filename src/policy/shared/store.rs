@@ -33,6 +33,7 @@ pub(super) struct Scripts {
     pub(super) forget: Script,
     pub(super) epoch: Script,
     pub(super) exist: Script,
+    pub(super) grow: Script,
 }
 
 impl Scripts {
@@ -50,6 +51,7 @@ impl Scripts {
             forget: script(include_str!("lua/forget.lua")),
             epoch: script(include_str!("lua/epoch.lua")),
             exist: script(include_str!("lua/exist.lua")),
+            grow: script(include_str!("lua/grow.lua")),
         }
     }
 }
@@ -268,6 +270,13 @@ impl Redis {
         let mut inv = self.scripts.created.prepare_invoke();
         inv.key(e).key(x).key(self.owner_key(upload));
         inv.arg(lease).arg(upload).arg(bytes).arg(expires_ms).arg(member);
+        self.run::<i64>(&inv).await.is_some()
+    }
+
+    /// `member`'s upload took `bytes` more.
+    pub(super) async fn grow(&self, member: &str, upload: &str, bytes: u64) -> bool {
+        let mut inv = self.scripts.grow.prepare_invoke();
+        inv.key(self.owner_key(upload)).arg(&self.prefix).arg(member).arg(upload).arg(bytes);
         self.run::<i64>(&inv).await.is_some()
     }
 
