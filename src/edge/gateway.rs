@@ -213,11 +213,11 @@ impl Gateway {
             crate::telemetry::passthrough(http::StatusCode::SERVICE_UNAVAILABLE);
             GatewayError::GatewayBusy { retry_after: Duration::from_secs(1) }.response(dialect)
         };
-        let Some(caller_slot) = self.passthrough_callers.try_take(caller, s.max_passthrough_per_caller) else {
+        let Some(_caller_slot) = self.passthrough_callers.try_take(caller, s.max_passthrough_per_caller) else {
             return busy();
         };
         let account = target.account.unwrap_or_default();
-        let Some(account_slot) = self.passthrough_accounts.try_take(account.to_owned(), s.max_passthrough_per_account)
+        let Some(_account_slot) = self.passthrough_accounts.try_take(account.to_owned(), s.max_passthrough_per_account)
         else {
             return busy();
         };
@@ -236,9 +236,14 @@ impl Gateway {
             (&Method::POST | &Method::PUT, _, _) if target.envelopes => proxy::Ends::Envelope,
             _ => proxy::Ends::Nothing,
         };
-        let result = self.forward(req, account, ends, idle).await;
-        drop((caller_slot, account_slot));
-        match result {
+        let policies = proxy::Policies {
+            pacing: self.pacing.as_ref(),
+            quota: self.quota.as_ref(),
+            quota_wait: Duration::from_secs(self.config.quota.wait_secs),
+            max_answer: self.config.upstream.max_response_bytes,
+            unknown_bytes: self.config.upload.max_document_bytes,
+        };
+        match proxy::forward(&self.upstream, policies, req, (account, ends), idle).await {
             Ok(response) => response,
             Err(err) => {
                 tracing::warn!(request_id = ?request_id, code = err.code(), detail = err.detail(), "passthrough failed");
@@ -247,28 +252,6 @@ impl Gateway {
                 err.response(dialect)
             }
         }
-    }
-}
-
-// === impl Gateway (passthrough) ===
-
-impl Gateway {
-    /// One passthrough request, forwarded under the gateway's policies.
-    async fn forward(
-        &self,
-        req: Request<RequestBody>,
-        account: &str,
-        ends: proxy::Ends<'_>,
-        idle: Duration,
-    ) -> Result<Response<Body>, GatewayError> {
-        let policies = proxy::Policies {
-            pacing: self.pacing.as_ref(),
-            quota: self.quota.as_ref(),
-            quota_wait: Duration::from_secs(self.config.quota.wait_secs),
-            max_answer: self.config.upstream.max_response_bytes,
-            unknown_bytes: self.config.upload.max_document_bytes,
-        };
-        proxy::forward(&self.upstream, policies, req, (account, ends), idle).await
     }
 }
 

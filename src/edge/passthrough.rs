@@ -86,14 +86,13 @@ pub async fn forward(
 ) -> Result<Response<Body>, GatewayError> {
     let pacing = policies.pacing;
     let mut leased = None;
-    // A create's declared length (the part's bytes: about three quarters of the JSON that
-    // carries them in base64).
+    // A create's or a part's declared length (of the JSON that carries the part in base64).
     let declared = matches!(ends, Ends::Create(_) | Ends::Part(_))
         .then(|| req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()))
         .flatten();
     if let Ends::Create(member) = ends {
         // Unknown (a chunked body): the most a document may be, until the body's end tells.
-        let bytes = declared.map_or(policies.unknown_bytes, |n| (n / 4 * 3).max(1));
+        let bytes = declared.map_or(policies.unknown_bytes, part_bytes);
         let holder = Holder { account, member };
         let Some(id) = policies.quota.lease(holder, bytes, policies.quota_wait).await else {
             return Err(GatewayError::QuotaBusy { retry_after: policies.quota_wait.max(Duration::from_secs(1)) });
@@ -173,11 +172,11 @@ pub async fn forward(
         tracing::info!(uploads = ended.len(), "uploads used or deleted through the passthrough no longer count");
         policies.quota.forget(caller, &ended).await;
     }
-    // A part taken: its bytes (about three quarters of the JSON that carries them in base64).
+    // A part taken: its bytes.
     if let (Ends::Part(id), true, Some(caller)) = (ends, parts.status.is_success(), &caller) {
         let sent = declared.or_else(|| watch.as_ref().and_then(|w| w.sent_if_whole()));
         if let Some(sent) = sent {
-            policies.quota.grow(caller, id, (sent / 4 * 3).max(1)).await;
+            policies.quota.grow(caller, id, part_bytes(sent)).await;
         }
     }
     strip_hop_by_hop(&mut parts.headers);
@@ -193,7 +192,7 @@ pub async fn forward(
             policies.quota.created(&lease, &id.0, id.1).await;
             // A create of unknown length holds what its body carried, once known.
             if let Some(sent) = watch.as_ref().filter(|_| declared.is_none()).and_then(|w| w.sent_if_whole()) {
-                policies.quota.resize(&id.0, (sent / 4 * 3).max(1)).await;
+                policies.quota.resize(&id.0, part_bytes(sent)).await;
             }
         }
         return Ok(Response::from_parts(parts, crate::body::full(answer)));
@@ -235,6 +234,11 @@ fn reframe(parts: &mut http::response::Parts) -> Result<(), GatewayError> {
         }
     }
     Ok(())
+}
+
+/// A part's bytes from the length of the JSON that carries them in base64: about three quarters.
+fn part_bytes(json_len: u64) -> u64 {
+    (json_len / 4 * 3).max(1)
 }
 
 /// The id and expiry (Unix seconds) of the upload a create's answer describes, in either dialect.
@@ -327,13 +331,13 @@ impl HttpBody for ClientBody {
                 this.timer.as_mut().reset(deadline);
                 if let Some(data) = frame.data_ref() {
                     this.watch.sent.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                }
-                if let (Some(urls), Some(data)) = (&mut this.urls, frame.data_ref()) {
-                    let before = urls.len();
-                    urls.feed(data);
-                    if urls.len() != before {
-                        // Kept as found: the answer may come before the body's end is polled.
-                        *this.watch.used.lock().unwrap() = urls.ids();
+                    if let Some(urls) = &mut this.urls {
+                        let before = urls.len();
+                        urls.feed(data);
+                        if urls.len() != before {
+                            // Kept as found: the answer may come before the body's end is polled.
+                            *this.watch.used.lock().unwrap() = urls.ids();
+                        }
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))

@@ -197,11 +197,11 @@ impl Ledger {
         if self.owners.get(upload_id).is_none_or(|owner| owner != member) {
             return false;
         }
-        let Some(member) = self.owners.remove(upload_id) else { return false };
-        if let Some(entries) = self.members.get_mut(&member) {
+        self.owners.remove(upload_id);
+        if let Some(entries) = self.members.get_mut(member) {
             entries.remove(upload_id);
             if entries.is_empty() {
-                self.members.remove(&member);
+                self.members.remove(member);
             }
         }
         true
