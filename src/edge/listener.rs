@@ -151,18 +151,32 @@ impl Connections {
         self.permits.available_permits() == 0
     }
 
-    /// A slot for a new connection; while none is free, idle connections are asked (every
-    /// [`PRESSURE_GRACE`]) to close and make room.
-    async fn slot(&self) -> OwnedSemaphorePermit {
-        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
-            return permit;
-        }
-        loop {
+    /// Waits until a slot is free, without taking it: the accept loops take theirs only for a
+    /// connection accepted, so that slots count connections (one held by each waiting loop had
+    /// made an idle gateway look saturated, and made idle connections close for room not needed).
+    /// While none is free, idle connections are asked (every [`PRESSURE_GRACE`]) to close and make
+    /// room, and new clients wait in the accept backlog.
+    async fn room(&self) {
+        while self.permits.available_permits() == 0 {
             self.pressure.notify_waiters();
             tokio::select! {
-                permit = self.permits.clone().acquire_owned() => return permit.expect("semaphore is never closed"),
+                permit = self.permits.acquire() => {
+                    drop(permit);
+                    return;
+                }
                 () = tokio::time::sleep(PRESSURE_GRACE) => {}
             }
+        }
+    }
+
+    /// A slot for a connection accepted. Another loop may have taken the room it waited for: then
+    /// it waits for the next, as [`room`](Self::room) does.
+    async fn slot(&self) -> OwnedSemaphorePermit {
+        loop {
+            if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+                return permit;
+            }
+            self.room().await;
         }
     }
 }
@@ -366,12 +380,16 @@ where
     tokio::pin!(stop);
 
     loop {
-        let permit = tokio::select! {
-            permit = limits.connections.slot() => permit,
+        tokio::select! {
+            () = limits.connections.room() => {}
             () = &mut stop => break,
-        };
+        }
         let (stream, peer) = tokio::select! {
             accepted = accept(&listener) => accepted,
+            () = &mut stop => break,
+        };
+        let permit = tokio::select! {
+            permit = limits.connections.slot() => permit,
             () = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);

@@ -238,6 +238,36 @@ async fn silent_connections_are_closed_and_a_full_listener_is_not_ready() {
 }
 
 #[tokio::test]
+async fn only_connections_count_against_the_listener_not_the_threads_waiting_to_accept() {
+    // Four event loops, each waiting to accept: none of them holds a slot of the two.
+    let s = Stack::start(SimConfig::default(), |c| {
+        c.server.max_connections = 2;
+        c.server.worker_threads = 4;
+    })
+    .await;
+    let readyz = format!("http://{}/readyz", s.gw.admin_addr);
+    let ready = async || s.http.send(Method::GET, &readyz, &[], "").await.unwrap();
+    let r = ready().await;
+    assert_eq!((r.status, r.body.as_ref()), (StatusCode::OK, &b"ready\n"[..]), "an idle gateway is ready");
+    // One client of two: still ready, and served.
+    let one = TcpStream::connect(s.gw.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ready().await.status, StatusCode::OK, "one connection of two made the listener full");
+    let mut two = TcpStream::connect(s.gw.addr).await.unwrap();
+    let request = format!(
+        "GET /restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads/ABC HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    );
+    two.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(2), two.read_exact(&mut answer)).await.expect("served").unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 404");
+    // Two of two: full.
+    let r = ready().await;
+    assert_eq!((r.status, r.body.as_ref()), (StatusCode::SERVICE_UNAVAILABLE, &b"saturated\n"[..]));
+    drop((one, two));
+}
+
+#[tokio::test]
 async fn an_account_behind_a_second_version_segment_cannot_pass_the_allowlist() {
     let s = Stack::start(SimConfig::default(), |c| c.server.allowed_accounts = vec![ACCOUNT.into()]).await;
     let auth = format!("Bearer {TOKEN}");
