@@ -434,6 +434,95 @@ async fn a_redis_that_loses_its_data_has_the_uploads_that_still_count_written_ba
 }
 
 #[tokio::test]
+async fn uploads_ended_through_another_sidecar_after_redis_lost_its_data_are_not_written_back() {
+    let redis = RedisServer::start().await;
+    let sim = SimApi::start(SimConfig::default()).await;
+    // Renewals (and the look for lost data) every 1.7 s.
+    let gateways = two_sharing_a_ledger(&sim, &redis, 3, |c| c.cluster.lease_ttl_secs = 5).await;
+    let ids = three_committed(&sim, &gateways[0]).await;
+    assert_eq!(ledger_entries(&redis).await, 3);
+    let mut conn = redis.connection().await;
+    redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await.unwrap();
+    // At once, before the first sidecar's next renewal: one deleted and one used through the other
+    // sidecar, which finds nothing of them in Redis.
+    let url = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads/{}", gateways[1].url(), ids[0]);
+    let auth = format!("Bearer {TOKEN}");
+    let deleted = sim.http.send(Method::DELETE, &url, &[("authorization", &auth)], "").await.unwrap();
+    assert_eq!(deleted.status, StatusCode::OK);
+    let envelope = envelope_via(&sim.http, &gateways[1].url(), &[ids[1].as_str()]).await;
+    assert_eq!(envelope.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&envelope.body));
+    // The first sidecar writes back what it created within a renewal: only the upload that still
+    // counts (before: all three, and the member was refused room it had).
+    let mut entries = 0;
+    for _ in 0..100 {
+        entries = ledger_entries(&redis).await;
+        if entries > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let key = redis.keys("chunkgate:m").await.into_iter().find(|k| k.ends_with(":e")).expect("written back");
+    let held: Vec<String> = redis::cmd("HKEYS").arg(&key).query_async(&mut conn).await.unwrap();
+    assert_eq!((entries, held), (1, vec![ids[2].clone()]));
+    // Two more fit the member's three, on either sidecar.
+    for g in &gateways {
+        let r = upload_via(&sim.http, &g.url(), Bytes::from(bytes_of(PART, 7)), TOKEN).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    }
+}
+
+#[tokio::test]
+async fn writes_kept_while_redis_refused_them_are_written_once_it_takes_them() {
+    let redis = RedisServer::start().await;
+    let sim = SimApi::start(SimConfig::default()).await;
+    let mut c = gateway_config(&sim, sim.running.url());
+    c.cluster.redis_url = redis.url();
+    c.cluster.op_timeout_ms = 2000;
+    let g = start(vec![c]).await.remove(0);
+    let auth = format!("Bearer {TOKEN}");
+    let json = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let url = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads", g.url());
+    let created = sim.http.send(Method::POST, &url, &json, part_body(b"part zero")).await.unwrap();
+    assert_eq!(created.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&created.body));
+    let sdk = created.json()["chunkedUploadId"].as_str().unwrap().to_owned();
+    let mut conn = redis.connection().await;
+    let member = redis.keys("chunkgate:m").await.into_iter().find(|k| k.ends_with(":e")).unwrap();
+    let bytes_of_upload = async |conn: &mut redis::aio::MultiplexedConnection, id: &str| -> Option<u64> {
+        redis::cmd("HGET").arg(&member).arg(id).query_async(conn).await.unwrap()
+    };
+    let before = bytes_of_upload(&mut conn, &sdk).await.expect("the create counts");
+    // Redis turns into a replica that refuses writes (as during a failover), though it answers
+    // PING: the sidecar counts locally and keeps what happens for later.
+    redis::cmd("REPLICAOF").arg("127.0.0.1").arg(1).query_async::<()>(&mut conn).await.unwrap();
+    // A streamed upload of unknown length (counted at the most it could be until its end) and a
+    // part through the passthrough.
+    let doc = Bytes::from(bytes_of(PART + 1000, 3));
+    let auth_pairs = [("authorization", auth.as_str()), ("content-type", "application/octet-stream")];
+    let streamed = sim.http.send_body(Method::POST, &url, &auth_pairs, chunked(doc.clone(), 64 * 1024)).await.unwrap();
+    assert_eq!(streamed.status, StatusCode::OK, "{}", String::from_utf8_lossy(&streamed.body));
+    let streamed = streamed.header("x-chunkgate-upload-id").to_owned();
+    let part = part_body(&bytes_of(300_000, 4));
+    let r = sim.http.send(Method::PUT, &format!("{url}/{sdk}/1"), &json, part.clone()).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    // Probes find Redis answering and replay, in vain, for a few seconds (before: the first replay
+    // that failed lost what was kept).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    redis::cmd("REPLICAOF").arg("NO").arg("ONE").query_async::<()>(&mut conn).await.unwrap();
+    let mut seen = (None, None);
+    for _ in 0..50 {
+        seen = (bytes_of_upload(&mut conn, &streamed).await, bytes_of_upload(&mut conn, &sdk).await);
+        if seen.0 == Some(doc.len() as u64) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The streamed upload at its size (before: the most a document may be), the other with its part.
+    let part_bytes = (part.len() as u64) / 4 * 3;
+    assert_eq!(seen, (Some(doc.len() as u64), Some(before + part_bytes)));
+}
+
+#[tokio::test]
 async fn another_members_envelope_that_mentions_an_upload_frees_nothing() {
     let redis = RedisServer::start().await;
     let sim = SimApi::start(SimConfig::default()).await;
@@ -506,6 +595,14 @@ async fn parts_sent_through_the_passthrough_count_in_their_uploads_bytes() {
         let r = sim.http.send(Method::PUT, &part, &json, part_body(&bytes_of(300_000, seq as u64))).await.unwrap();
         assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
     }
+    // The member's bytes, as the metrics show them, hold the parts (before, with Redis: only what
+    // the last create's lease had read).
+    let m = metrics(&sim.http, &gateways[0].admin_addr.to_string()).await;
+    let held = m
+        .lines()
+        .find(|l| l.starts_with("chunkgate_quota_bytes_held{"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(held.is_some_and(|b| b >= 600_000.0), "{m}");
     // Another member's part naming the upload (refused upstream) adds nothing to it.
     let theirs = format!("Bearer {OTHER_TOKEN}");
     let other = [("authorization", theirs.as_str()), ("content-type", "application/json")];

@@ -34,7 +34,7 @@ pub struct SharedQuota {
     /// Redis if it loses its data (see `restore_if_lost`).
     mine: Arc<Mutex<crate::FastMap<String, Created>>>,
     /// What each member held when Redis last said.
-    held: Mutex<HashMap<String, Held>>,
+    held: Arc<Mutex<HashMap<String, Held>>>,
     /// Notified when this sidecar gives room back.
     freed: Notify,
     /// Uploads whose creation or size is being written to Redis (in the background: an upload's
@@ -68,7 +68,7 @@ impl SharedQuota {
             bytes: config.quota.bytes_per_member,
             leases: Mutex::new(HashMap::new()),
             mine: Arc::default(),
-            held: Mutex::new(HashMap::new()),
+            held: Arc::default(),
             freed: Notify::new(),
             recording: Arc::default(),
         })
@@ -293,10 +293,12 @@ impl Quota for SharedQuota {
             if let Some(known) = self.mine.lock().unwrap().get_mut(upload_id) {
                 known.bytes = bytes;
             }
-            let redis = self.redis.clone();
-            let ids = [upload_id.to_owned()];
+            let (redis, upload) = (self.redis.clone(), upload_id.to_owned());
             self.in_order(upload_id, async move {
-                redis.forget_or_resize(&ids, None, Some(bytes)).await;
+                if redis.forget_or_resize(std::slice::from_ref(&upload), None, Some(bytes)).await.is_none() {
+                    // After the creation, if it was kept too: the pending writes replay in order.
+                    redis.keep(Pending::Resize { upload, bytes });
+                }
             });
             self.freed.notify_waiters();
         })
@@ -309,11 +311,17 @@ impl Quota for SharedQuota {
                 known.bytes = known.bytes.saturating_add(bytes);
             }
             let (redis, member, upload) = (self.redis.clone(), member.to_owned(), upload_id.to_owned());
+            let held = self.held.clone();
             // In order with the upload's other writes, and written before the part's answer goes
-            // back (the client's next create must see it); lost if Redis does not answer (the
-            // upload then counts the bytes it had, as before this part).
+            // back (the client's next create must see it); kept for when Redis answers again if it
+            // does not now.
             self.in_order(upload_id, async move {
-                redis.grow(&member, &upload, bytes).await;
+                match redis.grow(&member, &upload, bytes).await {
+                    Some(now) => {
+                        held.lock().unwrap().insert(member, now);
+                    }
+                    None => redis.keep(Pending::Grow { member, upload, bytes }),
+                }
             });
             self.recorded(std::slice::from_ref(&upload_id.to_owned())).await;
         })
@@ -352,8 +360,11 @@ impl Quota for SharedQuota {
                 }
             }
             self.local.forget(member, upload_ids).await;
-            if !self.redis.forget_or_resize(upload_ids, Some(member), None).await {
-                self.redis.keep(Pending::Forget { member: member.to_owned(), ids: upload_ids.to_vec() });
+            match self.redis.forget_or_resize(upload_ids, Some(member), None).await {
+                Some(now) => {
+                    self.held.lock().unwrap().insert(member.to_owned(), now);
+                }
+                None => self.redis.keep(Pending::Forget { member: member.to_owned(), ids: upload_ids.to_vec() }),
             }
             self.freed.notify_waiters();
         })

@@ -10,7 +10,7 @@ use std::{
 
 use redis::{FromRedisValue, Script, ScriptInvocation, aio::ConnectionManager};
 
-use crate::{config::Config, telemetry};
+use crate::{config::Config, policy::quota::Held, telemetry};
 
 /// The Lua helpers every script starts with.
 const COMMON: &str = include_str!("lua/common.lua");
@@ -93,6 +93,17 @@ pub(super) enum Pending {
         keys: (String, String),
         id: String,
     },
+    /// An upload's size once its body ended (it was counted at the most it could be).
+    Resize {
+        upload: String,
+        bytes: u64,
+    },
+    /// A part taken through the passthrough: its upload holds `bytes` more.
+    Grow {
+        member: String,
+        upload: String,
+        bytes: u64,
+    },
 }
 
 const PENDING_MAX: usize = 10_000;
@@ -145,6 +156,11 @@ impl Redis {
 
     pub(super) fn owner_key(&self, upload: &str) -> String {
         format!("{}:u:{upload}", self.prefix)
+    }
+
+    /// Set when `member` used or deleted `upload` (see `forget.lua`).
+    fn tombstone_key(&self, member: &str, upload: &str) -> String {
+        format!("{}:g:{member}:{upload}", self.prefix)
     }
 
     pub(super) fn ttl_ms(&self) -> u64 {
@@ -214,16 +230,21 @@ impl Redis {
         let kept = std::mem::take(&mut *self.pending.lock().unwrap());
         let replayed = kept.len();
         for op in kept {
-            match op {
+            let written = match &op {
                 Pending::Created { member, upload, bytes, expires_ms } => {
-                    self.record_created(&member, "", &upload, bytes, expires_ms).await;
+                    self.record_created(member, "", upload, *bytes, *expires_ms).await
                 }
-                Pending::Forget { member, ids } => {
-                    self.forget_or_resize(&ids, Some(&member), None).await;
+                Pending::Forget { member, ids } => self.forget_or_resize(ids, Some(member), None).await.is_some(),
+                Pending::Release { keys, id } => self.release_now(keys, id).await,
+                Pending::Resize { upload, bytes } => {
+                    self.forget_or_resize(std::slice::from_ref(upload), None, Some(*bytes)).await.is_some()
                 }
-                Pending::Release { keys, id } => {
-                    self.release(&keys, &id).await;
-                }
+                Pending::Grow { member, upload, bytes } => self.grow(member, upload, *bytes).await.is_some(),
+            };
+            // Redis answered the probe but not this (a replica that refuses writes, a timeout):
+            // kept again, in order, for the next time it answers.
+            if !written {
+                self.keep(op);
             }
         }
         if !self.is_down() {
@@ -251,11 +272,16 @@ impl Redis {
     /// Gives back the plan or lease `id` held in `keys` (its hash and its expiry set); kept for
     /// later when Redis does not answer.
     pub(super) async fn release(&self, keys: &(String, String), id: &str) {
-        let mut inv = self.scripts.release.prepare_invoke();
-        inv.key(&keys.0).key(&keys.1).arg(id);
-        if self.run::<i64>(&inv).await.is_none() {
+        if !self.release_now(keys, id).await {
             self.keep(Pending::Release { keys: keys.clone(), id: id.to_owned() });
         }
+    }
+
+    /// Gives back the plan or lease `id` held in `keys`; whether Redis took it.
+    async fn release_now(&self, keys: &(String, String), id: &str) -> bool {
+        let mut inv = self.scripts.release.prepare_invoke();
+        inv.key(&keys.0).key(&keys.1).arg(id);
+        self.run::<i64>(&inv).await.is_some()
     }
 
     pub(super) async fn record_created(
@@ -268,22 +294,28 @@ impl Redis {
     ) -> bool {
         let (e, x) = self.member_keys(member);
         let mut inv = self.scripts.created.prepare_invoke();
-        inv.key(e).key(x).key(self.owner_key(upload));
+        inv.key(e).key(x).key(self.owner_key(upload)).key(self.tombstone_key(member, upload));
         inv.arg(lease).arg(upload).arg(bytes).arg(expires_ms).arg(member);
         self.run::<i64>(&inv).await.is_some()
     }
 
-    /// `member`'s upload took `bytes` more.
-    pub(super) async fn grow(&self, member: &str, upload: &str, bytes: u64) -> bool {
+    /// `member`'s upload took `bytes` more; what the member holds after it.
+    pub(super) async fn grow(&self, member: &str, upload: &str, bytes: u64) -> Option<Held> {
         let mut inv = self.scripts.grow.prepare_invoke();
         inv.key(self.owner_key(upload)).arg(&self.prefix).arg(member).arg(upload).arg(bytes);
-        self.run::<i64>(&inv).await.is_some()
+        self.run::<(u64, u64)>(&inv).await.map(|(uploads, bytes)| Held { uploads, bytes })
     }
 
-    /// Forgets uploads (`bytes` None) or sets their size.
-    pub(super) async fn forget_or_resize(&self, ids: &[String], member: Option<&str>, bytes: Option<u64>) -> bool {
+    /// Forgets uploads (`bytes` None) or sets their size; what the calling `member` holds after
+    /// it (nothing held without one).
+    pub(super) async fn forget_or_resize(
+        &self,
+        ids: &[String],
+        member: Option<&str>,
+        bytes: Option<u64>,
+    ) -> Option<Held> {
         if ids.is_empty() {
-            return true;
+            return Some(Held::default());
         }
         let mut inv = self.scripts.forget.prepare_invoke();
         for id in ids {
@@ -295,7 +327,7 @@ impl Redis {
         for id in ids {
             inv.arg(id);
         }
-        self.run::<i64>(&inv).await.is_some()
+        self.run::<(u64, u64)>(&inv).await.map(|(uploads, bytes)| Held { uploads, bytes })
     }
 }
 

@@ -80,3 +80,10 @@ local function keep_until_last(hash, expiries)
   redis.call('PEXPIRE', hash, ttl)
   redis.call('PEXPIRE', expiries, ttl)
 end
+
+-- What a member holds: {uploads, bytes} in its ledger, expired entries dropped.
+local function held_by(prefix, member)
+  local entries, expiries = prefix .. ':m:' .. member .. ':e', prefix .. ':m:' .. member .. ':x'
+  local bytes = live_total(entries, expiries)
+  return {redis.call('HLEN', entries), bytes}
+end

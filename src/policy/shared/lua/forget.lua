@@ -1,11 +1,21 @@
 -- Uploads used or deleted: their room goes back to their members. Also a resize, when ARGV[2] is
 -- a byte count rather than "forget".
+-- A forget by a member also leaves a tombstone for the upload under that member, for as long as
+-- the upload could live: a creation written after it (from a sidecar whose write was late, or
+-- writing back what a Redis that lost its data forgot) does not bring the upload back.
 -- KEYS: the owner key of each upload. ARGV: key prefix, "forget" | bytes, the member whose call it
 -- was ("": any; an upload of another member is left as it is), upload ids...
+-- Returns {uploads, bytes} the calling member holds after it ({0, 0} without one).
 local prefix, what, caller = ARGV[1], ARGV[2], ARGV[3]
+-- An upload lives 20 minutes upstream; a tombstone whose upload's life is unknown outlives that.
+local TOMBSTONE_MS = 3600000
 for i = 1, #KEYS do
   local member = redis.call('GET', KEYS[i])
   local id = ARGV[i + 3]
+  if what == 'forget' and caller ~= '' and (not member or member == caller) then
+    local life = redis.call('PTTL', KEYS[i])
+    redis.call('SET', prefix .. ':g:' .. caller .. ':' .. id, 1, 'PX', life > 0 and life or TOMBSTONE_MS)
+  end
   if member and (caller == '' or caller == member) then
     local entries, expiries = prefix .. ':m:' .. member .. ':e', prefix .. ':m:' .. member .. ':x'
     if what == 'forget' then
@@ -17,4 +27,7 @@ for i = 1, #KEYS do
     end
   end
 end
-return 1
+if caller == '' then
+  return {0, 0}
+end
+return held_by(prefix, caller)
