@@ -205,7 +205,12 @@ impl Gateway {
     }
 
     /// Forwards a request, within the bounds on what one caller and one account may have running.
-    async fn passthrough(&self, req: Request<RequestBody>, target: ApiTarget<'_>, caller: Caller) -> Response<Body> {
+    async fn passthrough(
+        self: &Arc<Self>,
+        req: Request<RequestBody>,
+        target: ApiTarget<'_>,
+        caller: Caller,
+    ) -> Response<Body> {
         let dialect = self.upstream.dialect;
         let s = &self.config.server;
         let busy = || {
@@ -213,11 +218,11 @@ impl Gateway {
             crate::telemetry::passthrough(http::StatusCode::SERVICE_UNAVAILABLE);
             GatewayError::GatewayBusy { retry_after: Duration::from_secs(1) }.response(dialect)
         };
-        let Some(_caller_slot) = self.passthrough_callers.try_take(caller, s.max_passthrough_per_caller) else {
+        let Some(caller_slot) = self.passthrough_callers.try_take(caller, s.max_passthrough_per_caller) else {
             return busy();
         };
         let account = target.account.unwrap_or_default();
-        let Some(_account_slot) = self.passthrough_accounts.try_take(account.to_owned(), s.max_passthrough_per_account)
+        let Some(account_slot) = self.passthrough_accounts.try_take(account.to_owned(), s.max_passthrough_per_account)
         else {
             return busy();
         };
@@ -236,14 +241,32 @@ impl Gateway {
             (&Method::POST | &Method::PUT, _, _) if target.envelopes => proxy::Ends::Envelope,
             _ => proxy::Ends::Nothing,
         };
-        let policies = proxy::Policies {
-            pacing: self.pacing.as_ref(),
-            quota: self.quota.as_ref(),
-            quota_wait: Duration::from_secs(self.config.quota.wait_secs),
-            max_answer: self.config.upstream.max_response_bytes,
-            unknown_bytes: self.config.upload.max_document_bytes,
+        // What a create, a use, a delete or a part does to the member's quota is seen through to
+        // the upstream's answer when the client leaves once its body has been passed on whole (a
+        // client's timeout, most often): the upstream acts on a request it has whole all the same,
+        // and the ledger must hear of it. In a task of its own that holds the slots, counted as work
+        // a stop waits for. Not for an HTTP/2 body of unknown length: a stream reset ends it as
+        // cleanly as END_STREAM does (hyper), and only the handler's end tells the two apart.
+        let whole_is_known = req.version() <= http::Version::HTTP_11
+            || http_body::Body::is_end_stream(req.body())
+            || req.headers().contains_key(header::CONTENT_LENGTH);
+        let result = if ends == proxy::Ends::Nothing || !whole_is_known {
+            let result = proxy::forward(&self.upstream, self.policies(), req, (account, ends), idle, None).await;
+            drop((caller_slot, account_slot));
+            result
+        } else {
+            let (ends, account) = (proxy::OwnedEnds::of(ends), account.to_owned());
+            let (present, client) = crate::pipeline::presence::pair();
+            let (gw, work) = (self.clone(), self.uploads.drivers.enter());
+            let seen_through = tokio::spawn(async move {
+                let _held = (caller_slot, account_slot, work);
+                proxy::forward(&gw.upstream, gw.policies(), req, (&account, ends.ends()), idle, Some(client)).await
+            });
+            let result = seen_through.await;
+            drop(present);
+            result.unwrap_or_else(|_| Err(GatewayError::Internal("the passthrough's task ended early".into())))
         };
-        match proxy::forward(&self.upstream, policies, req, (account, ends), idle).await {
+        match result {
             Ok(response) => response,
             Err(err) => {
                 tracing::warn!(request_id = ?request_id, code = err.code(), detail = err.detail(), "passthrough failed");
@@ -251,6 +274,21 @@ impl Gateway {
                 crate::telemetry::passthrough(err.status());
                 err.response(dialect)
             }
+        }
+    }
+}
+
+// === impl Gateway (passthrough) ===
+
+impl Gateway {
+    /// The policies passthrough requests run under.
+    fn policies(&self) -> proxy::Policies<'_> {
+        proxy::Policies {
+            pacing: self.pacing.as_ref(),
+            quota: self.quota.as_ref(),
+            quota_wait: Duration::from_secs(self.config.quota.wait_secs),
+            max_answer: self.config.upstream.max_response_bytes,
+            unknown_bytes: self.config.upload.max_document_bytes,
         }
     }
 }

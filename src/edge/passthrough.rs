@@ -16,7 +16,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::{sync::Notify, time::Sleep};
 
-use crate::body::RequestBody;
+use crate::{body::RequestBody, pipeline::presence};
 
 use super::uses::RemoteUrls;
 use crate::{
@@ -48,6 +48,37 @@ pub enum Ends<'a> {
     Part(&'a str),
 }
 
+/// [`Ends`] with its ids owned, for a request run in a task of its own.
+pub enum OwnedEnds {
+    Nothing,
+    Upload(String),
+    Envelope,
+    Create(String),
+    Part(String),
+}
+
+impl OwnedEnds {
+    pub fn of(ends: Ends<'_>) -> Self {
+        match ends {
+            Ends::Nothing => Self::Nothing,
+            Ends::Upload(id) => Self::Upload(id.to_owned()),
+            Ends::Envelope => Self::Envelope,
+            Ends::Create(member) => Self::Create(member.to_owned()),
+            Ends::Part(id) => Self::Part(id.to_owned()),
+        }
+    }
+
+    pub fn ends(&self) -> Ends<'_> {
+        match self {
+            Self::Nothing => Ends::Nothing,
+            Self::Upload(id) => Ends::Upload(id),
+            Self::Envelope => Ends::Envelope,
+            Self::Create(member) => Ends::Create(member),
+            Self::Part(id) => Ends::Part(id),
+        }
+    }
+}
+
 /// The policies a passthrough request runs under.
 #[derive(Clone, Copy)]
 pub struct Policies<'a> {
@@ -77,24 +108,31 @@ impl Drop for Leased<'_> {
 
 /// Forwards `req`, paced under `account` (the one its path names), and returns the upstream's
 /// answer, or the gateway's error when there is none.
+///
+/// With `client` (run in a task of its own: see `Gateway::passthrough`), a client that leaves
+/// ends the request only until its body has been passed on whole: a request still waiting for
+/// room or pacing, or whose body broke off, is not sent; one the upstream has whole is seen
+/// through to its answer, so that what it did to the member's quota is recorded.
 pub async fn forward(
     upstream: &Upstream,
     policies: Policies<'_>,
     req: Request<RequestBody>,
     (account, ends): (&str, Ends<'_>),
     idle: Duration,
+    mut client: Option<presence::Client>,
 ) -> Result<Response<Body>, GatewayError> {
     let pacing = policies.pacing;
     let mut leased = None;
-    // A create's or a part's declared length (of the JSON that carries the part in base64).
-    let declared = matches!(ends, Ends::Create(_) | Ends::Part(_))
-        .then(|| req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()))
-        .flatten();
+    // The body's declared length (for a create or a part, of the JSON that carries the part in
+    // base64).
+    let length = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared = length.filter(|_| matches!(ends, Ends::Create(_) | Ends::Part(_)));
     if let Ends::Create(member) = ends {
         // Unknown (a chunked body): the most a document may be, until the body's end tells.
         let bytes = declared.map_or(policies.unknown_bytes, part_bytes);
         let holder = Holder { account, member };
-        let Some(id) = policies.quota.lease(holder, bytes, policies.quota_wait).await else {
+        let lease = policies.quota.lease(holder, bytes, policies.quota_wait);
+        let Some(id) = unless_gone(&mut client, lease).await? else {
             return Err(GatewayError::QuotaBusy { retry_after: policies.quota_wait.max(Duration::from_secs(1)) });
         };
         leased = Some(Leased { quota: policies.quota, id: Some(id) });
@@ -119,7 +157,7 @@ pub async fn forward(
         Some(w) => {
             let urls =
                 (ends == Ends::Envelope).then(|| RemoteUrls::for_content_type(parts.headers.get(header::CONTENT_TYPE)));
-            ClientBody::new(incoming, idle, w.clone(), urls).boxed_unsync()
+            ClientBody::new(incoming, idle, w.clone(), urls, length).boxed_unsync()
         }
     };
     let sent = async {
@@ -127,9 +165,8 @@ pub async fn forward(
             w.ended().await;
         }
     };
-    pacing
-        .acquire(account, Draw::Free, pacing.default_deadline())
-        .await
+    unless_gone(&mut client, pacing.acquire(account, Draw::Free, pacing.default_deadline()))
+        .await?
         .map_err(|wait| GatewayError::RateLimited { retry_after: wait })?;
     // A bodiless request of an idempotent method can be sent again if its connection broke (most
     // often a pooled connection the upstream had closed as idle just as it was reused).
@@ -142,7 +179,28 @@ pub async fn forward(
         copy
     });
     let idempotent = parts.method.is_idempotent();
-    let mut answer = upstream.send(Request::from_parts(parts, body), sent).await;
+    let call = upstream.send(Request::from_parts(parts, body), sent);
+    let mut answer = match client {
+        None => call.await,
+        Some(mut client) => {
+            tokio::pin!(call);
+            // Once the client has left, the call goes on only if the body had been passed on whole.
+            let left_short = async {
+                client.gone().await;
+                if let Some(w) = &watch {
+                    w.ended().await;
+                    if w.sent_if_whole().is_none() {
+                        return;
+                    }
+                }
+                std::future::pending::<()>().await;
+            };
+            tokio::select! {
+                answer = &mut call => answer,
+                () = left_short => return Err(GatewayError::ClientGone),
+            }
+        }
+    };
     if let (Err(crate::upstream::CallError::Broken(why)), Some(copy)) = (&answer, again) {
         tracing::info!(reason = %why, "passthrough connection broke before an answer; sending the idempotent request once more");
         answer = upstream.send(copy, std::future::ready(())).await;
@@ -204,6 +262,20 @@ pub async fn forward(
         BoxError::from(err)
     });
     Ok(Response::from_parts(parts, body.boxed_unsync()))
+}
+
+/// `work`, or `Err(ClientGone)` if the client leaves first (without a client to watch: `work`).
+async fn unless_gone<T>(
+    client: &mut Option<presence::Client>,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, GatewayError> {
+    match client {
+        None => Ok(work.await),
+        Some(client) => tokio::select! {
+            done = work => Ok(done),
+            () = client.gone() => Err(GatewayError::ClientGone),
+        },
+    }
 }
 
 /// Makes the upstream's answer one the gateway can pass on as it stands: its framing headers
@@ -311,11 +383,20 @@ struct ClientBody {
     watch: Arc<Watch>,
     /// Reads the uploads an envelope body names, as its frames go by.
     urls: Option<RemoteUrls>,
+    /// The length the client declared: a body that ends short of it broke off (an HTTP/2 stream
+    /// reset with NO_ERROR or CANCEL, which hyper reports as a clean end).
+    declared: Option<u64>,
 }
 
 impl ClientBody {
-    fn new(inner: RequestBody, idle: Duration, watch: Arc<Watch>, urls: Option<RemoteUrls>) -> Self {
-        Self { inner, idle, timer: Box::pin(tokio::time::sleep(idle)), watch, urls }
+    fn new(
+        inner: RequestBody,
+        idle: Duration,
+        watch: Arc<Watch>,
+        urls: Option<RemoteUrls>,
+        declared: Option<u64>,
+    ) -> Self {
+        Self { inner, idle, timer: Box::pin(tokio::time::sleep(idle)), watch, urls, declared }
     }
 }
 
@@ -348,6 +429,12 @@ impl HttpBody for ClientBody {
                 Poll::Ready(Some(Err(err.into())))
             }
             Poll::Ready(None) => {
+                let sent = this.watch.sent.load(std::sync::atomic::Ordering::Relaxed);
+                if this.declared.is_some_and(|declared| declared != sent) {
+                    tracing::info!(sent, declared = this.declared, "the client's passthrough body ended short");
+                    this.watch.end(Some(GatewayError::ClientBodyError));
+                    return Poll::Ready(Some(Err("the client's body ended short of its length".into())));
+                }
                 this.watch.end(None);
                 Poll::Ready(None)
             }

@@ -618,6 +618,68 @@ async fn parts_sent_through_the_passthrough_count_in_their_uploads_bytes() {
     assert_eq!(sim.stats().await["created"], 1);
 }
 
+/// Sends `body` as a JSON request over HTTP/1.1 with its length, then leaves after `after`,
+/// before the answer.
+async fn leave_after(gateway: &str, method: &str, path: &str, body: &str, after: Duration) {
+    let mut tcp = tokio::net::TcpStream::connect(gateway).await.unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(body.as_bytes()).await.unwrap();
+    tokio::time::sleep(after).await;
+}
+
+#[tokio::test]
+async fn passthrough_calls_whose_client_leaves_before_the_answer_still_count() {
+    let sim = SimApi::start(SimConfig::default()).await;
+    let mut c = gateway_config(&sim, sim.running.url());
+    c.quota.uploads_per_member = 2;
+    c.quota.bytes_per_member = 1_000_000;
+    c.quota.wait_secs = 1;
+    let g = start(vec![c]).await.remove(0);
+    let auth = format!("Bearer {TOKEN}");
+    let json = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let path = format!("/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads");
+    let url = format!("{}{path}", g.url());
+    let created = sim.http.send(Method::POST, &url, &json, part_body(b"part zero")).await.unwrap();
+    assert_eq!(created.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&created.body));
+    let id = created.json()["chunkedUploadId"].as_str().unwrap().to_owned();
+    // The upstream answers slowly; the clients leave (a timeout) after their request went whole.
+    sim.faults(json!({"latency_ms": 600, "ops": ["create", "add_part"]})).await;
+    let addr = g.addr.to_string();
+    let part = part_body(&bytes_of(400_000, 1));
+    leave_after(&addr, "PUT", &format!("{path}/{id}/1"), &part, Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(sim.inspect(&id).await["parts"].as_array().map(Vec::len), Some(2), "the part was taken");
+    // The upload holds the part's 300 kB: 800 kB more do not fit the member's 1 MB (before: the
+    // part counted nothing once its client had gone).
+    sim.faults(json!({})).await;
+    let big = sim.http.send(Method::POST, &url, &json, part_body(&bytes_of(800_000, 2))).await.unwrap();
+    assert_eq!(code(&big), "GATEWAY_BUSY", "{}", String::from_utf8_lossy(&big.body));
+    // A create whose client leaves: the upload it made counts, and fills the member's two.
+    sim.faults(json!({"latency_ms": 600, "ops": ["create"]})).await;
+    leave_after(&addr, "POST", &path, &part_body(b"left"), Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(sim.stats().await["created"], 2);
+    sim.faults(json!({})).await;
+    let third = sim.http.send(Method::POST, &url, &json, part_body(b"third")).await.unwrap();
+    assert_eq!(code(&third), "GATEWAY_BUSY", "{}", String::from_utf8_lossy(&third.body));
+    // A create whose client leaves while it waits for room is never sent, even once there is room.
+    let waiting = {
+        let (addr, path) = (addr.clone(), path.clone());
+        tokio::spawn(
+            async move { leave_after(&addr, "POST", &path, &part_body(b"gone"), Duration::from_millis(300)).await },
+        )
+    };
+    waiting.await.unwrap();
+    let deleted = sim.http.send(Method::DELETE, &format!("{url}/{id}"), &[("authorization", &auth)], "").await.unwrap();
+    assert_eq!(deleted.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(sim.stats().await["created"], 2, "a create sent after its client had gone");
+}
+
 #[tokio::test]
 async fn a_delete_passed_through_frees_the_members_room() {
     let sim = SimApi::start(SimConfig::default()).await;
