@@ -67,12 +67,23 @@ where
 
 /// Reads a whole body into `buf` (cleared first), refusing it once it passes `limit` bytes. Each
 /// byte is copied once, into a buffer the caller may size and reuse.
-pub async fn read_limited_into<B>(mut body: B, limit: usize, mut buf: Vec<u8>) -> Result<Vec<u8>, ReadError>
+pub async fn read_limited_into<B>(body: B, limit: usize, mut buf: Vec<u8>) -> Result<Vec<u8>, ReadError>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
     buf.clear();
+    read_appending(body, limit, &mut buf).await?;
+    Ok(buf)
+}
+
+/// Reads a whole body onto the end of `buf`, refusing it once `buf` would pass `limit` bytes.
+/// What arrived stays in `buf` whatever happens (a body cut off, or the read dropped at a timeout).
+pub async fn read_appending<B>(mut body: B, limit: usize, buf: &mut Vec<u8>) -> Result<(), ReadError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ReadError::Io(e.into()))?;
         if let Ok(data) = frame.into_data() {
@@ -82,7 +93,7 @@ where
             buf.extend_from_slice(&data);
         }
     }
-    Ok(buf)
+    Ok(())
 }
 
 /// Longest a closed connection lingers (or an unread stream body is drained), in all.

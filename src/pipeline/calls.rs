@@ -38,6 +38,17 @@ impl From<GatewayError> for Abort {
     }
 }
 
+/// What a create came back with.
+pub enum Created {
+    Answered(Answer),
+    /// A 2xx answer whose body did not arrive whole: the upload may exist, and the body, as far
+    /// as it came, may name it.
+    CutOff {
+        partial: Answer,
+        abort: Abort,
+    },
+}
+
 /// Whether the upstream holds a part.
 #[derive(Debug, PartialEq, Eq)]
 enum Seen {
@@ -139,25 +150,30 @@ impl Calls {
     /// call: an attempt that may have been applied is never repeated, because the upload it may
     /// have made cannot be found again (no id was seen and the API cannot list uploads). One client
     /// request so makes at most one upload whose fate is unknown; it expires upstream.
-    pub async fn create(&self, json: &PartJson) -> Result<Answer, Abort> {
+    pub async fn create(&self, json: &PartJson) -> Result<Created, Abort> {
         let mut tries = self.retry.attempts(self.deadline);
         loop {
-            let result = self.paced(self.upstream.create(&self.route, json.clone())).await;
+            let mut cut_off = None;
+            let result = self.paced(self.upstream.create(&self.route, json.clone(), &mut cut_off)).await;
             let class = classify(&result, self.upstream.dialect);
             if class == Class::Ambiguous {
                 tracing::warn!(status = status_of(&result), outcome = %describe(&result), "create outcome unknown; not sent again");
-                return Err(match result {
+                let abort = Abort::from(match result {
                     Err(CallError::BadAnswer(detail)) => GatewayError::CreatedUnreadable(detail),
                     Ok(answer) => GatewayError::UploadOutcomeUnknown(format!("it answered {}", answer.status)),
                     Err(CallError::Timeout(_)) => {
                         GatewayError::UploadOutcomeUnknown("it did not answer in time".into())
                     }
                     Err(_) => GatewayError::UploadOutcomeUnknown("the connection broke before its answer".into()),
-                }
-                .into());
+                });
+                // A 2xx answer cut short may still name the upload it made.
+                return match cut_off {
+                    Some(partial) => Ok(Created::CutOff { partial, abort }),
+                    None => Err(abort),
+                };
             }
             if let Step::Done(out) = self.step(&mut tries, class, result).await {
-                return out;
+                return out.map(Created::Answered);
             }
         }
     }

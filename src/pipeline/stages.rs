@@ -19,7 +19,7 @@ use tokio::{
 use tracing::Instrument;
 
 use super::{
-    calls::{Abort, Calls, Deleted},
+    calls::{Abort, Calls, Created, Deleted},
     chunker::Part,
     part,
     state::{Announced, UploadState},
@@ -173,7 +173,10 @@ impl Upload {
             return Err(GatewayError::PayloadTooLarge { limit: self.config.max_document_bytes }.into());
         }
         // Not cancelled half-way: a create whose answer is lost leaves an upload nobody can delete.
-        let created = self.calls.create(&part0.body).await?;
+        let created = match self.calls.create(&part0.body).await? {
+            Created::Answered(created) => created,
+            Created::CutOff { partial, abort } => return Err(self.unreadable_create(&partial, abort).await),
+        };
         let resource = match created_resource(&created, dialect) {
             Ok(resource) => resource,
             Err(abort) => return Err(self.unreadable_create(&created, abort).await),
@@ -230,7 +233,8 @@ impl Upload {
         self.state = UploadState::default();
         tracing::warn!(deleted, "create answered an unreadable resource naming an upload; deleting it");
         match abort {
-            Abort::Gateway(GatewayError::CreatedUnreadable(why)) if deleted => {
+            Abort::Gateway(err) if deleted => {
+                let why = err.detail().unwrap_or("the create's answer broke off");
                 GatewayError::UpstreamBadResponse(format!("{why}; the upload it named was deleted")).into()
             }
             abort => abort,

@@ -179,10 +179,17 @@ impl Answer {
     /// The upload a successful answer names, in the shape of an id, even where the rest of the
     /// resource cannot be read (a field of the wrong type beside it).
     pub fn named_upload(&self, dialect: Dialect) -> Option<String> {
-        let value: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
-        let data = dialect.unwrap(value)?.ok()?;
-        let id = data.get("chunkedUploadId")?.as_str()?;
-        crate::ids::valid_upload_id(id).then(|| id.to_owned())
+        let parsed = serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|value| dialect.unwrap(value)?.ok())
+            .map(|data| data.get("chunkedUploadId").and_then(|id| id.as_str()).map(str::to_owned));
+        // A body that is not JSON (cut short, trailing bytes) may still name it, as a key whose
+        // string value is whole.
+        let id = match parsed {
+            Some(id) => id?,
+            None => named_in_text(&self.body)?,
+        };
+        crate::ids::valid_upload_id(&id).then_some(id)
     }
 
     /// The upstream's error code, if the body carries one.
@@ -437,6 +444,9 @@ impl Upstream {
     }
 
     /// One chunked-upload call: the request sent and the answer read whole, within the call timeout.
+    /// With `cut_off`, a 2xx answer whose body did not arrive whole (broken off, too large, or
+    /// stalled past the timeout) is kept there as far as it came.
+    #[allow(clippy::too_many_arguments)]
     async fn call(
         &self,
         method: Method,
@@ -445,6 +455,7 @@ impl Upstream {
         json: Option<PartJson>,
         timeout: Duration,
         op: &'static str,
+        cut_off: Option<&mut Option<Answer>>,
     ) -> Result<Answer, CallError> {
         let started = std::time::Instant::now();
         let path = format!("{}/{}/accounts/{}/chunked_uploads{tail}", route.prefix, route.version, route.account);
@@ -464,43 +475,74 @@ impl Upstream {
             req = req.header(REQUEST_ID, id.clone());
         }
         let req = req.body(json.map_or_else(body::empty, |json| json.body())).expect("valid request");
+        // The answer's status and its body as far as it came, kept outside the exchange so that
+        // a timeout leaves them to read.
+        let (mut status, mut got) = (None, Vec::new());
         let exchange = async {
             let response = match self.clients.with(|c| c.request(req)).await {
                 Ok(r) => r,
                 Err(err) => return Err(call_error(&err)),
             };
             let (parts, incoming) = response.into_parts();
-            let body = body::read_limited(incoming, self.max_response_bytes).await.map_err(|err| match err {
+            status = Some(parts.status);
+            body::read_appending(incoming, self.max_response_bytes, &mut got).await.map_err(|err| match err {
                 ReadError::TooLarge { limit } => CallError::BadAnswer(format!("answer over {limit} bytes")),
                 ReadError::Io(e) => CallError::Broken(format!("answer cut off: {e}")),
             })?;
-            Ok(Answer { status: parts.status, headers: parts.headers, body })
+            Ok(parts.headers)
         };
         let answer = tokio::time::timeout(timeout, exchange).await.map_err(|_| CallError::Timeout(timeout));
         metrics::histogram!(crate::telemetry::UPSTREAM_CALL, "op" => op).record(started.elapsed().as_secs_f64());
-        answer?
+        match (answer.and_then(|a| a), status) {
+            (Ok(headers), Some(status)) => Ok(Answer { status, headers, body: Bytes::from(got) }),
+            (Err(err), Some(status)) if status.is_success() => {
+                if let Some(kept) = cut_off {
+                    *kept = Some(Answer { status, headers: HeaderMap::new(), body: Bytes::from(got) });
+                }
+                Err(err)
+            }
+            (Err(err), _) => Err(err),
+            (Ok(_), None) => unreachable!("an answer's head comes before its body"),
+        }
     }
 
-    pub async fn create(&self, route: &UploadRoute, json: PartJson) -> Result<Answer, CallError> {
-        self.call(Method::POST, route, "", Some(json), self.part_timeout, "create").await
+    /// A create; a 2xx answer whose body did not arrive whole is kept in `cut_off` as far as it
+    /// came (it may name the upload made).
+    pub async fn create(
+        &self,
+        route: &UploadRoute,
+        json: PartJson,
+        cut_off: &mut Option<Answer>,
+    ) -> Result<Answer, CallError> {
+        self.call(Method::POST, route, "", Some(json), self.part_timeout, "create", Some(cut_off)).await
     }
 
     pub async fn add_part(&self, route: &UploadRoute, id: &str, seq: u32, json: PartJson) -> Result<Answer, CallError> {
-        self.call(Method::PUT, route, &format!("/{id}/{seq}"), Some(json), self.part_timeout, "add_part").await
+        self.call(Method::PUT, route, &format!("/{id}/{seq}"), Some(json), self.part_timeout, "add_part", None).await
     }
 
     pub async fn get(&self, route: &UploadRoute, id: &str, checksum: bool) -> Result<Answer, CallError> {
         let query = if checksum { "?include=checksum" } else { "" };
-        self.call(Method::GET, route, &format!("/{id}{query}"), None, self.call_timeout, "get").await
+        self.call(Method::GET, route, &format!("/{id}{query}"), None, self.call_timeout, "get", None).await
     }
 
     pub async fn commit(&self, route: &UploadRoute, id: &str) -> Result<Answer, CallError> {
-        self.call(Method::PUT, route, &format!("/{id}?action=commit"), None, self.commit_timeout, "commit").await
+        self.call(Method::PUT, route, &format!("/{id}?action=commit"), None, self.commit_timeout, "commit", None).await
     }
 
     pub async fn delete(&self, route: &UploadRoute, id: &str) -> Result<Answer, CallError> {
-        self.call(Method::DELETE, route, &format!("/{id}"), None, self.call_timeout, "delete").await
+        self.call(Method::DELETE, route, &format!("/{id}"), None, self.call_timeout, "delete", None).await
     }
+}
+
+/// The first `"chunkedUploadId": "..."` in a body that is not JSON, if its value's closing quote
+/// is there.
+fn named_in_text(body: &[u8]) -> Option<String> {
+    const KEY: &[u8] = b"\"chunkedUploadId\"";
+    let at = body.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let rest = body[at..].trim_ascii_start().strip_prefix(b":")?.trim_ascii_start().strip_prefix(b"\"")?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    String::from_utf8(rest[..end].to_vec()).ok()
 }
 
 /// What a failed request means: not sent (connect, TLS), an answer that could not be parsed, or a

@@ -607,25 +607,45 @@ async fn a_create_answered_with_the_id_of_another_upload_leaves_that_upload_alon
     assert_eq!((st["committed"].as_u64(), st["deleted"].as_u64()), (Some(1), Some(0)), "{st}");
 }
 
-/// A create answered with a resource that cannot be read (numbers where strings belong) but that
-/// names an upload in the shape of an id: that upload is deleted, not left open.
+/// A create answered 2xx with a resource that cannot be read but that names an upload in the
+/// shape of an id: that upload is deleted, not left open. Numbers where strings belong; JSON cut
+/// short, or followed by other bytes; a body that breaks off before its declared length.
 #[tokio::test]
 async fn an_unreadable_create_answer_that_names_an_upload_has_it_deleted() {
-    let sim = SimApi::start(SimConfig::default()).await;
-    let id = sim.create_id(b"made by the create the gateway cannot read").await;
-    let created = format!(
-        r#"{{"chunkedUploadId":"{id}","committed":"false","maxChunkedUploadParts":128,"totalSize":65536,"chunkedUploadParts":[{{"sequence":"0","size":"65536"}}]}}"#
-    );
-    let (url, _) = meddler(sim.running.url(), move |m, path| {
-        (m == Method::POST && path.ends_with("/chunked_uploads"))
-            .then(|| answer("201 Created", "application/json", &created))
-    })
-    .await;
-    let s = Stack::in_front_of(sim, url, |c| c.retry.max_attempts = 2).await;
-    let r = s.upload(&bytes_of(PART * 2, 1), &[]).await;
-    assert_eq!((r.status, code(&r)), (StatusCode::BAD_GATEWAY, "UPSTREAM_BAD_RESPONSE".to_owned()));
-    let st = s.sim.wait_stats(|st| st["deleted"] == 1).await;
-    assert_eq!(st["open"], 0, "{st}");
+    let shapes: [fn(&str) -> Vec<u8>; 4] = [
+        |id| {
+            let body = format!(
+                r#"{{"chunkedUploadId":"{id}","committed":"false","maxChunkedUploadParts":128,"totalSize":65536,"chunkedUploadParts":[{{"sequence":"0","size":"65536"}}]}}"#
+            );
+            answer("201 Created", "application/json", &body)
+        },
+        |id| answer("201 Created", "application/json", &format!(r#"{{"chunkedUploadId" : "{id}","committed":"fal"#)),
+        |id| {
+            answer(
+                "201 Created",
+                "application/json",
+                &format!(r#"{{"chunkedUploadId":"{id}","committed":"false"}} and more"#),
+            )
+        },
+        |id| {
+            let body = format!(r#"{{"chunkedUploadId":"{id}","committed":"false"}}"#);
+            let head = "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\nconnection: close\r\n";
+            format!("{head}content-length: {}\r\n\r\n{body}", body.len() + 100).into_bytes()
+        },
+    ];
+    for (n, shape) in shapes.into_iter().enumerate() {
+        let sim = SimApi::start(SimConfig::default()).await;
+        let id = sim.create_id(b"made by the create the gateway cannot read").await;
+        let (url, _) = meddler(sim.running.url(), move |m, path| {
+            (m == Method::POST && path.ends_with("/chunked_uploads")).then(|| shape(&id))
+        })
+        .await;
+        let s = Stack::in_front_of(sim, url, |c| c.retry.max_attempts = 2).await;
+        let r = s.upload(&bytes_of(PART * 2, 1), &[]).await;
+        assert_eq!((r.status, code(&r)), (StatusCode::BAD_GATEWAY, "UPSTREAM_BAD_RESPONSE".to_owned()), "shape {n}");
+        let st = s.sim.wait_stats(|st| st["deleted"] == 1).await;
+        assert_eq!(st["open"], 0, "shape {n}: {st}");
+    }
 }
 
 #[tokio::test]
