@@ -59,6 +59,7 @@ async fn assert_upstream(s: &Stack, r: &Resp, data: &[u8]) {
     let v = s.sim.inspect(id).await;
     assert_eq!(v["state"], "committed", "{v}");
     assert_eq!(v["sha256"], sha256_hex(data), "{v}");
+    assert_eq!(r.header("x-chunkgate-checksum"), "verified");
 }
 
 #[tokio::test]
@@ -952,6 +953,23 @@ async fn a_patch_refused_past_the_deferred_length_it_brings_leaves_the_upload_ab
     let last = patch(&s, &url, 2000, &data[2000..], &[]).await;
     assert_eq!(last.status, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&last.body));
     assert_upstream(&s, &last, &data).await;
+}
+
+/// An upstream that reports no checksum: the bytes are committed on their sizes alone, and the
+/// client hears it as a streamed upload's does (`X-Chunkgate-Checksum: unverified`), on the last
+/// PATCH and on HEAD after it (before: only the log said so).
+#[tokio::test]
+async fn a_tus_upload_the_upstream_gave_no_checksum_for_says_so() {
+    let s = tus_stack("unverified").await;
+    s.sim.faults(serde_json::json!({"omit_checksum": true})).await;
+    let data = bytes_of(5000, 5);
+    let url = create(&s, data.len()).await;
+    let done = patch(&s, &url, 0, &data, &[]).await;
+    assert_eq!(done.status, StatusCode::NO_CONTENT);
+    assert_eq!(done.header("x-chunkgate-checksum"), "unverified");
+    let head = tus(&s, Method::HEAD, &url, &[], Vec::new()).await;
+    assert_eq!(head.header("x-chunkgate-checksum"), "unverified");
+    assert_eq!(s.sim.inspect(done.header("x-chunkgate-upload-id")).await["sha256"], sha256_hex(&data));
 }
 
 /// DELETE of a finished upload deletes its committed upstream upload too: the client may not have

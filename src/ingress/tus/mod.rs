@@ -77,6 +77,7 @@ pub const RESPONSE_HEADERS: &[&str] = &[
     "tus-checksum-algorithm",
     "x-chunkgate-upload-id",
     "x-chunkgate-upload-uri",
+    "x-chunkgate-checksum",
     "x-chunkgate-error-code",
     "x-request-id",
     "retry-after",
@@ -1082,7 +1083,8 @@ impl Tus {
                     Some(r.get("chunkedUploadUri")?.as_str()?.to_owned())
                 })
                 .unwrap_or_default();
-            Outcome::Committed { upload_id: code.unwrap_or_default(), uri }
+            let checksum = parts.headers.get("x-chunkgate-checksum").and_then(|v| v.to_str().ok()).unwrap_or_default();
+            Outcome::Committed { upload_id: code.unwrap_or_default(), uri, checksum: checksum.to_owned() }
         } else {
             let error = error_code(&text).unwrap_or_else(|| "UPSTREAM_REFUSED".to_owned());
             // Stopped here (terminated, reaped), or by the drain (SIGTERM): not a failure of the
@@ -1161,12 +1163,16 @@ impl Live {
 }
 
 fn stamp_outcome(headers: &mut HeaderMap, outcome: Option<&Outcome>) {
-    if let Some(Outcome::Committed { upload_id, uri }) = outcome {
+    if let Some(Outcome::Committed { upload_id, uri, checksum }) = outcome {
         if let Ok(v) = HeaderValue::from_str(upload_id) {
             headers.insert("x-chunkgate-upload-id", v);
         }
         if let Ok(v) = HeaderValue::from_str(uri) {
             headers.insert("x-chunkgate-upload-uri", v);
+        }
+        // Not known for sessions committed by an older version.
+        if let (false, Ok(v)) = (checksum.is_empty(), HeaderValue::from_str(checksum)) {
+            headers.insert("x-chunkgate-checksum", v);
         }
     }
 }

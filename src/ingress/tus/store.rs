@@ -54,8 +54,19 @@ pub struct Session {
 /// How a tus upload ended upstream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
-    Committed { upload_id: String, uri: String },
-    Failed { status: u16, code: String, body: String },
+    Committed {
+        upload_id: String,
+        uri: String,
+        /// How the bytes were checked before the commit, as `X-Chunkgate-Checksum` says it
+        /// (`verified`, `unverified`: sizes only, `skipped`); empty in sessions of older versions.
+        #[serde(default)]
+        checksum: String,
+    },
+    Failed {
+        status: u16,
+        code: String,
+        body: String,
+    },
 }
 
 /// The spool directory and the database.
