@@ -360,6 +360,7 @@ impl Quota for SharedQuota {
                 }
             }
             self.local.forget(member, upload_ids).await;
+            self.redis.drop_kept(member, upload_ids);
             match self.redis.forget_or_resize(upload_ids, Some(member), None).await {
                 Some(now) => {
                     self.held.lock().unwrap().insert(member.to_owned(), now);

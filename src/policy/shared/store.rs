@@ -71,6 +71,12 @@ pub struct Redis {
     pending: Mutex<Vec<Pending>>,
     /// The token of the data Redis held when this sidecar last looked (see `lost_data`).
     epoch: Mutex<Option<String>>,
+    /// A replay of the kept writes is running: a failure in it goes back to fallback quietly (the
+    /// outage goes on; it was logged when it began).
+    replaying: AtomicBool,
+    /// Uploads forgotten while a replay runs: their kept writes, taken out for the replay, are
+    /// skipped (see `drop_kept`).
+    forgotten: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Writes kept while Redis is down, replayed when it answers again.
@@ -137,6 +143,8 @@ impl Redis {
             down: AtomicBool::new(false),
             pending: Mutex::new(Vec::new()),
             epoch: Mutex::new(None),
+            replaying: AtomicBool::new(false),
+            forgotten: Mutex::default(),
         }))
     }
 
@@ -196,12 +204,29 @@ impl Redis {
 
     /// Redis did not answer: counts go local (each sidecar its share) until it does.
     pub(super) fn fell(&self, why: &str) {
-        if !self.down.swap(true, Ordering::Relaxed) {
+        if !self.down.swap(true, Ordering::Relaxed) && !self.replaying.load(Ordering::Relaxed) {
             tracing::warn!(
                 reason = why,
                 "shared counts unavailable: falling back to this sidecar's share of the limits"
             );
             metrics::gauge!(telemetry::CLUSTER_FALLBACK).set(1.0);
+        }
+    }
+
+    /// Drops the kept writes of uploads `member` used or deleted (their creation, size, parts):
+    /// written after the forget, on a Redis that lost the forget's tombstone meanwhile, they had
+    /// brought the uploads back.
+    pub(super) fn drop_kept(&self, member: &str, ids: &[String]) {
+        let ended = |upload: &String| ids.contains(upload);
+        self.pending.lock().unwrap().retain(|op| match op {
+            Pending::Created { member: m, upload, .. } | Pending::Grow { member: m, upload, .. } => {
+                !(m == member && ended(upload))
+            }
+            Pending::Resize { upload, .. } => !ended(upload),
+            Pending::Forget { .. } | Pending::Release { .. } => true,
+        });
+        if self.replaying.load(Ordering::Relaxed) {
+            self.forgotten.lock().unwrap().extend(ids.iter().cloned());
         }
     }
 
@@ -226,10 +251,16 @@ impl Redis {
         if !matches!(ping.await, Ok(Ok(_))) {
             return;
         }
+        self.replaying.store(true, Ordering::Relaxed);
         self.down.store(false, Ordering::Relaxed);
         let kept = std::mem::take(&mut *self.pending.lock().unwrap());
         let replayed = kept.len();
         for op in kept {
+            if let Pending::Created { upload, .. } | Pending::Resize { upload, .. } | Pending::Grow { upload, .. } = &op
+                && self.forgotten.lock().unwrap().contains(upload)
+            {
+                continue;
+            }
             let written = match &op {
                 Pending::Created { member, upload, bytes, expires_ms } => {
                     self.record_created(member, "", upload, *bytes, *expires_ms).await
@@ -247,6 +278,8 @@ impl Redis {
                 self.keep(op);
             }
         }
+        self.replaying.store(false, Ordering::Relaxed);
+        self.forgotten.lock().unwrap().clear();
         if !self.is_down() {
             tracing::info!(replayed, "Redis answers again: sharing counts again");
             metrics::gauge!(telemetry::CLUSTER_FALLBACK).set(0.0);
@@ -323,7 +356,8 @@ impl Redis {
         }
         inv.arg(&self.prefix)
             .arg(bytes.map_or_else(|| "forget".to_owned(), |b| b.to_string()))
-            .arg(member.unwrap_or(""));
+            .arg(member.unwrap_or(""))
+            .arg(2 * self.ttl_ms());
         for id in ids {
             inv.arg(id);
         }
