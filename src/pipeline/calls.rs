@@ -202,6 +202,18 @@ impl Calls {
             match (class, result) {
                 (Class::Success, Ok(answer)) => {
                     tracing::debug!(attempt = tries.count(), status = answer.status.as_u16(), "part accepted");
+                    // A 2xx whose body is not an upload resource (cut short, not JSON, empty) says
+                    // nothing either way: the upload is looked at, as after an unknown outcome.
+                    if let Err(why) = answer.resource(dialect) {
+                        maybe_applied = true;
+                        if self.reconcile(id, seq, len).await? == Seen::Held {
+                            return Ok(());
+                        }
+                        if !again(&mut tries, &Ok(answer), "part answered unreadably and not held").await {
+                            return Err(GatewayError::UpstreamBadResponse(why).into());
+                        }
+                        continue;
+                    }
                     return check_listed(&answer, dialect, (id, seq, len));
                 }
                 (Class::Ambiguous, result) => {

@@ -581,6 +581,27 @@ async fn a_commit_answered_2xx_without_a_committed_upload_is_not_believed() {
     }
 }
 
+/// A part answered 2xx with a body that is not the upload (cut short, not JSON, empty) is looked up
+/// rather than taken as a failure: not held, it is sent again, and the upload commits whole
+/// (before: the upload failed with UPSTREAM_BAD_RESPONSE and was deleted).
+#[tokio::test]
+async fn a_part_answered_2xx_unreadably_is_looked_up_and_sent_again() {
+    for body in [r#"{"chunkedUploadId":"#, "OK", ""] {
+        let lied = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let once = lied.clone();
+        let (s, meddled) = lying(SimConfig::default(), move |m, path| {
+            let part = m == Method::PUT && path.ends_with("/1") && !path.contains('?');
+            (part && !once.swap(true, std::sync::atomic::Ordering::Relaxed))
+                .then(|| answer("200 OK", "application/json", body))
+        })
+        .await;
+        let data = bytes_of(PART * 3, 7);
+        let r = s.upload(&data, &[]).await;
+        s.assert_committed(&r, &data).await;
+        assert_eq!(meddled.load(std::sync::atomic::Ordering::Relaxed), 1, "{body:?}");
+    }
+}
+
 /// An upstream that answers a create with the id of another upload this gateway holds (here one
 /// it committed) has the new upload refused, and the other left as it is: its cleanup would have
 /// deleted the committed upload of another client.
