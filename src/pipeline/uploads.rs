@@ -254,7 +254,15 @@ impl Uploads {
             _ => {}
         }
         let client_digest = digest::sha256_of(headers).map_err(|()| GatewayError::BadContentDigest)?;
-        let commit = !headers.get(NO_COMMIT_HEADER).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"false"));
+        // `true` or `false`, once: another value, or two, would have committed an upload the
+        // client may have meant to keep open.
+        let mut values = headers.get_all(NO_COMMIT_HEADER).iter().map(|v| v.as_bytes().trim_ascii());
+        let commit = match (values.next(), values.next()) {
+            (None, _) => true,
+            (Some(v), None) if v.eq_ignore_ascii_case(b"true") => true,
+            (Some(v), None) if v.eq_ignore_ascii_case(b"false") => false,
+            _ => return Err(GatewayError::BadRequest("X-Chunkgate-Commit must be true or false, once".into())),
+        };
         Ok(Asked { auth, declared, client_digest, commit })
     }
 

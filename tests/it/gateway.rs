@@ -223,6 +223,19 @@ async fn a_client_may_leave_the_commit_to_itself() {
     let c = s.http.send(Method::PUT, &url, &[("authorization", &auth), ("content-length", "0")], "").await.unwrap();
     assert_eq!(c.status, StatusCode::OK, "{}", String::from_utf8_lossy(&c.body));
     assert_eq!(s.sim.inspect(id).await["state"], "committed");
+    // Any other value (or two) is refused before anything is created: it had committed uploads
+    // their clients may have meant to keep open.
+    for value in ["0", "no", "false, true", "yes"] {
+        let r = s.upload(&data, &[("x-chunkgate-commit", value)]).await;
+        assert_eq!((r.status, code(&r)), (StatusCode::BAD_REQUEST, "BAD_REQUEST".to_owned()), "{value}");
+    }
+    let auth_pairs =
+        [("authorization", auth.as_str()), ("x-chunkgate-commit", "false"), ("x-chunkgate-commit", "false")];
+    let r = s.http.send(Method::POST, &s.upload_url(ACCOUNT), &auth_pairs, data.clone()).await.unwrap();
+    assert_eq!(code(&r), "BAD_REQUEST");
+    assert_eq!(s.sim.stats().await["created"], 1);
+    let r = s.upload(&data, &[("x-chunkgate-commit", " TRUE ")]).await;
+    s.assert_committed(&r, &data).await;
 }
 
 #[tokio::test]
