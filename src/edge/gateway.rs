@@ -288,6 +288,7 @@ impl Gateway {
             quota: self.quota.as_ref(),
             quota_wait: Duration::from_secs(self.config.quota.wait_secs),
             max_answer: self.config.upstream.max_response_bytes,
+            answer_timeout: Duration::from_millis(self.config.upstream.call_timeout_ms),
             unknown_bytes: self.config.upload.max_document_bytes,
         }
     }

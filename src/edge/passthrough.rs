@@ -88,6 +88,9 @@ pub struct Policies<'a> {
     pub quota_wait: Duration,
     /// The largest create answer read (to learn the upload's id and expiry).
     pub max_answer: usize,
+    /// How long the upstream has to answer once the body is sent (`upstream.call_timeout_ms`): for
+    /// a create, its whole answer; and how long it may leave the body untaken.
+    pub answer_timeout: Duration,
     /// What a create of unknown length holds until its body has ended (`upload.max_document_bytes`).
     pub unknown_bytes: u64,
 }
@@ -160,9 +163,23 @@ pub async fn forward(
             ClientBody::new(incoming, idle, w.clone(), urls, length).boxed_unsync()
         }
     };
+    // The call timeout starts once the body has been passed on (see `Upstream::send`), or once the
+    // upstream has taken none of it for that long: an upstream that stops reading mid-body is
+    // timed out like one that does not answer (it had waited forever: the client's own idle
+    // timer runs only while the upstream asks for more).
+    let stall = policies.answer_timeout;
     let sent = async {
         if let Some(w) = &watch {
-            w.ended().await;
+            loop {
+                let before = w.sent.load(std::sync::atomic::Ordering::Relaxed);
+                tokio::select! {
+                    () = w.ended() => return,
+                    () = tokio::time::sleep(stall) => {}
+                }
+                if w.sent.load(std::sync::atomic::Ordering::Relaxed) == before {
+                    return;
+                }
+            }
         }
     };
     unless_gone(&mut client, pacing.acquire(account, Draw::Free, pacing.default_deadline()))
@@ -241,9 +258,9 @@ pub async fn forward(
     if let Some(mut leased) = leased.filter(|_| parts.status.is_success()) {
         // The answer is read (it is small) to learn the upload's id and expiry.
         let limited = http_body_util::Limited::new(incoming, policies.max_answer);
-        let answer = limited
-            .collect()
+        let answer = tokio::time::timeout(policies.answer_timeout, limited.collect())
             .await
+            .map_err(|_| GatewayError::UpstreamTimeout(policies.answer_timeout))?
             .map_err(|_| GatewayError::UpstreamBadResponse("the create's answer could not be read".into()))?;
         let answer = answer.to_bytes();
         if let (Some(id), Some(lease)) = (created_upload(&answer), leased.id.take()) {

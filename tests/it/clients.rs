@@ -602,6 +602,61 @@ async fn a_part_answered_2xx_unreadably_is_looked_up_and_sent_again() {
     }
 }
 
+/// A passthrough whose upstream stops taking the body half-way, or stalls in the middle of a
+/// create's answer, is answered `UPSTREAM_TIMEOUT` within the call timeout of the stall, and frees
+/// the caller's slot (before: the first waited forever, the client's idle timer never running
+/// while the upstream asked for nothing; the second held the slot and the answer for good).
+#[tokio::test]
+async fn a_passthrough_upstream_that_stops_reading_or_stalls_its_answer_times_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Takes each connection and reads a little of it: the rest of the body waits in the
+    // gateway's socket. A create (the body names "create") is read whole and answered with its
+    // head and the start of its body, then nothing.
+    let upstream = tokio::net::TcpSocket::new_v4().unwrap();
+    upstream.set_recv_buffer_size(4096).unwrap();
+    upstream.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    let upstream = upstream.listen(64).unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((mut socket, _)) = upstream.accept().await {
+            let mut head = vec![0u8; 2048];
+            let n = socket.read(&mut head).await.unwrap_or(0);
+            if String::from_utf8_lossy(&head[..n]).contains("create") {
+                let _ = socket.write_all(b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n{\"chunked").await;
+            }
+            open.push(socket);
+        }
+    });
+    let sim = SimApi::start(SimConfig::default()).await;
+    let s = Stack::in_front_of(sim, format!("http://127.0.0.1:{port}"), |c| {
+        c.upstream.call_timeout_ms = 500;
+        c.server.max_passthrough_per_caller = 1;
+    })
+    .await;
+    let auth = format!("Bearer {TOKEN}");
+    let json = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let envelopes = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/envelopes", s.gw.url());
+    let body = format!(r#"{{"emailSubject":"{}"}}"#, "x".repeat(16 << 20));
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(20), s.http.send(Method::POST, &envelopes, &json, body))
+        .await
+        .expect("no answer: the upstream stopped reading the body")
+        .unwrap();
+    assert_eq!((r.status, code(&r)), (StatusCode::GATEWAY_TIMEOUT, "UPSTREAM_TIMEOUT".to_owned()));
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    let create = format!("{}/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads", s.gw.url());
+    let r = tokio::time::timeout(Duration::from_secs(20), s.http.send(Method::POST, &create, &json, r#"{"create":1}"#))
+        .await
+        .expect("no answer: the create's answer stalled")
+        .unwrap();
+    assert_eq!((r.status, code(&r)), (StatusCode::GATEWAY_TIMEOUT, "UPSTREAM_TIMEOUT".to_owned()));
+    // The caller's one passthrough slot is free again.
+    let r = s.http.send(Method::POST, &create, &json, r#"{"create":2}"#).await.unwrap();
+    assert_eq!(code(&r), "UPSTREAM_TIMEOUT");
+    held.abort();
+}
+
 /// An upstream that answers a create with the id of another upload this gateway holds (here one
 /// it committed) has the new upload refused, and the other left as it is: its cleanup would have
 /// deleted the committed upload of another client.
