@@ -164,9 +164,10 @@ pub async fn forward(
         }
     };
     // The call timeout starts once the body has been passed on (see `Upstream::send`), or once the
-    // upstream has taken none of it for that long: an upstream that stops reading mid-body is
-    // timed out like one that does not answer (it had waited forever: the client's own idle
-    // timer runs only while the upstream asks for more).
+    // upstream has taken none of it for that long without waiting for the client (a client that
+    // is slow is the idle timer's): an upstream that stops reading mid-body is timed out like one
+    // that does not answer (it had waited forever: the client's idle timer runs only while the
+    // upstream asks for more).
     let stall = policies.answer_timeout;
     let sent = async {
         if let Some(w) = &watch {
@@ -176,7 +177,8 @@ pub async fn forward(
                     () = w.ended() => return,
                     () = tokio::time::sleep(stall) => {}
                 }
-                if w.sent.load(std::sync::atomic::Ordering::Relaxed) == before {
+                let waiting = w.waiting_on_client.load(std::sync::atomic::Ordering::Relaxed);
+                if w.sent.load(std::sync::atomic::Ordering::Relaxed) == before && !waiting {
                     return;
                 }
             }
@@ -353,6 +355,8 @@ struct Watch {
     used: Mutex<Vec<String>>,
     /// Bytes of the body passed on so far.
     sent: std::sync::atomic::AtomicU64,
+    /// The upstream asked for more and the client had none yet.
+    waiting_on_client: std::sync::atomic::AtomicBool,
 }
 
 impl Watch {
@@ -423,7 +427,9 @@ impl HttpBody for ClientBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        this.watch.waiting_on_client.store(polled.is_pending(), std::sync::atomic::Ordering::Relaxed);
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 let deadline = tokio::time::Instant::now() + this.idle;
                 this.timer.as_mut().reset(deadline);

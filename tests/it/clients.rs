@@ -657,6 +657,31 @@ async fn a_passthrough_upstream_that_stops_reading_or_stalls_its_answer_times_ou
     held.abort();
 }
 
+/// A passthrough client that pauses longer than the call timeout (but within its idle time) is
+/// waited for: the upstream is asking for more, so it is not taken for one that stopped reading.
+#[tokio::test]
+async fn a_slow_passthrough_client_is_not_taken_for_a_stalled_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Stack::start(SimConfig::default(), |c| {
+        c.upstream.call_timeout_ms = 300;
+        c.upload.client_idle_timeout_ms = 5_000;
+    })
+    .await;
+    let body = format!(r#"{{"emailSubject":"{}","status":"created","documents":[]}}"#, "x".repeat(1000));
+    let mut tcp = TcpStream::connect(s.gw.addr).await.unwrap();
+    let head = format!(
+        "POST /restapi/v2.1/accounts/{ACCOUNT}/envelopes HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&body.as_bytes()[..500]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tcp.write_all(&body.as_bytes()[500..]).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut answer)).await.unwrap().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+}
+
 /// An upstream that answers a create with the id of another upload this gateway holds (here one
 /// it committed) has the new upload refused, and the other left as it is: its cleanup would have
 /// deleted the committed upload of another client.
