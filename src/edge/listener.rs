@@ -128,56 +128,69 @@ pub struct Connections {
     max: usize,
     /// Notified while accepting waits for a free slot: idle connections close.
     pressure: Notify,
+    /// Slots held by accept loops waiting for a connection: room, not connections.
+    ready: AtomicUsize,
 }
 
 // === impl Connections ===
 
 impl Connections {
     pub fn new(max: usize) -> Arc<Self> {
-        Arc::new(Self { permits: Arc::new(Semaphore::new(max)), max, pressure: Notify::new() })
+        Arc::new(Self {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+            pressure: Notify::new(),
+            ready: AtomicUsize::new(0),
+        })
     }
 
-    /// Connections open now.
+    /// Connections open now (the slots taken, less those the accept loops hold while they wait).
     pub fn open(&self) -> usize {
-        self.max - self.permits.available_permits()
+        (self.max - self.permits.available_permits()).saturating_sub(self.ready.load(Ordering::Relaxed))
     }
 
     pub fn max(&self) -> usize {
         self.max
     }
 
-    /// Every slot is taken: a new client waits in the accept backlog.
+    /// Every slot is taken by a connection: a new client waits in the accept backlog.
     pub fn saturated(&self) -> bool {
-        self.permits.available_permits() == 0
+        self.permits.available_permits() == 0 && self.ready.load(Ordering::Relaxed) == 0
     }
 
-    /// Waits until a slot is free, without taking it: the accept loops take theirs only for a
-    /// connection accepted, so that slots count connections (one held by each waiting loop had
-    /// made an idle gateway look saturated, and made idle connections close for room not needed).
-    /// While none is free, idle connections are asked (every [`PRESSURE_GRACE`]) to close and make
-    /// room, and new clients wait in the accept backlog.
-    async fn room(&self) {
-        while self.permits.available_permits() == 0 {
-            self.pressure.notify_waiters();
+    /// A slot for the next connection, taken before it is accepted (so connections are accepted
+    /// in turn, only with room). While none is free, and no other accept loop holds one to accept
+    /// with, idle connections are asked (every [`PRESSURE_GRACE`]) to close and make room.
+    async fn slot(&self) -> OwnedSemaphorePermit {
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return permit;
+        }
+        loop {
+            if self.ready.load(Ordering::Relaxed) == 0 {
+                self.pressure.notify_waiters();
+            }
             tokio::select! {
-                permit = self.permits.acquire() => {
-                    drop(permit);
-                    return;
-                }
+                permit = self.permits.clone().acquire_owned() => return permit.expect("semaphore is never closed"),
                 () = tokio::time::sleep(PRESSURE_GRACE) => {}
             }
         }
     }
 
-    /// A slot for a connection accepted. Another loop may have taken the room it waited for: then
-    /// it waits for the next, as [`room`](Self::room) does.
-    async fn slot(&self) -> OwnedSemaphorePermit {
-        loop {
-            if let Ok(permit) = self.permits.clone().try_acquire_owned() {
-                return permit;
-            }
-            self.room().await;
-        }
+    /// Counts a slot as held by a loop waiting to accept until the guard is dropped: an idle
+    /// gateway with one loop per thread had shown a connection open per thread, `/readyz` had said
+    /// `saturated` with room left, and idle connections had been closed for it.
+    fn waiting_to_accept(self: &Arc<Self>) -> Ready {
+        self.ready.fetch_add(1, Ordering::Relaxed);
+        Ready(self.clone())
+    }
+}
+
+/// A slot held by an accept loop while it waits for a connection (see `waiting_to_accept`).
+struct Ready(Arc<Connections>);
+
+impl Drop for Ready {
+    fn drop(&mut self) {
+        self.0.ready.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -380,18 +393,16 @@ where
     tokio::pin!(stop);
 
     loop {
-        tokio::select! {
-            () = limits.connections.room() => {}
-            () = &mut stop => break,
-        }
-        let (stream, peer) = tokio::select! {
-            accepted = accept(&listener) => accepted,
-            () = &mut stop => break,
-        };
         let permit = tokio::select! {
             permit = limits.connections.slot() => permit,
             () = &mut stop => break,
         };
+        let ready = limits.connections.waiting_to_accept();
+        let (stream, peer) = tokio::select! {
+            accepted = accept(&listener) => accepted,
+            () = &mut stop => break,
+        };
+        drop(ready);
         let _ = stream.set_nodelay(true);
         let activity = Activity::new();
         let service = {
