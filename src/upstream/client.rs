@@ -489,12 +489,12 @@ impl Upstream {
                 ReadError::TooLarge { limit } => CallError::BadAnswer(format!("answer over {limit} bytes")),
                 ReadError::Io(e) => CallError::Broken(format!("answer cut off: {e}")),
             })?;
-            Ok(parts.headers)
+            Ok((parts.status, parts.headers))
         };
         let answer = tokio::time::timeout(timeout, exchange).await.map_err(|_| CallError::Timeout(timeout));
         metrics::histogram!(crate::telemetry::UPSTREAM_CALL, "op" => op).record(started.elapsed().as_secs_f64());
         match (answer.and_then(|a| a), status) {
-            (Ok(headers), Some(status)) => Ok(Answer { status, headers, body: Bytes::from(got) }),
+            (Ok((status, headers)), _) => Ok(Answer { status, headers, body: Bytes::from(got) }),
             (Err(err), Some(status)) if status.is_success() => {
                 if let Some(kept) = cut_off {
                     *kept = Some(Answer { status, headers: HeaderMap::new(), body: Bytes::from(got) });
@@ -502,7 +502,6 @@ impl Upstream {
                 Err(err)
             }
             (Err(err), _) => Err(err),
-            (Ok(_), None) => unreachable!("an answer's head comes before its body"),
         }
     }
 
