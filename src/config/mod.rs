@@ -577,12 +577,12 @@ impl Config {
                 out.push(format!("upstream.ca_files: {} is not a readable file", ca.display()));
             }
         }
-        // What the files hold, as the gateway will read them at start (a file with no certificate
+        // What each file holds, as the gateway will read it at start (a file with no certificate
         // in it was reported only by `serve`).
-        if self.upstream.ca_files.iter().all(|ca| ca.is_file())
-            && let Err(problem) = crate::tls::client_config(&self.upstream.ca_files)
-        {
-            out.push(format!("upstream.ca_files: {problem}"));
+        for ca in self.upstream.ca_files.iter().filter(|ca| ca.is_file()) {
+            if let Err(problem) = crate::tls::client_config(std::slice::from_ref(ca)) {
+                out.push(format!("upstream.ca_files: {problem}"));
+            }
         }
         if self.upstream.max_request_bytes < 4096 {
             out.push(format!("upstream.max_request_bytes ({}) must be at least 4096", self.upstream.max_request_bytes));
@@ -602,7 +602,7 @@ impl Config {
         }
         if u.memory_budget_bytes < u.part_size * 3 {
             out.push(format!(
-                "upload.memory_budget_bytes ({}) must hold at least two part bodies (3 x upload.part_size = {})",
+                "upload.memory_budget_bytes ({}) must be at least 3 x upload.part_size ({})",
                 u.memory_budget_bytes,
                 u.part_size * 3
             ));
@@ -677,6 +677,11 @@ impl Config {
             ("upload.max_uploads", u.max_uploads as u64, COUNT),
             ("upload.max_in_flight", u.max_in_flight as u64, COUNT),
             ("retry.max_attempts", r.max_attempts as u64, COUNT),
+            ("upstream.pool_max_idle", up.pool_max_idle as u64, COUNT),
+            ("rate_limit.hourly_limit", self.rate_limit.hourly_limit.into(), COUNT),
+            ("rate_limit.burst_limit", self.rate_limit.burst_limit.into(), COUNT),
+            ("quota.uploads_per_member", self.quota.uploads_per_member.into(), COUNT),
+            ("cluster.replicas", self.cluster.replicas.into(), COUNT),
         ];
         for (name, v, max) in limits {
             if v > max {
@@ -751,31 +756,75 @@ fn renamed(key: &str) -> Option<&'static str> {
     }
 }
 
-/// Deserializes `value`, recording every unknown key and any type error in `problems`.
-pub fn deserialize_strict<T: DeserializeOwned + Default>(value: toml::Value, problems: &mut Vec<String>) -> T {
+/// Deserializes `value`, recording every unknown key and every key of the wrong type or out of
+/// its type's range in `problems`. A wrong key is reported, left at its default and the rest read
+/// again, so that one run lists every problem (the parser stops at the first).
+pub fn deserialize_strict<T: DeserializeOwned + Default>(mut value: toml::Value, problems: &mut Vec<String>) -> T {
+    let mut wrong = Vec::new();
     let mut unknown = Vec::new();
-    let result = serde_ignored::deserialize(value, |path| unknown.push(path.to_string()));
+    let mut read = None;
+    // Each round takes one wrong key out; far more rounds than a configuration has keys.
+    for _ in 0..512 {
+        unknown.clear();
+        let result: Result<T, _> = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
+            value.clone(),
+            &mut |path: serde_ignored::Path<'_>| unknown.push(path.to_string()),
+        ));
+        match result {
+            Ok(config) => {
+                read = Some(config);
+                break;
+            }
+            Err(err) => {
+                let taken_out = take_out(&mut value, err.path());
+                wrong.push(match err.path().iter().next() {
+                    Some(_) => format!("`{}`: {}", err.path(), err.inner().message().trim()),
+                    None => err.inner().to_string().trim().to_owned(),
+                });
+                if !taken_out {
+                    break;
+                }
+            }
+        }
+    }
     problems.extend(unknown.into_iter().map(|key| match renamed(&key) {
         Some(now) => format!("unknown key `{key}`: it was replaced by `{now}`"),
         None => format!("unknown key `{key}`"),
     }));
-    match result {
-        Ok(value) => value,
-        Err(err) => {
-            problems.push(err.to_string().trim().to_owned());
-            T::default()
+    problems.extend(wrong);
+    read.unwrap_or_default()
+}
+
+/// Removes the key at `path` (the outermost key holding it, when it runs into an array or an
+/// enum) from `value`; false when there is no such key.
+fn take_out(value: &mut toml::Value, path: &serde_path_to_error::Path) -> bool {
+    let keys: Vec<&str> = path
+        .iter()
+        .map_while(|segment| match segment {
+            serde_path_to_error::Segment::Map { key } => Some(key.as_str()),
+            _ => None,
+        })
+        .collect();
+    let Some((last, parents)) = keys.split_last() else { return false };
+    let mut at = value;
+    for key in parents {
+        match at.get_mut(*key) {
+            Some(next) => at = next,
+            None => return false,
         }
     }
+    at.as_table_mut().and_then(|table| table.remove(*last)).is_some()
 }
 
 /// A problem with a key (named in backticks) that the environment set, with the variable named:
 /// the key alone sent users looking for it in the file.
 fn naming_the_variable(problem: String, from_env: &[(String, String)]) -> String {
     let Some(key) = problem.split('`').nth(1) else { return problem };
-    let set = from_env
-        .iter()
-        .rev()
-        .find(|(path, _)| path == key || path.strip_prefix(key).is_some_and(|rest| rest.starts_with('.')));
+    let set = from_env.iter().rev().find(|(path, _)| {
+        path == key
+            || path.strip_prefix(key).is_some_and(|rest| rest.starts_with('.'))
+            || key.strip_prefix(path.as_str()).is_some_and(|rest| rest.starts_with('['))
+    });
     match set {
         Some((_, variable)) => format!("{problem} (set by {variable})"),
         None => problem,
@@ -853,6 +902,41 @@ mod tests {
     }
 
     #[test]
+    fn every_key_of_the_wrong_type_is_listed_at_once() {
+        let dir = std::env::temp_dir().join(format!("chunkgate-config-types-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("not-a-ca.pem");
+        std::fs::write(&not_pem, "no certificate here\n").unwrap();
+        let file = format!(
+            "[server]\nlisten = 8080\ndrain_secs = \"30\"\nmax_connections = -1\n\
+             [upstream]\nca_files = [{:?}, \"/nonexistent/ca.pem\"]\n\
+             [upload]\nverify_upstream_checksum = \"yes\"\nbogus = 1\n[log]\nformat = \"xml\"\n",
+            not_pem.display().to_string()
+        );
+        let problems = Config::parse(&file, env(&[("CHUNKGATE_RATE_LIMIT__HOURLY_LIMIT", "lots")])).unwrap_err().0;
+        let _ = std::fs::remove_dir_all(&dir);
+        for key in [
+            "`server.listen`: ",
+            "`server.drain_secs`: ",
+            "`server.max_connections`: ",
+            "`upload.verify_upstream_checksum`: ",
+            "`log.format`: ",
+            "`rate_limit.hourly_limit`: ",
+            "unknown key `upload.bogus`",
+            "upstream.ca_files: /nonexistent/ca.pem is not a readable file",
+            "upstream.ca_files: CA file",
+        ] {
+            assert!(problems.iter().any(|p| p.starts_with(key)), "{key}: {problems:?}");
+        }
+        assert!(
+            problems.iter().any(|p| p.starts_with("`rate_limit.hourly_limit`")
+                && p.ends_with("(set by CHUNKGATE_RATE_LIMIT__HOURLY_LIMIT)")),
+            "{problems:?}"
+        );
+        assert_eq!(problems.len(), 9, "{problems:?}");
+    }
+
+    #[test]
     fn times_and_counts_past_any_use_are_refused_by_name() {
         let problems = Config::parse(
             "",
@@ -861,10 +945,19 @@ mod tests {
                 ("CHUNKGATE_QUOTA__WAIT_SECS", "9223372036854775807"),
                 ("CHUNKGATE_SERVER__MAX_CONNECTIONS", "2305843009213693952"),
                 ("CHUNKGATE_UPLOAD__MAX_UPLOADS", "9223372036854775807"),
+                ("CHUNKGATE_RATE_LIMIT__HOURLY_LIMIT", "4000000000"),
+                ("CHUNKGATE_CLUSTER__REPLICAS", "4000000000"),
             ]),
         )
         .unwrap_err();
-        for name in ["rate_limit.max_wait_secs", "quota.wait_secs", "server.max_connections", "upload.max_uploads"] {
+        for name in [
+            "rate_limit.max_wait_secs",
+            "quota.wait_secs",
+            "server.max_connections",
+            "upload.max_uploads",
+            "rate_limit.hourly_limit",
+            "cluster.replicas",
+        ] {
             assert!(
                 problems.0.iter().any(|p| p.starts_with(name) && p.contains("must be at most")),
                 "{name}: {:?}",
