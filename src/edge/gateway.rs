@@ -682,7 +682,14 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
             );
         }
     }
+    // The ledger's writes under way (a passthrough call seen through after its client left is
+    // written after its task ends): what is left of the drain period, and at least a moment.
+    let until = began.get().copied().unwrap_or_else(tokio::time::Instant::now) + drain;
+    gateway.quota.stopping(until.max(tokio::time::Instant::now() + LEDGER_GRACE)).await;
 }
+
+/// At a stop, the least time the quota ledger's last writes are given.
+const LEDGER_GRACE: Duration = Duration::from_secs(2);
 
 /// Serves the gateway and its admin listener until `shutdown` resolves and the drain is over;
 /// the admin listener keeps answering (`/readyz`: draining) until then.

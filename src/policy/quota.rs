@@ -88,6 +88,12 @@ pub trait Quota: Send + Sync {
 
     /// What each member holds, as last known, for metrics (members by a short digest).
     fn held(&self) -> Vec<(String, Held)>;
+
+    /// The process is stopping and no request runs: waits until `deadline` for the writes under
+    /// way, so that none is lost with the process.
+    fn stopping<'a>(&'a self, _deadline: tokio::time::Instant) -> BoxFuture<'a, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// Room for one upload, given back when dropped unless its upload was created.

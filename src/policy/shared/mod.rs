@@ -56,6 +56,7 @@ pub fn policies(config: &Config) -> Result<Policies, String> {
                     q.restore_if_lost().await;
                     p.renew().await;
                     q.renew().await;
+                    q.refresh_held().await;
                 }
                 _ = probe.tick() => {
                     let Some(r) = weak_redis.upgrade() else { return };

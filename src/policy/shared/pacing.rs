@@ -590,16 +590,13 @@ impl Pacing for SharedPacing {
         let (redis, plan, period_ms) = (self.redis.clone(), plan.clone(), self.period_ms);
         // Given back in the background: a drop cannot wait. If Redis does not take it, the plan
         // expires with its TTL (and calls its batch did not spend stay counted: never too few).
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let released = async move {
-                if let Some(batch) = unspent {
-                    give_back(&redis, period_ms, &plan.account, batch.left, batch.hour).await;
-                }
-                let keys = (redis.account_key(&plan.account, "plans"), redis.account_key(&plan.account, "plans:x"));
-                redis.release(&keys, &plan.id).await;
-            };
-            runtime.spawn(released);
-        }
+        self.redis.spawn(async move {
+            if let Some(batch) = unspent {
+                give_back(&redis, period_ms, &plan.account, batch.left, batch.hour).await;
+            }
+            let keys = (redis.account_key(&plan.account, "plans"), redis.account_key(&plan.account, "plans:x"));
+            redis.release(&keys, &plan.id).await;
+        });
         self.released.notify_waiters();
     }
 

@@ -92,6 +92,21 @@ impl SharedQuota {
         }
     }
 
+    /// Reads again what each member this sidecar has seen holds, for the metrics: the figures
+    /// otherwise change only with this sidecar's own writes, and stayed as they were before an
+    /// outage, or as this sidecar's share counted them during it, until the member's next call.
+    pub async fn refresh_held(&self) {
+        let members: Vec<String> = self.held.lock().unwrap().keys().cloned().collect();
+        for member in members {
+            match self.redis.held_by(&member).await {
+                Some(now) => {
+                    self.held.lock().unwrap().insert(member, now);
+                }
+                None => return,
+            }
+        }
+    }
+
     /// Writes back what this sidecar knows when Redis lost its data (restarted without persistence,
     /// or flushed): the uploads it created that still count, and the leases it holds (taken
     /// whatever room is left: they were granted before). Without it, those uploads went uncounted
@@ -126,7 +141,13 @@ impl SharedQuota {
                 }
                 if !redis.record_created(&c.member, "", &id, c.bytes, c.expires_ms).await {
                     let (member, upload) = (c.member, id);
-                    redis.keep(Pending::Created { member, upload, bytes: c.bytes, expires_ms: c.expires_ms });
+                    redis.keep(Pending::Created {
+                        member,
+                        lease: String::new(),
+                        upload,
+                        bytes: c.bytes,
+                        expires_ms: c.expires_ms,
+                    });
                 }
             });
         }
@@ -173,13 +194,11 @@ impl SharedQuota {
 
     /// Writes `write` for `upload` in the background, after the writes for it given before.
     fn in_order(&self, upload: &str, write: impl Future<Output = ()> + Send + 'static) {
-        // Called from the async `created` and `resize`: always inside the runtime.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let gate = Arc::new(tokio::sync::Mutex::new(()));
         let held = gate.clone().try_lock_owned().expect("a new lock is free");
         let before = self.recording.lock().unwrap().insert(upload.to_owned(), gate.clone());
         let (recording, upload) = (self.recording.clone(), upload.to_owned());
-        runtime.spawn(async move {
+        self.redis.spawn(async move {
             if let Some(before) = before {
                 drop(before.lock().await);
             }
@@ -269,7 +288,13 @@ impl Quota for SharedQuota {
                 self.local.created(lease, upload_id, expires).await;
                 if !self.redis.record_created(&lease.member, "", upload_id, lease.bytes, expires_ms).await {
                     let (member, upload) = (lease.member.clone(), upload_id.to_owned());
-                    self.redis.keep(Pending::Created { member, upload, bytes: lease.bytes, expires_ms });
+                    self.redis.keep(Pending::Created {
+                        member,
+                        lease: String::new(),
+                        upload,
+                        bytes: lease.bytes,
+                        expires_ms,
+                    });
                 }
                 return;
             }
@@ -280,7 +305,9 @@ impl Quota for SharedQuota {
                 if !redis.record_created(&lease.member, &lease.id, &upload, lease.bytes, expires_ms).await {
                     // Counted here meanwhile, and written to Redis once it answers.
                     local.created(&lease, &upload, expires).await;
-                    redis.keep(Pending::Created { member: lease.member, upload, bytes: lease.bytes, expires_ms });
+                    // With its lease, which the write gives up (else it held room until its TTL).
+                    let (member, bytes, lease) = (lease.member, lease.bytes, lease.id);
+                    redis.keep(Pending::Created { member, lease, upload, bytes, expires_ms });
                 }
             };
             self.in_order(upload_id, record);
@@ -340,11 +367,9 @@ impl Quota for SharedQuota {
         self.unregister(lease);
         let (redis, lease) = (self.redis.clone(), lease.clone());
         // In the background: a drop cannot wait. If Redis does not take it, the lease expires.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                redis.release(&redis.member_keys(&lease.member), &lease.id).await;
-            });
-        }
+        self.redis.spawn(async move {
+            redis.release(&redis.member_keys(&lease.member), &lease.id).await;
+        });
         self.freed.notify_waiters();
     }
 
@@ -369,6 +394,10 @@ impl Quota for SharedQuota {
             }
             self.freed.notify_waiters();
         })
+    }
+
+    fn stopping<'a>(&'a self, deadline: Instant) -> BoxFuture<'a, ()> {
+        Box::pin(self.redis.stopping(deadline))
     }
 
     fn held(&self) -> Vec<(String, Held)> {

@@ -34,6 +34,7 @@ pub(super) struct Scripts {
     pub(super) epoch: Script,
     pub(super) exist: Script,
     pub(super) grow: Script,
+    pub(super) held: Script,
 }
 
 impl Scripts {
@@ -52,13 +53,18 @@ impl Scripts {
             epoch: script(include_str!("lua/epoch.lua")),
             exist: script(include_str!("lua/exist.lua")),
             grow: script(include_str!("lua/grow.lua")),
+            held: script(include_str!("lua/held.lua")),
         }
     }
 }
 
 /// The connection to Redis, whether it answers, and the keys.
 pub struct Redis {
-    conn: ConnectionManager,
+    /// Replaced at a stop (see `stopping`).
+    conn: Mutex<ConnectionManager>,
+    /// How to make it again.
+    client: redis::Client,
+    manager: redis::aio::ConnectionManagerConfig,
     pub(super) scripts: Scripts,
     prefix: String,
     op_timeout: Duration,
@@ -77,6 +83,11 @@ pub struct Redis {
     /// Uploads forgotten while a replay runs: their kept writes, taken out for the replay, are
     /// skipped (see `drop_kept`).
     forgotten: Mutex<std::collections::HashSet<String>>,
+    /// Writes running in the background (an upload's creation and size, leases and plans given
+    /// back): a stop waits for them (see `stopping`).
+    writes: Arc<crate::pipeline::calls::Outstanding>,
+    /// The runtime the gateway was made on, which outlives the event loops (see `spawn`).
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// Writes kept while Redis is down, replayed when it answers again.
@@ -84,6 +95,8 @@ pub struct Redis {
 pub(super) enum Pending {
     Created {
         member: String,
+        /// The lease the upload was created under, given up by the write ("" for none).
+        lease: String,
         upload: String,
         bytes: u64,
         expires_ms: u64,
@@ -131,11 +144,13 @@ impl Redis {
             .set_connection_timeout(Some(op_timeout.max(Duration::from_millis(200))))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client, manager)
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager.clone())
             .map_err(|e| format!("cluster.redis_url: {:?}", e.kind()))?;
         metrics::gauge!(telemetry::CLUSTER_FALLBACK).set(0.0);
         Ok(Arc::new(Self {
-            conn,
+            conn: Mutex::new(conn),
+            client,
+            manager,
             scripts: Scripts::new(),
             prefix: c.key_prefix.clone(),
             op_timeout,
@@ -145,6 +160,8 @@ impl Redis {
             epoch: Mutex::new(None),
             replaying: AtomicBool::new(false),
             forgotten: Mutex::default(),
+            writes: Arc::default(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }))
     }
 
@@ -186,7 +203,7 @@ impl Redis {
             return None;
         }
         let started = Instant::now();
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.lock().unwrap().clone();
         let result = tokio::time::timeout(self.op_timeout, invocation.invoke_async::<T>(&mut conn)).await;
         metrics::histogram!(telemetry::CLUSTER_OP).record(started.elapsed().as_secs_f64());
         match result {
@@ -230,6 +247,45 @@ impl Redis {
         }
     }
 
+    /// Runs `write` in the background, counted so that a stop waits for it, on the runtime the
+    /// gateway was made on: the event loops of `server.scheduler = "per-thread"` stop with their
+    /// connections, and a write spawned there was dropped unwritten.
+    pub(super) fn spawn(&self, write: impl Future<Output = ()> + Send + 'static) {
+        let Some(runtime) = self.runtime.clone().or_else(|| tokio::runtime::Handle::try_current().ok()) else { return };
+        let counted = self.writes.enter();
+        runtime.spawn(async move {
+            let _counted = counted;
+            write.await;
+        });
+    }
+
+    /// At a stop, once no request runs: waits until `deadline` for the writes under way, replays
+    /// what was kept while Redis did not answer if it answers now, and says what is lost with the
+    /// process. (Writes spawned after the last request had ended went unwritten when the process
+    /// exited: a passthrough create whose client had left was never counted.)
+    pub async fn stopping(self: &Arc<Self>, deadline: tokio::time::Instant) {
+        if !self.writes.settled(deadline).await {
+            tracing::warn!(writes = self.writes.running(), "stopping before Redis took every ledger write");
+        }
+        if self.is_down() {
+            // The connection's own tasks run where it was first used or last made again: on an
+            // event loop that has stopped with its connections, it can answer nothing more (seen
+            // as a broken pipe, or a reconnection that never ends). A fresh one, made here.
+            if let Ok(fresh) = ConnectionManager::new_lazy_with_config(self.client.clone(), self.manager.clone()) {
+                *self.conn.lock().unwrap() = fresh;
+            }
+            self.probe().await;
+        }
+        let kept = self.pending.lock().unwrap().len();
+        if kept > 0 {
+            tracing::warn!(
+                writes = kept,
+                "stopping with ledger writes kept while Redis could not be reached: they are lost, and the shared \
+                 ledger miscounts their uploads until they expire"
+            );
+        }
+    }
+
     /// Keeps a write for when Redis answers again.
     pub(super) fn keep(&self, op: Pending) {
         let mut pending = self.pending.lock().unwrap();
@@ -244,7 +300,7 @@ impl Redis {
         if !self.is_down() {
             return;
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.lock().unwrap().clone();
         let ping = tokio::time::timeout(self.op_timeout.max(Duration::from_millis(200)), async {
             redis::cmd("PING").query_async::<String>(&mut conn).await
         });
@@ -262,8 +318,8 @@ impl Redis {
                 continue;
             }
             let written = match &op {
-                Pending::Created { member, upload, bytes, expires_ms } => {
-                    self.record_created(member, "", upload, *bytes, *expires_ms).await
+                Pending::Created { member, lease, upload, bytes, expires_ms } => {
+                    self.record_created(member, lease, upload, *bytes, *expires_ms).await
                 }
                 Pending::Forget { member, ids } => self.forget_or_resize(ids, Some(member), None).await.is_some(),
                 Pending::Release { keys, id } => self.release_now(keys, id).await,
@@ -336,6 +392,13 @@ impl Redis {
     pub(super) async fn grow(&self, member: &str, upload: &str, bytes: u64) -> Option<Held> {
         let mut inv = self.scripts.grow.prepare_invoke();
         inv.key(self.owner_key(upload)).arg(&self.prefix).arg(member).arg(upload).arg(bytes);
+        self.run::<(u64, u64)>(&inv).await.map(|(uploads, bytes)| Held { uploads, bytes })
+    }
+
+    /// What `member` holds.
+    pub(super) async fn held_by(&self, member: &str) -> Option<Held> {
+        let mut inv = self.scripts.held.prepare_invoke();
+        inv.arg(&self.prefix).arg(member);
         self.run::<(u64, u64)>(&inv).await.map(|(uploads, bytes)| Held { uploads, bytes })
     }
 
