@@ -6,13 +6,18 @@
 //! answer made by the listener's [`Render`].
 //!
 //! hyper reads a new request head only once the previous answer is written and flushed, so its
-//! own error is always a write of its own, from the first byte. An answer of the service, or a
-//! body, would have to be those exact bytes, alone in a write, to be mistaken for it.
+//! own error is always a write of its own, from the first byte, between two answers of the
+//! service. A write is taken for it only there ([`Answers`]): an answer's body of those very
+//! bytes, alone in a write (an upstream's, passed through), had been swapped for an error in the
+//! middle of its answer, and the client read the rest as the next answer.
 
 use std::{
     io::{self, IoSlice},
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
     task::{Context, Poll, ready},
 };
 
@@ -22,18 +27,67 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Makes the whole answer (status line, headers, body) for one of hyper's own error statuses.
 pub type Render = Arc<dyn Fn(http::StatusCode) -> Bytes + Send + Sync>;
 
+/// The service's answers on one connection that are still being written: hyper's own error
+/// answer can only come when none is, and the last one's bytes have been flushed.
+pub struct Answers {
+    open: AtomicUsize,
+    /// No answer is open and the connection has been flushed since the last one ended.
+    between: AtomicBool,
+}
+
+/// An answer being written, from its request's arrival until its body has ended or is dropped.
+pub struct Answering(Arc<Answers>);
+
+impl Answers {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self { open: AtomicUsize::new(0), between: AtomicBool::new(true) })
+    }
+
+    pub fn begin(self: &Arc<Self>) -> Answering {
+        self.open.fetch_add(1, Ordering::SeqCst);
+        self.between.store(false, Ordering::SeqCst);
+        Answering(self.clone())
+    }
+
+    fn between(&self) -> bool {
+        self.open.load(Ordering::SeqCst) == 0 && self.between.load(Ordering::SeqCst)
+    }
+
+    /// The connection was flushed: the last answer's bytes are out if none is open.
+    fn flushed(&self) {
+        if self.open.load(Ordering::SeqCst) == 0 {
+            self.between.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        // The body has ended, but hyper may still hold its last bytes: not between answers until
+        // the next flush.
+        self.0.between.store(false, Ordering::SeqCst);
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// A connection whose writes of hyper's bodiless error answers are replaced.
 pub struct Canned<IO> {
     io: IO,
     /// `None`: writes pass as they are.
     render: Option<Render>,
+    answers: Arc<Answers>,
     /// The replacement being written, how much of it is out, and the length of the write it stands for.
     pending: Option<(Bytes, usize, usize)>,
 }
 
 impl<IO> Canned<IO> {
-    pub fn new(io: IO, render: Option<Render>) -> Self {
-        Self { io, render, pending: None }
+    pub fn new(io: IO, render: Option<Render>, answers: Arc<Answers>) -> Self {
+        Self { io, render, answers, pending: None }
+    }
+
+    /// What renders hyper's error, when this write may be one.
+    fn render_now(&self) -> Option<Render> {
+        self.render.clone().filter(|_| self.answers.between())
     }
 }
 
@@ -88,7 +142,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Canned<IO> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         if this.pending.is_none() {
-            match this.render.clone().zip(canned_status(buf)) {
+            match this.render_now().zip(canned_status(buf)) {
                 Some((render, status)) => this.start(render, status, buf.len()),
                 None => return Pin::new(&mut this.io).poll_write(cx, buf),
             }
@@ -104,8 +158,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Canned<IO> {
         let this = &mut *self;
         if this.pending.is_none() {
             let mut filled = bufs.iter().filter(|b| !b.is_empty());
-            let status = this.render.as_ref().and(filled.next()).and_then(|b| canned_status(b));
-            match (this.render.clone(), status, filled.next()) {
+            let render = this.render_now();
+            let status = render.as_ref().and(filled.next()).and_then(|b| canned_status(b));
+            match (render, status, filled.next()) {
                 (Some(render), Some(status), None) => this.start(render, status, bufs.iter().map(|b| b.len()).sum()),
                 _ => return Pin::new(&mut this.io).poll_write_vectored(cx, bufs),
             }
@@ -120,7 +175,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Canned<IO> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         ready!(this.poll_pending(cx))?;
-        Pin::new(&mut this.io).poll_flush(cx)
+        ready!(Pin::new(&mut this.io).poll_flush(cx))?;
+        this.answers.flushed();
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -27,7 +27,7 @@ use tokio::{
 use crate::{
     body::BoxError,
     edge::{
-        canned::{Canned, Render},
+        canned::{Answering, Answers, Canned, Render},
         linger::Linger,
     },
 };
@@ -209,21 +209,62 @@ struct Activity {
 struct Busy(Arc<Activity>);
 
 pin_project_lite::pin_project! {
-    /// A handler's answer, counted as running until it resolves or is dropped. (A future of its
-    /// own rather than an `async` block: the block's auto-trait inference trips over the
-    /// service's boxed error type.)
+    /// A handler's answer, counted as running until it resolves or is dropped, and as being
+    /// written (see `canned::Answers`) until its body ends. (A future of its own rather than an
+    /// `async` block: the block's auto-trait inference trips over the service's boxed error type.)
     struct Counted<F> {
         #[pin]
         answer: F,
         _busy: Busy,
+        answering: Option<Answering>,
     }
 }
 
-impl<F: Future> Future for Counted<F> {
-    type Output = F::Output;
+impl<F, B, E> Future for Counted<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<Written<B>>, E>;
 
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
-        self.project().answer.poll(cx)
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let answer = std::task::ready!(this.answer.poll(cx));
+        let answering = this.answering.take();
+        std::task::Poll::Ready(answer.map(|response| response.map(|body| Written { body, answering })))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An answer's body, counted as being written until it ends or is dropped.
+    struct Written<B> {
+        #[pin]
+        body: B,
+        answering: Option<Answering>,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Written<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.body.poll_frame(cx));
+        if frame.is_none() {
+            this.answering.take();
+        }
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -404,10 +445,14 @@ where
         };
         drop(ready);
         let _ = stream.set_nodelay(true);
-        let activity = Activity::new();
+        let (activity, answers) = (Activity::new(), Answers::new());
         let service = {
-            let (handler, activity) = (handler.clone(), activity.clone());
-            service_fn(move |req| Counted { answer: handler(req, peer), _busy: activity.enter() })
+            let (handler, activity, answers) = (handler.clone(), activity.clone(), answers.clone());
+            service_fn(move |req| Counted {
+                answer: handler(req, peer),
+                _busy: activity.enter(),
+                answering: Some(answers.begin()),
+            })
         };
         let (builder, limits, stopping, open) = (builder.clone(), limits.clone(), stopping.clone(), open.clone());
         tokio::spawn(async move {
@@ -415,7 +460,8 @@ where
             // else; it counts against the time allowed before the first request.
             let result = match limits.tls.clone() {
                 None => {
-                    let io = TokioIo::new(Canned::new(Linger::new(stream, open.clone()), limits.render.clone()));
+                    let io =
+                        TokioIo::new(Canned::new(Linger::new(stream, open.clone()), limits.render.clone(), answers));
                     let conn = builder.serve_connection_with_upgrades(io, service);
                     drive(conn, &activity, &limits, stopping).await
                 }
@@ -423,7 +469,7 @@ where
                     let accepting = acceptor.accept(Linger::new(stream, open.clone()));
                     match handshake(accepting, &limits, stopping.clone(), peer).await {
                         Some(tls) => {
-                            let io = TokioIo::new(Canned::new(tls, limits.render.clone()));
+                            let io = TokioIo::new(Canned::new(tls, limits.render.clone(), answers));
                             let conn = builder.serve_connection_with_upgrades(io, service);
                             drive(conn, &activity, &limits, stopping).await
                         }

@@ -333,3 +333,56 @@ async fn an_allowed_guid_account_is_allowed_in_either_case() {
         assert_eq!(!refused, allowed, "{account}: {}", r.status);
     }
 }
+
+/// An upstream's answer body whose bytes are hyper's own bodiless error head, written alone, is
+/// passed on as it is: only a write between two answers can be hyper's error (before: it was
+/// swapped for a full error answer in the middle of the upstream's, and a keep-alive client read
+/// the rest as its next answer). A malformed request after it is still answered in the error shape.
+#[tokio::test]
+async fn an_upstream_body_that_looks_like_a_bare_error_head_is_passed_on_as_it_is() {
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+    let lookalike =
+        format!("HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: {date}\r\n\r\n");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let body = lookalike.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 1 << 16];
+                while tcp.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = tcp.write_all(head.as_bytes()).await;
+                    // The body in a write of its own, after the head has gone on.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let _ = tcp.write_all(body.as_bytes()).await;
+                }
+            });
+        }
+    });
+    let s = Stack::start(SimConfig::default(), |c| c.upstream.base_url = url).await;
+    let target = format!("/restapi/v2.1/accounts/{ACCOUNT}/envelopes");
+    let keep = format!("GET {target} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
+    let mut tcp = TcpStream::connect(s.gw.addr).await.unwrap();
+    tcp.write_all(keep.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    // The whole answer: its head and exactly its declared body.
+    while !String::from_utf8_lossy(&got).ends_with(&lookalike) && got.len() < 4096 {
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200") && !text.contains("errorCode"), "{text}");
+    // The same connection goes on: a malformed request is answered in the error shape.
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: gw\r\nContent-Length: x\r\n\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest)).await;
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.starts_with("HTTP/1.1 400") && rest.contains("BAD_REQUEST"), "{rest}");
+}
