@@ -223,9 +223,17 @@ impl Driver {
     /// is still there to hear of it. Returns the upstream's final answer and what was checked.
     async fn finish<B: DocumentBody>(&mut self, chunker: &mut Chunker<B>) -> Result<(Answer, Checked), Abort> {
         let ours = hex(&chunker.sha256().await);
-        if let Some(expected) = self.admitted.client_digest {
-            if hex(&expected) != ours {
-                return Err(GatewayError::DigestMismatch { expected: hex(&expected), actual: ours }.into());
+        // A `Content-Digest` may come in the head or, from a client that hashes as it sends, as a
+        // trailer field (RFC 9530); every one given must match.
+        let trailed = match chunker.trailers() {
+            Some(trailers) => {
+                crate::pipeline::digest::sha256_of(trailers).map_err(|()| GatewayError::BadContentDigest)?
+            }
+            None => None,
+        };
+        for expected in self.admitted.client_digest.iter().chain(trailed.iter()) {
+            if hex(expected) != ours {
+                return Err(GatewayError::DigestMismatch { expected: hex(expected), actual: ours }.into());
             }
         }
         let upload = &mut self.admitted.upload;

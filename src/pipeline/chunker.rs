@@ -53,6 +53,8 @@ pub struct Chunker<B> {
     /// When the whole body must have arrived, and when it began (for the error).
     deadline: Option<(Instant, Instant)>,
     done: bool,
+    /// The body's trailer fields, if it ended with any (a `Content-Digest` may come there).
+    trailers: Option<http::HeaderMap>,
 }
 
 // === impl Chunker ===
@@ -72,6 +74,7 @@ where
             declared: None,
             deadline: None,
             done: false,
+            trailers: None,
         }
     }
 
@@ -128,13 +131,20 @@ where
             }
             Ok(Some(Err(_))) => Err(ChunkError::Broken),
             Ok(Some(Ok(frame))) => {
-                if let Ok(data) = frame.into_data() {
-                    self.total += data.len() as u64;
-                    if self.declared.is_some_and(|len| self.total > len) {
-                        return Err(ChunkError::Broken);
+                match frame.into_data() {
+                    Ok(data) => {
+                        self.total += data.len() as u64;
+                        if self.declared.is_some_and(|len| self.total > len) {
+                            return Err(ChunkError::Broken);
+                        }
+                        self.pending = data.clone();
+                        self.hasher.update(data).await;
                     }
-                    self.pending = data.clone();
-                    self.hasher.update(data).await;
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            self.trailers.get_or_insert_default().extend(trailers);
+                        }
+                    }
                 }
                 Ok(())
             }
@@ -158,6 +168,11 @@ where
             }
             self.read_frame().await?;
         }
+    }
+
+    /// The trailer fields the body ended with, if any.
+    pub fn trailers(&self) -> Option<&http::HeaderMap> {
+        self.trailers.as_ref()
     }
 
     /// Bytes read from the body so far.

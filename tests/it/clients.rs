@@ -1042,3 +1042,69 @@ async fn a_passthrough_post_whose_connection_breaks_after_it_was_sent_may_have_b
     assert!(text.contains("may have been applied"), "{text}");
     assert_eq!(s.sim.stats().await["created"], 1);
 }
+
+/// A `Content-Digest` sent as a trailer field (RFC 9530: what a client that hashes as it sends
+/// can do) is checked like one in the head, over HTTP/1.1 chunked and HTTP/2 (before: ignored,
+/// and a wrong one committed); a malformed one is refused. Nothing is committed or left open.
+#[tokio::test]
+async fn a_content_digest_sent_as_a_trailer_is_checked() {
+    use base64::Engine;
+    use sha2::Digest;
+    let s = Stack::default().await;
+    let doc = bytes_of(PART + 123, 9);
+    let right = format!("sha-256=:{}:", base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&doc)));
+    let wrong = format!("sha-256=:{}:", "A".repeat(43) + "=");
+    let path = format!("/restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads");
+    let h1 = async |digest: &str| {
+        let mut req = format!(
+            "POST {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/pdf\r\nTransfer-Encoding: chunked\r\nTrailer: Content-Digest\r\nConnection: close\r\n\r\n"
+        )
+        .into_bytes();
+        for chunk in doc.chunks(64 * 1024) {
+            req.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            req.extend_from_slice(chunk);
+            req.extend_from_slice(b"\r\n");
+        }
+        req.extend_from_slice(format!("0\r\ncontent-digest: {digest}\r\n\r\n").as_bytes());
+        raw(s.gw.addr, &req).await
+    };
+    let h2 = async |digest: &str| {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("content-digest", digest.parse().unwrap());
+        let body =
+            Frames([http_body::Frame::data(Bytes::from(doc.clone())), http_body::Frame::trailers(trailers)].into());
+        let req = Request::post(format!("{}{path}", s.gw.url()))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("content-type", "application/pdf")
+            .body(BodyExt::boxed_unsync(body))
+            .unwrap();
+        send(&h2c(), req).await.1
+    };
+    let answer = h1(&wrong).await;
+    assert!(answer.starts_with("HTTP/1.1 422") && answer.contains("DIGEST_MISMATCH"), "{answer}");
+    let answer = h1("sha-256=AAAA").await;
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("BAD_CONTENT_DIGEST"), "{answer}");
+    let answer = h1(&right).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let r = h2(&wrong).await;
+    assert_eq!((r.status, code(&r)), (StatusCode::UNPROCESSABLE_ENTITY, "DIGEST_MISMATCH".into()));
+    let r = h2(&right).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    let st = s.sim.stats().await;
+    assert_eq!((st["committed"].as_u64(), st["open"].as_u64()), (Some(2), Some(0)), "{st}");
+}
+
+/// A request body of the frames given, trailers included.
+struct Frames(std::collections::VecDeque<http_body::Frame<Bytes>>);
+
+impl http_body::Body for Frames {
+    type Data = Bytes;
+    type Error = chunkgate::body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
