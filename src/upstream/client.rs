@@ -234,7 +234,7 @@ impl Answer {
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1; `HTTP2-Settings`, RFC 7540 §3.2.1; and the old
 /// `Proxy-Connection`, which some clients still send), including those the `Connection` header
-/// names.
+/// names, but for `X-Request-Id`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one look at the names present costs less than ten removals, and
     // a match on the name's text less than comparing each name with ten (three of them not
@@ -263,6 +263,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        // The request id is the gateway's, for the upstream and the logs: not for a sender to
+        // take off by naming it (`Connection: X-Request-Id` had sent the request without one).
+        .filter(|name| *name != REQUEST_ID)
         .chain(headers.keys().filter(|name| hop(name)).cloned())
         .collect();
     for name in &named {

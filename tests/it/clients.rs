@@ -880,6 +880,20 @@ async fn every_request_has_an_id_that_its_answer_echoes_and_its_upstream_calls_c
     let made = r.header("x-request-id").to_owned();
     assert_eq!(made.len(), 29, "prefix and count: {made}");
     assert_eq!(seen.request_ids.lock().unwrap().last(), Some(&made));
+    // A client cannot take it off the forwarded request by naming it in `Connection` (before: the
+    // upstream got none, though the answer echoed one).
+    let r = s
+        .http
+        .send(
+            Method::GET,
+            &format!("{}/ABC", s.upload_url(ACCOUNT)),
+            &[("authorization", &auth), ("connection", "x-request-id")],
+            "",
+        )
+        .await
+        .unwrap();
+    let made = r.header("x-request-id").to_owned();
+    assert_eq!(seen.request_ids.lock().unwrap().last(), Some(&made));
     // Errors the gateway makes carry it too.
     let r = s.http.send(Method::GET, &format!("{}/nope", s.gw.url()), &[], "").await.unwrap();
     assert_eq!((r.status, r.header("x-request-id").len()), (StatusCode::BAD_REQUEST, 29));
