@@ -407,6 +407,11 @@ struct ClientBody {
     /// The length the client declared: a body that ends short of it broke off (an HTTP/2 stream
     /// reset with NO_ERROR or CANCEL, which hyper reports as a clean end).
     declared: Option<u64>,
+    /// The frame that completed the declared length, held until the client's stream has ended
+    /// (see `poll_frame`).
+    held: Option<Frame<Bytes>>,
+    /// What comes after the held frame once it is let go: the end, or trailers.
+    after_held: Option<Option<Frame<Bytes>>>,
 }
 
 impl ClientBody {
@@ -417,16 +422,21 @@ impl ClientBody {
         urls: Option<RemoteUrls>,
         declared: Option<u64>,
     ) -> Self {
-        Self { inner, idle, timer: Box::pin(tokio::time::sleep(idle)), watch, urls, declared }
+        Self {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            watch,
+            urls,
+            declared,
+            held: None,
+            after_held: None,
+        }
     }
-}
 
-impl HttpBody for ClientBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
+    /// The client's next frame, timed, counted and scanned, and how the body ended.
+    fn poll_client(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         this.watch.waiting_on_client.store(polled.is_pending(), std::sync::atomic::Ordering::Relaxed);
         match polled {
@@ -470,9 +480,61 @@ impl HttpBody for ClientBody {
             },
         }
     }
+}
+
+impl HttpBody for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    /// The client's frames, but for the one that completes the declared length before the
+    /// client's stream has ended (HTTP/2, END_STREAM not on it): held until the end comes, and
+    /// the call failed if more data comes instead. Passed on at once, it had let the upstream
+    /// act on a request the client then sent past its length (and was reset for).
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some(after) = this.after_held.take() {
+            return Poll::Ready(after.map(Ok));
+        }
+        loop {
+            let polled = std::task::ready!(this.poll_client(cx));
+            let Some(held) = this.held.take() else {
+                let sent = this.watch.sent.load(std::sync::atomic::Ordering::Relaxed);
+                return match polled {
+                    Some(Ok(frame))
+                        if frame.is_data() && this.declared == Some(sent) && !this.inner.is_end_stream() =>
+                    {
+                        this.held = Some(frame);
+                        continue;
+                    }
+                    polled => Poll::Ready(polled),
+                };
+            };
+            return Poll::Ready(match polled {
+                // An empty DATA frame (one that carries only END_STREAM, as some clients send it).
+                Some(Ok(frame)) if frame.data_ref().is_some_and(|d| d.is_empty()) => {
+                    this.held = Some(held);
+                    continue;
+                }
+                None => {
+                    this.after_held = Some(None);
+                    Some(Ok(held))
+                }
+                Some(Ok(frame)) if frame.is_trailers() => {
+                    this.after_held = Some(Some(frame));
+                    Some(Ok(held))
+                }
+                Some(Ok(_)) => {
+                    tracing::info!("the client's passthrough body went past its length");
+                    this.watch.end(Some(GatewayError::ClientBodyError));
+                    Some(Err("the client's body went past its length".into()))
+                }
+                Some(Err(err)) => Some(Err(err)),
+            });
+        }
+    }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.held.is_none() && self.after_held.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -1122,3 +1122,38 @@ impl http_body::Body for Frames {
         std::task::Poll::Ready(self.0.pop_front().map(Ok))
     }
 }
+
+/// An HTTP/2 passthrough body that reaches its `Content-Length` without END_STREAM is not passed
+/// on whole until the stream ends: data past the length fails the call, and the upstream never
+/// gets a whole request (before: it created the upload, and the client, reset for the extra data,
+/// took the call as failed). One whose END_STREAM comes in a frame of its own goes through.
+#[tokio::test]
+async fn an_http2_passthrough_body_sent_past_its_length_never_reaches_the_upstream_whole() {
+    let s = Stack::default().await;
+    let body = Bytes::from_static(br#"{"data":"aGVsbG8="}"#);
+    let mut client = h2_raw(s.gw.addr).await;
+    let create = || {
+        Request::post(s.upload_url(ACCOUNT))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("content-type", "application/json")
+            .header("content-length", body.len())
+            .body(())
+            .unwrap()
+    };
+    let (answer, mut stream) = client.send_request(create(), false).unwrap();
+    h2_send(&mut stream, body.clone(), false).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.sim.stats().await["created"], 0, "held until the stream ends");
+    h2_send(&mut stream, Bytes::from_static(b"more"), true).await;
+    let answer = answer.await;
+    assert!(answer.is_err() || answer.as_ref().unwrap().status() == StatusCode::BAD_REQUEST, "{answer:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(s.sim.stats().await["created"], 0);
+    let mut client = h2_raw(s.gw.addr).await;
+    let (answer, mut stream) = client.send_request(create(), false).unwrap();
+    h2_send(&mut stream, body.clone(), false).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.send_data(Bytes::new(), true).unwrap();
+    assert_eq!(answer.await.unwrap().status(), StatusCode::CREATED);
+    assert_eq!(s.sim.stats().await["created"], 1);
+}
