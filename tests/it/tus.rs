@@ -1254,3 +1254,37 @@ async fn a_final_patch_waiting_for_the_commit_at_sigterm_is_answered_and_the_upl
     assert_eq!((v["state"].as_str(), v["sha256"].as_str()), (Some("committed"), Some(sha256_hex(&data).as_str())));
     assert_eq!(sim.wait_stats(|st| st["open"] == 0).await["committed"], 1);
 }
+
+/// An upload that failed upstream answers every later PATCH with that failure, as its last PATCH
+/// and HEAD do (before: 409 `TUS_OFFSET_MISMATCH`, "already complete", for an upload that was not).
+#[tokio::test]
+async fn a_patch_after_the_upload_failed_upstream_hears_that_failure() {
+    let s = tus_stack("failed-then-patched").await;
+    // The upstream stores the first part with a byte flipped: the checksum stops the commit.
+    s.sim.faults(serde_json::json!({"corrupt_next": 1})).await;
+    let data = bytes_of(6000, 8);
+    let url = create(&s, data.len()).await;
+    let last = patch(&s, &url, 0, &data, &[]).await;
+    assert_eq!(
+        (last.status, last.header("x-chunkgate-error-code")),
+        (StatusCode::BAD_GATEWAY, "UPSTREAM_CHECKSUM_MISMATCH"),
+        "{}",
+        String::from_utf8_lossy(&last.body)
+    );
+    let head = tus(&s, Method::HEAD, &url, &[], Vec::new()).await;
+    assert_eq!(
+        (head.status, head.header("x-chunkgate-error-code")),
+        (StatusCode::BAD_GATEWAY, "UPSTREAM_CHECKSUM_MISMATCH")
+    );
+    for offset in [data.len(), 0] {
+        let again = patch(&s, &url, offset, &data[offset..], &[]).await;
+        assert_eq!(
+            (again.status, again.header("x-chunkgate-error-code"), code(&again)),
+            (StatusCode::BAD_GATEWAY, "UPSTREAM_CHECKSUM_MISMATCH", "UPSTREAM_CHECKSUM_MISMATCH".to_owned()),
+            "offset {offset}: {}",
+            String::from_utf8_lossy(&again.body)
+        );
+    }
+    let st = s.sim.stats().await;
+    assert_eq!((st["committed"].as_u64(), st["open"].as_u64()), (Some(0), Some(0)), "{st}");
+}

@@ -562,6 +562,11 @@ impl Tus {
             // Terminated while this PATCH waited for the one before it.
             return Err(terminated());
         }
+        if let Some(Outcome::Failed { status, code, body: text }) = &s.outcome {
+            // The upload failed upstream: that failure, as its last PATCH and every HEAD tell it
+            // (it had been answered as an offset conflict, "already complete").
+            return Ok(failed_answer(*status, code, text, s.offset));
+        }
         if s.outcome.is_some() || s.length == Some(s.offset) {
             return Err(tus_error(StatusCode::CONFLICT, "TUS_OFFSET_MISMATCH", "The upload is already complete."));
         }
@@ -689,17 +694,7 @@ impl Tus {
             _ = stopping.wait_for(|s| *s) => return None,
         };
         match outcome {
-            Some(Outcome::Failed { status, body: text, .. }) => {
-                let mut r = Response::builder()
-                    .status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY))
-                    .header("tus-resumable", VERSION)
-                    .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
-                    .header("upload-offset", s.offset)
-                    .body(body::full(text))
-                    .expect("valid response");
-                stamp_outcome(r.headers_mut(), live.outcome.borrow().as_ref());
-                Some(r)
-            }
+            Some(Outcome::Failed { status, code, body: text }) => Some(failed_answer(status, &code, &text, s.offset)),
             other => {
                 stamp_outcome(headers, other.as_ref());
                 None
@@ -1160,6 +1155,22 @@ impl Live {
             session: Arc::new(tokio::sync::Mutex::new(s)),
         }
     }
+}
+
+/// The answer of a PATCH to an upload that failed upstream: the failure's status and body, and
+/// its code in `X-Chunkgate-Error-Code` as a HEAD gives it.
+fn failed_answer(status: u16, code: &str, text: &str, offset: u64) -> Response<Body> {
+    let mut r = Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY))
+        .header("tus-resumable", VERSION)
+        .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
+        .header("upload-offset", offset)
+        .body(body::full(text.to_owned()))
+        .expect("valid response");
+    if let Ok(v) = HeaderValue::from_str(code) {
+        r.headers_mut().insert("x-chunkgate-error-code", v);
+    }
+    r
 }
 
 fn stamp_outcome(headers: &mut HeaderMap, outcome: Option<&Outcome>) {
