@@ -257,11 +257,12 @@ def round_two():
     def row(target, figure, ok):
         rows.append(f"| {target} | {figure} | {'met' if ok else '**missed**'} |")
     if p:
-        row("passthrough requests/s ≥ 1.0× nginx, p99 no worse", f"{p['vs_nginx']:.2f}×; p99 {[x for x in p['rows'] if x['path'] == 'chunkgate'][0]['p99_ms']:.2f} vs nginx {[x for x in p['rows'] if x['path'] == 'nginx'][0]['p99_ms']:.2f} ms",
+        floor = f" (the floor, a bare hyper proxy of the same libraries, {p['hyper_floor']['vs_nginx']:.2f}× nginx in the same run; chunkgate {p['hyper_floor']['chunkgate_vs_floor']:.2f}× it)" if "hyper_floor" in p else ""
+        row("passthrough requests/s ≥ 1.0× nginx, p99 no worse", f"{p['vs_nginx']:.2f}×; p99 {[x for x in p['rows'] if x['path'] == 'chunkgate'][0]['p99_ms']:.2f} vs nginx {[x for x in p['rows'] if x['path'] == 'nginx'][0]['p99_ms']:.2f} ms{floor}",
             p["vs_nginx"] >= 1.0 and [x for x in p['rows'] if x['path'] == 'chunkgate'][0]['p99_ms'] <= [x for x in p['rows'] if x['path'] == 'nginx'][0]['p99_ms'])
     if t:
         cpu = t["cpu_secs_per_gib"]["chunkgate"]["proxy"]
-        row("streaming: gateway CPU ≤ 1.0 s per GiB", f"{cpu:.2f} s (the direct client, which does no proxying, spent {t['cpu_secs_per_gib']['direct']['client']:.2f} s per GiB in the same run)", cpu <= 1.0)
+        row("streaming: gateway CPU ≤ 1.0 s per GiB", f"{cpu:.2f} s (the floor: the SHA-256 alone at the SHA-NI ceiling is about 0.55 s per GiB, and the direct client, which only encodes and sends, spent {t['cpu_secs_per_gib']['direct']['client']:.2f} s per GiB in the same run; the gateway also receives every byte)", cpu <= 1.0)
         row("streaming ≥ 0.9× a direct client taking the same SHA-256", f"{t['chunkgate'] / t['direct_hashing']:.2f}×", t["chunkgate"] / t["direct_hashing"] >= 0.9)
         row("streaming ≥ 1.25× nginx", f"{t['vs_nginx']:.2f}×", t["vs_nginx"] >= 1.25)
     if "latency" in r and "floor_secs" in r["latency"]:
@@ -270,7 +271,7 @@ def round_two():
     if "clients" in r:
         c = r["clients"]
         row("h2c upload ≥ 0.9× HTTP/1.1", f"{c['upload']['ratio']:.2f}×", c["upload"]["ratio"] >= 0.9)
-        row("h2 passthrough ≥ 0.9× HTTP/1.1 requests/s", f"{c['passthrough']['ratio']:.2f}×", c["passthrough"]["ratio"] >= 0.9)
+        row("h2 passthrough ≥ 0.9× HTTP/1.1 requests/s", f"{c['passthrough']['ratio']:.2f}× (HTTP/2 costs the h2 crate's HPACK and stream work: 87,085 against 60,246 instructions per proxied GET, callgrind; the gateway's own functions cost the same on both)", c["passthrough"]["ratio"] >= 0.9)
     if "footprint" in r:
         f = r["footprint"]
         row("idle RSS ≤ 16 MiB", f"{f['idle_mib']:.1f} MiB", f["idle_mib"] <= 16)
@@ -280,12 +281,13 @@ def round_two():
         d = r["redis"]
         q = d.get("quiet_upload_ms", {})
         added99 = q.get("added_per_call_p99", float("nan"))
-        row("Redis adds ≤ 0.3 ms p99 per upstream call", f"{added99:+.3f} ms per call at the upload's p99 ({q.get('added_per_call', float('nan')):+.3f} at the median); each operation p50 {d['op_p50_ms']:.3f} ms, p99 {d['op_p99_ms']:.2f} ms; a bare PING p99 {d.get('ping_p99_ms', float('nan')):.2f} ms here", added99 <= 0.3)
+        row("Redis adds ≤ 0.3 ms p99 per upstream call", f"{added99:+.3f} ms per call at the upload's p99 ({q.get('added_per_call', float('nan')):+.3f} at the median); each operation p50 {d['op_p50_ms']:.3f} ms, p99 {d['op_p99_ms']:.2f} ms; a bare PING p99 {d.get('ping_p99_ms', float('nan')):.2f} ms here, so the one round trip on an upload's path is {d.get('ping_p99_ms', float('nan')) / 3:.2f} ms per call at the p99 before Redis does any work", added99 <= 0.3)
         row("passthrough with Redis ≥ 0.8× without", f"{d['ratio']:.2f}×", d["ratio"] >= 0.8)
     tus = r.get("tus")
     if tus:
         disk = [x for x in tus["rows"] if x["path"] == "tus"][0]["disk_bytes"] / 50e6
-        row("tus, 50 MB in 5 MiB PATCHes ≥ 0.8× the streamed path, each byte written once", f"{tus['tus_vs_streamed']:.2f}×, {disk:.2f}× the document written", tus["tus_vs_streamed"] >= 0.8 and disk <= 1.01)
+        floor = f" (this disk's floor: about {tus['best_ratio']:.2f}×, section 9)" if "best_ratio" in tus else ""
+        row("tus, 50 MB in 5 MiB PATCHes ≥ 0.8× the streamed path, each byte written once", f"{tus['tus_vs_streamed']:.2f}×, {disk:.2f}× the document written{floor}", tus["tus_vs_streamed"] >= 0.8 and disk <= 1.01)
     return ["## Round two: issue 16's targets in the latest run of each section", "", "| target | this run | |", "|---|---|---|"] + rows + [""]
 
 
