@@ -462,9 +462,10 @@ impl Config {
             }
         }
         let mut parsed = Vec::new();
-        let config: Config = deserialize_strict(toml::Value::Table(table), &mut parsed);
+        let (config, wrong): (Config, _) = deserialize_strict(toml::Value::Table(table), &mut parsed);
         problems.extend(parsed.into_iter().map(|problem| naming_the_variable(problem, &from_env)));
-        problems.extend(config.problems());
+        // Not what a key of the wrong type was left at (its default): the value was never read.
+        problems.extend(config.problems().into_iter().filter(|p| !wrong.iter().any(|key| mentions(p, key))));
         if problems.is_empty() { Ok(config) } else { Err(Problems(problems)) }
     }
 
@@ -758,13 +759,21 @@ fn renamed(key: &str) -> Option<&'static str> {
 
 /// Deserializes `value`, recording every unknown key and every key of the wrong type or out of
 /// its type's range in `problems`. A wrong key is reported, left at its default and the rest read
-/// again, so that one run lists every problem (the parser stops at the first).
-pub fn deserialize_strict<T: DeserializeOwned + Default>(mut value: toml::Value, problems: &mut Vec<String>) -> T {
+/// again, so that one run lists every problem (the parser stops at the first); the keys taken out
+/// are returned, so that checks of the values read can leave them alone (their defaults are not
+/// what was written).
+pub fn deserialize_strict<T: DeserializeOwned + Default>(
+    mut value: toml::Value,
+    problems: &mut Vec<String>,
+) -> (T, Vec<String>) {
+    /// Each round reads the whole configuration again: past this many wrong keys, the rest are
+    /// left for the next check.
+    const MOST: usize = 100;
     let mut wrong = Vec::new();
+    let mut taken = Vec::new();
     let mut unknown = Vec::new();
     let mut read = None;
-    // Each round takes one wrong key out; far more rounds than a configuration has keys.
-    for _ in 0..512 {
+    for _ in 0..=MOST {
         unknown.clear();
         let result: Result<T, _> = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
             value.clone(),
@@ -776,13 +785,20 @@ pub fn deserialize_strict<T: DeserializeOwned + Default>(mut value: toml::Value,
                 break;
             }
             Err(err) => {
+                if wrong.len() == MOST {
+                    wrong.push(format!(
+                        "more than {MOST} keys have values of the wrong type: fix these and check again"
+                    ));
+                    break;
+                }
                 let taken_out = take_out(&mut value, err.path());
                 wrong.push(match err.path().iter().next() {
                     Some(_) => format!("`{}`: {}", err.path(), err.inner().message().trim()),
                     None => err.inner().to_string().trim().to_owned(),
                 });
-                if !taken_out {
-                    break;
+                match taken_out {
+                    Some(key) => taken.push(key),
+                    None => break,
                 }
             }
         }
@@ -792,12 +808,22 @@ pub fn deserialize_strict<T: DeserializeOwned + Default>(mut value: toml::Value,
         None => format!("unknown key `{key}`"),
     }));
     problems.extend(wrong);
-    read.unwrap_or_default()
+    (read.unwrap_or_default(), taken)
+}
+
+/// Whether `problem` speaks of the setting `key` (`upload.part_size`, not `upload.part_size_x`).
+fn mentions(problem: &str, key: &str) -> bool {
+    problem.match_indices(key).any(|(at, _)| {
+        let before = problem[..at].chars().next_back();
+        let after = problem[at + key.len()..].chars().next();
+        !before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.')
+            && !after.is_some_and(|c| c.is_alphanumeric() || c == '_')
+    })
 }
 
 /// Removes the key at `path` (the outermost key holding it, when it runs into an array or an
-/// enum) from `value`; false when there is no such key.
-fn take_out(value: &mut toml::Value, path: &serde_path_to_error::Path) -> bool {
+/// enum) from `value`; the key's dotted name, or `None` when there is no such key.
+fn take_out(value: &mut toml::Value, path: &serde_path_to_error::Path) -> Option<String> {
     let keys: Vec<&str> = path
         .iter()
         .map_while(|segment| match segment {
@@ -805,15 +831,13 @@ fn take_out(value: &mut toml::Value, path: &serde_path_to_error::Path) -> bool {
             _ => None,
         })
         .collect();
-    let Some((last, parents)) = keys.split_last() else { return false };
+    let (last, parents) = keys.split_last()?;
     let mut at = value;
     for key in parents {
-        match at.get_mut(*key) {
-            Some(next) => at = next,
-            None => return false,
-        }
+        at = at.get_mut(*key)?;
     }
-    at.as_table_mut().and_then(|table| table.remove(*last)).is_some()
+    at.as_table_mut()?.remove(*last)?;
+    Some(keys.join("."))
 }
 
 /// A problem with a key (named in backticks) that the environment set, with the variable named:
@@ -910,7 +934,8 @@ mod tests {
         let file = format!(
             "[server]\nlisten = 8080\ndrain_secs = \"30\"\nmax_connections = -1\n\
              [upstream]\nca_files = [{:?}, \"/nonexistent/ca.pem\"]\n\
-             [upload]\nverify_upstream_checksum = \"yes\"\nbogus = 1\n[log]\nformat = \"xml\"\n",
+             [upload]\nverify_upstream_checksum = \"yes\"\nbogus = 1\npart_size = \"x\"\nmax_part_bytes = 100000\n\
+             [admin]\nlisten = \"127.0.0.1:8080\"\n[log]\nformat = \"xml\"\n",
             not_pem.display().to_string()
         );
         let problems = Config::parse(&file, env(&[("CHUNKGATE_RATE_LIMIT__HOURLY_LIMIT", "lots")])).unwrap_err().0;
@@ -921,6 +946,7 @@ mod tests {
             "`server.max_connections`: ",
             "`upload.verify_upstream_checksum`: ",
             "`log.format`: ",
+            "`upload.part_size`: ",
             "`rate_limit.hourly_limit`: ",
             "unknown key `upload.bogus`",
             "upstream.ca_files: /nonexistent/ca.pem is not a readable file",
@@ -933,7 +959,13 @@ mod tests {
                 && p.ends_with("(set by CHUNKGATE_RATE_LIMIT__HOURLY_LIMIT)")),
             "{problems:?}"
         );
-        assert_eq!(problems.len(), 9, "{problems:?}");
+        // Nothing about the defaults the wrong keys were left at (part_size's 8 MiB against the
+        // 100000 written for max_part_bytes, listen's 127.0.0.1:8080 against admin.listen's).
+        assert_eq!(problems.len(), 10, "{problems:?}");
+        let many: String = (0..150).map(|i| format!("[sim.accounts.\"{i}\"]\nmax_parts = \"x\"\n")).collect();
+        let problems = Config::parse(&many, env(&[])).unwrap_err().0;
+        assert_eq!(problems.len(), 101, "{:?}", &problems[95..]);
+        assert!(problems[100].starts_with("more than 100 keys"), "{}", problems[100]);
     }
 
     #[test]

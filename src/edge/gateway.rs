@@ -683,12 +683,12 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
         }
     }
     // The ledger's writes under way (a passthrough call seen through after its client left is
-    // written after its task ends): what is left of the drain period, and at least a moment.
-    let until = began.get().copied().unwrap_or_else(tokio::time::Instant::now) + drain;
-    gateway.quota.stopping(until.max(tokio::time::Instant::now() + LEDGER_GRACE)).await;
+    // written after its task ends), and what was kept while Redis did not answer.
+    gateway.quota.stopping(tokio::time::Instant::now() + LEDGER_GRACE).await;
 }
 
-/// At a stop, the least time the quota ledger's last writes are given.
+/// At a stop, the time the quota ledger's last writes are given (Redis's operations take
+/// `cluster.op_timeout_ms` at most; the rest is for a Redis that does not answer for a moment).
 const LEDGER_GRACE: Duration = Duration::from_secs(2);
 
 /// Serves the gateway and its admin listener until `shutdown` resolves and the drain is over;

@@ -229,9 +229,9 @@ impl Driver {
             Some(trailers) => {
                 crate::pipeline::digest::sha256_of(trailers).map_err(|()| GatewayError::BadContentDigest)?
             }
-            None => None,
+            None => Vec::new(),
         };
-        for expected in self.admitted.client_digest.iter().chain(trailed.iter()) {
+        for expected in self.admitted.client_digest.iter().chain(&trailed) {
             if hex(expected) != ours {
                 return Err(GatewayError::DigestMismatch { expected: hex(expected), actual: ours }.into());
             }

@@ -82,7 +82,7 @@ pub struct Admitted {
     /// The document's declared length.
     pub declared: Option<u64>,
     /// The client's `Content-Digest` (sha-256).
-    pub client_digest: Option<[u8; 32]>,
+    pub client_digest: Vec<[u8; 32]>,
     /// Commit when done (`X-Chunkgate-Commit: false` leaves it to the client).
     pub commit: bool,
     pub held: Held,
@@ -98,7 +98,7 @@ pub struct Held {
 struct Asked {
     auth: HeaderValue,
     declared: Option<u64>,
-    client_digest: Option<[u8; 32]>,
+    client_digest: Vec<[u8; 32]>,
     commit: bool,
 }
 

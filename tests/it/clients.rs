@@ -1098,6 +1098,9 @@ async fn a_content_digest_sent_as_a_trailer_is_checked() {
     assert!(answer.starts_with("HTTP/1.1 422") && answer.contains("DIGEST_MISMATCH"), "{answer}");
     let answer = h1("sha-256=AAAA").await;
     assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("BAD_CONTENT_DIGEST"), "{answer}");
+    // Every sha-256 member counts (before, only the last: a wrong one before a right one passed).
+    let answer = h1(&format!("{wrong}, {right}")).await;
+    assert!(answer.starts_with("HTTP/1.1 422") && answer.contains("DIGEST_MISMATCH"), "{answer}");
     let answer = h1(&right).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let r = h2(&wrong).await;

@@ -127,6 +127,9 @@ pub(super) enum Pending {
 
 const PENDING_MAX: usize = 10_000;
 
+/// How often a stopping sidecar in fallback looks whether Redis answers again.
+const STOP_PROBE_EVERY: Duration = Duration::from_millis(250);
+
 /// How often a sidecar in fallback looks whether Redis answers again.
 pub(super) const PROBE_EVERY: Duration = Duration::from_secs(1);
 
@@ -260,9 +263,10 @@ impl Redis {
     }
 
     /// At a stop, once no request runs: waits until `deadline` for the writes under way, replays
-    /// what was kept while Redis did not answer if it answers now, and says what is lost with the
-    /// process. (Writes spawned after the last request had ended went unwritten when the process
-    /// exited: a passthrough create whose client had left was never counted.)
+    /// what was kept while Redis did not answer as soon as it answers (looked for until
+    /// `deadline`), and says what is lost with the process. (Writes spawned after the last
+    /// request had ended went unwritten when the process exited: a passthrough create whose
+    /// client had left was never counted.)
     pub async fn stopping(self: &Arc<Self>, deadline: tokio::time::Instant) {
         if !self.writes.settled(deadline).await {
             tracing::warn!(writes = self.writes.running(), "stopping before Redis took every ledger write");
@@ -274,14 +278,24 @@ impl Redis {
             if let Ok(fresh) = ConnectionManager::new_lazy_with_config(self.client.clone(), self.manager.clone()) {
                 *self.conn.lock().unwrap() = fresh;
             }
-            self.probe().await;
+            // A Redis that stalls or restarts for a moment is waited for (one probe had given up
+            // on a stall of a second).
+            loop {
+                self.probe().await;
+                let next = tokio::time::Instant::now() + STOP_PROBE_EVERY;
+                if !self.is_down() || next >= deadline {
+                    break;
+                }
+                tokio::time::sleep_until(next).await;
+            }
         }
         let kept = self.pending.lock().unwrap().len();
         if kept > 0 {
             tracing::warn!(
                 writes = kept,
-                "stopping with ledger writes kept while Redis could not be reached: they are lost, and the shared \
-                 ledger miscounts their uploads until they expire"
+                "stopping with ledger writes Redis has not taken (kept while it could not be reached): unless it \
+                 runs ones it was sent late, they are lost, and the shared ledger miscounts their uploads until \
+                 they expire"
             );
         }
     }
