@@ -93,9 +93,13 @@ impl<IO> Canned<IO> {
 
 /// The status of hyper's own error answer, if `head` is exactly one.
 fn canned_status(head: &[u8]) -> Option<http::StatusCode> {
-    // "HTTP/1.1 400 Bad Request\r\n" + "connection: close\r\ncontent-length: 0\r\ndate: " + 29 + "\r\n\r\n"
+    // "HTTP/1.1 400 Bad Request\r\n" + "connection: close\r\ncontent-length: 0\r\ndate: " + 29 + "\r\n\r\n",
+    // or, after an HTTP/1.0 request kept alive, "HTTP/1.0 400 Bad Request\r\n" with no `connection`
+    // line (HTTP/1.0 closes by default).
     const HEADERS: &[u8] = b"connection: close\r\ncontent-length: 0\r\ndate: ";
-    if head.len() > 160 || !head.starts_with(b"HTTP/1.1 ") || !head.ends_with(b"\r\n\r\n") {
+    const HEADERS_10: &[u8] = b"content-length: 0\r\ndate: ";
+    let http10 = head.starts_with(b"HTTP/1.0 ");
+    if head.len() > 160 || !(http10 || head.starts_with(b"HTTP/1.1 ")) || !head.ends_with(b"\r\n\r\n") {
         return None;
     }
     let status = http::StatusCode::from_bytes(head.get(9..12)?).ok()?;
@@ -103,7 +107,8 @@ fn canned_status(head: &[u8]) -> Option<http::StatusCode> {
         return None;
     }
     let line_end = head.windows(2).position(|w| w == b"\r\n")?;
-    let rest = head[line_end + 2..].strip_prefix(HEADERS)?;
+    let headers = if http10 { HEADERS_10 } else { HEADERS };
+    let rest = head[line_end + 2..].strip_prefix(headers)?;
     let date = rest.strip_suffix(b"\r\n\r\n")?;
     (date.len() == 29 && httpdate::parse_http_date(std::str::from_utf8(date).ok()?).is_ok()).then_some(status)
 }
@@ -197,12 +202,16 @@ mod tests {
         let canned =
             format!("HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: {date}\r\n\r\n");
         assert_eq!(canned_status(canned.as_bytes()), Some(http::StatusCode::BAD_REQUEST));
+        // After an HTTP/1.0 request kept alive.
+        let http10 = format!("HTTP/1.0 400 Bad Request\r\ncontent-length: 0\r\ndate: {date}\r\n\r\n");
+        assert_eq!(canned_status(http10.as_bytes()), Some(http::StatusCode::BAD_REQUEST));
         let big = canned.replace("400 Bad Request", "431 Request Header Fields Too Large");
         assert_eq!(canned_status(big.as_bytes()), Some(http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
         for other in [
             canned.replace("400 Bad Request", "404 Not Found"),
             canned.replace("content-length: 0", "content-length: 5"),
             canned.replace("connection: close\r\n", ""),
+            http10.replace("HTTP/1.0", "HTTP/0.9"),
             format!("{canned}x"),
             canned.replace(date, "not a date at all, not at all"),
             format!(

@@ -386,3 +386,27 @@ async fn an_upstream_body_that_looks_like_a_bare_error_head_is_passed_on_as_it_i
     let rest = String::from_utf8_lossy(&rest);
     assert!(rest.starts_with("HTTP/1.1 400") && rest.contains("BAD_REQUEST"), "{rest}");
 }
+
+/// A malformed request after an HTTP/1.0 request kept alive is answered in the error shape too
+/// (hyper's own answer then says HTTP/1.0 and has no `connection` line: it had gone out bare).
+#[tokio::test]
+async fn a_malformed_request_after_an_http10_keep_alive_request_is_answered_in_the_error_shape() {
+    let s = Stack::default().await;
+    let mut tcp = TcpStream::connect(s.gw.addr).await.unwrap();
+    let first = format!(
+        "GET /restapi/v2.1/accounts/{ACCOUNT}/chunked_uploads/ABC HTTP/1.0\r\nHost: gw\r\nConnection: keep-alive\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    );
+    tcp.write_all(first.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    while !String::from_utf8_lossy(&got).contains("CHUNKED_UPLOAD_NOT_FOUND") {
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    tcp.write_all(b"GET / HTTP/1.0\r\nHost: gw\r\nContent-Length: x\r\n\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest)).await;
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.contains(" 400 ") && rest.contains("BAD_REQUEST"), "{rest}");
+}
