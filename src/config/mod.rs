@@ -707,10 +707,10 @@ impl Config {
             out.push(format!("server.listen and admin.listen are the same address ({})", s.listen));
         }
         if let Err(problem) = s.tls_acceptor() {
-            out.push(format!("server TLS: {problem}"));
+            out.push(format!("server TLS (server.tls_cert, server.tls_key): {problem}"));
         }
         if let Err(problem) = tls_acceptor(self.sim.tls_cert.as_deref(), self.sim.tls_key.as_deref(), None) {
-            out.push(format!("sim TLS: {problem}"));
+            out.push(format!("sim TLS (sim.tls_cert, sim.tls_key): {problem}"));
         }
         if http::HeaderName::from_bytes(s.caller_key_header.as_bytes()).is_err() {
             out.push(format!("server.caller_key_header {:?} is not a header name", s.caller_key_header));
@@ -727,8 +727,12 @@ impl Config {
 
     fn retry_and_log_problems(&self, out: &mut Vec<String>) {
         let r = &self.retry;
-        if !(0.0..=10.0).contains(&r.budget_ratio) || !(0.0..=1000.0).contains(&r.budget_floor_per_sec) {
-            out.push("retry.budget_ratio must be within 0..=10 and retry.budget_floor_per_sec within 0..=1000".into());
+        // One problem per key: a problem that names a key of the wrong type is left out.
+        if !(0.0..=10.0).contains(&r.budget_ratio) {
+            out.push("retry.budget_ratio must be within 0..=10".into());
+        }
+        if !(0.0..=1000.0).contains(&r.budget_floor_per_sec) {
+            out.push("retry.budget_floor_per_sec must be within 0..=1000".into());
         }
         if r.base_backoff_ms > r.max_backoff_ms {
             out.push("retry.base_backoff_ms must not exceed retry.max_backoff_ms".into());
@@ -811,13 +815,20 @@ pub fn deserialize_strict<T: DeserializeOwned + Default>(
     (read.unwrap_or_default(), taken)
 }
 
-/// Whether `problem` speaks of the setting `key` (`upload.part_size`, not `upload.part_size_x`).
+/// Whether `problem` names the setting `key`, or one below it, as a setting (`upload.part_size`
+/// or `upload.part_size.x`; not `upload.part_size_x`, `sim.accounts.acme-eu` for `sim.accounts.acme`,
+/// nor the word in a path or a quoted value: `/upload/ca.pem`, `"log"`).
 fn mentions(problem: &str, key: &str) -> bool {
     problem.match_indices(key).any(|(at, _)| {
         let before = problem[..at].chars().next_back();
-        let after = problem[at + key.len()..].chars().next();
-        !before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.')
-            && !after.is_some_and(|c| c.is_alphanumeric() || c == '_')
+        let rest = &problem[at + key.len()..];
+        let starts = before.is_none_or(|c| c.is_whitespace() || matches!(c, '`' | '('));
+        let ends = match rest.chars().next() {
+            None => true,
+            Some('.') => rest[1..].chars().next().is_some_and(|c| c.is_alphanumeric() || c == '_'),
+            Some(c) => c.is_whitespace() || matches!(c, '`' | ':' | ')' | ','),
+        };
+        starts && ends
     })
 }
 
@@ -962,6 +973,24 @@ mod tests {
         // Nothing about the defaults the wrong keys were left at (part_size's 8 MiB against the
         // 100000 written for max_part_bytes, listen's 127.0.0.1:8080 against admin.listen's).
         assert_eq!(problems.len(), 10, "{problems:?}");
+        // A problem is left out only when it names a wrong key as a setting: not when it shares a
+        // message with another key, names a longer account, or holds the word in a value.
+        let file = "log = 5\n[server]\nallowed_accounts = [\"log\"]\ntls_cert = 5\ntls_key = \"/nonexistent/key.pem\"\n\
+                    [retry]\nbudget_ratio = \"0.2\"\nbudget_floor_per_sec = 5000.0\n\
+                    [sim.accounts]\nacme = 5\n[sim.accounts.acme-eu]\nmax_parts = 999\n";
+        let problems = Config::parse(file, env(&[])).unwrap_err().0;
+        for expected in [
+            "`log`: ",
+            "`server.tls_cert`: ",
+            "`retry.budget_ratio`: ",
+            "`sim.accounts.acme`: ",
+            "server.allowed_accounts: \"log\" is neither",
+            "retry.budget_floor_per_sec must be within",
+            "sim.accounts.acme-eu.max_parts must be",
+        ] {
+            assert!(problems.iter().any(|p| p.starts_with(expected)), "{expected}: {problems:?}");
+        }
+        assert_eq!(problems.len(), 7, "no follow-on about the TLS pair: {problems:?}");
         let many: String = (0..150).map(|i| format!("[sim.accounts.\"{i}\"]\nmax_parts = \"x\"\n")).collect();
         let problems = Config::parse(&many, env(&[])).unwrap_err().0;
         assert_eq!(problems.len(), 101, "{:?}", &problems[95..]);

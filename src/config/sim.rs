@@ -179,11 +179,15 @@ impl SimConfig {
                     out.push(format!("{name}{field} must be above 0"));
                 }
             }
-            if l.quota_uploads == 0 || l.hourly_limit == 0 || l.burst_limit == 0 {
-                out.push(format!("{name}quota_uploads, hourly_limit and burst_limit must be above 0"));
+            for (field, v) in
+                [("quota_uploads", l.quota_uploads), ("hourly_limit", l.hourly_limit), ("burst_limit", l.burst_limit)]
+            {
+                if v == 0 {
+                    out.push(format!("{name}{field} must be above 0"));
+                }
             }
         };
-        check("sim.", &self.limits);
+        check("sim.limits.", &self.limits);
         for account in self.accounts.keys() {
             check(&format!("sim.accounts.{account}."), &self.limits_for(account));
         }

@@ -1111,6 +1111,9 @@ async fn a_stopping_sidecar_writes_the_ledger_before_it_exits() {
     // Redis stalls while a create goes through and for a moment after the stop began: the stop
     // waits for it (before: one look, and the write was lost).
     let mut g = Binary::serve(&sim, &env, false);
+    // Its scripts to load again once it answers: the replay takes round trips more, while the
+    // fallback's own probe and the stop's look for Redis at once.
+    redis::cmd("SCRIPT").arg("FLUSH").query_async::<()>(&mut conn).await.unwrap();
     redis.pause();
     let created = sim.http.send(Method::POST, &format!("{}{path}", g.url), &json, part_body(b"stalled")).await.unwrap();
     assert_eq!(created.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&created.body));

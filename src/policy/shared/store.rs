@@ -88,6 +88,8 @@ pub struct Redis {
     writes: Arc<crate::pipeline::calls::Outstanding>,
     /// The runtime the gateway was made on, which outlives the event loops (see `spawn`).
     runtime: Option<tokio::runtime::Handle>,
+    /// Held by the probe that runs (see `probe_within`).
+    probing: tokio::sync::Mutex<()>,
 }
 
 /// Writes kept while Redis is down, replayed when it answers again.
@@ -165,6 +167,7 @@ impl Redis {
             forgotten: Mutex::default(),
             writes: Arc::default(),
             runtime: tokio::runtime::Handle::try_current().ok(),
+            probing: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -281,7 +284,8 @@ impl Redis {
             // A Redis that stalls or restarts for a moment is waited for (one probe had given up
             // on a stall of a second).
             loop {
-                self.probe().await;
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                self.probe_within(self.op_timeout.max(Duration::from_millis(200)).min(left)).await;
                 let next = tokio::time::Instant::now() + STOP_PROBE_EVERY;
                 if !self.is_down() || next >= deadline {
                     break;
@@ -311,13 +315,19 @@ impl Redis {
     /// While down: looks every second whether Redis answers, and if so replays what was kept and
     /// shares counts again.
     pub(super) async fn probe(self: &Arc<Self>) {
+        self.probe_within(self.op_timeout.max(Duration::from_millis(200))).await;
+    }
+
+    /// A probe whose `PING` waits at most `wait`. One at a time: a stop's probe that found the
+    /// kept writes taken by the background's replay returned while that replay was still writing,
+    /// and the process exited before it was done.
+    async fn probe_within(self: &Arc<Self>, wait: Duration) {
+        let _one = self.probing.lock().await;
         if !self.is_down() {
             return;
         }
         let mut conn = self.conn.lock().unwrap().clone();
-        let ping = tokio::time::timeout(self.op_timeout.max(Duration::from_millis(200)), async {
-            redis::cmd("PING").query_async::<String>(&mut conn).await
-        });
+        let ping = tokio::time::timeout(wait, async { redis::cmd("PING").query_async::<String>(&mut conn).await });
         if !matches!(ping.await, Ok(Ok(_))) {
             return;
         }
