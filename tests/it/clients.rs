@@ -1111,21 +1111,6 @@ async fn a_content_digest_sent_as_a_trailer_is_checked() {
     assert_eq!((st["committed"].as_u64(), st["open"].as_u64()), (Some(2), Some(0)), "{st}");
 }
 
-/// A request body of the frames given, trailers included.
-struct Frames(std::collections::VecDeque<http_body::Frame<Bytes>>);
-
-impl http_body::Body for Frames {
-    type Data = Bytes;
-    type Error = chunkgate::body::BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        std::task::Poll::Ready(self.0.pop_front().map(Ok))
-    }
-}
-
 /// An HTTP/2 passthrough body that reaches its `Content-Length` without END_STREAM is not passed
 /// on whole until the stream ends: data past the length fails the call, and the upstream never
 /// gets a whole request (before: it created the upload, and the client, reset for the extra data,

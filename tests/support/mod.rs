@@ -211,22 +211,28 @@ impl SimApi {
     }
 }
 
-/// A body of unknown length (sent chunked) that yields `data` in frames of `frame` bytes.
-pub fn chunked(data: Bytes, frame: usize) -> Body {
-    use http_body::Frame;
-    struct Frames(Bytes, usize);
-    impl http_body::Body for Frames {
-        type Data = Bytes;
-        type Error = chunkgate::body::BoxError;
-        fn poll_frame(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            let n = self.1.min(self.0.len());
-            std::task::Poll::Ready((n > 0).then(|| Ok(Frame::data(self.0.split_to(n)))))
-        }
+/// A request body of unknown length made of the frames given, trailers included.
+pub struct Frames(pub std::collections::VecDeque<http_body::Frame<Bytes>>);
+
+impl http_body::Body for Frames {
+    type Data = Bytes;
+    type Error = chunkgate::body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
     }
-    Frames(data, frame.max(1)).boxed_unsync()
+}
+
+/// A body of unknown length (sent chunked) that yields `data` in frames of `frame` bytes.
+pub fn chunked(mut data: Bytes, frame: usize) -> Body {
+    let mut frames = std::collections::VecDeque::new();
+    while !data.is_empty() {
+        frames.push_back(http_body::Frame::data(data.split_to(frame.max(1).min(data.len()))));
+    }
+    Frames(frames).boxed_unsync()
 }
 
 /// The tests' gateway settings in front of `sim` (reached at `upstream`), on ports of its own.
